@@ -1,0 +1,50 @@
+# Sluiceway: every target installs what it needs first; a fresh clone needs nothing else.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+UV := $(VENV)/bin/uv
+STAMP := $(VENV)/.installed
+
+.PHONY: install proto check-proto lint test test-unit test-integration demo bench up down clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check uv==0.13.8
+	$(UV) pip install --quiet --python $(PY) -e '.[dev]'
+	touch $(STAMP)
+
+# Regenerate the protobuf/gRPC code from proto/ (committed, checked for drift by the tests).
+proto: $(STAMP)
+	$(PY) tools/protogen.py
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(PY) -m mypy libs/common/src/sluiceway/common
+
+test: $(STAMP)
+	$(VENV)/bin/pytest -q
+
+test-unit: $(STAMP)
+	$(VENV)/bin/pytest -q tests/unit
+
+test-integration: $(STAMP)
+	$(VENV)/bin/pytest -q tests/integration
+
+demo: $(STAMP)
+	$(PY) -m sluiceway.cli.demo
+
+bench: $(STAMP)
+	$(PY) -m bench.run
+
+up: $(STAMP)
+	$(VENV)/bin/sluiceway up
+
+down: $(STAMP)
+	$(VENV)/bin/sluiceway down
+
+clean:
+	rm -rf .sluiceway .pytest_cache

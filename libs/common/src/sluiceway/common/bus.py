@@ -1,0 +1,281 @@
+"""The bus: NATS JetStream streams, consumers and appends with dedup ids and OCC checks."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import nats
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.errors import NoServersError, TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import APIError, NotFoundError
+
+from sluiceway.common import codec, telemetry
+from sluiceway.common.domain.events import ONCE_PER_RUN, ChunkTask, RunEvent
+
+log = logging.getLogger(__name__)
+
+# JetStream error code for a failed Nats-Expected-Last-Subject-Sequence check.
+ERR_WRONG_LAST_SEQUENCE = 10071
+DUPLICATE_WINDOW_S = 300.0
+
+
+@dataclass(frozen=True)
+class Names:
+    """Stream, subject and consumer names, derived from one namespace (tests use their own)."""
+
+    namespace: str = "sluiceway"
+
+    @property
+    def runs_stream(self) -> str:
+        return f"{self.namespace.upper()}_RUNS"
+
+    @property
+    def tasks_stream(self) -> str:
+        return f"{self.namespace.upper()}_TASKS"
+
+    @property
+    def runs_all(self) -> str:
+        return f"{self.namespace}.runs.>"
+
+    def run_subject(self, run_id: str, kind: str) -> str:
+        return f"{self.namespace}.runs.{run_id}.{kind}"
+
+    def run_history(self, run_id: str) -> str:
+        return f"{self.namespace}.runs.{run_id}.>"
+
+    def runs_of_kind(self, kind: str) -> str:
+        return f"{self.namespace}.runs.*.{kind}"
+
+    @property
+    def chunk_tasks(self) -> str:
+        return f"{self.namespace}.tasks.chunk"
+
+    @staticmethod
+    def run_id_of(subject: str) -> str:
+        return subject.split(".")[2]
+
+
+@dataclass(frozen=True)
+class Appended:
+    """Outcome of an append: stored at `seq`, or already there (dedup id or once-only check)."""
+
+    seq: int
+    duplicate: bool = False
+    conflict: bool = False  # a once-only fact that another writer appended first
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    replicas: int = 1
+    duplicate_window_s: float = DUPLICATE_WINDOW_S
+
+
+@dataclass(frozen=True)
+class TaskConsumerSettings:
+    durable: str = "worker-chunks"
+    ack_wait_s: float = 60.0
+    # Upper bound for every export; each export's own budget (max_attempts) is enforced by the
+    # worker from num_delivered, since one shared consumer has one max_deliver.
+    max_deliver: int = 10
+    max_ack_pending: int = 1000
+
+
+async def connect(
+    url: str, *, name: str, connect_timeout_s: float | None = None
+) -> NATS:
+    """Connect with unlimited reconnects. Waits for the server to appear (forever by default)."""
+    loop = asyncio.get_running_loop()
+    deadline = None if connect_timeout_s is None else loop.time() + connect_timeout_s
+    delay = 0.2
+    while True:
+        try:
+            return await nats.connect(
+                url,
+                name=name,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+                connect_timeout=2,
+                allow_reconnect=True,
+            )
+        except (NoServersError, OSError, NatsTimeoutError) as exc:
+            if deadline is not None and loop.time() + delay > deadline:
+                raise ConnectionError(f"cannot reach NATS at {url}: {exc}") from exc
+            log.warning("waiting for NATS at %s: %s", url, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+class Bus:
+    """Typed access to the two streams. One per process; built from an open NATS connection."""
+
+    def __init__(self, nc: NATS, names: Names = Names()) -> None:
+        self.nc = nc
+        self.js: JetStreamContext = nc.jetstream(timeout=10)
+        self.names = names
+
+    # ---- declarations -------------------------------------------------------------------
+
+    async def ensure_streams(self, settings: StreamSettings = StreamSettings()) -> None:
+        """Declare both streams with their full configuration (create, or update in place)."""
+        runs = StreamConfig(
+            name=self.names.runs_stream,
+            description="Sluiceway run events: the write-ahead log and the source of truth",
+            subjects=[self.names.runs_all],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            num_replicas=settings.replicas,
+            duplicate_window=settings.duplicate_window_s,
+            max_msg_size=64 * 1024,
+            discard=DiscardPolicy.OLD,
+            allow_direct=True,
+            deny_delete=True,
+            deny_purge=True,
+        )
+        tasks = StreamConfig(
+            name=self.names.tasks_stream,
+            description="Sluiceway chunk tasks (work queue)",
+            subjects=[f"{self.names.namespace}.tasks.>"],
+            retention=RetentionPolicy.WORK_QUEUE,
+            storage=StorageType.FILE,
+            num_replicas=settings.replicas,
+            duplicate_window=settings.duplicate_window_s,
+            max_msg_size=64 * 1024,
+            discard=DiscardPolicy.OLD,
+        )
+        for cfg in (runs, tasks):
+            await self._upsert_stream(cfg)
+
+    async def _upsert_stream(self, cfg: StreamConfig) -> None:
+        try:
+            await self.js.stream_info(cfg.name)  # type: ignore[arg-type]
+        except NotFoundError:
+            await self.js.add_stream(cfg)
+            return
+        await self.js.update_stream(cfg)
+
+    async def ensure_task_consumer(
+        self, settings: TaskConsumerSettings = TaskConsumerSettings()
+    ) -> ConsumerConfig:
+        cfg = ConsumerConfig(
+            durable_name=settings.durable,
+            description="chunk tasks shared by every worker",
+            deliver_policy=DeliverPolicy.ALL,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=settings.ack_wait_s,
+            max_deliver=settings.max_deliver,
+            max_ack_pending=settings.max_ack_pending,
+            filter_subject=self.names.chunk_tasks,
+        )
+        await self.js.add_consumer(self.names.tasks_stream, cfg)
+        return cfg
+
+    async def ensure_run_consumer(
+        self, durable: str, filter_subjects: list[str], *, ack_wait_s: float = 30.0
+    ) -> ConsumerConfig:
+        """A durable pull consumer over run events (planner-requests, committer-runs)."""
+        cfg = ConsumerConfig(
+            durable_name=durable,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=ack_wait_s,
+            max_deliver=-1,
+            max_ack_pending=1000,
+            filter_subjects=filter_subjects,
+        )
+        await self.js.add_consumer(self.names.runs_stream, cfg)
+        return cfg
+
+    # ---- appends --------------------------------------------------------------------------
+
+    async def append(self, event: RunEvent, headers: Mapping[str, str] | None = None) -> Appended:
+        """Append with Nats-Msg-Id = event_id; once-only facts also carry an expected last
+        subject sequence of 0, so the stream refuses a second one for the same run."""
+        hdrs: dict[str, str] = {"Nats-Msg-Id": event.event_id, **(headers or {})}
+        telemetry.inject(hdrs)
+        if type(event.body) in ONCE_PER_RUN:
+            hdrs["Nats-Expected-Last-Subject-Sequence"] = "0"
+        subject = self.names.run_subject(event.run_id, event.kind)
+        try:
+            ack = await self.js.publish(subject, codec.encode(event), headers=hdrs)
+        except APIError as exc:
+            if exc.err_code == ERR_WRONG_LAST_SEQUENCE:
+                existing = await self.last_on_subject(subject)
+                return Appended(seq=existing[0] if existing else 0, conflict=True)
+            raise
+        return Appended(seq=ack.seq, duplicate=bool(ack.duplicate))
+
+    async def publish_task(self, task: ChunkTask, msg_id: str) -> Appended:
+        hdrs = {"Nats-Msg-Id": msg_id}
+        telemetry.inject(hdrs)
+        ack = await self.js.publish(
+            self.names.chunk_tasks, codec.encode_task(task), headers=hdrs
+        )
+        return Appended(seq=ack.seq, duplicate=bool(ack.duplicate))
+
+    # ---- reads ----------------------------------------------------------------------------
+
+    async def last_on_subject(self, subject: str) -> tuple[int, RunEvent] | None:
+        try:
+            raw = await self.js.get_last_msg(self.names.runs_stream, subject)
+        except NotFoundError:
+            return None
+        return raw.seq or 0, codec.decode(raw.data or b"")
+
+    async def history(self, run_id: str, *, batch: int = 500) -> list[tuple[int, RunEvent]]:
+        """Every event of one run, in stream order, read through an ephemeral consumer."""
+        return await self.read_range(self.names.run_history(run_id), batch=batch)
+
+    async def read_range(
+        self, subject: str, *, start_seq: int = 0, batch: int = 500
+    ) -> list[tuple[int, RunEvent]]:
+        out: list[tuple[int, RunEvent]] = []
+        async for seq, data in self.iter_raw(subject, start_seq=start_seq, batch=batch):
+            out.append((seq, codec.decode(data)))
+        return out
+
+    async def iter_raw(self, subject: str, *, start_seq: int = 0, batch: int = 500) -> Any:
+        """Yield (seq, bytes) of every stored message on `subject` from `start_seq` to the
+        current end of the stream, then stop."""
+        cfg = ConsumerConfig(
+            ack_policy=AckPolicy.NONE,
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE if start_seq else DeliverPolicy.ALL,
+            opt_start_seq=start_seq or None,
+            inactive_threshold=30.0,
+            mem_storage=True,
+            filter_subject=subject,
+        )
+        sub = await self.js.pull_subscribe(subject, stream=self.names.runs_stream, config=cfg)
+        try:
+            info = await sub.consumer_info()
+            pending = info.num_pending
+            while pending > 0:
+                msgs = await sub.fetch(min(batch, pending), timeout=5)
+                for m in msgs:
+                    assert m.metadata.sequence is not None
+                    yield m.metadata.sequence.stream, m.data
+                    pending = m.metadata.num_pending
+        finally:
+            await sub.unsubscribe()
+
+    async def stream_last_seq(self) -> int:
+        info = await self.js.stream_info(self.names.runs_stream)
+        return info.state.last_seq
+
+
+def msg_headers(msg: Msg) -> dict[str, str]:
+    return dict(msg.headers or {})

@@ -1,0 +1,198 @@
+"""Domain event <-> protobuf <-> (subject, headers, bytes).
+
+The domain dataclasses and the proto messages share names and field names, so the conversion is
+driven by the dataclass fields: nested dataclasses, tuples of them, enums (proto `RUN_STATUS_X`
+<-> domain `RunStatus.X`), maps and Timestamps. A field the domain does not know is ignored
+(additive evolution); an unknown body or undecodable bytes raise `Poison`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import functools
+import types
+import typing
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from google.protobuf import timestamp_pb2
+from google.protobuf.message import DecodeError, Message
+
+from sluiceway.common.domain import events as ev
+from sluiceway.v1 import events_pb2 as pb
+
+T = TypeVar("T")
+
+
+class Poison(ValueError):
+    """A message that can never be decoded: redelivery cannot help, terminate it."""
+
+
+# ---- dataclass <-> message ------------------------------------------------------------------
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls, vars(ev))
+
+
+def _enum_prefix(enum_cls: type[enum.Enum]) -> str:
+    # RunStatus -> RUN_STATUS_
+    name = enum_cls.__name__
+    return "".join("_" + c if c.isupper() and i else c for i, c in enumerate(name)).upper() + "_"
+
+
+def _unwrap_optional(tp: Any) -> Any:
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType) and args:
+        non_none = [a for a in args if a is not type(None)]
+        if len(non_none) == 1:
+            return non_none[0]
+    return tp
+
+
+def to_message(obj: Any, msg: Message) -> Message:
+    """Fill `msg` from the dataclass `obj` (same field names)."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if value is None:
+            continue
+        target = getattr(msg, f.name)
+        if isinstance(value, datetime):
+            target.FromDatetime(value.astimezone(UTC))
+        elif dataclasses.is_dataclass(value):
+            to_message(value, target)
+        elif isinstance(value, tuple):
+            for item in value:
+                if dataclasses.is_dataclass(item):
+                    to_message(item, target.add())
+                else:
+                    target.append(item)
+        elif isinstance(value, dict):
+            target.update(value)
+        elif isinstance(value, enum.Enum):
+            setattr(msg, f.name, _enum_prefix(type(value)) + value.value)
+        else:
+            setattr(msg, f.name, value)
+    return msg
+
+
+def _convert(value: Any, tp: Any, field_desc: Any) -> Any:
+    tp = _unwrap_optional(tp)
+    if tp is datetime:
+        return value.ToDatetime(tzinfo=UTC)
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        name = field_desc.enum_type.values_by_number[value].name
+        prefix = _enum_prefix(tp)
+        return tp(name[len(prefix) :] if name.startswith(prefix) else "UNSPECIFIED")
+    if dataclasses.is_dataclass(tp):
+        return from_message(value, tp)  # type: ignore[arg-type]
+    origin = typing.get_origin(tp)
+    if origin is tuple:
+        (item_tp, *_rest) = typing.get_args(tp)
+        return tuple(_convert(v, item_tp, field_desc) for v in value)
+    if origin is dict:
+        return dict(value)
+    return value
+
+
+def from_message(msg: Message, cls: type[T]) -> T:
+    """Build the dataclass `cls` from `msg`; fields the dataclass lacks are ignored."""
+    hints = _hints(cls)
+    fields_by_name = msg.DESCRIPTOR.fields_by_name
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        desc = fields_by_name.get(f.name)
+        if desc is None:
+            continue
+        if desc.message_type is not None and not desc.is_repeated:
+            if not msg.HasField(f.name):
+                continue
+        kwargs[f.name] = _convert(getattr(msg, f.name), hints[f.name], desc)
+    return cls(**kwargs)
+
+
+# ---- the envelope ---------------------------------------------------------------------------
+
+_ONEOF = pb.RunEvent.DESCRIPTOR.oneofs_by_name["body"]
+# body class name -> oneof field name, e.g. RunRequested -> run_requested
+_FIELD_BY_BODY: dict[type, str] = {}
+_BODY_BY_FIELD: dict[str, type] = {}
+for _f in _ONEOF.fields:
+    _cls = getattr(ev, _f.message_type.name)
+    _FIELD_BY_BODY[_cls] = _f.name
+    _BODY_BY_FIELD[_f.name] = _cls
+assert set(_FIELD_BY_BODY) == set(ev.KINDS), "proto oneof and domain bodies disagree"
+
+
+def event_to_pb(event: ev.RunEvent) -> pb.RunEvent:
+    msg = pb.RunEvent(
+        event_id=event.event_id,
+        run_id=event.run_id,
+        export_name=event.export_name,
+        attempt=event.attempt,
+        event_version=event.event_version,
+    )
+    msg.occurred_at.FromDatetime(event.occurred_at.astimezone(UTC))
+    to_message(event.producer, msg.producer)
+    if event.resources is not None:
+        to_message(event.resources, msg.resources)
+    to_message(event.body, getattr(msg, _FIELD_BY_BODY[type(event.body)]))
+    return msg
+
+
+def event_from_pb(msg: pb.RunEvent) -> ev.RunEvent:
+    which = msg.WhichOneof("body")
+    if which is None:
+        raise Poison(f"event {msg.event_id!r} has no body (unknown kind?)")
+    cls = _BODY_BY_FIELD[which]
+    return ev.RunEvent(
+        event_id=msg.event_id,
+        run_id=msg.run_id,
+        export_name=msg.export_name,
+        occurred_at=msg.occurred_at.ToDatetime(tzinfo=UTC),
+        body=from_message(getattr(msg, which), cls),
+        producer=from_message(msg.producer, ev.Producer),
+        attempt=msg.attempt,
+        resources=from_message(msg.resources, ev.ResourceUsage)
+        if msg.HasField("resources")
+        else None,
+        event_version=msg.event_version,
+    )
+
+
+def encode(event: ev.RunEvent) -> bytes:
+    return event_to_pb(event).SerializeToString(deterministic=True)
+
+
+def decode(data: bytes) -> ev.RunEvent:
+    msg = pb.RunEvent()
+    try:
+        msg.ParseFromString(data)
+    except DecodeError as exc:
+        raise Poison(f"undecodable RunEvent ({len(data)} bytes): {exc}") from exc
+    if not msg.event_id or not msg.run_id:
+        raise Poison("RunEvent without event_id or run_id")
+    return event_from_pb(msg)
+
+
+def encode_task(task: ev.ChunkTask) -> bytes:
+    return to_message(task, pb.ChunkTask()).SerializeToString(deterministic=True)
+
+
+def decode_task(data: bytes) -> ev.ChunkTask:
+    msg = pb.ChunkTask()
+    try:
+        msg.ParseFromString(data)
+    except DecodeError as exc:
+        raise Poison(f"undecodable ChunkTask ({len(data)} bytes): {exc}") from exc
+    if not msg.run_id:
+        raise Poison("ChunkTask without run_id")
+    return from_message(msg, ev.ChunkTask)
+
+
+def timestamp(dt: datetime) -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(dt.astimezone(UTC))
+    return ts

@@ -1,0 +1,325 @@
+"""Run events as frozen dataclasses: the pure mirror of proto/sluiceway/v1/events.proto."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+
+class RunStatus(StrEnum):
+    UNSPECIFIED = "UNSPECIFIED"
+    REQUESTED = "REQUESTED"
+    PLANNING = "PLANNING"
+    RUNNING = "RUNNING"
+    COMMITTING = "COMMITTING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELED = "CANCELED"
+    SKIPPED = "SKIPPED"
+
+
+class ChunkStatus(StrEnum):
+    UNSPECIFIED = "UNSPECIFIED"
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    RETRY_WAIT = "RETRY_WAIT"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELED = "CANCELED"
+
+
+class Severity(StrEnum):
+    UNSPECIFIED = "UNSPECIFIED"
+    WARN = "WARN"
+    FAIL = "FAIL"
+
+
+# ---- value objects shared by several bodies ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    engine: str = ""
+    url_env: str = ""
+    path: str = ""
+
+
+@dataclass(frozen=True)
+class ExportSpec:
+    name: str = ""
+    source: SourceSpec = field(default_factory=SourceSpec)
+    table: str = ""
+    query: str = ""
+    mode: str = ""
+    chunk_column: str = ""
+    chunk_size: int = 0
+    chunk_count: int = 0
+    format: str = ""
+    compression: str = ""
+    compression_level: int = 0
+    destination: str = ""
+    batch_size: int = 0
+    max_attempts: int = 0
+    row_group_rows: int = 0
+    columns: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ChunkRange:
+    index: int = 0
+    start_key: str = ""
+    end_key: str = ""
+    end_inclusive: bool = False
+    null_keys: bool = False
+
+
+@dataclass(frozen=True)
+class SchemaField:
+    name: str = ""
+    type: str = ""
+    nullable: bool = True
+    source_type: str = ""
+
+
+@dataclass(frozen=True)
+class Producer:
+    service: str = ""
+    instance: str = ""
+
+
+@dataclass(frozen=True)
+class ResourceUsage:
+    rss_mb_before: float = 0.0
+    rss_mb_after: float = 0.0
+    cpu_seconds_before: float = 0.0
+    cpu_seconds_after: float = 0.0
+
+
+@dataclass(frozen=True)
+class ChunkTask:
+    """A unit of work on the task queue: the redacted spec and one key range, never rows."""
+
+    run_id: str = ""
+    plan_id: str = ""
+    spec: ExportSpec = field(default_factory=ExportSpec)
+    range: ChunkRange = field(default_factory=ChunkRange)
+    schema: tuple[SchemaField, ...] = ()
+    chunk_count: int = 0
+
+
+@dataclass(frozen=True)
+class ValidationFailure:
+    code: str = ""
+    part: str = ""
+    message: str = ""
+
+
+# ---- bodies -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunRequested:
+    spec: ExportSpec = field(default_factory=ExportSpec)
+    requested_by: str = ""
+    plan_id: str = ""
+    options: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PlanResolved:
+    plan_id: str = ""
+    strategy: str = ""
+    chunks: tuple[ChunkRange, ...] = ()
+    format: str = ""
+    compression: str = ""
+    compression_level: int = 0
+    batch_size: int = 0
+    batch_size_memory_mb: int = 0
+    tuning_profile: str = ""
+    schema: tuple[SchemaField, ...] = ()
+    schema_fingerprint: str = ""
+    row_estimate: int = 0
+    chunk_column: str = ""
+    key_low: str = ""
+    key_high: str = ""
+    source_engine: str = ""
+    source_table: str = ""
+    query_fingerprint: str = ""
+
+
+@dataclass(frozen=True)
+class PlanWarning:
+    rule: str = ""
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class ChunkStarted:
+    chunk_index: int = 0
+    start_key: str = ""
+    end_key: str = ""
+    attempt: int = 0
+
+
+@dataclass(frozen=True)
+class FileWritten:
+    file_name: str = ""
+    rows: int = 0
+    bytes: int = 0
+    part_index: int = 0
+    chunk_index: int = 0
+    attempt: int = 0
+    content_fingerprint: str = ""
+
+
+@dataclass(frozen=True)
+class ChunkCompleted:
+    chunk_index: int = 0
+    rows: int = 0
+    files: int = 0
+    attempt: int = 0
+
+
+@dataclass(frozen=True)
+class ChunkFailed:
+    """retryable=False means the chunk has failed for good (permanent error or budget spent)."""
+
+    chunk_index: int = 0
+    error: str = ""
+    attempt: int = 0
+    retryable: bool = False
+
+
+@dataclass(frozen=True)
+class RetryAttempted:
+    attempt: int = 0
+    reason: str = ""
+    backoff_ms: int = 0
+    chunk_index: int = 0
+
+
+@dataclass(frozen=True)
+class QualityIssue:
+    severity: Severity = Severity.UNSPECIFIED
+    rule: str = ""
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class SchemaChanged:
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    type_changed: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Warning:  # noqa: A001 - the contract's name
+    context: str = ""
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class ValidationResult:
+    passed: bool = False
+    failures: tuple[ValidationFailure, ...] = ()
+
+
+@dataclass(frozen=True)
+class ReconciliationResult:
+    source_count: int = 0
+    exported_rows: int = 0
+    matched: bool = False
+
+
+@dataclass(frozen=True)
+class ManifestCommitted:
+    manifest_uri: str = ""
+    fingerprint: str = ""
+    row_count: int = 0
+    part_count: int = 0
+    cursor_low: str = ""
+    cursor_high: str = ""
+    bytes: int = 0
+
+
+@dataclass(frozen=True)
+class RunCompleted:
+    status: RunStatus = RunStatus.UNSPECIFIED
+    error_message: str = ""
+    duration_ms: int = 0
+    skip_reason: str = ""
+
+
+@dataclass(frozen=True)
+class CancelRequested:
+    reason: str = ""
+    requested_by: str = ""
+
+
+Body = (
+    RunRequested
+    | PlanResolved
+    | PlanWarning
+    | ChunkStarted
+    | FileWritten
+    | ChunkCompleted
+    | ChunkFailed
+    | RetryAttempted
+    | QualityIssue
+    | SchemaChanged
+    | Warning
+    | ValidationResult
+    | ReconciliationResult
+    | ManifestCommitted
+    | RunCompleted
+    | CancelRequested
+)
+
+# Subject kind of each body: sluiceway.runs.<run_id>.<kind>. Changing one breaks the log.
+KINDS: dict[type[Body], str] = {
+    RunRequested: "requested",
+    PlanResolved: "plan_resolved",
+    PlanWarning: "plan_warning",
+    ChunkStarted: "chunk_started",
+    FileWritten: "file_written",
+    ChunkCompleted: "chunk_completed",
+    ChunkFailed: "chunk_failed",
+    RetryAttempted: "retry_attempted",
+    QualityIssue: "quality_issue",
+    SchemaChanged: "schema_changed",
+    Warning: "warning",
+    ValidationResult: "validation_result",
+    ReconciliationResult: "reconciliation_result",
+    ManifestCommitted: "manifest_committed",
+    RunCompleted: "completed",
+    CancelRequested: "cancel_requested",
+}
+BODY_BY_KIND: dict[str, type[Body]] = {kind: cls for cls, kind in KINDS.items()}
+
+# Facts that happen at most once per run: appended with an expected-last-subject-sequence of 0
+# on their own subject, so two racing replicas cannot both write them.
+ONCE_PER_RUN: frozenset[type[Body]] = frozenset({PlanResolved, ManifestCommitted, RunCompleted})
+
+
+def kind_of(body: Body) -> str:
+    return KINDS[type(body)]
+
+
+@dataclass(frozen=True)
+class RunEvent:
+    """The envelope: who said what about which run, and when."""
+
+    event_id: str
+    run_id: str
+    export_name: str
+    occurred_at: datetime
+    body: Body
+    producer: Producer = field(default_factory=Producer)
+    attempt: int = 0
+    resources: ResourceUsage | None = None
+    event_version: int = 1
+
+    @property
+    def kind(self) -> str:
+        return kind_of(self.body)

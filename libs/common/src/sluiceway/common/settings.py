@@ -1,0 +1,72 @@
+"""Service settings from the environment: fail fast, naming the variable."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from sluiceway.common.bus import Names
+
+
+class SettingsError(ValueError):
+    pass
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "")
+    if raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r}: expected an integer") from None
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "")
+    if raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r}: expected a number") from None
+
+
+@dataclass(frozen=True)
+class Settings:
+    nats_url: str
+    names: Names
+    stream_replicas: int
+    instance: str
+    ready_file: str
+    control_addr: str
+    tracker_addr: str
+    tracker_db: str
+    worker_ack_wait_s: float
+    worker_heartbeat_s: float
+    worker_max_deliver: int
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        e = os.environ if env is None else env
+        replicas = _int(e, "SLUICEWAY_STREAM_REPLICAS", 1)
+        if replicas not in (1, 3, 5):
+            raise SettingsError(f"SLUICEWAY_STREAM_REPLICAS={replicas}: expected 1, 3 or 5")
+        ns = e.get("SLUICEWAY_NAMESPACE", "sluiceway")
+        if not ns.replace("_", "").isalnum() or not ns.islower():
+            raise SettingsError(f"SLUICEWAY_NAMESPACE={ns!r}: lower-case letters, digits and '_'")
+        return cls(
+            nats_url=e.get("SLUICEWAY_NATS_URL", "nats://127.0.0.1:4222"),
+            names=Names(ns),
+            stream_replicas=replicas,
+            instance=e.get("SLUICEWAY_INSTANCE", f"{socket.gethostname()}-{os.getpid()}"),
+            ready_file=e.get("SLUICEWAY_READY_FILE", ""),
+            control_addr=e.get("SLUICEWAY_CONTROL_ADDR", "127.0.0.1:50051"),
+            tracker_addr=e.get("SLUICEWAY_TRACKER_ADDR", "127.0.0.1:50052"),
+            tracker_db=e.get("SLUICEWAY_TRACKER_DB", ".sluiceway/tracker.duckdb"),
+            worker_ack_wait_s=_float(e, "SLUICEWAY_WORKER_ACK_WAIT_S", 60.0),
+            worker_heartbeat_s=_float(e, "SLUICEWAY_WORKER_HEARTBEAT_S", 10.0),
+            worker_max_deliver=_int(e, "SLUICEWAY_WORKER_MAX_DELIVER", 10),
+        )

@@ -1,0 +1,85 @@
+from sluiceway.v1 import events_pb2 as _events_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ConfigDocument(_message.Message):
+    __slots__ = ("text", "export_name", "base_dir", "file_name")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    EXPORT_NAME_FIELD_NUMBER: _ClassVar[int]
+    BASE_DIR_FIELD_NUMBER: _ClassVar[int]
+    FILE_NAME_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    export_name: str
+    base_dir: str
+    file_name: str
+    def __init__(self, text: _Optional[str] = ..., export_name: _Optional[str] = ..., base_dir: _Optional[str] = ..., file_name: _Optional[str] = ...) -> None: ...
+
+class SubmitRunRequest(_message.Message):
+    __slots__ = ("spec", "config", "requested_by", "options")
+    class OptionsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    REQUESTED_BY_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    spec: _events_pb2.ExportSpec
+    config: ConfigDocument
+    requested_by: str
+    options: _containers.ScalarMap[str, str]
+    def __init__(self, spec: _Optional[_Union[_events_pb2.ExportSpec, _Mapping]] = ..., config: _Optional[_Union[ConfigDocument, _Mapping]] = ..., requested_by: _Optional[str] = ..., options: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class SubmitRunResponse(_message.Message):
+    __slots__ = ("run_id", "export_name", "stream_seq")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    EXPORT_NAME_FIELD_NUMBER: _ClassVar[int]
+    STREAM_SEQ_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    export_name: str
+    stream_seq: int
+    def __init__(self, run_id: _Optional[str] = ..., export_name: _Optional[str] = ..., stream_seq: _Optional[int] = ...) -> None: ...
+
+class PlanRunRequest(_message.Message):
+    __slots__ = ("spec", "config")
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    spec: _events_pb2.ExportSpec
+    config: ConfigDocument
+    def __init__(self, spec: _Optional[_Union[_events_pb2.ExportSpec, _Mapping]] = ..., config: _Optional[_Union[ConfigDocument, _Mapping]] = ...) -> None: ...
+
+class PlanRunResponse(_message.Message):
+    __slots__ = ("plan", "warnings", "spec")
+    PLAN_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    plan: _events_pb2.PlanResolved
+    warnings: _containers.RepeatedCompositeFieldContainer[_events_pb2.PlanWarning]
+    spec: _events_pb2.ExportSpec
+    def __init__(self, plan: _Optional[_Union[_events_pb2.PlanResolved, _Mapping]] = ..., warnings: _Optional[_Iterable[_Union[_events_pb2.PlanWarning, _Mapping]]] = ..., spec: _Optional[_Union[_events_pb2.ExportSpec, _Mapping]] = ...) -> None: ...
+
+class CancelRunRequest(_message.Message):
+    __slots__ = ("run_id", "reason", "requested_by")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    REQUESTED_BY_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    reason: str
+    requested_by: str
+    def __init__(self, run_id: _Optional[str] = ..., reason: _Optional[str] = ..., requested_by: _Optional[str] = ...) -> None: ...
+
+class CancelRunResponse(_message.Message):
+    __slots__ = ("run_id", "stream_seq")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    STREAM_SEQ_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    stream_seq: int
+    def __init__(self, run_id: _Optional[str] = ..., stream_seq: _Optional[int] = ...) -> None: ...
