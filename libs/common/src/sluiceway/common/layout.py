@@ -1,0 +1,42 @@
+"""Destination layout: <dest>/<export>/runs/<run_id>/part-<chunk>-<n>-a<attempt>.<ext>."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+EXTENSIONS = {"parquet": "parquet", "csv": "csv"}
+
+
+def export_dir(destination: str, export_name: str) -> Path:
+    return Path(destination) / export_name
+
+
+def run_dir(destination: str, export_name: str, run_id: str) -> Path:
+    return export_dir(destination, export_name) / "runs" / run_id
+
+
+def part_name(chunk_index: int, part_index: int, attempt: int, fmt: str) -> str:
+    # The attempt is in the name so that two attempts of one chunk (a redelivery while the first
+    # still runs) never overwrite each other's files; only the winner's enter the manifest.
+    return f"part-{chunk_index:05d}-{part_index:04d}-a{attempt}.{EXTENSIONS[fmt]}"
+
+
+def temp_name(final_name: str) -> str:
+    return f".{final_name}.tmp"
+
+
+def manifest_path(destination: str, export_name: str, run_id: str) -> Path:
+    return run_dir(destination, export_name, run_id) / "manifest.json"
+
+
+def success_path(destination: str, export_name: str, run_id: str) -> Path:
+    return run_dir(destination, export_name, run_id) / "_SUCCESS"
+
+
+def latest_pointer_path(destination: str, export_name: str) -> Path:
+    """<dest>/<export>/manifest.json: the manifest of the latest committed run."""
+    return export_dir(destination, export_name) / "manifest.json"
+
+
+def quarantine_dir(destination: str, export_name: str, run_id: str) -> Path:
+    return export_dir(destination, export_name) / "_quarantine" / run_id

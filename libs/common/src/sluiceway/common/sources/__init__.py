@@ -1,0 +1,1 @@
+"""Row sources: introspection and Arrow batch readers, one module per engine."""

@@ -1,0 +1,50 @@
+"""What every source offers the planner (introspection) and the worker (reading a key range)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from sluiceway.common.domain.events import ChunkRange, ExportSpec, SchemaField
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+
+class SourceError(Exception):
+    """A source failure. `retryable` says whether another attempt may succeed (connection lost,
+    serialization failure, lock timeout, too many connections). The message is redacted."""
+
+    def __init__(self, message: str, *, retryable: bool) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+@dataclass(frozen=True)
+class Introspection:
+    schema: tuple[SchemaField, ...]
+    row_estimate: int
+    # chunk key bounds as text (integers for now); None when the table is empty or no key
+    key_low: str | None = None
+    key_high: str | None = None
+    key_type: str = ""            # Arrow type of the chunk column, e.g. "int64"
+    key_nullable: bool = False    # some rows have a NULL chunk key: they get a chunk of their own
+
+
+class Source(Protocol):
+    """Synchronous (drivers are); services call it from a worker thread."""
+
+    def introspect(self, spec: ExportSpec) -> Introspection: ...
+
+    def read(
+        self, spec: ExportSpec, rng: ChunkRange | None, schema: tuple[SchemaField, ...]
+    ) -> Iterator[pa.RecordBatch]:
+        """Batches of `rng` (None: every row) conforming to `schema`, in bounded memory."""
+        ...
+
+    def count(self, spec: ExportSpec, rng: ChunkRange | None) -> int:
+        """COUNT(*) with the same predicate as read()."""
+        ...
+
+    def close(self) -> None: ...

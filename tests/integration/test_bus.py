@@ -1,0 +1,53 @@
+"""The bus against a real nats-server: dedup ids, the once-only check, history reads."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sluiceway.common.bus import Bus
+from sluiceway.common.domain import events as ev
+from sluiceway.common.domain.ids import event_id
+
+
+def _event(run_id: str, body: ev.Body) -> ev.RunEvent:
+    return ev.RunEvent(
+        event_id=event_id(run_id, body),
+        run_id=run_id,
+        export_name="orders",
+        occurred_at=datetime(2026, 1, 1, tzinfo=UTC),
+        body=body,
+    )
+
+
+async def test_publishing_an_event_twice_stores_it_once(bus: Bus) -> None:
+    e = _event("r1", ev.ChunkStarted(chunk_index=0, attempt=1))
+    first = await bus.append(e)
+    second = await bus.append(e)
+    assert not first.duplicate and second.duplicate
+    assert second.seq == first.seq
+    assert [seq for seq, _ in await bus.history("r1")] == [first.seq]
+
+
+async def test_a_second_manifest_committed_for_a_run_is_refused(bus: Bus) -> None:
+    one = _event("r2", ev.ManifestCommitted(manifest_uri="file:///a", row_count=1))
+    # a racing replica: same kind, different content, hence a different publish
+    other = ev.RunEvent(**{**one.__dict__, "event_id": "r2/manifest_committed/other",
+                           "body": ev.ManifestCommitted(manifest_uri="file:///b", row_count=2)})
+    first = await bus.append(one)
+    second = await bus.append(other)
+    assert not first.conflict
+    assert second.conflict and second.seq == first.seq
+    history = await bus.history("r2")
+    assert len(history) == 1
+    assert history[0][1].body == one.body
+
+
+async def test_history_returns_one_run_in_stream_order(bus: Bus) -> None:
+    bodies = [ev.ChunkStarted(chunk_index=i, attempt=1) for i in range(5)]
+    for b in bodies:
+        await bus.append(_event("r3", b))
+    await bus.append(_event("other", bodies[0]))
+    history = await bus.history("r3")
+    assert [e.body for _, e in history] == bodies
+    assert [s for s, _ in history] == sorted(s for s, _ in history)
+    assert await bus.history("nothing-here") == []
