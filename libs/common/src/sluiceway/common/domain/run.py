@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import assert_never
 
 from .events import (
+    Body,
     CancelRequested,
     ChunkCompleted,
     ChunkFailed,
@@ -97,7 +98,8 @@ class RunState:
     retries: int = 0
     peak_rss_mb: float = 0.0
     anomalies: list[Anomaly] = field(default_factory=list)
-    seen_event_ids: set[str] = field(default_factory=set)
+    # event_id -> body of every applied event: a redelivery is recognised and skipped
+    applied: dict[str, Body] = field(default_factory=dict)
 
     # ---- derived views ----------------------------------------------------------------------
 
@@ -149,8 +151,11 @@ def evolve(state: RunState, event: RunEvent) -> RunState:
     folding a run with thousands of chunks stays linear); a forbidden event becomes an Anomaly."""
     if event.run_id != state.run_id:
         return _anomaly(state, event, f"event of run {event.run_id!r} folded into {state.run_id!r}")
-    if event.event_id in state.seen_event_ids:
-        return state  # the same fact delivered twice: applying it again changes nothing
+    seen = state.applied.get(event.event_id)
+    if seen is not None:
+        if seen == event.body:
+            return state  # the same fact delivered twice: applying it again changes nothing
+        return _anomaly(state, event, "a different event with an already applied event_id")
     body = event.body
     outcome = body.status if isinstance(body, RunCompleted) else None
     new_status = next_run_status(state.status, run_trigger(event.kind, outcome))
@@ -176,7 +181,7 @@ def evolve(state: RunState, event: RunEvent) -> RunState:
                 f"{body.attempt} is fenced off",
             )
 
-    state.seen_event_ids.add(event.event_id)
+    state.applied[event.event_id] = body
     state.status = new_status
     state.last_event_at = event.occurred_at
     if state.export_name == "":

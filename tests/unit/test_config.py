@@ -1,0 +1,136 @@
+"""The config loader: one located line per error, credentials only by variable name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sluiceway.common.config import ConfigError, load_file, load_text, select
+
+GOOD = """
+sources:
+  shop: {engine: postgres, url_env: SHOP_URL}
+  demo: {engine: sqlite, path: demo.db}
+defaults:
+  destination: out
+exports:
+  - name: orders
+    source: shop
+    table: public.orders
+    mode: chunked
+    chunk_column: id
+    chunk_size: 1000
+  - name: customers
+    source: demo
+    table: customers
+"""
+
+
+def _err(text: str, env: dict[str, str] | None = None) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_text(text, base_dir="/base", file_name="x.yaml", env=env)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_a_good_config_gives_every_export_with_defaults_and_absolute_paths(tmp_path: Path) -> None:
+    (tmp_path / "demo.db").touch()
+    specs = load_text(GOOD, base_dir=tmp_path, env={"SHOP_URL": "postgresql://u:p@h/db"})
+    assert set(specs) == {"orders", "customers"}
+    orders = specs["orders"]
+    assert orders.format == "parquet" and orders.compression == "zstd"
+    assert orders.destination == str(tmp_path / "out")
+    assert orders.source.url_env == "SHOP_URL"
+    assert specs["customers"].source.path == str(tmp_path / "demo.db")
+
+
+def test_the_spec_never_holds_the_url(tmp_path: Path) -> None:
+    (tmp_path / "demo.db").touch()
+    specs = load_text(GOOD, base_dir=tmp_path, env={"SHOP_URL": "postgresql://u:secretpw@h/db"})
+    assert "secretpw" not in repr(specs)
+
+
+def test_an_unknown_mode_names_export_and_field() -> None:
+    message = _err(GOOD.replace("mode: chunked", "mode: fulll"))
+    assert message.startswith("x.yaml: export 'orders': field 'mode': unknown mode 'fulll'")
+
+
+def test_a_missing_table_names_export_and_field() -> None:
+    message = _err(GOOD.replace("    table: customers\n", ""))
+    assert "export 'customers'" in message and "field 'table'" in message
+
+
+def test_an_unset_credentials_variable_names_it() -> None:
+    message = _err(GOOD, env={})
+    assert "export 'orders'" in message and "SHOP_URL is not set" in message
+
+
+def test_a_url_in_url_env_is_refused() -> None:
+    message = _err(GOOD.replace("url_env: SHOP_URL", "url_env: 'postgresql://u:p@h/db'"))
+    assert "must name an environment variable" in message
+
+
+def test_an_unknown_field_is_named() -> None:
+    message = _err(GOOD.replace("chunk_size: 1000", "chunk_size: 1000\n    chunk_sise: 5"))
+    assert "export 'orders': field 'chunk_sise': unknown field" in message
+
+
+def test_a_wrong_type_is_named() -> None:
+    message = _err(GOOD.replace("chunk_size: 1000", "chunk_size: many"))
+    assert "export 'orders': field 'chunk_size'" in message
+
+
+def test_chunked_needs_one_of_size_or_count() -> None:
+    message = _err(GOOD.replace("chunk_size: 1000", "chunk_size: 1000\n    chunk_count: 4"))
+    assert "exactly one of chunk_size or chunk_count" in message
+
+
+def test_an_unknown_source_is_named() -> None:
+    assert "unknown source 'nope'" in _err(GOOD.replace("source: shop", "source: nope"))
+
+
+def test_a_table_name_that_is_not_an_identifier_is_refused() -> None:
+    assert "field 'table'" in _err(GOOD.replace("public.orders", "'orders; drop table x'"))
+
+
+def test_select_picks_by_name_or_the_only_one() -> None:
+    specs = load_text(GOOD, base_dir="/base")
+    assert select(specs, "orders").name == "orders"
+    with pytest.raises(ConfigError, match="name one"):
+        select(specs, None)
+    with pytest.raises(ConfigError, match="no export named 'x'"):
+        select(specs, "x")
+
+
+def test_a_missing_sqlite_file_is_named() -> None:
+    assert "field 'source.path': no such database file" in _err(GOOD, env={"SHOP_URL": "x"})
+
+
+def test_a_missing_file_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="nope.yaml: cannot read config"):
+        load_file(tmp_path / "nope.yaml")
+
+
+def test_invalid_yaml_names_the_line() -> None:
+    assert "not valid YAML at line" in _err("exports: [\n  - {")
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
+        st.sampled_from(["exports", "name", "source", "table", "mode", "engine", "path",
+                         "url_env", "chunk_size", "chunk_column", "sources", "x"]), inner, max_size=5),
+    max_leaves=20,
+))
+def test_any_document_loads_or_fails_with_a_config_error(doc: object) -> None:
+    import yaml
+
+    try:
+        load_text(yaml.safe_dump(doc), base_dir="/base", env={})
+    except ConfigError as exc:
+        assert str(exc) and "\n" not in str(exc)

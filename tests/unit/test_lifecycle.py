@@ -1,0 +1,71 @@
+"""The transition tables: terminal states never change, every status is reachable."""
+
+from __future__ import annotations
+
+from sluiceway.common.domain.events import ChunkStatus, RunStatus
+from sluiceway.common.domain.lifecycle import (
+    CHUNK_TRANSITIONS,
+    RUN_TRANSITIONS,
+    TERMINAL_CHUNK,
+    TERMINAL_RUN,
+    next_chunk_status,
+    next_run_status,
+)
+
+
+def test_terminal_run_states_have_no_way_out() -> None:
+    assert not [key for key in RUN_TRANSITIONS if key[0] in TERMINAL_RUN]
+
+
+def test_terminal_chunk_states_have_no_way_out() -> None:
+    assert not [key for key in CHUNK_TRANSITIONS if key[0] in TERMINAL_CHUNK]
+
+
+def test_every_run_status_is_reachable_from_nothing() -> None:
+    reached = {RunStatus.UNSPECIFIED}
+    frontier = [RunStatus.UNSPECIFIED]
+    while frontier:
+        s = frontier.pop()
+        for (src, _), dst in RUN_TRANSITIONS.items():
+            if src is s and dst not in reached:
+                reached.add(dst)
+                frontier.append(dst)
+    assert reached == set(RunStatus)
+
+
+def test_every_chunk_status_is_reachable_from_pending() -> None:
+    reached = {ChunkStatus.PENDING}
+    frontier = [ChunkStatus.PENDING]
+    while frontier:
+        s = frontier.pop()
+        for (src, _), dst in CHUNK_TRANSITIONS.items():
+            if src is s and dst not in reached:
+                reached.add(dst)
+                frontier.append(dst)
+    assert reached == set(ChunkStatus) - {ChunkStatus.UNSPECIFIED}
+
+
+def test_a_run_succeeds_only_from_committing() -> None:
+    sources = {src for (src, trig), dst in RUN_TRANSITIONS.items() if dst is RunStatus.SUCCEEDED}
+    assert sources == {RunStatus.COMMITTING}
+
+
+def test_skipped_only_from_planning() -> None:
+    assert next_run_status(RunStatus.PLANNING, "completed:SKIPPED") is RunStatus.SKIPPED
+    assert next_run_status(RunStatus.RUNNING, "completed:SKIPPED") is None
+
+
+def test_any_active_run_can_fail_or_be_canceled() -> None:
+    for s in (RunStatus.REQUESTED, RunStatus.PLANNING, RunStatus.RUNNING, RunStatus.COMMITTING):
+        assert next_run_status(s, "completed:FAILED") is RunStatus.FAILED
+        assert next_run_status(s, "completed:CANCELED") is RunStatus.CANCELED
+
+
+def test_a_retryable_failure_waits_and_a_final_one_fails() -> None:
+    assert next_chunk_status(ChunkStatus.RUNNING, "chunk_failed:retryable") is ChunkStatus.RETRY_WAIT
+    assert next_chunk_status(ChunkStatus.RUNNING, "chunk_failed:final") is ChunkStatus.FAILED
+    assert next_chunk_status(ChunkStatus.RETRY_WAIT, "chunk_started") is ChunkStatus.RUNNING
+
+
+def test_a_completed_chunk_refuses_a_second_completion() -> None:
+    assert next_chunk_status(ChunkStatus.COMPLETED, "chunk_completed") is None
