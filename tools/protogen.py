@@ -6,8 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from grpc_tools import protoc
 import grpc_tools
+from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "proto"
@@ -31,7 +31,9 @@ def generate(out: Path) -> list[Path]:
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
     pkg = out / "sluiceway" / "v1"
-    (pkg / "__init__.py").write_text('"""Generated protobuf/gRPC code (make proto); do not edit."""\n')
+    (pkg / "__init__.py").write_text(
+        '"""Generated protobuf/gRPC code (make proto); do not edit."""\n'
+    )
     return sorted(p for p in pkg.iterdir() if p.is_file())
 
 

@@ -31,8 +31,13 @@ async def test_publishing_an_event_twice_stores_it_once(bus: Bus) -> None:
 async def test_a_second_manifest_committed_for_a_run_is_refused(bus: Bus) -> None:
     one = _event("r2", ev.ManifestCommitted(manifest_uri="file:///a", row_count=1))
     # a racing replica: same kind, different content, hence a different publish
-    other = ev.RunEvent(**{**one.__dict__, "event_id": "r2/manifest_committed/other",
-                           "body": ev.ManifestCommitted(manifest_uri="file:///b", row_count=2)})
+    other = ev.RunEvent(
+        **{
+            **one.__dict__,
+            "event_id": "r2/manifest_committed/other",
+            "body": ev.ManifestCommitted(manifest_uri="file:///b", row_count=2),
+        }
+    )
     first = await bus.append(one)
     second = await bus.append(other)
     assert not first.conflict

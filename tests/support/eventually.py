@@ -12,7 +12,10 @@ T = TypeVar("T")
 
 
 async def eventually(
-    probe: Callable[[], T | Awaitable[T]], *, timeout_s: float = 30.0, interval_s: float = 0.1,
+    probe: Callable[[], T | Awaitable[T]],
+    *,
+    timeout_s: float = 30.0,
+    interval_s: float = 0.1,
     what: str = "condition",
 ) -> T:
     """Poll `probe` until it returns a truthy value; raise TimeoutError with the last value."""

@@ -76,10 +76,20 @@ class LocalPostgres:
         pwfile.write_text(PASSWORD + "\n")
         if os.geteuid() == 0:
             shutil.chown(pwfile, "nobody", "nogroup")
-        self._as_owner([
-            str(self.bindir / "initdb"), "-D", str(self.data_dir), "-U", USER,
-            "--auth=scram-sha-256", f"--pwfile={pwfile}", "-E", "UTF8", "--locale=C.UTF-8",
-        ])
+        self._as_owner(
+            [
+                str(self.bindir / "initdb"),
+                "-D",
+                str(self.data_dir),
+                "-U",
+                USER,
+                "--auth=scram-sha-256",
+                f"--pwfile={pwfile}",
+                "-E",
+                "UTF8",
+                "--locale=C.UTF-8",
+            ]
+        )
         pwfile.unlink()
         opts = {
             "listen_addresses": "127.0.0.1",
@@ -94,19 +104,46 @@ class LocalPostgres:
             **(settings or {}),
         }
         o = " ".join(f"-c {k}={v}" for k, v in opts.items())
-        self._as_owner([
-            str(self.bindir / "pg_ctl"), "-D", str(self.data_dir), "-l", str(self.base / "log"),
-            "-o", o, "-w", "-t", "60", "start",
-        ])
+        self._as_owner(
+            [
+                str(self.bindir / "pg_ctl"),
+                "-D",
+                str(self.data_dir),
+                "-l",
+                str(self.base / "log"),
+                "-o",
+                o,
+                "-w",
+                "-t",
+                "60",
+                "start",
+            ]
+        )
         self.psql_admin(f"CREATE DATABASE {self.database}", db="postgres")
         return self
 
     def psql_admin(self, sql: str, db: str | None = None) -> str:
         env = {**os.environ, "PGPASSWORD": PASSWORD}
         out = subprocess.run(
-            ["psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", USER, "-d", db or self.database,
-             "-v", "ON_ERROR_STOP=1", "-Atc", sql],
-            check=True, capture_output=True, text=True, env=env,
+            [
+                "psql",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-U",
+                USER,
+                "-d",
+                db or self.database,
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-Atc",
+                sql,
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+            env=env,
         )
         return out.stdout.strip()
 
@@ -114,7 +151,17 @@ class LocalPostgres:
         if self.bindir is None or not self.data_dir.exists():
             return
         try:
-            self._as_owner([str(self.bindir / "pg_ctl"), "-D", str(self.data_dir), "-m", "immediate", "-w", "stop"])
+            self._as_owner(
+                [
+                    str(self.bindir / "pg_ctl"),
+                    "-D",
+                    str(self.data_dir),
+                    "-m",
+                    "immediate",
+                    "-w",
+                    "stop",
+                ]
+            )
         except subprocess.CalledProcessError:
             pass
         shutil.rmtree(self.base, ignore_errors=True)

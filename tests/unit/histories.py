@@ -64,7 +64,9 @@ class History:
                     content_fingerprint="xxh3:0000000000000000",
                 )
             )
-        return self.add(ev.ChunkCompleted(chunk_index=index, rows=rows, files=parts, attempt=attempt))
+        return self.add(
+            ev.ChunkCompleted(chunk_index=index, rows=rows, files=parts, attempt=attempt)
+        )
 
     def committed(self) -> History:
         self.add(ev.ValidationResult(passed=True))

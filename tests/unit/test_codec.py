@@ -8,7 +8,6 @@ from datetime import UTC, datetime
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from sluiceway.common import codec
 from sluiceway.common.domain import events as ev
 from sluiceway.common.domain.ids import event_id
@@ -94,14 +93,20 @@ def test_a_field_unknown_to_this_reader_is_ignored() -> None:
 
 def test_the_task_round_trips() -> None:
     task = ev.ChunkTask(
-        run_id="r", plan_id="p", spec=SPEC, range=ev.ChunkRange(2, "1", "5", True),
-        schema=(ev.SchemaField("id", "int64"),), chunk_count=3,
+        run_id="r",
+        plan_id="p",
+        spec=SPEC,
+        range=ev.ChunkRange(2, "1", "5", True),
+        schema=(ev.SchemaField("id", "int64"),),
+        chunk_count=3,
     )
     assert codec.decode_task(codec.encode_task(task)) == task
 
 
 def test_domain_and_proto_share_field_names() -> None:
     for cls, field_name in codec._FIELD_BY_BODY.items():
-        proto_fields = set(pb.RunEvent.DESCRIPTOR.fields_by_name[field_name].message_type.fields_by_name)
+        proto_fields = set(
+            pb.RunEvent.DESCRIPTOR.fields_by_name[field_name].message_type.fields_by_name
+        )
         domain_fields = {f.name for f in dataclasses.fields(cls)}
         assert domain_fields == proto_fields, cls.__name__

@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from sluiceway.common.config import ConfigError, load_file, load_text, select
 
 GOOD = """
@@ -97,6 +96,13 @@ def test_a_table_name_that_is_not_an_identifier_is_refused() -> None:
     assert "field 'table'" in _err(GOOD.replace("public.orders", "'orders; drop table x'"))
 
 
+def test_csv_defaults_to_no_compression_and_refuses_zstd() -> None:
+    csv = GOOD.replace("    table: customers\n", "    table: customers\n    format: csv\n")
+    assert load_text(csv, base_dir="/base")["customers"].compression == "none"
+    bad = csv.replace("format: csv", "format: csv\n    compression: zstd")
+    assert "field 'compression': csv supports 'none' or 'gzip'" in _err(bad)
+
+
 def test_select_picks_by_name_or_the_only_one() -> None:
     specs = load_text(GOOD, base_dir="/base")
     assert select(specs, "orders").name == "orders"
@@ -111,7 +117,7 @@ def test_a_missing_sqlite_file_is_named() -> None:
 
 
 def test_a_missing_file_is_named(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="nope.yaml: cannot read config"):
+    with pytest.raises(ConfigError, match=r"nope\.yaml: cannot read config"):
         load_file(tmp_path / "nope.yaml")
 
 
@@ -120,13 +126,35 @@ def test_invalid_yaml_names_the_line() -> None:
 
 
 @settings(max_examples=1000, deadline=None)
-@given(st.recursive(
-    st.none() | st.booleans() | st.integers() | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(
-        st.sampled_from(["exports", "name", "source", "table", "mode", "engine", "path",
-                         "url_env", "chunk_size", "chunk_column", "sources", "x"]), inner, max_size=5),
-    max_leaves=20,
-))
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+        lambda inner: (
+            st.lists(inner, max_size=4)
+            | st.dictionaries(
+                st.sampled_from(
+                    [
+                        "exports",
+                        "name",
+                        "source",
+                        "table",
+                        "mode",
+                        "engine",
+                        "path",
+                        "url_env",
+                        "chunk_size",
+                        "chunk_column",
+                        "sources",
+                        "x",
+                    ]
+                ),
+                inner,
+                max_size=5,
+            )
+        ),
+        max_leaves=20,
+    )
+)
 def test_any_document_loads_or_fails_with_a_config_error(doc: object) -> None:
     import yaml
 

@@ -7,15 +7,30 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 FORBIDDEN = {
-    "asyncio", "nats", "grpc", "duckdb", "pyarrow", "opentelemetry", "google", "psycopg",
-    "adbc_driver_postgresql", "adbc_driver_manager", "sqlite3", "socket", "subprocess", "xxhash",
-    "psutil", "os", "sluiceway.v1",
+    "asyncio",
+    "nats",
+    "grpc",
+    "duckdb",
+    "pyarrow",
+    "opentelemetry",
+    "google",
+    "psycopg",
+    "adbc_driver_postgresql",
+    "adbc_driver_manager",
+    "sqlite3",
+    "socket",
+    "subprocess",
+    "xxhash",
+    "psutil",
+    "os",
+    "sluiceway.v1",
 }
 
 
 def _domain_files() -> list[Path]:
     return [
-        p for p in ROOT.glob("**/domain/**/*.py")
+        p
+        for p in ROOT.glob("**/domain/**/*.py")
         if ".venv" not in p.parts and "tests" not in p.parts
     ]
 

@@ -6,7 +6,6 @@ import random
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from sluiceway.common.domain import events as ev
 from sluiceway.common.domain.lifecycle import CHUNK_TRANSITIONS, RUN_TRANSITIONS
 from sluiceway.common.domain.run import fold
@@ -127,7 +126,9 @@ def _full_history(chunks: int, retries: set[int]) -> list[ev.RunEvent]:
 
 
 histories = st.integers(1, 5).flatmap(
-    lambda n: st.tuples(st.just(n), st.sets(st.integers(0, n - 1)), st.randoms(use_true_random=False))
+    lambda n: st.tuples(
+        st.just(n), st.sets(st.integers(0, n - 1)), st.randoms(use_true_random=False)
+    )
 )
 
 

@@ -62,7 +62,9 @@ def test_any_active_run_can_fail_or_be_canceled() -> None:
 
 
 def test_a_retryable_failure_waits_and_a_final_one_fails() -> None:
-    assert next_chunk_status(ChunkStatus.RUNNING, "chunk_failed:retryable") is ChunkStatus.RETRY_WAIT
+    assert (
+        next_chunk_status(ChunkStatus.RUNNING, "chunk_failed:retryable") is ChunkStatus.RETRY_WAIT
+    )
     assert next_chunk_status(ChunkStatus.RUNNING, "chunk_failed:final") is ChunkStatus.FAILED
     assert next_chunk_status(ChunkStatus.RETRY_WAIT, "chunk_started") is ChunkStatus.RUNNING
 

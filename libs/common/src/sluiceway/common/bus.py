@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import nats
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.errors import NoServersError, TimeoutError as NatsTimeoutError
+from nats.errors import NoServersError
+from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
@@ -23,7 +23,6 @@ from nats.js.api import (
     StreamConfig,
 )
 from nats.js.errors import APIError, NotFoundError
-
 from sluiceway.common import codec, telemetry
 from sluiceway.common.domain.events import ONCE_PER_RUN, ChunkTask, RunEvent
 
@@ -95,9 +94,7 @@ class TaskConsumerSettings:
     max_ack_pending: int = 1000
 
 
-async def connect(
-    url: str, *, name: str, connect_timeout_s: float | None = None
-) -> NATS:
+async def connect(url: str, *, name: str, connect_timeout_s: float | None = None) -> NATS:
     """Connect with unlimited reconnects. Waits for the server to appear (forever by default)."""
     loop = asyncio.get_running_loop()
     deadline = None if connect_timeout_s is None else loop.time() + connect_timeout_s
@@ -222,9 +219,7 @@ class Bus:
     async def publish_task(self, task: ChunkTask, msg_id: str) -> Appended:
         hdrs = {"Nats-Msg-Id": msg_id}
         telemetry.inject(hdrs)
-        ack = await self.js.publish(
-            self.names.chunk_tasks, codec.encode_task(task), headers=hdrs
-        )
+        ack = await self.js.publish(self.names.chunk_tasks, codec.encode_task(task), headers=hdrs)
         return Appended(seq=ack.seq, duplicate=bool(ack.duplicate))
 
     # ---- reads ----------------------------------------------------------------------------
@@ -248,7 +243,9 @@ class Bus:
             out.append((seq, codec.decode(data)))
         return out
 
-    async def iter_raw(self, subject: str, *, start_seq: int = 0, batch: int = 500) -> Any:
+    async def iter_raw(
+        self, subject: str, *, start_seq: int = 0, batch: int = 500
+    ) -> AsyncIterator[tuple[int, bytes]]:
         """Yield (seq, bytes) of every stored message on `subject` from `start_seq` to the
         current end of the stream, then stop."""
         cfg = ConsumerConfig(
@@ -262,7 +259,7 @@ class Bus:
         sub = await self.js.pull_subscribe(subject, stream=self.names.runs_stream, config=cfg)
         try:
             info = await sub.consumer_info()
-            pending = info.num_pending
+            pending = info.num_pending or 0
             while pending > 0:
                 msgs = await sub.fetch(min(batch, pending), timeout=5)
                 for m in msgs:

@@ -18,7 +18,6 @@ from typing import Any, TypeVar
 
 from google.protobuf import timestamp_pb2
 from google.protobuf.message import DecodeError, Message
-
 from sluiceway.common.domain import events as ev
 from sluiceway.v1 import events_pb2 as pb
 
@@ -33,7 +32,7 @@ class Poison(ValueError):
 
 
 @functools.cache
-def _hints(cls: type) -> dict[str, Any]:
+def _hints(cls: Any) -> dict[str, Any]:
     return typing.get_type_hints(cls, vars(ev))
 
 
@@ -99,7 +98,7 @@ def _convert(value: Any, tp: Any, field_desc: Any) -> Any:
 
 def from_message(msg: Message, cls: type[T]) -> T:
     """Build the dataclass `cls` from `msg`; fields the dataclass lacks are ignored."""
-    hints = _hints(cls)
+    hints = _hints(cls)  # type: ignore[arg-type]
     fields_by_name = msg.DESCRIPTOR.fields_by_name
     kwargs: dict[str, Any] = {}
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
@@ -163,7 +162,8 @@ def event_from_pb(msg: pb.RunEvent) -> ev.RunEvent:
 
 
 def encode(event: ev.RunEvent) -> bytes:
-    return event_to_pb(event).SerializeToString(deterministic=True)
+    data: bytes = event_to_pb(event).SerializeToString(deterministic=True)
+    return data
 
 
 def decode(data: bytes) -> ev.RunEvent:
@@ -178,7 +178,8 @@ def decode(data: bytes) -> ev.RunEvent:
 
 
 def encode_task(task: ev.ChunkTask) -> bytes:
-    return to_message(task, pb.ChunkTask()).SerializeToString(deterministic=True)
+    data: bytes = to_message(task, pb.ChunkTask()).SerializeToString(deterministic=True)
+    return data
 
 
 def decode_task(data: bytes) -> ev.ChunkTask:

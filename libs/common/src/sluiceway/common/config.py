@@ -15,7 +15,6 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
 from sluiceway.common.domain.events import ExportSpec, SourceSpec
 
 MODES = ("full", "chunked")
@@ -27,7 +26,6 @@ ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 DEFAULTS: dict[str, Any] = {
     "format": "parquet",
-    "compression": "zstd",
     "compression_level": 0,
     "batch_size": 65_536,
     "max_attempts": 3,
@@ -40,7 +38,15 @@ class ConfigError(ValueError):
 
     def __init__(self, message: str, *, file: str = "", export: str = "", field: str = "") -> None:
         self.file, self.export, self.field, self.detail = file, export, field, message
-        where = [p for p in (file, f"export {export!r}" if export else "", f"field {field!r}" if field else "") if p]
+        where = [
+            p
+            for p in (
+                file,
+                f"export {export!r}" if export else "",
+                f"field {field!r}" if field else "",
+            )
+            if p
+        ]
         super().__init__(": ".join([*where, message]))
 
 
@@ -142,13 +148,9 @@ def load_text(
             source = doc.sources[item.source]
         else:
             source = item.source
-        d = doc.defaults
 
         def pick(name: str, item: _Export = item) -> Any:
-            value = getattr(item, name)
-            if value is None:
-                value = getattr(d, name, None)
-            return DEFAULTS.get(name) if value is None else value
+            return _pick(item, doc.defaults, name)
 
         destination = pick("destination") or ""
         spec = ExportSpec(
@@ -166,7 +168,7 @@ def load_text(
             chunk_size=item.chunk_size,
             chunk_count=item.chunk_count,
             format=pick("format"),
-            compression=pick("compression"),
+            compression=pick("compression") or "",
             compression_level=pick("compression_level"),
             destination=str((base / destination).resolve()) if destination else "",
             batch_size=pick("batch_size"),
@@ -175,6 +177,14 @@ def load_text(
         )
         specs[item.name] = check_spec(spec, env=env, file_name=file_name)
     return specs
+
+
+def _pick(item: _Export, defaults: _Defaults, name: str) -> Any:
+    """The export's own value, else the document's default, else the built-in default."""
+    value = getattr(item, name)
+    if value is None:
+        value = getattr(defaults, name, None)
+    return DEFAULTS.get(name) if value is None else value
 
 
 def check_spec(
@@ -189,13 +199,21 @@ def check_spec(
     if not spec.name or not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}", spec.name):
         raise fail("name", "must be 1-64 letters, digits, '_', '-' or '.'")
     fills = {k: v for k, v in DEFAULTS.items() if not getattr(spec, k)}
+    if not spec.compression:
+        fills["compression"] = "zstd" if spec.format in ("", "parquet") else "none"
     spec = replace(spec, **fills) if fills else spec
     src = spec.source
     if src.engine not in ENGINES:
-        raise fail("source.engine", f"unknown engine {src.engine!r} (expected one of: {', '.join(ENGINES)})")
+        raise fail(
+            "source.engine",
+            f"unknown engine {src.engine!r} (expected one of: {', '.join(ENGINES)})",
+        )
     if src.engine == "postgres":
         if not src.url_env:
-            raise fail("source.url_env", "is required: the name of the environment variable holding the URL")
+            raise fail(
+                "source.url_env",
+                "is required: the name of the environment variable holding the URL",
+            )
         if not ENV_NAME.fullmatch(src.url_env):
             raise fail("source.url_env", "must name an environment variable (not hold a URL)")
         if env is not None and not env.get(src.url_env):
@@ -226,16 +244,17 @@ def check_spec(
     elif spec.chunk_column or spec.chunk_size or spec.chunk_count:
         raise fail("mode", "chunk_column/chunk_size/chunk_count need mode 'chunked'")
     if spec.format not in FORMATS:
-        raise fail("format", f"unknown format {spec.format!r} (expected one of: {', '.join(FORMATS)})")
+        raise fail(
+            "format", f"unknown format {spec.format!r} (expected one of: {', '.join(FORMATS)})"
+        )
     if spec.compression not in COMPRESSIONS:
         raise fail(
             "compression",
-            f"unknown compression {spec.compression!r} (expected one of: {', '.join(COMPRESSIONS)})",
+            f"unknown compression {spec.compression!r} "
+            f"(expected one of: {', '.join(COMPRESSIONS)})",
         )
     if spec.format == "csv" and spec.compression not in ("none", "gzip"):
-        spec = replace(spec, compression="none") if spec.compression == "zstd" else spec
-        if spec.compression not in ("none", "gzip"):
-            raise fail("compression", "csv supports 'none' or 'gzip'")
+        raise fail("compression", "csv supports 'none' or 'gzip'")
     if not spec.destination:
         raise fail("destination", "is required (here or under 'defaults')")
     if not Path(spec.destination).is_absolute():
@@ -272,7 +291,9 @@ def _located(exc: ValidationError, raw: dict[str, Any], file_name: str) -> Confi
         export = (item.get("name") if isinstance(item, dict) else None) or f"#{loc[1] + 1}"
         loc = loc[2:]
     # drop pydantic's union-branch tags (e.g. 'str', '_Source')
-    field = ".".join(str(p) for p in loc if not (isinstance(p, str) and p[:1].isupper() or p in ("str",)))
+    field = ".".join(
+        str(p) for p in loc if not ((isinstance(p, str) and p[:1].isupper()) or p in ("str",))
+    )
     kind = err["type"]
     if kind == "extra_forbidden":
         message = "unknown field"
@@ -291,6 +312,8 @@ def resolve_url(spec: ExportSpec, env: Mapping[str, str] | None = None) -> str:
     value = (env if env is not None else os.environ).get(src.url_env, "")
     if not value:
         raise ConfigError(
-            f"environment variable {src.url_env} is not set", export=spec.name, field="source.url_env"
+            f"environment variable {src.url_env} is not set",
+            export=spec.name,
+            field="source.url_env",
         )
     return value

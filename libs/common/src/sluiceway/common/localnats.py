@@ -55,20 +55,29 @@ class LocalNats:
         self.store_dir.mkdir(parents=True, exist_ok=True)
         args = [
             nats_server_binary(),
-            "-a", self.host,
-            "-p", str(self.port),
+            "-a",
+            self.host,
+            "-p",
+            str(self.port),
             "-js",
-            "-sd", str(self.store_dir),
-            "-n", self.name,
+            "-sd",
+            str(self.store_dir),
+            "-n",
+            self.name,
         ]
         if self.cluster_name:
             args += [
-                "--cluster_name", self.cluster_name,
-                "--cluster", f"nats://{self.host}:{self.cluster_port}",
-                "--routes", ",".join(self.routes),
+                "--cluster_name",
+                self.cluster_name,
+                "--cluster",
+                f"nats://{self.host}:{self.cluster_port}",
+                "--routes",
+                ",".join(self.routes),
             ]
-        log = open(self.log_file or self.store_dir / "nats-server.log", "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log = open(self.log_file or self.store_dir / "nats-server.log", "ab")
+        self.proc = subprocess.Popen(
+            args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         log.close()
         self.wait_ready(timeout_s)
         return self

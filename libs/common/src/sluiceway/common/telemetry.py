@@ -18,7 +18,6 @@ from opentelemetry.propagate import extract as _extract
 from opentelemetry.propagate import inject as _inject
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
-
 from sluiceway.common.domain.events import ResourceUsage
 
 run_id_var: ContextVar[str] = ContextVar("run_id", default="")

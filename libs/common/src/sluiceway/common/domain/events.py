@@ -214,7 +214,7 @@ class SchemaChanged:
 
 
 @dataclass(frozen=True)
-class Warning:  # noqa: A001 - the contract's name
+class Warning:
     context: str = ""
     message: str = ""
 

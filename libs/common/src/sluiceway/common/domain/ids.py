@@ -29,9 +29,7 @@ class InvalidRunId(ValueError):
 def check_run_id(run_id: str) -> str:
     """A run id is one subject token: letters, digits, '-' and '_' only."""
     if not RUN_ID_RE.fullmatch(run_id):
-        raise InvalidRunId(
-            f"run_id {run_id!r} is invalid: use 1-64 letters, digits, '-' or '_'"
-        )
+        raise InvalidRunId(f"run_id {run_id!r} is invalid: use 1-64 letters, digits, '-' or '_'")
     return run_id
 
 

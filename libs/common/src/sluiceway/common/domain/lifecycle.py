@@ -13,7 +13,13 @@ TERMINAL_CHUNK: frozenset[ChunkStatus] = frozenset({C.COMPLETED, C.FAILED, C.CAN
 # Triggers are event kinds; a RunCompleted is keyed by its outcome ("completed:SUCCEEDED").
 # UNSPECIFIED stands for "no event seen yet".
 _ACTIVE = (R.REQUESTED, R.PLANNING, R.RUNNING, R.COMMITTING)
-_CHUNK_WORK = ("chunk_started", "file_written", "chunk_completed", "chunk_failed", "retry_attempted")
+_CHUNK_WORK = (
+    "chunk_started",
+    "file_written",
+    "chunk_completed",
+    "chunk_failed",
+    "retry_attempted",
+)
 _GATES = ("quality_issue", "schema_changed", "validation_result", "reconciliation_result")
 
 RUN_TRANSITIONS: dict[tuple[RunStatus, str], RunStatus] = {

@@ -28,8 +28,8 @@ class Introspection:
     # chunk key bounds as text (integers for now); None when the table is empty or no key
     key_low: str | None = None
     key_high: str | None = None
-    key_type: str = ""            # Arrow type of the chunk column, e.g. "int64"
-    key_nullable: bool = False    # some rows have a NULL chunk key: they get a chunk of their own
+    key_type: str = ""  # Arrow type of the chunk column, e.g. "int64"
+    key_nullable: bool = False  # some rows have a NULL chunk key: they get a chunk of their own
 
 
 class Source(Protocol):
