@@ -6,7 +6,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-
 from sluiceway.common import codec
 from sluiceway.common.domain import events as ev
 from sluiceway.common.domain.ids import event_id
@@ -39,8 +38,9 @@ def run_history(run_id: str, *, complete: bool = True) -> list[ev.RunEvent]:
     for c in (0, 1):
         bodies += [
             ev.ChunkStarted(chunk_index=c, attempt=1),
-            ev.FileWritten(file_name=f"part-{c}-0.parquet", rows=10, bytes=100, chunk_index=c,
-                           attempt=1),
+            ev.FileWritten(
+                file_name=f"part-{c}-0.parquet", rows=10, bytes=100, chunk_index=c, attempt=1
+            ),
             ev.ChunkCompleted(chunk_index=c, rows=10, files=1, attempt=1),
         ]
     if complete:
@@ -60,8 +60,16 @@ def raw(events: list[ev.RunEvent], first_seq: int = 1) -> list[RawMessage]:
     ]
 
 
-ALL_TABLES = ("runs", "chunks", "parts", "events", "quality_issues", "schema_changes",
-              "anomalies", "projection_offset")
+ALL_TABLES = (
+    "runs",
+    "chunks",
+    "parts",
+    "events",
+    "quality_issues",
+    "schema_changes",
+    "anomalies",
+    "projection_offset",
+)
 
 
 def snapshot(store: TrackerStore) -> dict[str, list[dict[str, object]]]:
@@ -154,10 +162,15 @@ def test_parts_of_a_losing_attempt_are_not_committed(store: TrackerStore) -> Non
         _event("r1", ev.ChunkStarted(chunk_index=0, attempt=2), 50),
     ]
     # attempt 2 of chunk 0 starts while attempt 1 runs; attempt 1 completes first
-    events = events[:2] + [events[2], extra[0]] + events[3:]
+    events = [*events[:2], events[2], extra[0], *events[3:]]
     events.append(
-        _event("r1", ev.FileWritten(file_name="part-0-0.a2.parquet", rows=10, bytes=90,
-                                    chunk_index=0, attempt=2), 60)
+        _event(
+            "r1",
+            ev.FileWritten(
+                file_name="part-0-0.a2.parquet", rows=10, bytes=90, chunk_index=0, attempt=2
+            ),
+            60,
+        )
     )
     store.apply(raw(events))
     parts = {p["file_name"]: p["committed"] for p in store.list_parts("r1")}

@@ -1,0 +1,1 @@
+"""Tracker adapters: one external system each (DuckDB, gRPC, NATS)."""

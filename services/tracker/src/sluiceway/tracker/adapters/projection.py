@@ -1,0 +1,463 @@
+"""The DuckDB read model: applies raw run-log messages in batches, rows and offset together."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+from sluiceway.common import codec
+from sluiceway.common.domain import events as ev
+from sluiceway.common.domain.lifecycle import TERMINAL_RUN
+from sluiceway.common.domain.run import RunState, evolve
+from sluiceway.tracker.domain.summary import Summary, journal_message, summarize
+
+log = logging.getLogger(__name__)
+
+TERMINAL_VALUES = tuple(s.value for s in TERMINAL_RUN)
+EPOCH = datetime(1970, 1, 1)
+
+
+@dataclass(frozen=True)
+class RawMessage:
+    """One stored message of the run stream, before decoding."""
+
+    seq: int
+    subject: str
+    data: bytes
+
+
+# ---- schemas: DuckDB DDL and the Arrow schema of each table, side by side ---------------------
+
+_TYPES: dict[str, tuple[str, pa.DataType]] = {
+    "str": ("VARCHAR", pa.string()),
+    "int": ("BIGINT", pa.int64()),
+    "float": ("DOUBLE", pa.float64()),
+    "bool": ("BOOLEAN", pa.bool_()),
+    "datetime | None": ("TIMESTAMP", pa.timestamp("us")),  # naive UTC
+    "tuple[str, ...]": ("VARCHAR[]", pa.list_(pa.string())),
+}
+
+
+def _columns(pairs: Iterable[tuple[str, str]]) -> list[tuple[str, str, pa.DataType]]:
+    return [(name, *_TYPES[tp]) for name, tp in pairs]
+
+
+TABLES: dict[str, list[tuple[str, str, pa.DataType]]] = {
+    "runs": _columns((f.name, str(f.type)) for f in dataclasses.fields(Summary)),
+    "chunks": _columns(
+        [
+            ("run_id", "str"),
+            ("chunk_index", "int"),
+            ("status", "str"),
+            ("start_key", "str"),
+            ("end_key", "str"),
+            ("attempt", "int"),
+            ("rows", "int"),
+            ("files", "int"),
+            ("error", "str"),
+            ("winning_attempt", "int"),
+            ("started_at", "datetime | None"),
+            ("finished_at", "datetime | None"),
+        ]
+    ),
+    "parts": _columns(
+        [
+            ("run_id", "str"),
+            ("file_name", "str"),
+            ("chunk_index", "int"),
+            ("part_index", "int"),
+            ("attempt", "int"),
+            ("rows", "int"),
+            ("bytes", "int"),
+            ("content_fingerprint", "str"),
+            ("committed", "bool"),
+        ]
+    ),
+    "events": [
+        ("seq", "BIGINT", pa.int64()),
+        ("run_id", "VARCHAR", pa.string()),
+        ("kind", "VARCHAR", pa.string()),
+        ("event_id", "VARCHAR", pa.string()),
+        ("occurred_at", "TIMESTAMP", pa.timestamp("us")),
+        ("data", "BLOB", pa.binary()),
+        ("message", "VARCHAR", pa.string()),
+    ],
+    "quality_issues": _columns(
+        [
+            ("seq", "int"),
+            ("run_id", "str"),
+            ("severity", "str"),
+            ("rule", "str"),
+            ("message", "str"),
+        ]
+    ),
+    "schema_changes": _columns(
+        [
+            ("seq", "int"),
+            ("run_id", "str"),
+            ("added", "tuple[str, ...]"),
+            ("removed", "tuple[str, ...]"),
+            ("type_changed", "tuple[str, ...]"),
+        ]
+    ),
+    "anomalies": _columns(
+        [("seq", "int"), ("run_id", "str"), ("event_id", "str"), ("kind", "str"), ("reason", "str")]
+    ),
+}
+# Tables whose rows are a function of a run's whole state: replaced per touched run.
+PER_RUN_TABLES = ("runs", "chunks", "parts")
+
+
+def _naive_utc(dt: datetime | None) -> datetime | None:
+    return None if dt is None else dt.astimezone(UTC).replace(tzinfo=None)
+
+
+def _summary_row(summary: Summary) -> dict[str, Any]:
+    row = dataclasses.asdict(summary)
+    row["requested_at"] = _naive_utc(summary.requested_at)
+    row["finished_at"] = _naive_utc(summary.finished_at)
+    row["apply_bypassed"] = list(summary.apply_bypassed)
+    return row
+
+
+def _chunk_rows(state: RunState) -> list[dict[str, Any]]:
+    return [
+        {
+            "run_id": state.run_id,
+            "chunk_index": c.index,
+            "status": c.status.value,
+            "start_key": c.range.start_key,
+            "end_key": c.range.end_key,
+            "attempt": c.attempt,
+            "rows": c.rows,
+            "files": sum(1 for (a, _) in c.files if a == c.winning_attempt)
+            if c.status is ev.ChunkStatus.COMPLETED
+            else len(c.files),
+            "error": c.error,
+            "winning_attempt": c.winning_attempt,
+            "started_at": _naive_utc(c.started_at),
+            "finished_at": _naive_utc(c.finished_at),
+        }
+        for _, c in sorted(state.chunks.items())
+    ]
+
+
+def _part_rows(state: RunState) -> list[dict[str, Any]]:
+    rows = []
+    for _, c in sorted(state.chunks.items()):
+        won = c.status is ev.ChunkStatus.COMPLETED
+        for (attempt, _part), f in sorted(c.files.items()):
+            rows.append(
+                {
+                    "run_id": state.run_id,
+                    "file_name": f.file_name,
+                    "chunk_index": f.chunk_index,
+                    "part_index": f.part_index,
+                    "attempt": f.attempt,
+                    "rows": f.rows,
+                    "bytes": f.bytes,
+                    "content_fingerprint": f.content_fingerprint,
+                    "committed": won and attempt == c.winning_attempt,
+                }
+            )
+    return rows
+
+
+def _kind_of_subject(subject: str) -> str:
+    parts = subject.split(".")
+    return parts[3] if len(parts) > 3 else ""
+
+
+def _run_of_subject(subject: str) -> str:
+    parts = subject.split(".")
+    return parts[2] if len(parts) > 2 else ""
+
+
+class TrackerStore:
+    """One DuckDB file: the read model and the projection's offset.
+
+    Not thread-safe: the caller runs every method on one thread (see app.py), so reads never
+    interleave with a batch being applied.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._con = duckdb.connect(str(path))
+        self._create_schema()
+        # In-memory fold of every non-terminal run (and of terminal runs touched in a batch),
+        # with the stream seq of each run's latest event.
+        self._states: dict[str, RunState] = {}
+        self._last_seq: dict[str, int] = {}
+        self._load_active()
+
+    # ---- lifecycle ------------------------------------------------------------------------
+
+    def _create_schema(self) -> None:
+        for table, cols in TABLES.items():
+            ddl = ", ".join(f"{name} {sql}" for name, sql, _ in cols)
+            self._con.execute(f"CREATE TABLE IF NOT EXISTS {table} ({ddl})")
+        self._con.execute("CREATE TABLE IF NOT EXISTS projection_offset (seq BIGINT NOT NULL)")
+        if self._con.execute("SELECT count(*) FROM projection_offset").fetchone() == (0,):
+            self._con.execute("INSERT INTO projection_offset VALUES (0)")
+        self._con.execute("CREATE INDEX IF NOT EXISTS events_by_run ON events (run_id)")
+
+    def _load_active(self) -> None:
+        """Rebuild the fold of every non-terminal run from the stored journal (not from NATS)."""
+        self._states.clear()
+        self._last_seq.clear()
+        placeholders = ", ".join("?" for _ in TERMINAL_VALUES)
+        rows = self._con.execute(
+            f"SELECT run_id FROM runs WHERE status NOT IN ({placeholders})", TERMINAL_VALUES
+        ).fetchall()
+        for (run_id,) in rows:
+            self._load_run(run_id)
+
+    def _load_run(self, run_id: str) -> RunState:
+        state = RunState(run_id=run_id)
+        last = 0
+        for seq, data in self._con.execute(
+            "SELECT seq, data FROM events WHERE run_id = ? ORDER BY seq", [run_id]
+        ).fetchall():
+            evolve(state, codec.decode(data))
+            last = seq
+        self._states[run_id] = state
+        self._last_seq[run_id] = last
+        return state
+
+    def checkpoint(self) -> None:
+        self._con.execute("CHECKPOINT")
+
+    def close(self) -> None:
+        self._con.close()
+
+    # ---- the projection -------------------------------------------------------------------
+
+    def offset(self) -> int:
+        row = self._con.execute("SELECT seq FROM projection_offset").fetchone()
+        return int(row[0]) if row else 0
+
+    def apply(self, batch: Sequence[RawMessage]) -> int:
+        """Apply messages in stream order; rows and offset commit together or not at all.
+        A message at or below the stored offset is a redelivery and is skipped."""
+        con = self._con
+        con.begin()
+        try:
+            last = self.offset()
+            start = last
+            touched: set[str] = set()
+            rows: dict[str, list[dict[str, Any]]] = {
+                "events": [],
+                "anomalies": [],
+                "quality_issues": [],
+                "schema_changes": [],
+            }
+            for msg in batch:
+                if msg.seq <= last:
+                    continue
+                last = msg.seq
+                self._apply_one(msg, rows, touched)
+            if last != start:
+                for table, table_rows in rows.items():
+                    self._insert(table, table_rows)
+                self._replace_runs(touched)
+                con.execute("UPDATE projection_offset SET seq = ?", [last])
+            con.commit()
+        except BaseException:
+            con.rollback()
+            self._load_active()  # the in-memory folds may hold half a batch
+            raise
+        for run_id in touched:
+            if self._states[run_id].status in TERMINAL_RUN:
+                del self._states[run_id]
+                del self._last_seq[run_id]
+        return last
+
+    def _apply_one(
+        self, msg: RawMessage, rows: dict[str, list[dict[str, Any]]], touched: set[str]
+    ) -> None:
+        try:
+            event = codec.decode(msg.data)
+        except codec.Poison as exc:
+            log.warning("undecodable message at seq %d recorded as an anomaly", msg.seq)
+            rows["anomalies"].append(
+                {
+                    "seq": msg.seq,
+                    "run_id": _run_of_subject(msg.subject),
+                    "event_id": "",
+                    "kind": _kind_of_subject(msg.subject),
+                    "reason": f"undecodable: {exc}",
+                }
+            )
+            return
+        run_id = event.run_id
+        state = self._states.get(run_id)
+        if state is None:
+            state = self._load_run(run_id)
+        n_anomalies = len(state.anomalies)
+        n_quality = len(state.quality_issues)
+        n_schema = len(state.schema_changes)
+        evolve(state, event)
+        touched.add(run_id)
+        self._last_seq[run_id] = msg.seq
+        rows["events"].append(
+            {
+                "seq": msg.seq,
+                "run_id": run_id,
+                "kind": event.kind,
+                "event_id": event.event_id,
+                "occurred_at": _naive_utc(event.occurred_at),
+                "data": msg.data,
+                "message": journal_message(event),
+            }
+        )
+        for a in state.anomalies[n_anomalies:]:
+            rows["anomalies"].append(
+                {
+                    "seq": msg.seq,
+                    "run_id": run_id,
+                    "event_id": a.event_id,
+                    "kind": a.kind,
+                    "reason": a.reason,
+                }
+            )
+        for q in state.quality_issues[n_quality:]:
+            rows["quality_issues"].append(
+                {
+                    "seq": msg.seq,
+                    "run_id": run_id,
+                    "severity": q.severity.value,
+                    "rule": q.rule,
+                    "message": q.message,
+                }
+            )
+        for s in state.schema_changes[n_schema:]:
+            rows["schema_changes"].append(
+                {
+                    "seq": msg.seq,
+                    "run_id": run_id,
+                    "added": list(s.added),
+                    "removed": list(s.removed),
+                    "type_changed": list(s.type_changed),
+                }
+            )
+
+    def _arrow(self, table: str, rows: list[dict[str, Any]]) -> pa.Table:
+        schema = pa.schema([(name, tp) for name, _, tp in TABLES[table]])
+        return pa.Table.from_pylist(rows, schema=schema)
+
+    def _insert(self, table: str, rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        self._con.register("_incoming", self._arrow(table, rows))
+        try:
+            self._con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM _incoming")
+        finally:
+            self._con.unregister("_incoming")
+
+    def _replace_runs(self, run_ids: set[str]) -> None:
+        if not run_ids:
+            return
+        ordered = sorted(run_ids)
+        states = [self._states[r] for r in ordered]
+        self._con.register("_touched", pa.table({"run_id": pa.array(ordered, pa.string())}))
+        try:
+            for table in PER_RUN_TABLES:
+                self._con.execute(
+                    f"DELETE FROM {table} WHERE run_id IN (SELECT run_id FROM _touched)"
+                )
+        finally:
+            self._con.unregister("_touched")
+        self._insert("runs", [_summary_row(summarize(s, self._last_seq[s.run_id])) for s in states])
+        self._insert("chunks", [row for s in states for row in _chunk_rows(s)])
+        self._insert("parts", [row for s in states for row in _part_rows(s)])
+
+    # ---- reads ----------------------------------------------------------------------------
+
+    def _dicts(self, sql: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        cur = self._con.execute(sql, list(params))
+        names = [d[0] for d in cur.description or []]
+        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+    def get_run(self, run_id: str) -> dict[str, Any] | None:
+        found = self._dicts("SELECT * FROM runs WHERE run_id = ?", [run_id])
+        return found[0] if found else None
+
+    def journal(self, run_id: str) -> list[dict[str, Any]]:
+        return self._dicts(
+            "SELECT seq, kind, occurred_at, message FROM events WHERE run_id = ? ORDER BY seq",
+            [run_id],
+        )
+
+    def list_runs(
+        self,
+        *,
+        export_name: str = "",
+        statuses: Sequence[str] = (),
+        requested_after: datetime | None = None,
+        requested_before: datetime | None = None,
+        after_key: tuple[datetime, str] | None = None,
+        limit: int = 50,
+    ) -> list[dict[str, Any]]:
+        """Newest first by (requested_at, run_id); `after_key` is the last key of the previous
+        page (keyset paging, stable under concurrent inserts)."""
+        key = "coalesce(requested_at, TIMESTAMP '1970-01-01')"
+        where: list[str] = ["TRUE"]
+        params: list[Any] = []
+        if export_name:
+            where.append("export_name = ?")
+            params.append(export_name)
+        if statuses:
+            where.append(f"status IN ({', '.join('?' for _ in statuses)})")
+            params.extend(statuses)
+        if requested_after is not None:
+            where.append("requested_at > ?")
+            params.append(_naive_utc(requested_after))
+        if requested_before is not None:
+            where.append("requested_at < ?")
+            params.append(_naive_utc(requested_before))
+        if after_key is not None:
+            where.append(f"({key} < ? OR ({key} = ? AND run_id < ?))")
+            at = _naive_utc(after_key[0])
+            params.extend([at, at, after_key[1]])
+        params.append(limit)
+        return self._dicts(
+            f"SELECT * FROM runs WHERE {' AND '.join(where)} "
+            f"ORDER BY {key} DESC, run_id DESC LIMIT ?",
+            params,
+        )
+
+    def list_chunks(self, run_id: str) -> list[dict[str, Any]]:
+        return self._dicts("SELECT * FROM chunks WHERE run_id = ? ORDER BY chunk_index", [run_id])
+
+    def list_parts(self, run_id: str) -> list[dict[str, Any]]:
+        return self._dicts(
+            "SELECT * FROM parts WHERE run_id = ? ORDER BY chunk_index, attempt, part_index",
+            [run_id],
+        )
+
+    def run_events(self, run_id: str, after_seq: int, limit: int) -> list[tuple[int, str, bytes]]:
+        rows = self._con.execute(
+            "SELECT seq, kind, data FROM events WHERE run_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+            [run_id, after_seq, limit],
+        ).fetchall()
+        return [(int(s), str(k), bytes(d)) for s, k, d in rows]
+
+    def anomalies(self, run_id: str | None = None) -> list[dict[str, Any]]:
+        if run_id is None:
+            return self._dicts("SELECT * FROM anomalies ORDER BY seq")
+        return self._dicts("SELECT * FROM anomalies WHERE run_id = ? ORDER BY seq", [run_id])
+
+    def table(self, name: str) -> list[dict[str, Any]]:
+        """Every row of one table in a stable order (tests compare rebuilt read models)."""
+        if name not in TABLES and name != "projection_offset":
+            raise ValueError(f"unknown table {name!r}")
+        return self._dicts(f"SELECT * FROM {name} ORDER BY ALL")

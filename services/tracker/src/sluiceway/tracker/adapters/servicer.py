@@ -1,0 +1,298 @@
+"""The Tracker gRPC API: translates requests into read-model queries, never decides."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import logging
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import grpc
+from google.protobuf import timestamp_pb2
+from sluiceway.common.domain.ids import InvalidRunId, check_run_id
+from sluiceway.tracker.adapters.projection import TrackerStore
+from sluiceway.v1 import events_pb2, tracker_pb2, tracker_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+LIST_RUNS_DEFAULT, LIST_RUNS_MAX = 50, 500
+EVENTS_DEFAULT, EVENTS_MAX = 200, 1000
+
+
+class DbPort(Protocol):
+    store: TrackerStore
+
+    async def call(self, fn: Any, *args: Any, **kwargs: Any) -> Any: ...
+
+
+class ProgressPort(Protocol):
+    applied_seq: int
+
+    def progress_marker(self) -> asyncio.Event: ...
+
+
+# ---- row -> protobuf ------------------------------------------------------------------------
+
+_SUMMARY_SKIP = {
+    "apply_plan_id",
+    "apply_force",
+    "apply_bypassed",
+    "requested_at",
+    "finished_at",
+    "status",
+}
+
+
+def _ts(dt: datetime | None) -> Any:
+    ts = timestamp_pb2.Timestamp()
+    if dt is not None:
+        ts.FromDatetime(dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt)
+    return ts
+
+
+def _run_status(name: str) -> Any:
+    return events_pb2.RunStatus.Value(f"RUN_STATUS_{name}")
+
+
+def summary_to_pb(row: dict[str, Any], journal: list[dict[str, Any]] | None = None) -> Any:
+    msg = tracker_pb2.RunSummary()
+    for key, value in row.items():
+        if key in _SUMMARY_SKIP:
+            continue
+        setattr(msg, key, value)
+    msg.status = _run_status(row["status"])
+    msg.apply_context.plan_id = row["apply_plan_id"]
+    msg.apply_context.force = row["apply_force"]
+    msg.apply_context.bypassed.extend(row["apply_bypassed"] or [])
+    if row["requested_at"] is not None:
+        msg.requested_at.CopyFrom(_ts(row["requested_at"]))
+    if row["finished_at"] is not None:
+        msg.finished_at.CopyFrom(_ts(row["finished_at"]))
+    for j in journal or []:
+        msg.journal.add(
+            seq=j["seq"], kind=j["kind"], occurred_at=_ts(j["occurred_at"]), message=j["message"]
+        )
+    return msg
+
+
+def chunk_to_pb(row: dict[str, Any]) -> Any:
+    msg = tracker_pb2.ChunkInfo(
+        chunk_index=row["chunk_index"],
+        status=events_pb2.ChunkStatus.Value(f"CHUNK_STATUS_{row['status']}"),
+        start_key=row["start_key"],
+        end_key=row["end_key"],
+        attempt=row["attempt"],
+        rows=row["rows"],
+        files=row["files"],
+        error=row["error"],
+        winning_attempt=row["winning_attempt"],
+    )
+    if row["started_at"] is not None:
+        msg.started_at.CopyFrom(_ts(row["started_at"]))
+    if row["finished_at"] is not None:
+        msg.finished_at.CopyFrom(_ts(row["finished_at"]))
+    return msg
+
+
+def part_to_pb(row: dict[str, Any]) -> Any:
+    return tracker_pb2.PartInfo(**{k: v for k, v in row.items() if k != "run_id"})
+
+
+def stored_event(seq: int, kind: str, data: bytes) -> Any:
+    return tracker_pb2.StoredEvent(seq=seq, kind=kind, event=events_pb2.RunEvent.FromString(data))
+
+
+# ---- page tokens: an opaque keyset cursor -----------------------------------------------------
+
+
+def encode_page_token(requested_at: datetime | None, run_id: str) -> str:
+    micros = 0
+    if requested_at is not None:
+        micros = int(
+            (requested_at.replace(tzinfo=UTC) - datetime(1970, 1, 1, tzinfo=UTC)).total_seconds()
+            * 1_000_000
+        )
+    raw = json.dumps([micros, run_id], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_page_token(token: str) -> tuple[datetime, str]:
+    """Raises ValueError when the token was not made by encode_page_token."""
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        micros, run_id = json.loads(raw)
+    except (binascii.Error, ValueError, TypeError) as exc:
+        raise ValueError("malformed") from exc
+    if not isinstance(micros, int) or not isinstance(run_id, str):
+        raise ValueError("malformed")
+    at = datetime(1970, 1, 1, tzinfo=UTC).timestamp() + micros / 1_000_000
+    return datetime.fromtimestamp(at, UTC), run_id
+
+
+def _page_size(value: int, default: int, maximum: int) -> int:
+    if value < 0:
+        raise ValueError(f"page_size must be >= 0 (0 = {default}), got {value}")
+    return min(value or default, maximum)
+
+
+class TrackerServicer(tracker_pb2_grpc.TrackerServicer):
+    """Reads go through `db.call` (one DuckDB thread), so no answer mixes two batches."""
+
+    def __init__(
+        self,
+        db: DbPort,
+        progress: ProgressPort,
+        *,
+        watch_page: int = 200,
+        slow_client_timeout_s: float = 10.0,
+        watch_wait_for_run_s: float = 5.0,
+    ) -> None:
+        self._db = db
+        self._progress = progress
+        self._watch_page = watch_page
+        self._slow_client_timeout_s = slow_client_timeout_s
+        self._watch_wait_for_run_s = watch_wait_for_run_s
+
+    async def _run_id(self, run_id: str, context: grpc.aio.ServicerContext) -> str:
+        if not run_id:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "run_id is required")
+        try:
+            return check_run_id(run_id)
+        except InvalidRunId as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            raise  # unreachable: abort raises
+
+    async def _require_run(self, run_id: str, context: grpc.aio.ServicerContext) -> None:
+        if await self._db.call(self._db.store.get_run, run_id) is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"run {run_id!r} not found")
+
+    async def GetRun(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        run_id = await self._run_id(request.run_id, context)
+        applied = self._progress.applied_seq
+        if request.min_seq > applied:
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                f"not caught up: at seq {applied}, need {request.min_seq}",
+            )
+        store = self._db.store
+
+        def read() -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+            run = store.get_run(run_id)
+            return run, (store.journal(run_id) if run is not None else [])
+
+        run, journal = await self._db.call(read)
+        if run is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"run {run_id!r} not found")
+        return summary_to_pb(run, journal)
+
+    async def ListRuns(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            limit = _page_size(request.page_size, LIST_RUNS_DEFAULT, LIST_RUNS_MAX)
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        after_key = None
+        if request.page_token:
+            try:
+                after_key = decode_page_token(request.page_token)
+            except ValueError:
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    "page_token is malformed: pass back a next_page_token",
+                )
+        statuses = [
+            events_pb2.RunStatus.Name(s).removeprefix("RUN_STATUS_") for s in request.statuses
+        ]
+        rows = await self._db.call(
+            self._db.store.list_runs,
+            export_name=request.export_name,
+            statuses=statuses,
+            requested_after=request.requested_after.ToDatetime(tzinfo=UTC)
+            if request.HasField("requested_after")
+            else None,
+            requested_before=request.requested_before.ToDatetime(tzinfo=UTC)
+            if request.HasField("requested_before")
+            else None,
+            after_key=after_key,
+            limit=limit + 1,
+        )
+        response = tracker_pb2.ListRunsResponse(runs=[summary_to_pb(r) for r in rows[:limit]])
+        if len(rows) > limit:
+            last = rows[limit - 1]
+            response.next_page_token = encode_page_token(last["requested_at"], last["run_id"])
+        return response
+
+    async def ListChunks(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        run_id = await self._run_id(request.run_id, context)
+        await self._require_run(run_id, context)
+        rows = await self._db.call(self._db.store.list_chunks, run_id)
+        return tracker_pb2.ListChunksResponse(chunks=[chunk_to_pb(r) for r in rows])
+
+    async def ListParts(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        run_id = await self._run_id(request.run_id, context)
+        await self._require_run(run_id, context)
+        rows = await self._db.call(self._db.store.list_parts, run_id)
+        return tracker_pb2.ListPartsResponse(parts=[part_to_pb(r) for r in rows])
+
+    async def GetRunEvents(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        run_id = await self._run_id(request.run_id, context)
+        try:
+            limit = _page_size(request.page_size, EVENTS_DEFAULT, EVENTS_MAX)
+        except ValueError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        await self._require_run(run_id, context)
+        rows = await self._db.call(self._db.store.run_events, run_id, request.after_seq, limit)
+        response = tracker_pb2.GetRunEventsResponse(events=[stored_event(*r) for r in rows])
+        if len(rows) == limit:
+            response.next_after_seq = rows[-1][0]
+        return response
+
+    async def WatchRun(self, request: Any, context: grpc.aio.ServicerContext) -> None:
+        """Catch-up from the journal, then live. Each watcher re-queries its own run after each
+        committed batch, a page at a time: no per-client buffer grows with the stream."""
+        run_id = await self._run_id(request.run_id, context)
+        store = self._db.store
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._watch_wait_for_run_s
+        while await self._db.call(store.get_run, run_id) is None:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                await context.abort(grpc.StatusCode.NOT_FOUND, f"run {run_id!r} not found")
+            marker = self._progress.progress_marker()
+            await _wait(marker, remaining)
+        last = request.from_seq
+        while True:
+            marker = self._progress.progress_marker()
+            rows = await self._db.call(store.run_events, run_id, last, self._watch_page)
+            for seq, kind, data in rows:
+                try:
+                    await asyncio.wait_for(
+                        context.write(stored_event(seq, kind, data)),
+                        timeout=self._slow_client_timeout_s,
+                    )
+                except TimeoutError:
+                    log.warning(
+                        "watch of run %s cut off: client too slow", run_id, extra={"run_id": run_id}
+                    )
+                    await context.abort(
+                        grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        f"client too slow: resume WatchRun with from_seq={last}",
+                    )
+                last = seq
+                if kind == "completed":
+                    return
+            if len(rows) == self._watch_page:
+                continue
+            run = await self._db.call(store.get_run, run_id)
+            if run is not None and run["finished_at"] is not None and run["last_seq"] <= last:
+                return  # the run ended before from_seq: nothing more will come
+            await _wait(marker, 5.0)
+
+
+async def _wait(event: asyncio.Event, timeout_s: float) -> None:
+    try:
+        await asyncio.wait_for(event.wait(), timeout=timeout_s)
+    except TimeoutError:
+        pass

@@ -1,0 +1,133 @@
+"""The tracker's flow: read the run stream from the stored offset, apply batches, wake watchers."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import nats.errors
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from sluiceway.common.bus import Bus
+from sluiceway.tracker.adapters.projection import RawMessage, TrackerStore
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class Db:
+    """Every DuckDB call on one thread: the connection is not safe for concurrent use, and a
+    read queued behind a batch sees all of it or none of it."""
+
+    def __init__(self, store: TrackerStore) -> None:
+        self.store = store
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tracker-duckdb")
+
+    async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
+
+    async def close(self) -> None:
+        """CHECKPOINT and close, after whatever is queued (a batch being applied finishes)."""
+
+        def _close() -> None:
+            self.store.checkpoint()
+            self.store.close()
+
+        await self.call(_close)
+        self._pool.shutdown(wait=True)
+
+
+class Projection:
+    """Reads the whole run stream through an ephemeral consumer that starts at the stored
+    offset + 1 (no durable state in NATS: the offset lives in DuckDB with the rows)."""
+
+    def __init__(
+        self, bus: Bus, db: Db, *, batch_size: int = 1000, batch_wait_s: float = 0.05
+    ) -> None:
+        self._bus = bus
+        self._db = db
+        self._batch_size = batch_size
+        self._batch_wait_s = batch_wait_s
+        self.applied_seq = 0
+        self._progress = asyncio.Event()
+
+    # ---- for readers --------------------------------------------------------------------
+
+    def progress_marker(self) -> asyncio.Event:
+        """An event set after the next committed batch: take it before querying, then wait on
+        it, and no batch can slip between the query and the wait."""
+        return self._progress
+
+    def _notify(self) -> None:
+        self._progress.set()
+        self._progress = asyncio.Event()
+
+    # ---- the loop -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.applied_seq = await self._db.call(self._db.store.offset)
+        log.info("projection resumes after seq %d", self.applied_seq)
+
+    async def run(self) -> None:
+        """Until cancelled. Any bus error recreates the consumer from the stored offset."""
+        while True:
+            try:
+                await self._consume()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the projection never stops on a bus hiccup
+                log.warning(
+                    "projection consumer failed (%s); resuming after seq %d", exc, self.applied_seq
+                )
+                await asyncio.sleep(0.5)
+
+    async def _consume(self) -> None:
+        names = self._bus.names
+        cfg = ConsumerConfig(
+            description="tracker-projection",
+            ack_policy=AckPolicy.NONE,
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+            opt_start_seq=self.applied_seq + 1,
+            inactive_threshold=30.0,
+            mem_storage=True,
+            filter_subject=names.runs_all,
+        )
+        sub = await self._bus.js.pull_subscribe(
+            names.runs_all, stream=names.runs_stream, config=cfg
+        )
+        consumer_seq = 0
+        try:
+            while True:
+                try:
+                    msgs = await sub.fetch(self._batch_size, timeout=self._batch_wait_s)
+                except (TimeoutError, nats.errors.TimeoutError):
+                    continue
+                batch: list[RawMessage] = []
+                for m in msgs:
+                    meta = m.metadata.sequence
+                    assert meta is not None
+                    if meta.consumer != consumer_seq + 1:
+                        # a gap in delivery (lost in flight): apply what is contiguous, then
+                        # start a fresh consumer after it
+                        await self._apply(batch)
+                        raise RuntimeError(
+                            f"delivery gap: consumer seq {meta.consumer} after {consumer_seq}"
+                        )
+                    consumer_seq = meta.consumer
+                    batch.append(RawMessage(seq=meta.stream, subject=m.subject, data=m.data))
+                await self._apply(batch)
+        finally:
+            try:
+                await sub.unsubscribe()
+            except Exception:  # the connection may already be closing
+                pass
+
+    async def _apply(self, batch: list[RawMessage]) -> None:
+        if not batch:
+            return
+        self.applied_seq = await self._db.call(self._db.store.apply, batch)
+        self._notify()

@@ -1,0 +1,1 @@
+"""Pure tracker logic: run summaries and journal lines (no I/O)."""

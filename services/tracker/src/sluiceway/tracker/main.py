@@ -1,0 +1,82 @@
+"""Composition root of the tracker: wire in order, tear down in reverse."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from sluiceway.common import bus as busmod
+from sluiceway.common import service, telemetry
+from sluiceway.common.settings import Settings
+from sluiceway.tracker.adapters.projection import TrackerStore
+from sluiceway.tracker.adapters.servicer import TrackerServicer
+from sluiceway.tracker.app import Db, Projection
+from sluiceway.v1 import tracker_pb2, tracker_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = tracker_pb2.DESCRIPTOR.services_by_name["Tracker"].full_name
+GRACE_S = 5.0
+
+
+async def serve(settings: Settings, stop: asyncio.Event) -> None:
+    """Run the tracker until `stop` is set."""
+    nc = await busmod.connect(settings.nats_url, name=f"tracker-{settings.instance}")
+    bus = busmod.Bus(nc, settings.names)
+    await bus.ensure_streams(busmod.StreamSettings(replicas=settings.stream_replicas))
+
+    store = await asyncio.to_thread(TrackerStore, settings.tracker_db)
+    db = Db(store)
+    projection = Projection(bus, db)
+    await projection.start()
+    projection_task = asyncio.create_task(projection.run(), name="tracker-projection")
+
+    server = grpc.aio.server()
+    tracker_pb2_grpc.add_TrackerServicer_to_server(  # type: ignore[no-untyped-call]
+        TrackerServicer(db, projection), server
+    )
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    port = server.add_insecure_port(settings.tracker_addr)
+    if port == 0:
+        raise RuntimeError(f"cannot bind the tracker gRPC server to {settings.tracker_addr}")
+    await server.start()
+    host = settings.tracker_addr.rsplit(":", 1)[0] or "127.0.0.1"
+    if host in ("0.0.0.0", "[::]", "::"):
+        host = "127.0.0.1"
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    service.write_ready_file(settings.ready_file, service="tracker", tracker_addr=f"{host}:{port}")
+    log.info("tracker serving on %s:%d, db %s", host, port, settings.tracker_db)
+    try:
+        await stop.wait()
+    finally:
+        log.info("tracker stopping")
+        for name in ("", SERVICE_NAME):
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await server.stop(GRACE_S)
+        projection_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await projection_task
+        with contextlib.suppress(Exception):
+            await nc.drain()
+        await db.close()
+        log.info("tracker stopped")
+
+
+def main() -> None:
+    telemetry.init_logging("tracker")
+    telemetry.init_tracing("tracker")
+    settings = Settings.from_env()
+
+    async def _run() -> None:
+        await serve(settings, service.stop_event())
+
+    asyncio.run(_run())
