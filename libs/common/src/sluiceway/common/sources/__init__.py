@@ -18,12 +18,30 @@ __all__ = ["Introspection", "Source", "SourceError", "arrow_schema", "arrow_type
 _DECIMAL = re.compile(r"^decimal(128|256)\((\d+),\s*(-?\d+)\)$")
 _TIMESTAMP = re.compile(r"^timestamp\[(s|ms|us|ns)(?:,\s*tz=([^\]]+))?\]$")
 _SIMPLE = {
-    "null": "null", "bool": "bool_", "int8": "int8", "int16": "int16", "int32": "int32",
-    "int64": "int64", "uint8": "uint8", "uint16": "uint16", "uint32": "uint32",
-    "uint64": "uint64", "halffloat": "float16", "float": "float32", "float32": "float32",
-    "double": "float64", "float64": "float64", "string": "string", "utf8": "string",
-    "large_string": "large_string", "binary": "binary", "large_binary": "large_binary",
-    "date32": "date32", "date32[day]": "date32", "date64": "date64", "date64[ms]": "date64",
+    "null": "null",
+    "bool": "bool_",
+    "int8": "int8",
+    "int16": "int16",
+    "int32": "int32",
+    "int64": "int64",
+    "uint8": "uint8",
+    "uint16": "uint16",
+    "uint32": "uint32",
+    "uint64": "uint64",
+    "halffloat": "float16",
+    "float": "float32",
+    "float32": "float32",
+    "double": "float64",
+    "float64": "float64",
+    "string": "string",
+    "utf8": "string",
+    "large_string": "large_string",
+    "binary": "binary",
+    "large_binary": "large_binary",
+    "date32": "date32",
+    "date32[day]": "date32",
+    "date64": "date64",
+    "date64[ms]": "date64",
 }
 
 
@@ -33,7 +51,7 @@ def arrow_type(text: str) -> pa.DataType:
 
     t = text.strip()
     if t in _SIMPLE:
-        return getattr(pa, _SIMPLE[t])()  # type: ignore[no-any-return]
+        return getattr(pa, _SIMPLE[t])()
     if m := _DECIMAL.fullmatch(t):
         factory = pa.decimal128 if m[1] == "128" else pa.decimal256
         return factory(int(m[2]), int(m[3]))

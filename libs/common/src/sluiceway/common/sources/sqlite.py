@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-
 from sluiceway.common.domain.events import ChunkRange, ExportSpec, SchemaField
 from sluiceway.common.redact import redact
 
@@ -103,8 +102,10 @@ def _decimals(col: tuple[Any, ...], typ: pa.Decimal128Type) -> pa.Array:
 def _bools(col: tuple[Any, ...]) -> pa.Array:
     truthy = {"1", "t", "true", "y", "yes"}
     return pa.array(
-        [None if v is None else (bool(v) if not isinstance(v, str) else v.lower() in truthy)
-         for v in col],
+        [
+            None if v is None else (bool(v) if not isinstance(v, str) else v.lower() in truthy)
+            for v in col
+        ],
         type=pa.bool_(),
     )
 
@@ -150,8 +151,11 @@ class SqliteSource:
             rows = cur.execute("PRAGMA temp.table_info(_sluiceway_q)").fetchall()
         else:
             table = spec.table.split(".")
-            pragma = (f"PRAGMA {quote_ident(table[0])}.table_info({quote_ident(table[1])})"
-                      if len(table) == 2 else f"PRAGMA table_info({quote_ident(table[0])})")
+            pragma = (
+                f"PRAGMA {quote_ident(table[0])}.table_info({quote_ident(table[1])})"
+                if len(table) == 2
+                else f"PRAGMA table_info({quote_ident(table[0])})"
+            )
             rows = cur.execute(pragma).fetchall()
             if not rows:
                 raise SourceError(f"no such table: {spec.table}", retryable=False)

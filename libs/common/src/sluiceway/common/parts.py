@@ -1,0 +1,212 @@
+"""The part writer: Arrow batches -> Parquet/CSV part files, atomically renamed, fingerprinted.
+
+Each part is written to a hidden temporary name in the run directory, fsynced, renamed to its
+final name (layout.part_name) and the directory fsynced: a reader never sees half a part, and a
+part that exists survived a crash. A chunk with zero rows produces no file at all.
+
+CSV is gzip-compressed when compression == "gzip" and plain otherwise (the other codecs are
+Parquet codecs; a .csv part is never zstd-compressed behind the reader's back).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+from sluiceway.common import fingerprint, layout
+
+PARQUET_CODECS = {
+    "zstd": "zstd",
+    "snappy": "snappy",
+    "gzip": "gzip",
+    "lz4": "lz4",
+    "none": "none",
+    "": "zstd",
+}
+
+
+@dataclass(frozen=True)
+class WrittenPart:
+    file_name: str
+    rows: int
+    bytes: int
+    part_index: int
+    content_fingerprint: str
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class _OpenPart:
+    """One part being written: the file, the format writer and its counts."""
+
+    def __init__(self, owner: PartWriter, part_index: int) -> None:
+        self.part_index = part_index
+        self.final = owner.run_dir / layout.part_name(
+            owner.chunk_index, part_index, owner.attempt, owner.fmt
+        )
+        self.temp = owner.run_dir / layout.temp_name(self.final.name)
+        self.rows = 0
+        self._file: BinaryIO = open(self.temp, "wb")
+        self._stream: Any = None
+        self._writer: Any
+        if owner.fmt == "parquet":
+            codec = PARQUET_CODECS.get(owner.compression, owner.compression)
+            self._writer = pq.ParquetWriter(
+                self._file,
+                owner.schema,
+                compression=codec,
+                compression_level=owner.compression_level
+                if owner.compression_level > 0 and codec not in ("none", "snappy")
+                else None,
+            )
+        elif owner.fmt == "csv":
+            sink: Any = self._file
+            if owner.compression == "gzip":
+                self._stream = pa.CompressedOutputStream(self._file, "gzip")
+                sink = self._stream
+            self._writer = pacsv.CSVWriter(sink, owner.schema)
+        else:
+            self.discard()
+            raise ValueError(f"unknown format {owner.fmt!r}")
+        self.fmt = owner.fmt
+
+    @property
+    def size(self) -> int:
+        return self._file.tell()
+
+    def write(self, table: pa.Table, row_group_rows: int) -> None:
+        if self.fmt == "parquet":
+            self._writer.write_table(table, row_group_size=row_group_rows)
+        else:
+            self._writer.write_table(table)
+        self.rows += table.num_rows
+
+    def finish(self) -> WrittenPart:
+        self._writer.close()
+        if self._stream is not None:
+            self._stream.close()
+        if not self._file.closed:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+        else:  # the compressed stream closed the file: sync it by name
+            fd = os.open(self.temp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        os.replace(self.temp, self.final)
+        _fsync_dir(self.final.parent)
+        digest, size = fingerprint.of_file(self.final)
+        return WrittenPart(self.final.name, self.rows, size, self.part_index, digest)
+
+    def discard(self) -> None:
+        for closer in (getattr(self, "_writer", None), self._stream, self._file):
+            try:
+                if closer is not None:
+                    closer.close()
+            except Exception:
+                pass
+        self.temp.unlink(missing_ok=True)
+
+
+class PartWriter:
+    """Stream one chunk attempt's batches into part files in `run_dir`.
+
+    Rows are buffered only up to `row_group_rows` (Parquet row group / CSV write unit), so
+    memory is bounded whatever the chunk size. With `max_file_bytes` > 0 a part that reaches
+    that size is closed and the next rows go to part n+1.
+    """
+
+    def __init__(
+        self,
+        run_dir: Path,
+        chunk_index: int,
+        attempt: int,
+        fmt: str,
+        compression: str,
+        compression_level: int,
+        row_group_rows: int,
+        schema: pa.Schema,
+        max_file_bytes: int = 0,
+    ) -> None:
+        if fmt not in layout.EXTENSIONS:
+            raise ValueError(f"unknown format {fmt!r}")
+        self.run_dir = Path(run_dir)
+        self.chunk_index = chunk_index
+        self.attempt = attempt
+        self.fmt = fmt
+        self.compression = compression or "zstd"
+        self.compression_level = compression_level
+        self.row_group_rows = row_group_rows if row_group_rows > 0 else 262_144
+        self.schema = schema
+        self.max_file_bytes = max_file_bytes
+        self._pending: list[pa.RecordBatch] = []
+        self._pending_rows = 0
+        self._current: _OpenPart | None = None
+        self._written: list[WrittenPart] = []
+        self._next_index = 0
+        self._closed = False
+
+    @property
+    def rows(self) -> int:
+        done = sum(p.rows for p in self._written)
+        return done + (self._current.rows if self._current else 0) + self._pending_rows
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        if self._closed:
+            raise RuntimeError("PartWriter is closed")
+        if batch.num_rows == 0:
+            return
+        if not batch.schema.equals(self.schema):
+            batch = batch.cast(self.schema)
+        self._pending.append(batch)
+        self._pending_rows += batch.num_rows
+        while self._pending_rows >= self.row_group_rows:
+            self._flush(self.row_group_rows)
+
+    def _flush(self, limit: int) -> None:
+        table = pa.Table.from_batches(self._pending, schema=self.schema)
+        head, rest = table.slice(0, limit), table.slice(limit)
+        if self._current is None:
+            self._current = _OpenPart(self, self._next_index)
+            self._next_index += 1
+        self._current.write(head, self.row_group_rows)
+        self._pending = rest.to_batches()
+        self._pending_rows = rest.num_rows
+        if self.max_file_bytes > 0 and self._current.size >= self.max_file_bytes:
+            self._written.append(self._current.finish())
+            self._current = None
+
+    def close(self) -> list[WrittenPart]:
+        """Flush what is buffered, finish the open part, and return every part written."""
+        if self._closed:
+            return list(self._written)
+        if self._pending_rows:
+            self._flush(self._pending_rows)
+        if self._current is not None:
+            self._written.append(self._current.finish())
+            self._current = None
+        self._closed = True
+        return list(self._written)
+
+    def abort(self) -> None:
+        """Drop the part being written (its temporary file). Finished parts stay: their names
+        carry the attempt, so they never enter a manifest unless this attempt wins."""
+        if self._current is not None:
+            self._current.discard()
+            self._current = None
+        self._pending = []
+        self._pending_rows = 0
+        self._closed = True

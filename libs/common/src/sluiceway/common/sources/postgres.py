@@ -1,0 +1,314 @@
+"""PostgreSQL source: Arrow-native reads through ADBC (binary COPY decoded in C), streamed.
+
+Why ADBC and how (measured in docs/pg-readers.md):
+- Each chunk runs in a short READ ONLY transaction on a session with statement_timeout,
+  lock_timeout and TIME ZONE 'UTC' set. Batches come from `cursor.fetch_record_batch()` with
+  `adbc.postgresql.batch_size_hint_bytes`, so memory stays bounded whatever the chunk size.
+- Range keys are bound, never formatted into SQL, but ADBC runs a query with bind parameters as a
+  prepared statement whose whole result is materialised. So the keys are bound as parameters of
+  `set_config('sluiceway.kN', $N, true)` inside the chunk's transaction, and the streamed query
+  compares the key with `current_setting('sluiceway.kN')::bigint` (a stable expression, so an
+  index on the key is still used).
+- Type rule (Arrow type string in SchemaField.type): int2/int4/int8 -> int16/int32/int64,
+  float4/float8 -> float/double, bool -> bool, numeric(p,s) with p <= 38 -> decimal128(p, s)
+  (ADBC returns NUMERIC as text: it is cast to decimal128 with the introspected precision and
+  scale), unbounded numeric (no typmod) or p > 38 -> string (exact text, no rounding), date ->
+  date32[day], timestamp -> timestamp[us], timestamptz -> timestamp[us, tz=UTC], time ->
+  time64[us], bytea -> binary, text/varchar/char/name -> string, json/jsonb/uuid and every other
+  type -> string (selected as `::text`).
+- Errors: connection lost (class 08, no SQLSTATE with a connection message), serialization
+  failure 40001, deadlock 40P01, lock timeout 55P03, too many connections 53300 and admin/crash
+  shutdown 57P01-57P03 are retryable; everything else (syntax, undefined table/column,
+  permission denied, unknown) is permanent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pyarrow as pa
+from sluiceway.common.domain.events import ChunkRange, ExportSpec, SchemaField
+from sluiceway.common.redact import redact
+
+from . import arrow_schema
+from .base import Introspection, SourceError
+from .sql import count_sql, key_predicate, quote_ident, relation
+
+RETRYABLE_SQLSTATES = frozenset({"40001", "40P01", "55P03", "53300", "57P01", "57P02", "57P03"})
+_CONNECTION_HINTS = (
+    "connection",
+    "server closed",
+    "could not connect",
+    "terminating",
+    "timeout expired",
+    "no connection",
+    "broken pipe",
+    "connection refused",
+)
+BATCH_HINT_BYTES = 16 << 20
+
+# type OID -> Arrow type string; anything else is read as text
+_OID_TYPES: dict[int, str] = {
+    16: "bool",
+    17: "binary",
+    20: "int64",
+    21: "int16",
+    23: "int32",
+    26: "int64",
+    700: "float",
+    701: "double",
+    25: "string",
+    1043: "string",
+    1042: "string",
+    19: "string",
+    1082: "date32[day]",
+    1114: "timestamp[us]",
+    1184: "timestamp[us, tz=UTC]",
+    1083: "time64[us]",
+}
+_NATIVE_TEXT = {25, 1043, 1042, 19}
+_NUMERIC = 1700
+
+
+def classify(exc: BaseException) -> SourceError:
+    """Map a driver error (ADBC or psycopg) to a SourceError with the retry decision."""
+    if isinstance(exc, SourceError):
+        return exc
+    sqlstate = getattr(exc, "sqlstate", None) or ""
+    diag = getattr(exc, "diag", None)
+    if not sqlstate and diag is not None:
+        sqlstate = getattr(diag, "sqlstate", None) or ""
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if sqlstate:
+        retryable = sqlstate in RETRYABLE_SQLSTATES or sqlstate.startswith("08")
+    else:
+        lowered = str(exc).lower()
+        retryable = any(h in lowered for h in _CONNECTION_HINTS) and "authentication" not in lowered
+    state = f" [{sqlstate}]" if sqlstate else ""
+    return SourceError(redact(f"postgres{state}: {message}"), retryable=retryable)
+
+
+def field_of(
+    name: str, oid: int, precision: int | None, scale: int | None, nullable: bool, source_type: str
+) -> SchemaField:
+    if oid == _NUMERIC:
+        if precision and 0 < precision <= 38:
+            typ = f"decimal128({precision}, {scale or 0})"
+        else:
+            typ = "string"
+    else:
+        typ = _OID_TYPES.get(oid, "string")
+    return SchemaField(name=name, type=typ, nullable=nullable, source_type=source_type)
+
+
+class PostgresSource:
+    """One PostgreSQL database. Connections are opened per call, in the calling thread."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        statement_timeout_ms: int = 3_600_000,
+        lock_timeout_ms: int = 10_000,
+        batch_size_hint_bytes: int = BATCH_HINT_BYTES,
+        connect_timeout_s: int = 10,
+    ) -> None:
+        self._url = url
+        self.statement_timeout_ms = statement_timeout_ms
+        self.lock_timeout_ms = lock_timeout_ms
+        self.batch_size_hint_bytes = batch_size_hint_bytes
+        self.connect_timeout_s = connect_timeout_s
+
+    def _session_sql(self) -> list[str]:
+        return [
+            f"SET statement_timeout = {int(self.statement_timeout_ms)}",
+            f"SET lock_timeout = {int(self.lock_timeout_ms)}",
+            "SET TIME ZONE 'UTC'",
+        ]
+
+    # ---- introspection (psycopg: description carries the numeric typmod) ---------------------
+
+    def _psycopg(self) -> Any:
+        import psycopg
+
+        try:
+            con = psycopg.connect(
+                self._url, autocommit=True, connect_timeout=self.connect_timeout_s
+            )
+            for stmt in self._session_sql():
+                con.execute(stmt)
+        except Exception as exc:
+            raise classify(exc) from exc
+        return con
+
+    def _schema(self, cur: Any, spec: ExportSpec) -> tuple[SchemaField, ...]:
+        cols = ", ".join(quote_ident(c) for c in spec.columns) if spec.columns else "*"
+        cur.execute(f"SELECT {cols} FROM {relation(spec)} LIMIT 0")
+        desc = list(cur.description)
+        not_null: set[str] = set()
+        if spec.table and not spec.query:
+            cur.execute(
+                "SELECT a.attname FROM pg_attribute a WHERE a.attrelid = %s::regclass "
+                "AND a.attnum > 0 AND NOT a.attisdropped AND a.attnotnull",
+                (quote_ident(spec.table),),
+            )
+            not_null = {r[0] for r in cur.fetchall()}
+        type_names = self._type_names(cur, {d.type_code for d in desc})
+        return tuple(
+            field_of(
+                d.name,
+                d.type_code,
+                d.precision,
+                d.scale,
+                d.name not in not_null,
+                type_names.get(d.type_code, str(d.type_code)),
+            )
+            for d in desc
+        )
+
+    @staticmethod
+    def _type_names(cur: Any, oids: set[int]) -> dict[int, str]:
+        cur.execute(
+            "SELECT oid::int, format_type(oid, NULL) FROM pg_type WHERE oid = ANY(%s)",
+            (list(oids),),
+        )
+        return {int(o): n for o, n in cur.fetchall()}
+
+    def schema_of(self, spec: ExportSpec) -> tuple[SchemaField, ...]:
+        with self._psycopg() as con, con.cursor() as cur:
+            try:
+                return self._schema(cur, spec)
+            except Exception as exc:
+                raise classify(exc) from exc
+
+    def introspect(self, spec: ExportSpec) -> Introspection:
+        with self._psycopg() as con, con.cursor() as cur:
+            try:
+                schema = self._schema(cur, spec)
+                estimate = -1
+                if spec.table and not spec.query:
+                    cur.execute(
+                        "SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass",
+                        (quote_ident(spec.table),),
+                    )
+                    row = cur.fetchone()
+                    estimate = int(row[0]) if row and row[0] is not None else -1
+                if estimate < 0:
+                    cur.execute(count_sql(spec, None, lambda n: f"${n}")[0])
+                    estimate = int(cur.fetchone()[0])
+                if not spec.chunk_column:
+                    return Introspection(schema=schema, row_estimate=estimate)
+                key = quote_ident(spec.chunk_column)
+                rel = relation(spec)
+                cur.execute(
+                    f"SELECT MIN({key})::text, MAX({key})::text, "
+                    f"EXISTS (SELECT 1 FROM {rel} WHERE {key} IS NULL) FROM {rel}"
+                )
+                low, high, has_null = cur.fetchone()
+            except Exception as exc:
+                raise classify(exc) from exc
+        kf = next((f for f in schema if f.name == spec.chunk_column), None)
+        return Introspection(
+            schema=schema,
+            row_estimate=estimate,
+            key_low=low,
+            key_high=high,
+            key_type=kf.type if kf else "int64",
+            key_nullable=bool(has_null),
+        )
+
+    # ---- reading (ADBC) ---------------------------------------------------------------------
+
+    @staticmethod
+    def _select_list(fields: tuple[SchemaField, ...], oids: dict[str, str]) -> str:
+        out = []
+        for f in fields:
+            col = quote_ident(f.name)
+            native = f.type != "string" or oids.get(f.name, "") in (
+                "text",
+                "character varying",
+                "character",
+                "name",
+            )
+            out.append(col if native else f"{col}::text AS {col}")
+        return ", ".join(out)
+
+    def read(
+        self, spec: ExportSpec, rng: ChunkRange | None, schema: tuple[SchemaField, ...]
+    ) -> Iterator[pa.RecordBatch]:
+        import adbc_driver_postgresql.dbapi as pgdb
+
+        fields = schema or self.schema_of(spec)
+        target = arrow_schema(fields)
+        where, params = key_predicate(
+            spec.chunk_column, rng, lambda n: f"current_setting('sluiceway.k{n}')::bigint"
+        )
+        select = self._select_list(fields, {f.name: f.source_type for f in fields})
+        sql = f"SELECT {select} FROM {relation(spec)}{where}"
+        try:
+            con = pgdb.connect(self._url, autocommit=True)
+        except Exception as exc:
+            raise classify(exc) from exc
+        try:
+            with con.cursor() as cur:
+                for stmt in self._session_sql():
+                    cur.execute(stmt)
+                cur.adbc_statement.set_options(
+                    **{"adbc.postgresql.batch_size_hint_bytes": str(self.batch_size_hint_bytes)}
+                )
+                cur.execute("BEGIN TRANSACTION READ ONLY")
+                if params:
+                    setters = ", ".join(
+                        f"set_config('sluiceway.k{i}', ${i}, true)"
+                        for i in range(1, len(params) + 1)
+                    )
+                    cur.execute(f"SELECT {setters}", [str(p) for p in params])
+                    cur.fetchall()
+                cur.execute(sql)
+                reader = cur.fetch_record_batch()
+                for batch in reader:
+                    yield _conform(batch, target)
+                cur.execute("COMMIT")
+        except SourceError:
+            raise
+        except Exception as exc:
+            raise classify(exc) from exc
+        finally:
+            try:
+                con.close()
+            except Exception:
+                pass
+
+    def count(self, spec: ExportSpec, rng: ChunkRange | None) -> int:
+        where, params = key_predicate(spec.chunk_column, rng, lambda n: "%s")
+        with self._psycopg() as con:
+            try:
+                row = con.execute(
+                    f"SELECT COUNT(*) FROM {relation(spec)}{where}", params
+                ).fetchone()
+            except Exception as exc:
+                raise classify(exc) from exc
+        return int(row[0])
+
+    def close(self) -> None:
+        """Connections live per call; nothing is held between calls."""
+
+
+def _conform(batch: pa.RecordBatch, target: pa.Schema) -> pa.RecordBatch:
+    """Rename/cast a driver batch to the planned schema (NUMERIC text -> decimal128)."""
+    if batch.schema.equals(target):
+        return batch
+    arrays = []
+    for col, field in zip(batch.columns, target, strict=True):
+        if col.type.equals(field.type):
+            arrays.append(col)
+            continue
+        try:
+            arrays.append(col.cast(field.type))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
+            raise SourceError(
+                redact(f"column {field.name!r}: cannot convert {col.type} to {field.type}: {exc}"),
+                retryable=False,
+            ) from exc
+    return pa.RecordBatch.from_arrays(arrays, schema=target)

@@ -1,0 +1,1 @@
+"""The worker service: reads one key range per chunk task and writes its part files."""

@@ -1,0 +1,5 @@
+"""`python -m sluiceway.worker`."""
+
+from sluiceway.worker.main import main
+
+main()

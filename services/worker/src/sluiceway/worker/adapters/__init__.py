@@ -1,0 +1,1 @@
+"""The worker's adapters: one external system each (sources + part files)."""

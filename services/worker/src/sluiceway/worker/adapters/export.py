@@ -1,0 +1,61 @@
+"""Read one key range from the source and stream it into part files (runs in a thread)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from sluiceway.common import layout
+from sluiceway.common.domain.events import ChunkTask, ExportSpec
+from sluiceway.common.parts import PartWriter
+from sluiceway.common.sources import Source, arrow_schema, open_source
+from sluiceway.worker.domain.decide import Part
+
+
+class FileExporter:
+    """Source -> Arrow batches -> PartWriter, in bounded memory. Synchronous: call it from a
+    worker thread (asyncio.to_thread)."""
+
+    def __init__(
+        self,
+        *,
+        env: Mapping[str, str] | None = None,
+        max_file_bytes: int = 0,
+        opener: Callable[[ExportSpec, Mapping[str, str] | None], Source] = open_source,
+    ) -> None:
+        self._env = env
+        self._max_file_bytes = max_file_bytes
+        self._open = opener
+
+    def export(self, task: ChunkTask, attempt: int) -> tuple[Part, ...]:
+        spec = task.spec
+        source = self._open(spec, self._env)
+        try:
+            fields = task.schema or source.introspect(spec).schema
+            run_dir = layout.run_dir(spec.destination, spec.name, task.run_id)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            writer = PartWriter(
+                Path(run_dir),
+                task.range.index,
+                attempt,
+                spec.format or "parquet",
+                spec.compression or "zstd",
+                spec.compression_level,
+                spec.row_group_rows,
+                arrow_schema(fields),
+                max_file_bytes=self._max_file_bytes,
+            )
+            # full mode (no chunk column): the one chunk is every row
+            rng = task.range if spec.chunk_column else None
+            try:
+                for batch in source.read(spec, rng, fields):
+                    writer.write(batch)
+                written = writer.close()
+            except BaseException:
+                writer.abort()
+                raise
+        finally:
+            source.close()
+        return tuple(
+            Part(w.file_name, w.rows, w.bytes, w.part_index, w.content_fingerprint) for w in written
+        )

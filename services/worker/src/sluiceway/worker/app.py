@@ -1,0 +1,217 @@
+"""The worker's flow for one chunk task: decide -> read and write parts -> append -> settle."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from sluiceway.common import codec
+from sluiceway.common.domain import ids
+from sluiceway.common.domain.events import (
+    Body,
+    ChunkTask,
+    Producer,
+    ResourceUsage,
+    RunEvent,
+)
+from sluiceway.common.redact import redact
+from sluiceway.common.sources.base import SourceError
+from sluiceway.common.telemetry import run_id_var
+from sluiceway.worker.domain.decide import (
+    Fail,
+    Part,
+    Retry,
+    attempt_budget,
+    decide_on_delivery,
+    decide_on_error,
+    decide_on_success,
+)
+
+log = logging.getLogger(__name__)
+
+
+class EventLog(Protocol):
+    async def append(self, event: RunEvent) -> Any: ...
+
+
+class Exporter(Protocol):
+    def export(self, task: ChunkTask, attempt: int) -> tuple[Part, ...]: ...
+
+
+class Delivery(Protocol):
+    """One delivery of a task message: its bytes, its delivery count and the ack vocabulary."""
+
+    data: bytes
+
+    @property
+    def attempt(self) -> int: ...
+    async def ack(self) -> None: ...
+    async def nak(self, delay_s: float) -> None: ...
+    async def term(self) -> None: ...
+    async def in_progress(self) -> None: ...
+
+
+class Probe(Protocol):
+    def read(self) -> tuple[float, float]: ...
+    def usage(self, before: tuple[float, float]) -> ResourceUsage: ...
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a delivery was settled, for logs and tests."""
+
+    action: str  # "ack" | "nak" | "term"
+    rows: int = 0
+    files: int = 0
+    error: str = ""
+
+
+class ChunkWorker:
+    def __init__(
+        self,
+        log_: EventLog,
+        exporter: Exporter,
+        probe: Probe,
+        *,
+        instance: str,
+        heartbeat_s: float,
+        consumer_max_deliver: int,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._log = log_
+        self._exporter = exporter
+        self._probe = probe
+        self._producer = Producer("worker", instance)
+        self._heartbeat_s = heartbeat_s
+        self._max_deliver = consumer_max_deliver
+        self._clock = clock
+
+    def _event(
+        self, task: ChunkTask, body: Body, attempt: int, resources: ResourceUsage | None = None
+    ) -> RunEvent:
+        return RunEvent(
+            event_id=ids.event_id(task.run_id, body),
+            run_id=task.run_id,
+            export_name=task.spec.name,
+            occurred_at=self._clock(),
+            body=body,
+            producer=self._producer,
+            attempt=attempt,
+            resources=resources,
+        )
+
+    async def handle(self, delivery: Delivery) -> Outcome:
+        """Settle one delivery. Never raises for a bad task or a failed read; an error while
+        appending (the bus is down) propagates so that the caller naks without a verdict."""
+        try:
+            task = codec.decode_task(delivery.data)
+        except codec.Poison as exc:
+            log.error("poison chunk task terminated: %s", exc)
+            await delivery.term()
+            return Outcome("term", error=str(exc))
+        token = run_id_var.set(task.run_id)
+        try:
+            return await self._handle(task, delivery)
+        finally:
+            run_id_var.reset(token)
+
+    async def _handle(self, task: ChunkTask, delivery: Delivery) -> Outcome:
+        attempt = delivery.attempt
+        chunk = task.range.index
+        budget = attempt_budget(task.spec.max_attempts, self._max_deliver)
+        before = self._probe.read()
+        decision = decide_on_delivery(task, attempt, budget)
+        if isinstance(decision, Fail):
+            await self._log.append(
+                self._event(task, decision.failed, attempt, self._probe.usage(before))
+            )
+            await delivery.term()
+            log.warning("chunk %d: %s", chunk, decision.failed.error)
+            return Outcome("term", error=decision.failed.error)
+
+        await self._log.append(
+            self._event(task, decision.started, attempt, self._probe.usage(before))
+        )
+        log.info("chunk %d attempt %d/%d started", chunk, attempt, budget)
+        heartbeat = asyncio.create_task(self._heartbeat(delivery))
+        try:
+            parts = await asyncio.to_thread(self._exporter.export, task, attempt)
+        except SourceError as exc:
+            return await self._failed(
+                task, delivery, attempt, budget, before, exc.retryable, str(exc)
+            )
+        except Exception as exc:  # unknown: a bug or a bad value; another attempt will not help
+            log.exception("chunk %d attempt %d failed unexpectedly", chunk, attempt)
+            return await self._failed(
+                task,
+                delivery,
+                attempt,
+                budget,
+                before,
+                False,
+                redact(f"{type(exc).__name__}: {exc}"),
+            )
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+
+        done = decide_on_success(chunk, attempt, parts)
+        # every FileWritten must be stored before ChunkCompleted (the commit protocol)
+        for body in done.files:
+            await self._log.append(self._event(task, body, attempt))
+        await self._log.append(
+            self._event(task, done.completed, attempt, self._probe.usage(before))
+        )
+        await delivery.ack()
+        log.info(
+            "chunk %d attempt %d completed: %d rows in %d files",
+            chunk,
+            attempt,
+            done.completed.rows,
+            done.completed.files,
+        )
+        return Outcome("ack", rows=done.completed.rows, files=done.completed.files)
+
+    async def _failed(
+        self,
+        task: ChunkTask,
+        delivery: Delivery,
+        attempt: int,
+        budget: int,
+        before: tuple[float, float],
+        retryable: bool,
+        error: str,
+    ) -> Outcome:
+        error = redact(error)
+        decision = decide_on_error(task.range.index, attempt, budget, retryable, error)
+        usage = self._probe.usage(before)
+        await self._log.append(self._event(task, decision.failed, attempt, usage))
+        if isinstance(decision, Retry):
+            await self._log.append(self._event(task, decision.retry, attempt))
+            await delivery.nak(decision.backoff_ms / 1000)
+            log.warning(
+                "chunk %d attempt %d failed, retrying in %d ms: %s",
+                task.range.index,
+                attempt,
+                decision.backoff_ms,
+                error,
+            )
+            return Outcome("nak", error=error)
+        await delivery.term()
+        log.error("chunk %d failed for good: %s", task.range.index, decision.failed.error)
+        return Outcome("term", error=decision.failed.error)
+
+    async def _heartbeat(self, delivery: Delivery) -> None:
+        """Keep the task ours while a long chunk runs (ack_wait would redeliver it)."""
+        while True:
+            await asyncio.sleep(self._heartbeat_s)
+            try:
+                await delivery.in_progress()
+            except Exception as exc:
+                log.warning("heartbeat failed: %s", exc)

@@ -1,0 +1,81 @@
+"""Composition root of the worker: settings, NATS, the task consumer and the fetch loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from nats.errors import TimeoutError as NatsTimeoutError
+from sluiceway.common import bus as busmod
+from sluiceway.common import service, telemetry
+from sluiceway.common.settings import Settings
+from sluiceway.worker.adapters.export import FileExporter
+from sluiceway.worker.adapters.tasks import JetStreamDelivery
+from sluiceway.worker.app import ChunkWorker
+
+log = logging.getLogger("sluiceway.worker")
+FETCH_TIMEOUT_S = 1.0
+BUS_ERROR_DELAY_S = 2.0
+
+
+async def serve(settings: Settings, stop: asyncio.Event) -> None:
+    """Pull one chunk task at a time until `stop`; the task in hand is finished first."""
+    nc = await busmod.connect(settings.nats_url, name=f"sluiceway-worker-{settings.instance}")
+    sub = None
+    try:
+        bus = busmod.Bus(nc, settings.names)
+        await bus.ensure_streams(busmod.StreamSettings(replicas=settings.stream_replicas))
+        consumer = busmod.TaskConsumerSettings(
+            ack_wait_s=settings.worker_ack_wait_s, max_deliver=settings.worker_max_deliver
+        )
+        await bus.ensure_task_consumer(consumer)
+        sub = await bus.js.pull_subscribe_bind(consumer.durable, stream=settings.names.tasks_stream)
+        worker = ChunkWorker(
+            bus,
+            FileExporter(),
+            telemetry.ResourceProbe(),
+            instance=settings.instance,
+            heartbeat_s=settings.worker_heartbeat_s,
+            consumer_max_deliver=consumer.max_deliver,
+        )
+        service.write_ready_file(settings.ready_file, service="worker", instance=settings.instance)
+        log.info("worker ready: consumer %s on %s", consumer.durable, settings.names.tasks_stream)
+        while not stop.is_set():
+            try:
+                msgs = await sub.fetch(1, timeout=FETCH_TIMEOUT_S)
+            except NatsTimeoutError:
+                continue
+            except Exception as exc:
+                log.warning("fetch failed: %s", exc)
+                await asyncio.sleep(BUS_ERROR_DELAY_S)
+                continue
+            for msg in msgs:
+                delivery = JetStreamDelivery(msg)
+                try:
+                    await worker.handle(delivery)
+                except Exception:  # the bus failed mid-flight: no verdict was recorded
+                    log.exception("could not record a chunk outcome; the task will be redelivered")
+                    try:
+                        await msg.nak(delay=BUS_ERROR_DELAY_S)
+                    except Exception as exc:
+                        log.warning("nak failed (ack_wait will redeliver): %s", exc)
+    finally:
+        log.info("worker stopping: draining NATS")
+        if sub is not None:
+            # the pull inbox would hold drain() open; unsubscribing keeps the durable consumer
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        await nc.drain()
+
+
+async def _run(settings: Settings) -> None:
+    stop = service.stop_event()
+    await serve(settings, stop)
+
+
+def main() -> None:
+    telemetry.init_logging("worker")
+    telemetry.init_tracing("worker")
+    settings = Settings.from_env()
+    asyncio.run(_run(settings))
