@@ -1,0 +1,1 @@
+"""The `sluiceway` command line: start a local stack, submit and follow runs."""

@@ -1,0 +1,396 @@
+"""`sluiceway`: start a local stack and submit, plan, follow and inspect export runs."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import getpass
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+import grpc
+from rich.console import Console
+
+from sluiceway.cli import render
+from sluiceway.cli import stack as stackmod
+from sluiceway.cli.client import TERMINAL, Client, NoStack, describe, resolve_endpoints
+from sluiceway.common.config import ConfigError, load_file, select
+from sluiceway.v1 import events_pb2, tracker_pb2
+
+EXIT_OK = 0
+EXIT_ERROR = 1  # config, usage, no stack, generic errors
+EXIT_RUN = 2  # the run did not succeed, or the services could not be reached
+
+EPILOG = """exit codes:
+  0  success (for `run --wait`: the run SUCCEEDED)
+  1  configuration, usage or generic error (including: no stack is running)
+  2  the run did not succeed (FAILED, CANCELED, SKIPPED) or the services could not be reached
+"""
+
+
+class Failure(Exception):
+    """A one-line error and its exit code."""
+
+    def __init__(self, message: str, code: int = EXIT_ERROR) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, exit 1 (argparse's default is 2)
+        raise Failure(f"{self.prog}: {message}", EXIT_ERROR)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = _Parser(add_help=False)
+    common.add_argument(
+        "--state-dir",
+        default=os.environ.get("SLUICEWAY_STATE_DIR", ".sluiceway"),
+        help="where `up` keeps state.json, logs and data (default ./.sluiceway)",
+    )
+    remote = _Parser(add_help=False)
+    remote.add_argument(
+        "--control", help="planner address host:port (else SLUICEWAY_CONTROL_ADDR, else state.json)"
+    )
+    remote.add_argument(
+        "--tracker", help="tracker address host:port (else SLUICEWAY_TRACKER_ADDR, else state.json)"
+    )
+
+    p = _Parser(
+        prog="sluiceway",
+        description=__doc__,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    up = sub.add_parser("up", parents=[common], help="start nats-server and the services")
+    up.add_argument("--detach", action="store_true", help="return once every service is ready")
+    up.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+    up.add_argument("--nats-url", help="use this NATS server instead of starting one")
+
+    sub.add_parser("down", parents=[common], help="stop the stack started by `up`")
+
+    run = sub.add_parser(
+        "run",
+        parents=[common, remote],
+        help="submit a run",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument("-c", "--config", required=True, help="YAML config file")
+    run.add_argument("--export", default="", help="export name (optional with one export)")
+    run.add_argument("--wait", action="store_true", help="follow the run to its end")
+    run.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+    plan = sub.add_parser("plan", parents=[common, remote], help="show the plan (dry run)")
+    plan.add_argument("-c", "--config", required=True, help="YAML config file")
+    plan.add_argument("--export", default="", help="export name (optional with one export)")
+
+    runs = sub.add_parser("runs", parents=[common, remote], help="list runs, newest first")
+    runs.add_argument("--export", default="", help="only this export")
+    runs.add_argument(
+        "--status",
+        action="append",
+        default=[],
+        help="only this status (repeatable), e.g. SUCCEEDED",
+    )
+    runs.add_argument("--limit", type=int, default=20, help="at most this many (default 20)")
+
+    status = sub.add_parser("status", parents=[common, remote], help="a run's summary")
+    status.add_argument("run_id")
+    status.add_argument("--json", action="store_true", help="print the RunSummary as JSON")
+
+    events = sub.add_parser("events", parents=[common, remote], help="a run's events")
+    events.add_argument("run_id")
+
+    watch = sub.add_parser("watch", parents=[common, remote], help="follow a run's events live")
+    watch.add_argument("run_id")
+    return p
+
+
+# ---- helpers -------------------------------------------------------------------------------------
+
+
+def _stdout() -> Console:
+    return Console(highlight=False, soft_wrap=True)
+
+
+def _stderr() -> Console:
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _client(args: argparse.Namespace) -> Client:
+    try:
+        return Client(resolve_endpoints(args.state_dir, control=args.control, tracker=args.tracker))
+    except NoStack as exc:
+        raise Failure(str(exc), EXIT_ERROR) from None
+    except stackmod.StackError as exc:
+        raise Failure(str(exc), EXIT_ERROR) from None
+
+
+def grpc_failure(err: grpc.RpcError) -> Failure:
+    code = err.code() if hasattr(err, "code") else None
+    unreachable = code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+    return Failure(f"error: {describe(err)}", EXIT_RUN if unreachable else EXIT_ERROR)
+
+
+@dataclass(frozen=True)
+class ConfigRef:
+    text: str
+    export_name: str
+    base_dir: str
+    file_name: str
+
+
+def load_config(path: str, export: str) -> ConfigRef:
+    """Check the config locally (every error is one line naming file, export and field); the
+    url_env variables must be set here, because the services inherit this environment."""
+    specs = load_file(path, env=os.environ)
+    spec = select(specs, export or None, file_name=path)
+    p = Path(path)
+    return ConfigRef(p.read_text(encoding="utf-8"), spec.name, str(p.resolve().parent), p.name)
+
+
+def parse_statuses(names: Sequence[str]) -> list[int]:
+    out = []
+    for n in names:
+        key = "RUN_STATUS_" + n.strip().upper().removeprefix("RUN_STATUS_")
+        if key not in events_pb2.RunStatus.keys():
+            valid = ", ".join(
+                k.removeprefix("RUN_STATUS_") for k in events_pb2.RunStatus.keys()[1:]
+            )
+            raise Failure(f"unknown status {n!r} (expected one of: {valid})")
+        out.append(events_pb2.RunStatus.Value(key))
+    return out
+
+
+def follow(
+    client: Client, run_id: str, *, min_seq: int, console: Console, quiet: bool = False
+) -> tracker_pb2.RunSummary:
+    """Watch a run to its end with a progress display; return its final summary."""
+    # wait until the tracker has projected our RunRequested (read your own write)
+    client.get_run(run_id, min_seq=min_seq, wait_s=60.0)
+    last = 0
+    if quiet:
+        for stored in client.watch(run_id):
+            last = stored.seq
+    else:
+        with render.RunProgress(run_id, console) as progress:
+            for stored in client.watch(run_id):
+                last = stored.seq
+                progress.update(stored)
+    summary = client.get_run(run_id, min_seq=max(last, min_seq), wait_s=30.0)
+    deadline = time.monotonic() + 30.0
+    while summary.status not in TERMINAL and time.monotonic() < deadline:
+        time.sleep(0.3)
+        summary = client.get_run(run_id, wait_s=10.0)
+    return summary
+
+
+def exit_for(summary: tracker_pb2.RunSummary) -> int:
+    return EXIT_OK if summary.status == events_pb2.RUN_STATUS_SUCCEEDED else EXIT_RUN
+
+
+# ---- commands ------------------------------------------------------------------------------------
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    err = _stderr()
+    try:
+        stack = stackmod.start_stack(
+            args.state_dir,
+            workers=args.workers,
+            nats_url=args.nats_url,
+            on_progress=lambda m: err.print(m, markup=False),
+        )
+    except stackmod.StackError as exc:
+        if exc.detail:
+            print(exc.detail, file=sys.stderr)
+        raise Failure(str(exc), EXIT_ERROR) from None
+    st = stack.state
+    out = _stdout()
+    out.print(f"nats:    {st.nats_url}", markup=False)
+    out.print(f"control: {st.control_addr}", markup=False)
+    out.print(f"tracker: {st.tracker_addr}", markup=False)
+    pids = ", ".join(f"{p.name}={p.pid}" for p in st.processes)
+    out.print(f"pids:    {pids}", markup=False)
+    out.print(f"state:   {stackmod.state_path(st.state_dir)}", markup=False)
+    if args.detach:
+        return EXIT_OK
+
+    stopping = False
+
+    def _stop(_sig: int, _frm: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    out.print("running; press Ctrl-C to stop", markup=False)
+    code = EXIT_OK
+    try:
+        while not stopping:
+            dead = stack.dead()
+            if dead:
+                for d in dead:
+                    print(f"error: {d.name} exited (log: {d.log})", file=sys.stderr)
+                    print(stackmod.log_tail(d.log), file=sys.stderr)
+                code = EXIT_ERROR
+                break
+            time.sleep(0.5)
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        err.print("stopping", markup=False)
+        stack.stop()
+    return code
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    state = stackmod.read_state(args.state_dir)
+    if state is None:
+        print(f"no stack is running in {args.state_dir}", file=sys.stderr)
+        return EXIT_OK
+    killed = stackmod.stop_state(state)
+    stackmod.state_path(args.state_dir).unlink(missing_ok=True)
+    msg = f"stopped {len(state.processes)} processes"
+    if killed:
+        msg += " (killed: " + ", ".join(p.name for p in killed) + ")"
+    print(msg)
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    ref = load_config(args.config, args.export)
+    with _client(args) as client:
+        resp = client.submit(
+            ref.text,
+            export_name=ref.export_name,
+            base_dir=ref.base_dir,
+            file_name=ref.file_name,
+            requested_by=_user(),
+        )
+        if not args.wait:
+            if args.json:
+                print(
+                    json.dumps(
+                        {
+                            "run_id": resp.run_id,
+                            "export_name": resp.export_name,
+                            "stream_seq": resp.stream_seq,
+                        }
+                    )
+                )
+            else:
+                print(resp.run_id)
+            return EXIT_OK
+        if not args.json:
+            print(f"run {resp.run_id} ({resp.export_name})", flush=True)
+        summary = follow(client, resp.run_id, min_seq=resp.stream_seq, console=_stderr())
+    if args.json:
+        print(render.summary_json(summary))
+    else:
+        render.print_card(summary, _stdout())
+    return exit_for(summary)
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    ref = load_config(args.config, args.export)
+    with _client(args) as client:
+        resp = client.plan(
+            ref.text, export_name=ref.export_name, base_dir=ref.base_dir, file_name=ref.file_name
+        )
+    print(render.plan_text(resp))
+    return EXIT_OK
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    statuses = parse_statuses(args.status)
+    if args.limit < 1:
+        raise Failure("--limit must be at least 1")
+    with _client(args) as client:
+        runs = client.list_runs(export_name=args.export, statuses=statuses, limit=args.limit)
+    if not runs:
+        print("no runs")
+        return EXIT_OK
+    Console(highlight=False, width=max(120, Console().width)).print(render.runs_table(runs))
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        summary = client.get_run(args.run_id)
+    if args.json:
+        print(render.summary_json(summary))
+    else:
+        render.print_card(summary, _stdout())
+    return EXIT_OK
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        for stored in client.events(args.run_id):
+            print(render.event_line(stored))
+    return EXIT_OK
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        for stored in client.watch(args.run_id):
+            print(render.event_line(stored), flush=True)
+        summary = client.get_run(args.run_id, wait_s=10.0)
+    return exit_for(summary)
+
+
+COMMANDS = {
+    "up": cmd_up,
+    "down": cmd_down,
+    "run": cmd_run,
+    "plan": cmd_plan,
+    "runs": cmd_runs,
+    "status": cmd_status,
+    "events": cmd_events,
+    "watch": cmd_watch,
+}
+
+
+def _user() -> str:
+    with contextlib.suppress(Exception):
+        return f"cli:{getpass.getuser()}"
+    return "cli"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return COMMANDS[args.command](args)
+    except Failure as exc:
+        print(str(exc), file=sys.stderr)
+        return exc.code
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_ERROR
+    except grpc.RpcError as exc:
+        f = grpc_failure(exc)
+        print(str(f), file=sys.stderr)
+        return f.code
+    except stackmod.StackError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())
