@@ -1,0 +1,1 @@
+"""The committer: gates, the manifest, _SUCCESS and the run's outcome."""

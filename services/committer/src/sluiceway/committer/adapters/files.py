@@ -1,0 +1,69 @@
+"""The destination directory: reading parts back, and crash-safe writes (temp, fsync, rename)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from sluiceway.common import fingerprint, layout
+
+
+def observe_parts(run_dir: Path, names: Iterable[str]) -> dict[str, tuple[str, int] | None]:
+    """(fingerprint, size) of each part as it is on disk now; None when absent. Blocking."""
+    out: dict[str, tuple[str, int] | None] = {}
+    for name in names:
+        path = run_dir / name
+        try:
+            out[name] = fingerprint.of_file(path) if path.is_file() else None
+        except FileNotFoundError:
+            out[name] = None
+    return out
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Readers see the old file or the whole new one, never a torn one, even after a crash."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / layout.temp_name(path.name)
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def update_latest_pointer(pointer: Path, run_id: str, manifest: bytes) -> bool:
+    """Point <dest>/<export>/manifest.json at this run, unless a later run (run ids sort by
+    time) already holds it: a restarted old commit never moves the pointer backwards."""
+    if pointer.is_file():
+        with contextlib.suppress(OSError, ValueError):
+            current = json.loads(pointer.read_bytes()).get("run_id", "")
+            if isinstance(current, str) and current > run_id:
+                return False
+    write_atomic(pointer, manifest)
+    return True
+
+
+def quarantine(run_dir: Path, target: Path, names: Iterable[str]) -> list[str]:
+    """Move a losing attempt's files aside (never delete: they may help a post-mortem)."""
+    moved: list[str] = []
+    for name in names:
+        src = run_dir / name
+        if not src.is_file():
+            continue
+        dst = target / name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(src, dst)
+        moved.append(name)
+    return moved

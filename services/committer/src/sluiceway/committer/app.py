@@ -1,0 +1,300 @@
+"""The committer's flow: load (cached fold) -> decide -> gates -> manifest -> _SUCCESS ->
+ManifestCommitted -> latest pointer -> RunCompleted. Every step can be re-run after a crash."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Protocol, assert_never
+
+from sluiceway.committer.adapters import files
+from sluiceway.committer.domain.decide import (
+    Commit,
+    Fail,
+    Finish,
+    Nothing,
+    completed,
+    decide,
+    reconciliation_message,
+    validation_message,
+)
+from sluiceway.committer.domain.gates import count_ranges, reconcile, safe_relative, validate_parts
+from sluiceway.committer.domain.manifest import build_manifest, serialize, total_bytes
+from sluiceway.common import fingerprint, layout
+from sluiceway.common.bus import Appended
+from sluiceway.common.domain import ids
+from sluiceway.common.domain.events import (
+    Body,
+    ExportSpec,
+    ManifestCommitted,
+    PlanResolved,
+    RunEvent,
+    RunStatus,
+)
+from sluiceway.common.domain.events import Producer as ProducerInfo
+from sluiceway.common.domain.run import RunState, evolve, fold
+from sluiceway.common.redact import redact
+from sluiceway.common.sources.base import Source, SourceError
+
+log = logging.getLogger(__name__)
+
+SourceFactory = Callable[[ExportSpec], Source]
+
+
+class RunLog(Protocol):
+    """The part of sluiceway.common.bus.Bus the committer uses (fakes implement it in tests)."""
+
+    async def append(self, event: RunEvent) -> Appended: ...
+
+    async def history(self, run_id: str) -> list[tuple[int, RunEvent]]: ...
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def default_source_factory() -> SourceFactory:
+    def factory(spec: ExportSpec) -> Source:
+        from sluiceway.common.sources import open_source
+
+        return open_source(spec)
+
+    return factory
+
+
+class Committer:
+    """Handler of the `committer-runs` consumer.
+
+    `source_factory` opens the source for the reconciliation count; with None the count is the
+    sum of the rows the chunks reported (ChunkCompleted), which checks the parts against the
+    workers' own tally only."""
+
+    def __init__(
+        self,
+        log_: RunLog,
+        *,
+        producer: ProducerInfo,
+        source_factory: SourceFactory | None,
+        clock: Callable[[], datetime] = utcnow,
+        count_attempts: int = 5,
+        max_cached_runs: int = 1000,
+        max_terminal_runs: int = 100_000,
+    ) -> None:
+        self._log = log_
+        self._producer = producer
+        self._open = source_factory
+        self._clock = clock
+        self._count_attempts = count_attempts
+        self._cache: OrderedDict[str, RunState] = OrderedDict()
+        self._terminal: OrderedDict[str, None] = OrderedDict()
+        self._max_cached = max_cached_runs
+        self._max_terminal = max_terminal_runs
+
+    # ---- the consumer -----------------------------------------------------------------------
+
+    async def handle(self, event: RunEvent, delivered: int = 1) -> None:
+        """Apply one run event and act on the decision. Returns once the effects are durable;
+        raises on a transient error (the cached state is dropped and the message redelivered)."""
+        run_id = event.run_id
+        if run_id in self._terminal:
+            return
+        try:
+            state = await self._state(event)
+            if state.terminal:
+                self._forget(run_id, terminal=True)
+                return
+            acted = await self._act(state, delivered)
+        except BaseException:
+            self._cache.pop(run_id, None)
+            raise
+        if acted:
+            # reload on the next event: our own appends (or a racing replica's) are the truth
+            self._cache.pop(run_id, None)
+            if acted == "terminal":
+                self._forget(run_id, terminal=True)
+
+    async def _state(self, event: RunEvent) -> RunState:
+        state = self._cache.get(event.run_id)
+        if state is None:
+            state = await self._load(event.run_id)
+            if event.event_id not in state.applied:
+                evolve(state, event)  # not yet readable through history: fold what we know
+        else:
+            evolve(state, event)  # idempotent by event id: a redelivery changes nothing
+            self._cache.move_to_end(event.run_id)
+        self._cache[event.run_id] = state
+        while len(self._cache) > self._max_cached:
+            self._cache.popitem(last=False)
+        return state
+
+    async def _load(self, run_id: str) -> RunState:
+        return fold((e for _, e in await self._log.history(run_id)), run_id)
+
+    def _forget(self, run_id: str, *, terminal: bool) -> None:
+        self._cache.pop(run_id, None)
+        if terminal:
+            self._terminal[run_id] = None
+            while len(self._terminal) > self._max_terminal:
+                self._terminal.popitem(last=False)
+
+    async def _act(self, state: RunState, delivered: int) -> str:
+        """'' when nothing was done, 'acted' or 'terminal' otherwise."""
+        decision = decide(state)
+        match decision:
+            case Nothing():
+                return ""
+            case Fail(message):
+                await self._complete(state, RunStatus.FAILED, message)
+                return "terminal"
+            case Finish():
+                await self._finish(state, None)
+                return "terminal"
+            case Commit():
+                return await self._commit(state, delivered)
+            case _:
+                assert_never(decision)
+
+    # ---- the commit -------------------------------------------------------------------------
+
+    async def _commit(self, state: RunState, delivered: int) -> str:
+        spec, plan = state.spec, state.plan
+        assert spec is not None and plan is not None
+        run_dir = layout.run_dir(spec.destination, state.export_name, state.run_id)
+        committed = state.committed_files()
+
+        # gate: validation. A verdict already in the log is reused so that a restart decides
+        # the same way and appends nothing new.
+        if state.validation is None:
+            names = [f.file_name for f in committed if safe_relative(f.file_name)]
+            observed = await asyncio.to_thread(files.observe_parts, run_dir, names)
+            await self._append(state, validate_parts(committed, observed))
+        assert state.validation is not None
+        if not state.validation.passed:
+            await self._complete(state, RunStatus.FAILED, validation_message(state))
+            return "terminal"
+
+        # gate: reconciliation
+        if state.reconciliation is None:
+            try:
+                source_count = await self._source_count(state, spec, plan)
+            except SourceError as exc:
+                if exc.retryable and delivered < self._count_attempts:
+                    raise
+                await self._complete(
+                    state, RunStatus.FAILED, f"reconciliation failed: cannot count: {exc}"
+                )
+                return "terminal"
+            await self._append(state, reconcile(source_count, state.total_rows))
+        assert state.reconciliation is not None
+        if not state.reconciliation.matched:
+            r = state.reconciliation
+            await self._complete(
+                state, RunStatus.FAILED, reconciliation_message(r.source_count, r.exported_rows)
+            )
+            return "terminal"
+
+        # manifest -> _SUCCESS -> ManifestCommitted (DESIGN §6: a crash leaves none or a whole one)
+        manifest = build_manifest(state)
+        data = serialize(manifest)
+        digest = fingerprint.of_bytes(data)
+        mpath = layout.manifest_path(spec.destination, state.export_name, state.run_id)
+        spath = layout.success_path(spec.destination, state.export_name, state.run_id)
+        await asyncio.to_thread(files.write_atomic, mpath, data)
+        await asyncio.to_thread(files.write_atomic, spath, digest.encode())
+        body = ManifestCommitted(
+            manifest_uri=mpath.resolve().as_uri(),
+            fingerprint=digest,
+            row_count=manifest["row_count"],
+            part_count=manifest["part_count"],
+            cursor_low=plan.key_low,
+            cursor_high=plan.key_high,
+            bytes=total_bytes(manifest),
+        )
+        appended = await self._append(state, body)
+        if appended.conflict:
+            log.info("another committer committed first", extra={"run_id": state.run_id})
+        log.info(
+            "manifest committed: %d part(s), %d row(s)",
+            body.part_count,
+            body.row_count,
+            extra={"run_id": state.run_id},
+        )
+        await self._quarantine_losers(state, run_dir)
+        await self._finish(state, data)
+        return "terminal"
+
+    async def _source_count(self, state: RunState, spec: ExportSpec, plan: PlanResolved) -> int:
+        if self._open is None:
+            return sum(c.rows for c in state.chunks.values())
+        opener = self._open
+
+        def count() -> int:
+            source = opener(spec)
+            try:
+                return sum(source.count(spec, rng) for rng in count_ranges(plan))
+            finally:
+                source.close()
+
+        return await asyncio.to_thread(count)
+
+    async def _quarantine_losers(self, state: RunState, run_dir: Path) -> None:
+        assert state.spec is not None
+        losers = [
+            f.file_name
+            for c in state.chunks.values()
+            for f in c.losing_files()
+            if safe_relative(f.file_name)
+        ]
+        if not losers:
+            return
+        target = layout.quarantine_dir(state.spec.destination, state.export_name, state.run_id)
+        try:
+            moved = await asyncio.to_thread(files.quarantine, run_dir, target, losers)
+        except OSError as exc:  # best effort: they are not in the manifest either way
+            log.warning("cannot move losing attempts' files aside: %s", exc)
+            return
+        if moved:
+            log.info("moved %d losing file(s) aside", len(moved), extra={"run_id": state.run_id})
+
+    async def _finish(self, state: RunState, data: bytes | None) -> None:
+        """Latest pointer, then RunCompleted(SUCCEEDED). Re-run after a crash between
+        ManifestCommitted and RunCompleted, so every step is idempotent."""
+        spec = state.spec
+        assert spec is not None
+        if data is None:
+            mpath = layout.manifest_path(spec.destination, state.export_name, state.run_id)
+            try:
+                data = await asyncio.to_thread(mpath.read_bytes)
+            except FileNotFoundError:
+                data = serialize(build_manifest(state))
+        pointer = layout.latest_pointer_path(spec.destination, state.export_name)
+        await asyncio.to_thread(files.update_latest_pointer, pointer, state.run_id, data)
+        await self._complete(state, RunStatus.SUCCEEDED)
+
+    async def _complete(self, state: RunState, status: RunStatus, error: str = "") -> None:
+        body = completed(state, status, self._clock(), redact(error))
+        await self._append(state, body)
+        log.info(
+            "run %s%s",
+            status.value.lower(),
+            f": {body.error_message}" if error else "",
+            extra={"run_id": state.run_id},
+        )
+
+    async def _append(self, state: RunState, body: Body) -> Appended:
+        event = RunEvent(
+            event_id=ids.event_id(state.run_id, body),
+            run_id=state.run_id,
+            export_name=state.export_name,
+            occurred_at=self._clock(),
+            body=body,
+            producer=self._producer,
+        )
+        appended = await self._log.append(event)
+        if not appended.conflict:
+            evolve(state, event)
+        return appended

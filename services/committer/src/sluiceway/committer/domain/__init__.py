@@ -1,0 +1,1 @@
+"""Pure commit logic: the decision, the gates' verdicts and the manifest (no I/O)."""

@@ -1,0 +1,84 @@
+"""What the committer does for a run, given its folded state: a pure decision."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sluiceway.common.domain.events import RunCompleted, RunStatus
+from sluiceway.common.domain.run import RunState
+
+
+@dataclass(frozen=True)
+class Nothing:
+    reason: str
+
+
+@dataclass(frozen=True)
+class Fail:
+    error_message: str
+
+
+@dataclass(frozen=True)
+class Commit:
+    """Run the gates, write the manifest and _SUCCESS, append ManifestCommitted."""
+
+
+@dataclass(frozen=True)
+class Finish:
+    """ManifestCommitted is in the log but RunCompleted is not (a crash in between)."""
+
+
+Decision = Nothing | Fail | Commit | Finish
+
+
+def decide(state: RunState) -> Decision:
+    if state.requested is None:
+        return Nothing("no RunRequested in the run's history")
+    if state.terminal:
+        return Nothing(f"run is {state.status.value}")
+    if state.manifest is not None:
+        return Finish()
+    if state.plan is None:
+        return Nothing("not planned yet")
+    failed = sorted(state.failed_chunks(), key=lambda c: c.index)
+    if failed:
+        first = failed[0]
+        more = f" (and {len(failed) - 1} more failed chunk(s))" if len(failed) > 1 else ""
+        return Fail(f"chunk {first.index} failed: {first.error or 'unknown error'}{more}")
+    # a gate verdict already in the log decides again the same way after a restart
+    if state.validation is not None and not state.validation.passed:
+        return Fail(validation_message(state))
+    if state.reconciliation is not None and not state.reconciliation.matched:
+        r = state.reconciliation
+        return Fail(reconciliation_message(r.source_count, r.exported_rows))
+    if state.all_chunks_completed():
+        return Commit()
+    done = sum(1 for c in state.chunks.values() if c.status.value == "COMPLETED")
+    return Nothing(f"{done}/{len(state.chunks)} chunk(s) completed")
+
+
+def validation_message(state: RunState) -> str:
+    failures = state.validation.failures if state.validation is not None else ()
+    if not failures:
+        return "validation failed"
+    first = failures[0]
+    more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
+    return f"validation failed: {first.code} {first.part}: {first.message}{more}"
+
+
+def reconciliation_message(source_count: int, exported_rows: int) -> str:
+    return (
+        f"reconciliation failed: the source has {source_count} row(s), "
+        f"the parts hold {exported_rows}"
+    )
+
+
+def duration_ms(state: RunState, now: datetime) -> int:
+    if state.requested_at is None:
+        return 0
+    return max(0, int((now - state.requested_at).total_seconds() * 1000))
+
+
+def completed(state: RunState, status: RunStatus, now: datetime, error: str = "") -> RunCompleted:
+    return RunCompleted(status=status, error_message=error, duration_ms=duration_ms(state, now))

@@ -1,0 +1,87 @@
+"""The manifest of a committed run: a pure function of the run's state, serialized to the same
+bytes on every call (times come from events, never from a clock)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from sluiceway.common.domain.run import RunState
+
+MANIFEST_VERSION = 1
+STATUS_COMMITTED = "SUCCEEDED"
+
+
+class ManifestError(ValueError):
+    """The state cannot be committed (not planned, a chunk not completed...)."""
+
+
+def _ts(dt: datetime | None) -> str:
+    if dt is None:
+        return ""
+    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def build_manifest(state: RunState) -> dict[str, Any]:
+    """Every field of DESIGN §6. Only the winning attempt's files of each chunk are listed."""
+    plan, spec = state.plan, state.spec
+    if plan is None or spec is None:
+        raise ManifestError("the run is not planned")
+    if not state.all_chunks_completed():
+        raise ManifestError("not every chunk is completed")
+    files = state.committed_files()
+    parts = [
+        {
+            "part_id": f"c{f.chunk_index:05d}-p{f.part_index:04d}",
+            "path": f.file_name,
+            "rows": f.rows,
+            "size_bytes": f.bytes,
+            "content_fingerprint": f.content_fingerprint,
+            "chunk_index": f.chunk_index,
+            "attempt": f.attempt,
+        }
+        for f in files
+    ]
+    source: dict[str, Any] = {
+        "engine": plan.source_engine or spec.source.engine,
+        "strategy": plan.strategy,
+        "cursor_column": plan.chunk_column,
+        "cursor_low": plan.key_low,
+        "cursor_high": plan.key_high,
+        "source_row_count": (
+            state.reconciliation.source_count if state.reconciliation is not None else None
+        ),
+    }
+    if spec.table:
+        source["table"] = spec.table
+    else:
+        source["query_fingerprint"] = plan.query_fingerprint
+    finished = [c.finished_at for c in state.chunks.values() if c.finished_at is not None]
+    return {
+        "manifest_version": MANIFEST_VERSION,
+        "run_id": state.run_id,
+        "export_name": state.export_name,
+        "status": STATUS_COMMITTED,
+        "started_at": _ts(state.requested_at),
+        "finished_at": _ts(max(finished) if finished else state.requested_at),
+        "source": source,
+        "destination": spec.destination,
+        "format": plan.format or spec.format,
+        "compression": plan.compression or spec.compression,
+        "schema": [{"name": f.name, "type": f.type, "nullable": f.nullable} for f in plan.schema],
+        "schema_fingerprint": plan.schema_fingerprint,
+        "row_count": sum(p["rows"] for p in parts),
+        "part_count": len(parts),
+        "parts": parts,
+        "plan_id": plan.plan_id,
+    }
+
+
+def serialize(manifest: dict[str, Any]) -> bytes:
+    """Canonical bytes: sorted keys, fixed indent, UTF-8, one trailing newline."""
+    return (json.dumps(manifest, sort_keys=True, indent=2, ensure_ascii=False) + "\n").encode()
+
+
+def total_bytes(manifest: dict[str, Any]) -> int:
+    return sum(int(p["size_bytes"]) for p in manifest["parts"])

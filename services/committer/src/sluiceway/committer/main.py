@@ -1,0 +1,99 @@
+"""Composition root of the committer: wires the bus and the `committer-runs` consumer."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import cast
+
+from nats.aio.client import Client as NATS
+
+from sluiceway.committer.adapters.consumer import RunEventConsumer
+from sluiceway.committer.app import Committer, SourceFactory, default_source_factory
+from sluiceway.common import bus as busmod
+from sluiceway.common import service, telemetry
+from sluiceway.common.domain.events import Producer
+from sluiceway.common.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SERVICE = "committer"
+DURABLE = "committer-runs"
+_DEFAULT = object()
+
+
+async def _connect_unless_stopped(settings: Settings, stop: asyncio.Event) -> NATS | None:
+    """Wait for NATS, but give up when asked to stop (a SIGTERM while NATS is down)."""
+    connecting = asyncio.create_task(
+        busmod.connect(settings.nats_url, name=f"{SERVICE}-{settings.instance}")
+    )
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({connecting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if connecting.done():
+        return connecting.result()
+    connecting.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await connecting
+    return None
+
+
+async def serve(
+    settings: Settings,
+    stop: asyncio.Event,
+    *,
+    source_factory: SourceFactory | object | None = _DEFAULT,
+) -> None:
+    """Run the committer until `stop` is set. `source_factory` replaces open_source for the
+    reconciliation count (tests); None counts with the chunks' own tallies."""
+    nc = await _connect_unless_stopped(settings, stop)
+    if nc is None:
+        return
+    consumer: RunEventConsumer | None = None
+    try:
+        bus = busmod.Bus(nc, settings.names)
+        await bus.ensure_streams(busmod.StreamSettings(replicas=settings.stream_replicas))
+        factory = (
+            default_source_factory()
+            if source_factory is _DEFAULT
+            else cast("SourceFactory | None", source_factory)
+        )
+        committer = Committer(
+            bus,
+            producer=Producer(SERVICE, settings.instance),
+            source_factory=factory,
+        )
+        consumer = RunEventConsumer(bus, DURABLE, [settings.names.runs_all], committer.handle)
+        await consumer.start()
+        service.write_ready_file(settings.ready_file, service=SERVICE)
+        log.info("committer consuming %s", settings.names.runs_all)
+        consuming = asyncio.create_task(consumer.run(stop))
+        stopped = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait({consuming, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        if consuming in done:
+            consuming.result()
+        stop.set()
+        await consuming
+        stopped.cancel()
+    finally:
+        if consumer is not None:
+            await consumer.stop()
+        with contextlib.suppress(Exception):
+            await nc.drain()
+        log.info("committer stopped")
+
+
+def main() -> None:
+    telemetry.init_logging(SERVICE)
+    telemetry.init_tracing(SERVICE)
+    settings = Settings.from_env()
+
+    async def run() -> None:
+        await serve(settings, service.stop_event())
+
+    asyncio.run(run())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The planner: the Control gRPC API, introspection, chunk ranges and chunk tasks."""

@@ -1,0 +1,1 @@
+"""The planner's adapters: the Control gRPC servicer, the run-event consumer, sources."""

@@ -1,0 +1,123 @@
+"""A durable pull consumer over run events: decode -> handle -> ack; term poison; nak on error."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.client import JetStreamContext
+
+from sluiceway.common import codec, telemetry
+from sluiceway.common.bus import Bus
+from sluiceway.common.domain.events import RunEvent
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[RunEvent, int], Awaitable[None]]
+
+
+def backoff_s(delivered: int, *, base_s: float = 0.5, cap_s: float = 30.0) -> float:
+    return float(min(cap_s, base_s * 2 ** max(0, delivered - 1)))
+
+
+class RunEventConsumer:
+    """Feeds one durable consumer's messages, one at a time and in order, to `handler`.
+    An ack is sent only after the handler returned, i.e. after its effects are durable."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        durable: str,
+        subjects: list[str],
+        handler: Handler,
+        *,
+        batch: int = 32,
+        ack_wait_s: float = 30.0,
+    ) -> None:
+        self._bus = bus
+        self._durable = durable
+        self._subjects = subjects
+        self._handler = handler
+        self._batch = batch
+        self._ack_wait_s = ack_wait_s
+        self._sub: JetStreamContext.PullSubscription | None = None
+
+    async def start(self) -> None:
+        await self._bus.ensure_run_consumer(
+            self._durable, self._subjects, ack_wait_s=self._ack_wait_s
+        )
+        self._sub = await self._bus.js.pull_subscribe_bind(
+            durable=self._durable, stream=self._bus.names.runs_stream
+        )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        if self._sub is None:
+            await self.start()
+        assert self._sub is not None
+        while not stop.is_set():
+            try:
+                msgs = await self._sub.fetch(self._batch, timeout=1.0)
+            except (TimeoutError, NatsTimeoutError):
+                continue
+            except Exception:  # connection hiccup: the client reconnects by itself
+                log.warning("fetch from %s failed", self._durable, exc_info=True)
+                await asyncio.sleep(0.5)
+                continue
+            for i, msg in enumerate(msgs):
+                if stop.is_set():
+                    # unprocessed messages go back at once rather than after ack_wait
+                    for rest in msgs[i:]:
+                        with contextlib.suppress(Exception):
+                            await rest.nak()
+                    return
+                await self._one(msg)
+
+    async def _one(self, msg: Msg) -> None:
+        delivered = msg.metadata.num_delivered or 1
+        try:
+            event = codec.decode(msg.data)
+        except codec.Poison as exc:
+            log.error("terminating an undecodable message on %s: %s", msg.subject, exc)
+            await msg.term()
+            return
+        token = telemetry.run_id_var.set(event.run_id)
+        heartbeat = asyncio.create_task(self._heartbeat(msg))
+        try:
+            await self._handler(event, delivered)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            delay = backoff_s(delivered)
+            log.warning(
+                "handling %s failed (delivery %d); retry in %.1fs",
+                event.kind,
+                delivered,
+                delay,
+                exc_info=True,
+            )
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=delay)
+        else:
+            await msg.ack()
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+            telemetry.run_id_var.reset(token)
+
+    async def _heartbeat(self, msg: Msg) -> None:
+        """Long handlers (a commit re-reads every part) keep the message from redelivery."""
+        while True:
+            await asyncio.sleep(self._ack_wait_s / 3)
+            with contextlib.suppress(Exception):
+                await msg.in_progress()
+
+    async def stop(self) -> None:
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+            self._sub = None

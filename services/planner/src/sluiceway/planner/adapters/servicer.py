@@ -1,0 +1,92 @@
+"""The Control gRPC servicer: translates requests and errors; the Planner decides."""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+
+from sluiceway.common import codec
+from sluiceway.common.config import ConfigError
+from sluiceway.common.domain.events import ExportSpec
+from sluiceway.common.domain.ids import InvalidRunId
+from sluiceway.common.redact import redact
+from sluiceway.common.sources.base import SourceError
+from sluiceway.planner.app import Planner, RunNotFound
+from sluiceway.planner.domain.chunks import PlanError
+from sluiceway.v1 import control_pb2 as cpb
+from sluiceway.v1 import control_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+
+class ControlServicer(control_pb2_grpc.ControlServicer):
+    def __init__(self, planner: Planner) -> None:
+        self._planner = planner
+
+    async def _spec(
+        self,
+        request: cpb.SubmitRunRequest | cpb.PlanRunRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> ExportSpec:
+        which = request.WhichOneof("export")
+        try:
+            if which == "spec":
+                return self._planner.check_spec(codec.from_message(request.spec, ExportSpec))
+            if which == "config":
+                doc = request.config
+                return self._planner.check_config(
+                    doc.text, doc.export_name, doc.base_dir, doc.file_name
+                )
+        except ConfigError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, redact(str(exc)))
+        await context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT, "export: one of spec or config is required"
+        )
+        raise AssertionError("unreachable")  # abort raises
+
+    async def SubmitRun(
+        self, request: cpb.SubmitRunRequest, context: grpc.aio.ServicerContext
+    ) -> cpb.SubmitRunResponse:
+        spec = await self._spec(request, context)
+        run_id, seq = await self._planner.submit(
+            spec, requested_by=request.requested_by, options=dict(request.options)
+        )
+        return cpb.SubmitRunResponse(run_id=run_id, export_name=spec.name, stream_seq=seq)
+
+    async def PlanRun(
+        self, request: cpb.PlanRunRequest, context: grpc.aio.ServicerContext
+    ) -> cpb.PlanRunResponse:
+        spec = await self._spec(request, context)
+        try:
+            plan, warnings = await self._planner.dry_run(spec)
+        except PlanError as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, redact(str(exc)))
+        except SourceError as exc:
+            code = (
+                grpc.StatusCode.UNAVAILABLE
+                if exc.retryable
+                else grpc.StatusCode.FAILED_PRECONDITION
+            )
+            await context.abort(code, redact(str(exc)))
+        response = cpb.PlanRunResponse()
+        codec.to_message(plan, response.plan)
+        for w in warnings:
+            codec.to_message(w, response.warnings.add())
+        codec.to_message(spec, response.spec)
+        return response
+
+    async def CancelRun(
+        self, request: cpb.CancelRunRequest, context: grpc.aio.ServicerContext
+    ) -> cpb.CancelRunResponse:
+        if not request.run_id:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "run_id is required")
+        try:
+            seq = await self._planner.cancel(
+                request.run_id, reason=request.reason, requested_by=request.requested_by
+            )
+        except InvalidRunId as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except RunNotFound:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"run {request.run_id!r} not found")
+        return cpb.CancelRunResponse(run_id=request.run_id, stream_seq=seq)

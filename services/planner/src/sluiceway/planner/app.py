@@ -1,0 +1,249 @@
+"""The planner's flow: validate -> append RunRequested; load -> decide -> introspect -> append
+PlanResolved -> publish tasks -> ack. Decisions live in domain/, I/O in the ports below."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Protocol
+
+from sluiceway.common import config
+from sluiceway.common.bus import Appended, Names
+from sluiceway.common.domain import ids
+from sluiceway.common.domain.events import (
+    Body,
+    CancelRequested,
+    ChunkTask,
+    ExportSpec,
+    PlanResolved,
+    PlanWarning,
+    Producer,
+    RunEvent,
+    RunRequested,
+)
+from sluiceway.common.domain.run import RunState, fold
+from sluiceway.common.redact import redact
+from sluiceway.common.sources.base import Introspection, Source, SourceError
+from sluiceway.planner.domain.chunks import PlanError
+from sluiceway.planner.domain.plan import (
+    Ignore,
+    NeedsPlan,
+    PublishTasks,
+    build_plan,
+    check_pinned_plan,
+    decide_cancel,
+    decide_request,
+    planning_failed,
+    task_msg_id,
+    tasks_for,
+)
+
+log = logging.getLogger(__name__)
+
+SourceFactory = Callable[[ExportSpec], Source]
+
+
+class RunLog(Protocol):
+    """The part of sluiceway.common.bus.Bus the planner uses (fakes implement it in tests)."""
+
+    names: Names
+
+    async def append(self, event: RunEvent) -> Appended: ...
+
+    async def history(self, run_id: str) -> list[tuple[int, RunEvent]]: ...
+
+    async def publish_task(self, task: ChunkTask, msg_id: str) -> Appended: ...
+
+    async def last_on_subject(self, subject: str) -> tuple[int, RunEvent] | None: ...
+
+
+class RunNotFound(LookupError):
+    pass
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def default_source_factory(env: Mapping[str, str] | None = None) -> SourceFactory:
+    """open_source from sluiceway.common.sources, imported at first use."""
+
+    def factory(spec: ExportSpec) -> Source:
+        from sluiceway.common.sources import open_source
+
+        return open_source(spec, env=env)
+
+    return factory
+
+
+class Planner:
+    """Control operations and the handler of the `planner-requests` consumer."""
+
+    def __init__(
+        self,
+        log_: RunLog,
+        *,
+        producer: Producer,
+        source_factory: SourceFactory,
+        env: Mapping[str, str] | None = None,
+        clock: Callable[[], datetime] = utcnow,
+        entropy: Callable[[int], bytes] = os.urandom,
+        plan_attempts: int = 3,
+    ) -> None:
+        self._log = log_
+        self._producer = producer
+        self._open = source_factory
+        self._env = os.environ if env is None else env
+        self._clock = clock
+        self._entropy = entropy
+        self._plan_attempts = plan_attempts
+
+    # ---- validation (Control) ---------------------------------------------------------------
+
+    def check_spec(self, spec: ExportSpec) -> ExportSpec:
+        """Raises ConfigError naming the export and the field."""
+        return config.check_spec(spec, env=self._env)
+
+    def check_config(
+        self, text: str, export_name: str = "", base_dir: str = "", file_name: str = ""
+    ) -> ExportSpec:
+        name = file_name or "<config>"
+        specs = config.load_text(text, base_dir=base_dir or ".", file_name=name, env=self._env)
+        return config.select(specs, export_name or None, file_name=name)
+
+    # ---- Control operations -----------------------------------------------------------------
+
+    async def submit(
+        self, spec: ExportSpec, *, requested_by: str = "", options: Mapping[str, str] | None = None
+    ) -> tuple[str, int]:
+        """Append RunRequested for a checked spec; returns (run_id, stream seq). The spec holds
+        only the *name* of the variable with the URL, never a secret."""
+        now = self._clock()
+        run_id = ids.new_run_id(now, self._entropy(4))
+        body = RunRequested(spec=spec, requested_by=requested_by, options=dict(options or {}))
+        appended = await self._log.append(self._event(run_id, spec.name, body, now))
+        log.info("run requested", extra={"run_id": run_id})
+        return run_id, appended.seq
+
+    async def dry_run(self, spec: ExportSpec) -> tuple[PlanResolved, list[PlanWarning]]:
+        """The plan SubmitRun would produce; appends nothing. Raises PlanError/SourceError."""
+        intro = await asyncio.to_thread(self._introspect, spec)
+        return build_plan(spec, intro)
+
+    async def cancel(self, run_id: str, *, reason: str = "", requested_by: str = "") -> int:
+        """Append CancelRequested. Raises InvalidRunId, RunNotFound."""
+        ids.check_run_id(run_id)
+        first = await self._log.last_on_subject(self._log.names.run_subject(run_id, "requested"))
+        if first is None:
+            raise RunNotFound(f"run {run_id!r} not found")
+        body = CancelRequested(reason=redact(reason), requested_by=requested_by)
+        appended = await self._log.append(
+            self._event(run_id, first[1].export_name, body, self._clock())
+        )
+        return appended.seq
+
+    # ---- the consumer -----------------------------------------------------------------------
+
+    async def handle(self, event: RunEvent, delivered: int = 1) -> None:
+        """Handle one RunRequested or CancelRequested. Returns once its effects are durable;
+        raises on a transient error (the message is redelivered)."""
+        state = await self._load(event.run_id, event)
+        match event.body:
+            case RunRequested():
+                await self._on_requested(state, delivered)
+            case CancelRequested():
+                completed = decide_cancel(state, self._clock())
+                if completed is not None:
+                    await self._append(state, completed)
+                    log.info("run canceled", extra={"run_id": state.run_id})
+            case _:
+                log.debug("ignoring %s", event.kind, extra={"run_id": event.run_id})
+
+    async def _load(self, run_id: str, delivered: RunEvent | None = None) -> RunState:
+        history = [e for _, e in await self._log.history(run_id)]
+        if delivered is not None and all(e.event_id != delivered.event_id for e in history):
+            history.append(delivered)  # not readable yet (should not happen): fold what we know
+        return fold(history, run_id)
+
+    async def _on_requested(self, state: RunState, delivered: int) -> None:
+        decision = decide_request(state)
+        match decision:
+            case Ignore(reason):
+                log.info("nothing to plan: %s", reason, extra={"run_id": state.run_id})
+            case PublishTasks():
+                await self._publish(state, decision.plan, decision.chunk_indexes)
+            case NeedsPlan():
+                await self._plan(state, delivered)
+
+    async def _plan(self, state: RunState, delivered: int) -> None:
+        assert state.requested is not None
+        spec = state.requested.spec
+        try:
+            intro = await asyncio.to_thread(self._introspect, spec)
+            plan, warnings = build_plan(spec, intro)
+            check_pinned_plan(state.requested.plan_id, plan)
+        except (PlanError, config.ConfigError) as exc:
+            await self._fail(state, str(exc))
+            return
+        except SourceError as exc:
+            if exc.retryable and delivered < self._plan_attempts:
+                raise
+            await self._fail(state, str(exc))
+            return
+        except Exception as exc:
+            if delivered < self._plan_attempts:
+                raise
+            await self._fail(state, f"{type(exc).__name__}: {exc}")
+            return
+        for warning in warnings:
+            await self._append(state, warning)
+        appended = await self._append(state, plan)
+        if appended.conflict:
+            # another replica planned first: its plan is the run's plan
+            theirs = await self._load(state.run_id)
+            decision = decide_request(theirs)
+            if isinstance(decision, PublishTasks):
+                await self._publish(theirs, decision.plan, decision.chunk_indexes)
+            return
+        log.info(
+            "run planned: %d chunk(s), plan %s",
+            len(plan.chunks),
+            plan.plan_id,
+            extra={"run_id": state.run_id},
+        )
+        await self._publish(state, plan, tuple(r.index for r in plan.chunks))
+
+    async def _publish(self, state: RunState, plan: PlanResolved, indexes: tuple[int, ...]) -> None:
+        assert state.requested is not None
+        for task in tasks_for(state.run_id, state.requested.spec, plan, indexes):
+            await self._log.publish_task(task, task_msg_id(state.run_id, task.range.index))
+
+    async def _fail(self, state: RunState, message: str) -> None:
+        body = planning_failed(state, redact(message), self._clock())
+        await self._append(state, body)
+        log.warning("planning failed: %s", body.error_message, extra={"run_id": state.run_id})
+
+    def _introspect(self, spec: ExportSpec) -> Introspection:
+        source = self._open(spec)
+        try:
+            return source.introspect(spec)
+        finally:
+            source.close()
+
+    async def _append(self, state: RunState, body: Body) -> Appended:
+        return await self._log.append(self._event(state.run_id, state.export_name, body))
+
+    def _event(
+        self, run_id: str, export_name: str, body: Body, now: datetime | None = None
+    ) -> RunEvent:
+        return RunEvent(
+            event_id=ids.event_id(run_id, body),
+            run_id=run_id,
+            export_name=export_name,
+            occurred_at=now or self._clock(),
+            body=body,
+            producer=self._producer,
+        )

@@ -1,0 +1,185 @@
+"""Plans and planner decisions: what to append and publish for a run, given its folded state."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from datetime import datetime
+
+from sluiceway.common import fingerprint
+from sluiceway.common.domain.events import (
+    ChunkStatus,
+    ChunkTask,
+    ExportSpec,
+    PlanResolved,
+    PlanWarning,
+    RunCompleted,
+    RunStatus,
+)
+from sluiceway.common.domain.run import RunState
+from sluiceway.common.sources.base import Introspection
+
+from .chunks import PlanError, chunk_count_requested_exceeds_keys, plan_chunks
+
+TUNING_PROFILE = "default"
+
+
+def plan_id_of(plan: PlanResolved) -> str:
+    """Deterministic id of a plan's content (not of the run, and not of the row estimate, which
+    drifts with table statistics): a PlanRun dry run and the SubmitRun that follows it give the
+    same id while the source's shape and key bounds are unchanged, so RunRequested.plan_id can
+    pin a reviewed plan."""
+    content = dataclasses.asdict(dataclasses.replace(plan, plan_id="", row_estimate=0))
+    text = json.dumps(content, sort_keys=True, separators=(",", ":"), default=str)
+    return "plan-" + fingerprint.of_bytes(text.encode()).removeprefix("xxh3:")
+
+
+def build_plan(spec: ExportSpec, intro: Introspection) -> tuple[PlanResolved, list[PlanWarning]]:
+    """The plan of `spec` over a source that introspected as `intro`. Raises PlanError."""
+    if not intro.schema:
+        raise PlanError("the source has no columns to export")
+    if spec.columns:
+        known = {f.name for f in intro.schema}
+        missing = [c for c in spec.columns if c not in known]
+        if missing:
+            raise PlanError(f"unknown column(s): {', '.join(missing)}")
+    warnings: list[PlanWarning] = []
+    if spec.mode == "chunked":
+        # with a column projection the chunk key may be read without being exported
+        if not spec.columns and spec.chunk_column not in {f.name for f in intro.schema}:
+            raise PlanError(f"chunk_column {spec.chunk_column!r} is not a column of the source")
+        if chunk_count_requested_exceeds_keys(spec.chunk_count, intro.key_low, intro.key_high):
+            warnings.append(
+                PlanWarning(
+                    rule="chunk_count_reduced",
+                    message=f"chunk_count {spec.chunk_count} exceeds the key span "
+                    f"[{intro.key_low}, {intro.key_high}]: one chunk per key instead",
+                )
+            )
+    chunks = plan_chunks(
+        spec.mode,
+        key_low=intro.key_low if spec.mode == "chunked" else None,
+        key_high=intro.key_high if spec.mode == "chunked" else None,
+        chunk_size=spec.chunk_size,
+        chunk_count=spec.chunk_count,
+        null_keys=spec.mode == "chunked" and intro.key_nullable,
+    )
+    plan = PlanResolved(
+        strategy=spec.mode,
+        chunks=chunks,
+        format=spec.format,
+        compression=spec.compression,
+        compression_level=spec.compression_level,
+        batch_size=spec.batch_size,
+        tuning_profile=TUNING_PROFILE,
+        schema=intro.schema,
+        schema_fingerprint=fingerprint.of_schema(intro.schema),
+        row_estimate=intro.row_estimate,
+        chunk_column=spec.chunk_column,
+        key_low=(intro.key_low or "") if spec.mode == "chunked" else "",
+        key_high=(intro.key_high or "") if spec.mode == "chunked" else "",
+        source_engine=spec.source.engine,
+        source_table=spec.table,
+        query_fingerprint=fingerprint.of_bytes(spec.query.encode()) if spec.query else "",
+    )
+    return dataclasses.replace(plan, plan_id=plan_id_of(plan)), warnings
+
+
+def check_pinned_plan(requested_plan_id: str, plan: PlanResolved) -> None:
+    """A run submitted with a reviewed plan's id runs only if the source still plans the same."""
+    if requested_plan_id and requested_plan_id != plan.plan_id:
+        raise PlanError(
+            f"the source changed since plan {requested_plan_id} was made (it now plans as "
+            f"{plan.plan_id}): review the plan again"
+        )
+
+
+# ---- decisions ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ignore:
+    """Nothing to do: the run is terminal, or unknown (no RunRequested folded)."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
+class NeedsPlan:
+    """Introspect and plan, then append PlanResolved and publish every task."""
+
+
+@dataclass(frozen=True)
+class PublishTasks:
+    """Already planned (a redelivery, or another replica won the race): publish the tasks of the
+    chunks nobody has started yet; the Nats-Msg-Id makes a re-publish inside the duplicate
+    window a no-op, and started chunks are never re-queued after it."""
+
+    plan: PlanResolved
+    chunk_indexes: tuple[int, ...]
+
+
+RequestDecision = Ignore | NeedsPlan | PublishTasks
+
+
+def decide_request(state: RunState) -> RequestDecision:
+    if state.requested is None or state.status is RunStatus.UNSPECIFIED:
+        return Ignore("no RunRequested in the run's history")
+    if state.terminal:
+        return Ignore(f"run is {state.status.value}")
+    if state.plan is None:
+        return NeedsPlan()
+    pending = tuple(
+        i for i in sorted(state.chunks) if state.chunks[i].status is ChunkStatus.PENDING
+    )
+    return PublishTasks(plan=state.plan, chunk_indexes=pending)
+
+
+def decide_cancel(state: RunState, now: datetime) -> RunCompleted | None:
+    """CancelRequested -> RunCompleted(CANCELED) unless the run has already ended."""
+    if state.requested is None or state.terminal:
+        return None
+    reason = state.cancel.reason if state.cancel is not None else ""
+    return RunCompleted(
+        status=RunStatus.CANCELED,
+        error_message=f"canceled: {reason}" if reason else "canceled",
+        duration_ms=duration_ms(state, now),
+    )
+
+
+def planning_failed(state: RunState, message: str, now: datetime) -> RunCompleted:
+    return RunCompleted(
+        status=RunStatus.FAILED,
+        error_message=f"planning failed: {message}",
+        duration_ms=duration_ms(state, now),
+    )
+
+
+def duration_ms(state: RunState, now: datetime) -> int:
+    if state.requested_at is None:
+        return 0
+    return max(0, int((now - state.requested_at).total_seconds() * 1000))
+
+
+def tasks_for(
+    run_id: str, spec: ExportSpec, plan: PlanResolved, indexes: tuple[int, ...] | None = None
+) -> list[ChunkTask]:
+    """One ChunkTask per chunk (or per chosen chunk), in chunk order."""
+    wanted = None if indexes is None else set(indexes)
+    return [
+        ChunkTask(
+            run_id=run_id,
+            plan_id=plan.plan_id,
+            spec=spec,
+            range=rng,
+            schema=plan.schema,
+            chunk_count=len(plan.chunks),
+        )
+        for rng in plan.chunks
+        if wanted is None or rng.index in wanted
+    ]
+
+
+def task_msg_id(run_id: str, chunk_index: int) -> str:
+    return f"{run_id}/task/{chunk_index}"

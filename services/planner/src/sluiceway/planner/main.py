@@ -1,0 +1,137 @@
+"""Composition root of the planner: wires the bus, the Control API and the request consumer."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from nats.aio.client import Client as NATS
+
+from sluiceway.common import bus as busmod
+from sluiceway.common import service, telemetry
+from sluiceway.common.domain.events import Producer
+from sluiceway.common.settings import Settings
+from sluiceway.planner.adapters.consumer import RunEventConsumer
+from sluiceway.planner.adapters.servicer import ControlServicer
+from sluiceway.planner.app import Planner, SourceFactory, default_source_factory
+from sluiceway.v1 import control_pb2, control_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+SERVICE = "planner"
+CONTROL = control_pb2.DESCRIPTOR.services_by_name["Control"].full_name
+GRACE_S = 5.0
+
+
+async def _connect_unless_stopped(settings: Settings, stop: asyncio.Event) -> NATS | None:
+    """Wait for NATS, but give up when asked to stop (a SIGTERM while NATS is down)."""
+    connecting = asyncio.create_task(
+        busmod.connect(settings.nats_url, name=f"{SERVICE}-{settings.instance}")
+    )
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({connecting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if connecting.done():
+        return connecting.result()
+    connecting.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await connecting
+    return None
+
+
+async def serve(
+    settings: Settings,
+    stop: asyncio.Event,
+    *,
+    source_factory: SourceFactory | None = None,
+) -> None:
+    """Run the planner until `stop` is set. `source_factory` replaces open_source (tests)."""
+    nc = await _connect_unless_stopped(settings, stop)
+    if nc is None:
+        return
+    server: grpc.aio.Server | None = None
+    consumer: RunEventConsumer | None = None
+    health_servicer = health.aio.HealthServicer()
+    try:
+        bus = busmod.Bus(nc, settings.names)
+        await bus.ensure_streams(busmod.StreamSettings(replicas=settings.stream_replicas))
+        planner = Planner(
+            bus,
+            producer=Producer(SERVICE, settings.instance),
+            source_factory=source_factory or default_source_factory(os.environ),
+            env=os.environ,
+        )
+        names = settings.names
+        consumer = RunEventConsumer(
+            bus,
+            "planner-requests",
+            [names.runs_of_kind("requested"), names.runs_of_kind("cancel_requested")],
+            planner.handle,
+        )
+        await consumer.start()
+
+        server = grpc.aio.server()
+        control_pb2_grpc.add_ControlServicer_to_server(  # type: ignore[no-untyped-call]
+            ControlServicer(planner), server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        reflection.enable_server_reflection(
+            [
+                CONTROL,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ],
+            server,
+        )
+        port = server.add_insecure_port(settings.control_addr)
+        if port == 0:
+            raise OSError(f"cannot bind the Control API on {settings.control_addr}")
+        await server.start()
+        host = settings.control_addr.rsplit(":", 1)[0] or "127.0.0.1"
+        if host in ("0.0.0.0", "[::]", "::"):
+            host = "127.0.0.1"
+        bound = f"{host}:{port}"
+        await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+        await health_servicer.set(CONTROL, health_pb2.HealthCheckResponse.SERVING)
+        service.write_ready_file(settings.ready_file, service=SERVICE, control_addr=bound)
+        log.info("planner serving Control on %s", bound)
+
+        consuming = asyncio.create_task(consumer.run(stop))
+        stopped = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait({consuming, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        if consuming in done:
+            consuming.result()  # the consumer loop only returns on stop; surface a crash
+        stop.set()
+        await consuming
+        stopped.cancel()
+    finally:
+        # reverse order: health NOT_SERVING -> gRPC with grace -> consumers -> NATS
+        with contextlib.suppress(Exception):
+            await health_servicer.enter_graceful_shutdown()
+        if server is not None:
+            await server.stop(GRACE_S)
+        if consumer is not None:
+            await consumer.stop()
+        with contextlib.suppress(Exception):
+            await nc.drain()
+        log.info("planner stopped")
+
+
+def main() -> None:
+    telemetry.init_logging(SERVICE)
+    telemetry.init_tracing(SERVICE)
+    settings = Settings.from_env()
+
+    async def run() -> None:
+        await serve(settings, service.stop_event())
+
+    asyncio.run(run())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,204 @@
+"""The committer's flow against an in-memory log and real files: commit, restart, gates."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sluiceway.committer.app import Committer
+from sluiceway.common import fingerprint, layout
+from sluiceway.common.bus import Appended
+from sluiceway.common.domain import events as ev
+from sluiceway.common.domain.ids import event_id
+
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+RUN = "20260301T120000Z-aabbccdd"
+
+
+@pytest.fixture
+def dest(tmp_path: Path) -> Path:
+    return tmp_path / "dest"
+
+
+class FakeLog:
+    def __init__(self) -> None:
+        self.events: list[ev.RunEvent] = []
+        self.fail_on: str = ""  # kind whose append raises once (a crash before it)
+
+    async def append(self, event: ev.RunEvent) -> Appended:
+        if event.kind == self.fail_on:
+            self.fail_on = ""
+            raise ConnectionError("nats went away")
+        for seq, e in enumerate(self.events, 1):
+            if e.event_id == event.event_id:
+                return Appended(seq=seq, duplicate=True)
+            if type(event.body) in ev.ONCE_PER_RUN and (e.run_id, e.kind) == (
+                event.run_id,
+                event.kind,
+            ):
+                return Appended(seq=seq, conflict=True)
+        self.events.append(event)
+        return Appended(seq=len(self.events))
+
+    async def history(self, run_id: str) -> list[tuple[int, ev.RunEvent]]:
+        return [(i, e) for i, e in enumerate(self.events, 1) if e.run_id == run_id]
+
+    def kinds(self) -> list[str]:
+        return [e.kind for e in self.events]
+
+
+def _history(dest: Path, rows: tuple[int, ...] = (3, 2)) -> list[ev.RunEvent]:
+    spec = ev.ExportSpec(
+        name="orders",
+        source=ev.SourceSpec("sqlite", path="/x.db"),
+        table="orders",
+        mode="chunked",
+        chunk_column="id",
+        chunk_count=len(rows),
+        format="csv",
+        compression="none",
+        destination=str(dest),
+    )
+    plan = ev.PlanResolved(
+        plan_id="plan-1",
+        strategy="chunked",
+        format="csv",
+        compression="none",
+        chunks=tuple(
+            ev.ChunkRange(i, str(i), str(i + 1), i == len(rows) - 1) for i in range(len(rows))
+        ),
+        schema=(ev.SchemaField("id", "int64", False),),
+        key_low="0",
+        key_high=str(len(rows)),
+    )
+    run_dir = layout.run_dir(str(dest), "orders", RUN)
+    run_dir.mkdir(parents=True)
+    bodies: list[ev.Body] = [ev.RunRequested(spec=spec), plan]
+    for i, n in enumerate(rows):
+        name = layout.part_name(i, 0, 1, "csv")
+        (run_dir / name).write_text("id\n" + "".join(f"{k}\n" for k in range(n)))
+        fp, size = fingerprint.of_file(run_dir / name)
+        bodies += [
+            ev.ChunkStarted(chunk_index=i, attempt=1),
+            ev.FileWritten(name, n, size, 0, i, 1, fp),
+            ev.ChunkCompleted(chunk_index=i, rows=n, files=1, attempt=1),
+        ]
+    return [
+        ev.RunEvent(event_id(RUN, b), RUN, "orders", T0 + timedelta(seconds=i), b)
+        for i, b in enumerate(bodies)
+    ]
+
+
+def _committer(log: FakeLog) -> Committer:
+    return Committer(
+        log,
+        producer=ev.Producer("committer", "t"),
+        source_factory=None,
+        clock=lambda: T0 + timedelta(minutes=1),
+    )
+
+
+async def _feed(committer: Committer, log: FakeLog) -> None:
+    """Deliver every event of the log once, in order (as the durable consumer would)."""
+    i = 0
+    while i < len(log.events):
+        await committer.handle(log.events[i])
+        i += 1
+
+
+async def test_commit_writes_manifest_success_and_completes_once(dest: Path) -> None:
+    log = FakeLog()
+    log.events = _history(dest)
+    await _feed(_committer(log), log)
+    assert log.kinds()[-4:] == [
+        "validation_result",
+        "reconciliation_result",
+        "manifest_committed",
+        "completed",
+    ]
+    mpath = layout.manifest_path(str(dest), "orders", RUN)
+    data = mpath.read_bytes()
+    assert layout.success_path(str(dest), "orders", RUN).read_text() == fingerprint.of_bytes(data)
+    committed = log.events[-2].body
+    assert isinstance(committed, ev.ManifestCommitted)
+    assert committed.fingerprint == fingerprint.of_bytes(data)
+    assert (committed.row_count, committed.part_count) == (5, 2)
+    assert committed.manifest_uri == mpath.resolve().as_uri()
+    assert layout.latest_pointer_path(str(dest), "orders").read_bytes() == data
+    completed = log.events[-1].body
+    assert isinstance(completed, ev.RunCompleted)
+    assert completed.status is ev.RunStatus.SUCCEEDED and completed.duration_ms == 60_000
+
+
+async def test_a_restart_after_a_crash_gives_the_same_manifest_and_one_commit(
+    dest: Path,
+) -> None:
+    log = FakeLog()
+    log.events = _history(dest)
+    reference = FakeLog()
+    reference.events = _history(dest / "ref")
+    await _feed(_committer(reference), reference)
+    want = layout.manifest_path(str(dest / "ref"), "orders", RUN).read_text()
+    want = want.replace(str(dest / "ref"), str(dest))
+
+    # crash between ManifestCommitted and RunCompleted
+    log.fail_on = "completed"
+    try:
+        await _committer(log).handle(log.events[-1])
+    except ConnectionError:
+        pass
+    assert log.kinds()[-1] == "manifest_committed"
+    await _feed(_committer(log), log)  # a fresh process replays the log
+    assert log.kinds().count("manifest_committed") == 1
+    assert log.kinds()[-1] == "completed"
+    assert layout.manifest_path(str(dest), "orders", RUN).read_text() == want
+
+
+async def test_a_tampered_part_fails_validation_and_writes_no_manifest(dest: Path) -> None:
+    log = FakeLog()
+    log.events = _history(dest)
+    part = layout.run_dir(str(dest), "orders", RUN) / layout.part_name(1, 0, 1, "csv")
+    part.write_text("id\n7\n9\n")  # same size, other bytes
+    await _feed(_committer(log), log)
+    validation = next(e.body for e in log.events if e.kind == "validation_result")
+    assert isinstance(validation, ev.ValidationResult)
+    assert [f.code for f in validation.failures] == ["FINGERPRINT_MISMATCH"]
+    done = log.events[-1].body
+    assert isinstance(done, ev.RunCompleted) and done.status is ev.RunStatus.FAILED
+    assert "FINGERPRINT_MISMATCH" in done.error_message
+    assert not layout.manifest_path(str(dest), "orders", RUN).exists()
+    assert "manifest_committed" not in log.kinds()
+
+
+async def test_a_source_count_mismatch_fails_reconciliation(dest: Path) -> None:
+    class Counting:
+        def count(self, spec: ev.ExportSpec, rng: ev.ChunkRange | None) -> int:
+            return 6
+
+        def close(self) -> None:
+            pass
+
+    log = FakeLog()
+    log.events = _history(dest)
+    committer = Committer(
+        log,
+        producer=ev.Producer("committer", "t"),
+        source_factory=lambda s: Counting(),  # type: ignore[arg-type,return-value]
+    )
+    await _feed(committer, log)
+    rec = next(e.body for e in log.events if e.kind == "reconciliation_result")
+    assert rec == ev.ReconciliationResult(source_count=6, exported_rows=5, matched=False)
+    assert isinstance(log.events[-1].body, ev.RunCompleted)
+    assert log.events[-1].body.status is ev.RunStatus.FAILED
+    assert not layout.manifest_path(str(dest), "orders", RUN).exists()
+
+
+async def test_an_empty_run_commits_a_manifest_with_no_parts(dest: Path) -> None:
+    log = FakeLog()
+    log.events = _history(dest, rows=(0,))
+    await _feed(_committer(log), log)
+    doc = json.loads(layout.manifest_path(str(dest), "orders", RUN).read_text())
+    assert doc["row_count"] == 0 and doc["part_count"] == 1  # a header-only CSV part
+    assert log.kinds()[-1] == "completed"
