@@ -23,6 +23,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     """Pull one chunk task at a time until `stop`; the task in hand is finished first."""
     nc = await busmod.connect(settings.nats_url, name=f"sluiceway-worker-{settings.instance}")
     sub = None
+    exporter: FileExporter | None = None
     try:
         bus = busmod.Bus(nc, settings.names)
         await bus.ensure_streams(busmod.StreamSettings(replicas=settings.stream_replicas))
@@ -31,9 +32,10 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         )
         await bus.ensure_task_consumer(consumer)
         sub = await bus.js.pull_subscribe_bind(consumer.durable, stream=settings.names.tasks_stream)
+        exporter = FileExporter()
         worker = ChunkWorker(
             bus,
-            FileExporter(),
+            exporter,
             telemetry.ResourceProbe(),
             instance=settings.instance,
             heartbeat_s=settings.worker_heartbeat_s,
@@ -61,6 +63,8 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
                     except Exception as exc:
                         log.warning("nak failed (ack_wait will redeliver): %s", exc)
     finally:
+        if exporter is not None:
+            exporter.close()
         log.info("worker stopping: draining NATS")
         if sub is not None:
             # the pull inbox would hold drain() open; unsubscribing keeps the durable consumer

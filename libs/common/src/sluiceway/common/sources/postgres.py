@@ -24,6 +24,7 @@ Why ADBC and how (measured in docs/pg-readers.md):
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -103,7 +104,11 @@ def field_of(
 
 
 class PostgresSource:
-    """One PostgreSQL database. Connections are opened per call, in the calling thread."""
+    """One PostgreSQL database. The ADBC reading connection is opened on first use and kept
+    for the next chunks (connecting costs more than reading a small chunk: ADBC loads the type
+    catalogue on connect); any error drops it, so the next attempt starts on a fresh session.
+    Introspection and counts share one psycopg connection, kept the same way. Not thread-safe:
+    one source per thread."""
 
     def __init__(
         self,
@@ -119,6 +124,30 @@ class PostgresSource:
         self.lock_timeout_ms = lock_timeout_ms
         self.batch_size_hint_bytes = batch_size_hint_bytes
         self.connect_timeout_s = connect_timeout_s
+        self._reader: Any = None
+        self._meta: Any = None
+
+    def _reading_connection(self) -> Any:
+        if self._reader is None:
+            import adbc_driver_postgresql.dbapi as pgdb
+
+            try:
+                con = pgdb.connect(self._url, autocommit=True)
+                with con.cursor() as cur:
+                    for stmt in self._session_sql():
+                        cur.execute(stmt)
+            except Exception as exc:
+                raise classify(exc) from exc
+            self._reader = con
+        return self._reader
+
+    def _drop_reading_connection(self) -> None:
+        con, self._reader = self._reader, None
+        if con is not None:
+            try:
+                con.close()
+            except Exception:
+                pass
 
     def _session_sql(self) -> list[str]:
         return [
@@ -130,17 +159,32 @@ class PostgresSource:
     # ---- introspection (psycopg: description carries the numeric typmod) ---------------------
 
     def _psycopg(self) -> Any:
-        import psycopg
+        if self._meta is None or self._meta.closed:
+            import psycopg
 
+            try:
+                con = psycopg.connect(
+                    self._url, autocommit=True, connect_timeout=self.connect_timeout_s
+                )
+                for stmt in self._session_sql():
+                    con.execute(stmt)
+            except Exception as exc:
+                raise classify(exc) from exc
+            self._meta = con
+        return self._meta
+
+    @contextlib.contextmanager
+    def _cursor(self) -> Iterator[Any]:
+        """A cursor on the metadata connection; any error drops the connection."""
+        con = self._psycopg()
         try:
-            con = psycopg.connect(
-                self._url, autocommit=True, connect_timeout=self.connect_timeout_s
-            )
-            for stmt in self._session_sql():
-                con.execute(stmt)
+            with con.cursor() as cur:
+                yield cur
         except Exception as exc:
+            self._meta = None
+            with contextlib.suppress(Exception):
+                con.close()
             raise classify(exc) from exc
-        return con
 
     def _schema(self, cur: Any, spec: ExportSpec) -> tuple[SchemaField, ...]:
         cols = ", ".join(quote_ident(c) for c in spec.columns) if spec.columns else "*"
@@ -176,38 +220,32 @@ class PostgresSource:
         return {int(o): n for o, n in cur.fetchall()}
 
     def schema_of(self, spec: ExportSpec) -> tuple[SchemaField, ...]:
-        with self._psycopg() as con, con.cursor() as cur:
-            try:
-                return self._schema(cur, spec)
-            except Exception as exc:
-                raise classify(exc) from exc
+        with self._cursor() as cur:
+            return self._schema(cur, spec)
 
     def introspect(self, spec: ExportSpec) -> Introspection:
-        with self._psycopg() as con, con.cursor() as cur:
-            try:
-                schema = self._schema(cur, spec)
-                estimate = -1
-                if spec.table and not spec.query:
-                    cur.execute(
-                        "SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass",
-                        (quote_ident(spec.table),),
-                    )
-                    row = cur.fetchone()
-                    estimate = int(row[0]) if row and row[0] is not None else -1
-                if estimate < 0:
-                    cur.execute(count_sql(spec, None, lambda n: f"${n}")[0])
-                    estimate = int(cur.fetchone()[0])
-                if not spec.chunk_column:
-                    return Introspection(schema=schema, row_estimate=estimate)
-                key = quote_ident(spec.chunk_column)
-                rel = relation(spec)
+        with self._cursor() as cur:
+            schema = self._schema(cur, spec)
+            estimate = -1
+            if spec.table and not spec.query:
                 cur.execute(
-                    f"SELECT MIN({key})::text, MAX({key})::text, "
-                    f"EXISTS (SELECT 1 FROM {rel} WHERE {key} IS NULL) FROM {rel}"
+                    "SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass",
+                    (quote_ident(spec.table),),
                 )
-                low, high, has_null = cur.fetchone()
-            except Exception as exc:
-                raise classify(exc) from exc
+                row = cur.fetchone()
+                estimate = int(row[0]) if row and row[0] is not None else -1
+            if estimate < 0:
+                cur.execute(count_sql(spec, None, lambda n: f"${n}")[0])
+                estimate = int(cur.fetchone()[0])
+            if not spec.chunk_column:
+                return Introspection(schema=schema, row_estimate=estimate)
+            key = quote_ident(spec.chunk_column)
+            rel = relation(spec)
+            cur.execute(
+                f"SELECT MIN({key})::text, MAX({key})::text, "
+                f"EXISTS (SELECT 1 FROM {rel} WHERE {key} IS NULL) FROM {rel}"
+            )
+            low, high, has_null = cur.fetchone()
         kf = next((f for f in schema if f.name == spec.chunk_column), None)
         return Introspection(
             schema=schema,
@@ -237,8 +275,6 @@ class PostgresSource:
     def read(
         self, spec: ExportSpec, rng: ChunkRange | None, schema: tuple[SchemaField, ...]
     ) -> Iterator[pa.RecordBatch]:
-        import adbc_driver_postgresql.dbapi as pgdb
-
         fields = schema or self.schema_of(spec)
         target = arrow_schema(fields)
         where, params = key_predicate(
@@ -246,14 +282,10 @@ class PostgresSource:
         )
         select = self._select_list(fields, {f.name: f.source_type for f in fields})
         sql = f"SELECT {select} FROM {relation(spec)}{where}"
-        try:
-            con = pgdb.connect(self._url, autocommit=True)
-        except Exception as exc:
-            raise classify(exc) from exc
+        con = self._reading_connection()
+        done = False
         try:
             with con.cursor() as cur:
-                for stmt in self._session_sql():
-                    cur.execute(stmt)
                 cur.adbc_statement.set_options(
                     **{"adbc.postgresql.batch_size_hint_bytes": str(self.batch_size_hint_bytes)}
                 )
@@ -270,29 +302,27 @@ class PostgresSource:
                 for batch in reader:
                     yield _conform(batch, target)
                 cur.execute("COMMIT")
+            done = True
         except SourceError:
             raise
         except Exception as exc:
             raise classify(exc) from exc
         finally:
-            try:
-                con.close()
-            except Exception:
-                pass
+            if not done:  # an error, or the consumer stopped early: the session state is unknown
+                self._drop_reading_connection()
 
     def count(self, spec: ExportSpec, rng: ChunkRange | None) -> int:
         where, params = key_predicate(spec.chunk_column, rng, lambda n: "%s")
-        with self._psycopg() as con:
-            try:
-                row = con.execute(
-                    f"SELECT COUNT(*) FROM {relation(spec)}{where}", params
-                ).fetchone()
-            except Exception as exc:
-                raise classify(exc) from exc
+        with self._cursor() as cur:
+            row = cur.execute(f"SELECT COUNT(*) FROM {relation(spec)}{where}", params).fetchone()
         return int(row[0])
 
     def close(self) -> None:
-        """Connections live per call; nothing is held between calls."""
+        self._drop_reading_connection()
+        meta, self._meta = self._meta, None
+        if meta is not None:
+            with contextlib.suppress(Exception):
+                meta.close()
 
 
 def _conform(batch: pa.RecordBatch, target: pa.Schema) -> pa.RecordBatch:

@@ -26,10 +26,23 @@ class FileExporter:
         self._env = env
         self._max_file_bytes = max_file_bytes
         self._open = opener
+        # one open source per database, reused by the next chunks (a worker runs one at a time)
+        self._sources: dict[tuple[str, str, str], Source] = {}
+
+    def _source(self, spec: ExportSpec) -> Source:
+        key = (spec.source.engine, spec.source.url_env, spec.source.path)
+        if key not in self._sources:
+            self._sources[key] = self._open(spec, self._env)
+        return self._sources[key]
+
+    def close(self) -> None:
+        for source in self._sources.values():
+            source.close()
+        self._sources.clear()
 
     def export(self, task: ChunkTask, attempt: int) -> tuple[Part, ...]:
         spec = task.spec
-        source = self._open(spec, self._env)
+        source = self._source(spec)
         try:
             fields = task.schema or source.introspect(spec).schema
             run_dir = layout.run_dir(spec.destination, spec.name, task.run_id)
@@ -54,8 +67,11 @@ class FileExporter:
             except BaseException:
                 writer.abort()
                 raise
-        finally:
+        except BaseException:
+            # the next attempt opens the source afresh
+            self._sources.pop((spec.source.engine, spec.source.url_env, spec.source.path), None)
             source.close()
+            raise
         return tuple(
             Part(w.file_name, w.rows, w.bytes, w.part_index, w.content_fingerprint) for w in written
         )
