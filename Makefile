@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 UV := $(VENV)/bin/uv
 STAMP := $(VENV)/.installed
 
-.PHONY: install proto check-proto lint test test-unit test-integration demo bench up down clean
+.PHONY: install proto lint check test test-unit test-integration demo bench up down clean
 
 install: $(STAMP)
 
@@ -23,7 +23,10 @@ proto: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(PY) -m mypy libs/common/src/sluiceway/common
+	$(PY) -m mypy libs/common/src/sluiceway/common services/*/src/sluiceway/*/domain
+
+# lint + the whole suite (which includes the generated-code drift test)
+check: lint test
 
 test: $(STAMP)
 	$(VENV)/bin/pytest -q

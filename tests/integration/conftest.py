@@ -7,9 +7,9 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+
 from sluiceway.common import bus as busmod
 from sluiceway.common.localnats import LocalNats
-
 from tests.support.localpg import LocalPostgres
 
 

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+
 from sluiceway.committer.main import serve
 from sluiceway.common import fingerprint, layout
 from sluiceway.common.bus import Bus
@@ -16,7 +17,6 @@ from sluiceway.common.domain import events as ev
 from sluiceway.common.domain.ids import event_id
 from sluiceway.common.localnats import LocalNats
 from sluiceway.common.settings import Settings
-
 from tests.support.eventually import eventually
 
 pytestmark = pytest.mark.integration

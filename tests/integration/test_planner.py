@@ -12,6 +12,7 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from sluiceway.common import codec
 from sluiceway.common.bus import Bus
 from sluiceway.common.domain import events as ev
@@ -20,7 +21,6 @@ from sluiceway.common.settings import Settings
 from sluiceway.planner.main import serve
 from sluiceway.v1 import control_pb2 as cpb
 from sluiceway.v1 import control_pb2_grpc
-
 from tests.support.eventually import eventually
 
 pytestmark = pytest.mark.integration

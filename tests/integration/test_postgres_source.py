@@ -8,10 +8,10 @@ from decimal import Decimal
 
 import pyarrow as pa
 import pytest
+
 from sluiceway.common.domain.events import ChunkRange, ExportSpec, SourceSpec
 from sluiceway.common.sources import SourceError, open_source
 from sluiceway.common.sources.postgres import PostgresSource, classify
-
 from tests.support.localpg import PASSWORD, LocalPostgres
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from sluiceway.common.bus import Bus
 from sluiceway.common.domain import events as ev
 from sluiceway.common.domain.ids import event_id
@@ -23,7 +24,6 @@ from sluiceway.common.localnats import LocalNats
 from sluiceway.common.settings import Settings
 from sluiceway.tracker.main import serve
 from sluiceway.v1 import events_pb2, tracker_pb2, tracker_pb2_grpc
-
 from tests.support.eventually import eventually
 
 pytestmark = pytest.mark.integration

@@ -14,12 +14,12 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+
 from sluiceway.common import fingerprint, layout
 from sluiceway.common.bus import Bus
 from sluiceway.common.domain import events as ev
 from sluiceway.common.localnats import LocalNats
 from sluiceway.common.sources.sqlite import SqliteSource
-
 from tests.support.eventually import eventually
 
 ROOT = Path(__file__).resolve().parents[2]

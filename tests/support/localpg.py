@@ -140,11 +140,12 @@ class LocalPostgres:
                 "-Atc",
                 sql,
             ],
-            check=True,
             capture_output=True,
             text=True,
             env=env,
         )
+        if out.returncode != 0:
+            raise RuntimeError(f"psql failed: {out.stderr.strip()}")
         return out.stdout.strip()
 
     def stop(self) -> None:

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from sluiceway.common import codec
 from sluiceway.common.domain import events as ev
 from sluiceway.common.domain.ids import event_id

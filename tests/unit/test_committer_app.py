@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+
 from sluiceway.committer.app import Committer
 from sluiceway.common import fingerprint, layout
 from sluiceway.common.bus import Appended

@@ -6,6 +6,7 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
+
 from sluiceway.committer.domain.decide import Commit, Fail, Finish, Nothing, decide
 from sluiceway.committer.domain.gates import (
     FINGERPRINT_MISMATCH,

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from sluiceway.common.config import ConfigError, load_file, load_text, select
 
 GOOD = """

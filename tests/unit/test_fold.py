@@ -6,6 +6,7 @@ import random
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from sluiceway.common.domain import events as ev
 from sluiceway.common.domain.lifecycle import CHUNK_TRANSITIONS, RUN_TRANSITIONS
 from sluiceway.common.domain.run import fold

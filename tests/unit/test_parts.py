@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
+
 from sluiceway.common import fingerprint, layout
 from sluiceway.common.parts import PartWriter
 

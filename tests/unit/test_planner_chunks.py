@@ -7,6 +7,7 @@ import itertools
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+
 from sluiceway.common.domain.events import ChunkRange
 from sluiceway.planner.domain.chunks import MAX_CHUNKS, PlanError, empty_range, plan_chunks
 

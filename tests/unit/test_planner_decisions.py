@@ -6,6 +6,7 @@ import dataclasses
 from datetime import UTC, datetime, timedelta
 
 import pytest
+
 from sluiceway.common.bus import Appended, Names
 from sluiceway.common.config import ConfigError
 from sluiceway.common.domain import events as ev

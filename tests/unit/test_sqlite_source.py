@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
+
 from sluiceway.common.domain.events import ChunkRange, ExportSpec, SourceSpec
 from sluiceway.common.sources import SourceError, arrow_schema, arrow_type, open_source
 from sluiceway.common.sources.sqlite import SqliteSource

@@ -8,6 +8,7 @@ from typing import Any
 
 import grpc
 import pytest
+
 from sluiceway.tracker.adapters.projection import TrackerStore
 from sluiceway.tracker.adapters.servicer import (
     TrackerServicer,
@@ -16,7 +17,6 @@ from sluiceway.tracker.adapters.servicer import (
 )
 from sluiceway.tracker.app import Db
 from sluiceway.v1 import tracker_pb2
-
 from tests.unit.test_tracker_store import raw, run_history
 
 

@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+
 from sluiceway.common import codec
 from sluiceway.common.domain import events as ev
 from sluiceway.common.domain.ids import event_id

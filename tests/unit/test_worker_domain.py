@@ -6,6 +6,7 @@ import ast
 from pathlib import Path
 
 import pytest
+
 from sluiceway.common.domain.events import ChunkRange, ChunkTask, ExportSpec
 from sluiceway.worker.domain.decide import (
     Fail,

@@ -23,6 +23,7 @@ from nats.js.api import (
     StreamConfig,
 )
 from nats.js.errors import APIError, NotFoundError
+
 from sluiceway.common import codec, telemetry
 from sluiceway.common.domain.events import ONCE_PER_RUN, ChunkTask, RunEvent
 

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 from google.protobuf import timestamp_pb2
 from google.protobuf.message import DecodeError, Message
+
 from sluiceway.common.domain import events as ev
 from sluiceway.v1 import events_pb2 as pb
 

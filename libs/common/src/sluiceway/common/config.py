@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
 from sluiceway.common.domain.events import ExportSpec, SourceSpec
 
 MODES = ("full", "chunked")

@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import xxhash
+
 from sluiceway.common.domain.events import SchemaField
 
 _CHUNK = 1 << 20

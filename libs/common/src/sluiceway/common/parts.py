@@ -18,6 +18,7 @@ from typing import Any, BinaryIO
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
+
 from sluiceway.common import fingerprint, layout
 
 PARQUET_CODECS = {

@@ -18,6 +18,7 @@ from opentelemetry.propagate import extract as _extract
 from opentelemetry.propagate import inject as _inject
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
+
 from sluiceway.common.domain.events import ResourceUsage
 
 run_id_var: ContextVar[str] = ContextVar("run_id", default="")
@@ -70,6 +71,8 @@ def init_logging(service: str) -> None:
     root.handlers[:] = [handler]
     root.setLevel(os.environ.get("SLUICEWAY_LOG_LEVEL", "INFO").upper())
     logging.getLogger("nats").setLevel(logging.WARNING)
+    # while NATS is unreachable the client logs a traceback per reconnect; bus.connect says it once
+    logging.getLogger("nats.aio.client").setLevel(logging.CRITICAL)
 
 
 class ResourceProbe:

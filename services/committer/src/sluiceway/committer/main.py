@@ -9,10 +9,10 @@ from typing import cast
 
 from nats.aio.client import Client as NATS
 
-from sluiceway.committer.adapters.consumer import RunEventConsumer
 from sluiceway.committer.app import Committer, SourceFactory, default_source_factory
 from sluiceway.common import bus as busmod
 from sluiceway.common import service, telemetry
+from sluiceway.common.consumer import RunEventConsumer
 from sluiceway.common.domain.events import Producer
 from sluiceway.common.settings import Settings
 

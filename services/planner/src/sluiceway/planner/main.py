@@ -14,9 +14,9 @@ from nats.aio.client import Client as NATS
 
 from sluiceway.common import bus as busmod
 from sluiceway.common import service, telemetry
+from sluiceway.common.consumer import RunEventConsumer
 from sluiceway.common.domain.events import Producer
 from sluiceway.common.settings import Settings
-from sluiceway.planner.adapters.consumer import RunEventConsumer
 from sluiceway.planner.adapters.servicer import ControlServicer
 from sluiceway.planner.app import Planner, SourceFactory, default_source_factory
 from sluiceway.v1 import control_pb2, control_pb2_grpc

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 import nats.errors
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
 from sluiceway.common.bus import Bus
 from sluiceway.tracker.adapters.projection import RawMessage, TrackerStore
 

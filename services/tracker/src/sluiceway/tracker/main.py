@@ -9,6 +9,7 @@ import logging
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+
 from sluiceway.common import bus as busmod
 from sluiceway.common import service, telemetry
 from sluiceway.common.settings import Settings

@@ -7,6 +7,7 @@ import contextlib
 import logging
 
 from nats.errors import TimeoutError as NatsTimeoutError
+
 from sluiceway.common import bus as busmod
 from sluiceway.common import service, telemetry
 from sluiceway.common.settings import Settings

@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pyarrow as pa
+
 from sluiceway.common.domain.events import ChunkRange, ExportSpec, SchemaField
 from sluiceway.common.redact import redact
 

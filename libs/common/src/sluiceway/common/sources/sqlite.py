@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+
 from sluiceway.common.domain.events import ChunkRange, ExportSpec, SchemaField
 from sluiceway.common.redact import redact
 

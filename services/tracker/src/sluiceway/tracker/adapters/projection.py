@@ -12,6 +12,7 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
+
 from sluiceway.common import codec
 from sluiceway.common.domain import events as ev
 from sluiceway.common.domain.lifecycle import TERMINAL_RUN

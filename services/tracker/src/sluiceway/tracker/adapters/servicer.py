@@ -12,6 +12,7 @@ from typing import Any, Protocol
 
 import grpc
 from google.protobuf import timestamp_pb2
+
 from sluiceway.common.domain.ids import InvalidRunId, check_run_id
 from sluiceway.tracker.adapters.projection import TrackerStore
 from sluiceway.v1 import events_pb2, tracker_pb2, tracker_pb2_grpc

@@ -1,4 +1,5 @@
-"""A durable pull consumer over run events: decode -> handle -> ack; term poison; nak on error."""
+"""A durable pull consumer over run events (planner-requests, committer-runs): decode ->
+handle -> ack; term poison; nak with backoff on error."""
 
 from __future__ import annotations
 
