@@ -105,3 +105,21 @@ def test_abort_leaves_no_temporary_file(tmp_path: Path) -> None:
     w.write(_batch(0, 25))
     w.abort()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_near_unique_columns_are_not_dictionary_encoded_but_repeated_ones_are() -> None:
+    import pyarrow as pa
+
+    from sluiceway.common.parts import dictionary_columns
+
+    n = 1000
+    table = pa.table(
+        {
+            "id": pa.array(range(n), pa.int64()),
+            "hash": pa.array([f"h{i:08x}" for i in range(n)]),
+            "city": pa.array(["Oslo", "Lyon", None, "Kyoto"] * (n // 4)),
+            "empty": pa.array([None] * n, pa.string()),
+            "qty": pa.array([i % 7 for i in range(n)], pa.int32()),
+        }
+    )
+    assert dictionary_columns(table) == ["city", "empty", "qty"]

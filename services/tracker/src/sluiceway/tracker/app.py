@@ -47,7 +47,7 @@ class Projection:
     offset + 1 (no durable state in NATS: the offset lives in DuckDB with the rows)."""
 
     def __init__(
-        self, bus: Bus, db: Db, *, batch_size: int = 1000, batch_wait_s: float = 0.05
+        self, bus: Bus, db: Db, *, batch_size: int = 1000, batch_wait_s: float = 0.2
     ) -> None:
         self._bus = bus
         self._db = db

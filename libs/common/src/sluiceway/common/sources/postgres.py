@@ -4,18 +4,16 @@ Why ADBC and how (measured in docs/pg-readers.md):
 - Each chunk runs in a short READ ONLY transaction on a session with statement_timeout,
   lock_timeout and TIME ZONE 'UTC' set. Batches come from `cursor.fetch_record_batch()` with
   `adbc.postgresql.batch_size_hint_bytes`, so memory stays bounded whatever the chunk size.
-- Range keys are bound, never formatted into SQL, but ADBC runs a query with bind parameters as a
-  prepared statement whose whole result is materialised. So the keys are bound as parameters of
-  `set_config('sluiceway.kN', $N, true)` inside the chunk's transaction, and the streamed query
-  compares the key with `current_setting('sluiceway.kN')::bigint` (a stable expression, so an
-  index on the key is still used).
+- Range keys cannot be bound: ADBC runs a query with bind parameters as a prepared statement
+  whose whole result is materialised. They are written as integer literals after int() parsed
+  them (digits and a sign only), which also keeps the key comparison an index condition.
 - Type rule (Arrow type string in SchemaField.type): int2/int4/int8 -> int16/int32/int64,
   float4/float8 -> float/double, bool -> bool, numeric(p,s) with p <= 38 -> decimal128(p, s)
-  (ADBC returns NUMERIC as text: it is cast to decimal128 with the introspected precision and
-  scale), unbounded numeric (no typmod) or p > 38 -> string (exact text, no rounding), date ->
-  date32[day], timestamp -> timestamp[us], timestamptz -> timestamp[us, tz=UTC], time ->
-  time64[us], bytea -> binary, text/varchar/char/name -> string, json/jsonb/uuid and every other
-  type -> string (selected as `::text`).
+  (selected as text, cheaper than ADBC's binary numeric decoding, and cast to decimal128 with
+  the introspected precision and scale), unbounded numeric (no typmod) or p > 38 -> string
+  (exact text, no rounding), date -> date32[day], timestamp -> timestamp[us], timestamptz ->
+  timestamp[us, tz=UTC], time -> time64[us], bytea -> binary, text/varchar/char/name ->
+  string, json/jsonb/uuid and every other type -> string (selected as `::text`).
 - Errors: connection lost (class 08, no SQLSTATE with a connection message), serialization
   failure 40001, deadlock 40P01, lock timeout 55P03, too many connections 53300 and admin/crash
   shutdown 57P01-57P03 are retryable; everything else (syntax, undefined table/column,
@@ -35,7 +33,7 @@ from sluiceway.common.redact import redact
 
 from . import arrow_schema
 from .base import Introspection, SourceError
-from .sql import count_sql, key_predicate, quote_ident, relation
+from .sql import count_sql, dollar, key_predicate, quote_ident, relation
 
 RETRYABLE_SQLSTATES = frozenset({"40001", "40P01", "55P03", "53300", "57P01", "57P02", "57P03"})
 _CONNECTION_HINTS = (
@@ -264,11 +262,11 @@ class PostgresSource:
         out = []
         for f in fields:
             col = quote_ident(f.name)
-            native = f.type != "string" or oids.get(f.name, "") in (
-                "text",
-                "character varying",
-                "character",
-                "name",
+            source = oids.get(f.name, "")
+            # NUMERIC is read as text and cast by Arrow: PostgreSQL's numeric_out is cheaper than
+            # ADBC's binary numeric decoding (measured: -0.45 CPU-s per 1M rows, docs/pg-readers.md)
+            native = source != "numeric" and (
+                f.type != "string" or source in ("text", "character varying", "character", "name")
             )
             out.append(col if native else f"{col}::text AS {col}")
         return ", ".join(out)
@@ -278,9 +276,10 @@ class PostgresSource:
     ) -> Iterator[pa.RecordBatch]:
         fields = schema or self.schema_of(spec)
         target = arrow_schema(fields)
-        where, params = key_predicate(
-            spec.chunk_column, rng, lambda n: f"current_setting('sluiceway.k{n}')::bigint"
-        )
+        # keys inlined as integer literals: ADBC materialises a parameterised query's whole
+        # result, and binding them through set_config()/current_setting() cost ~20% more server
+        # CPU (docs/pg-readers.md)
+        where, _ = key_predicate(spec.chunk_column, rng, dollar, inline=True)
         select = self._select_list(fields, {f.name: f.source_type for f in fields})
         sql = f"SELECT {select} FROM {relation(spec)}{where}"
         con = self._reading_connection()
@@ -291,13 +290,6 @@ class PostgresSource:
                     **{"adbc.postgresql.batch_size_hint_bytes": str(self.batch_size_hint_bytes)}
                 )
                 cur.execute("BEGIN TRANSACTION READ ONLY")
-                if params:
-                    setters = ", ".join(
-                        f"set_config('sluiceway.k{i}', ${i}, true)"
-                        for i in range(1, len(params) + 1)
-                    )
-                    cur.execute(f"SELECT {setters}", [str(p) for p in params])
-                    cur.fetchall()
                 cur.execute(sql)
                 reader = cur.fetch_record_batch()
                 for batch in reader:

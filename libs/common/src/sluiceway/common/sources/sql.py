@@ -50,9 +50,16 @@ def parse_key(text: str) -> int:
 
 
 def key_predicate(
-    column: str, rng: ChunkRange | None, placeholder: Placeholder, first: int = 1
+    column: str,
+    rng: ChunkRange | None,
+    placeholder: Placeholder,
+    first: int = 1,
+    *,
+    inline: bool = False,
 ) -> tuple[str, list[int]]:
-    """(WHERE clause or "", parameters) for a chunk range; the keys are bound, never formatted."""
+    """(WHERE clause or "", parameters) for a chunk range; the keys are bound. With `inline`,
+    the keys are written as integer literals instead and no parameter is returned: safe, since
+    every key has been through int() (digits and a sign only)."""
     if rng is None:
         return "", []
     if not column:
@@ -62,13 +69,17 @@ def key_predicate(
         return f" WHERE {key} IS NULL", []
     terms: list[str] = []
     params: list[int] = []
+    def marker(value: int) -> str:
+        if inline:
+            return str(value)
+        params.append(value)
+        return placeholder(first + len(params) - 1)
+
     if rng.start_key:
-        params.append(parse_key(rng.start_key))
-        terms.append(f"{key} >= {placeholder(first + len(params) - 1)}")
+        terms.append(f"{key} >= {marker(parse_key(rng.start_key))}")
     if rng.end_key:
-        params.append(parse_key(rng.end_key))
         op = "<=" if rng.end_inclusive else "<"
-        terms.append(f"{key} {op} {placeholder(first + len(params) - 1)}")
+        terms.append(f"{key} {op} {marker(parse_key(rng.end_key))}")
     if not terms:
         # unbounded on both sides: every non-NULL key (NULL keys have their own chunk)
         terms.append(f"{key} IS NOT NULL")

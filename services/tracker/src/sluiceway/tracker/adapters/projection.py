@@ -192,7 +192,9 @@ class TrackerStore:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
-        self._con = duckdb.connect(str(path))
+        # One thread: batches are small and frequent, and the tracker shares its machine with
+        # the workers; DuckDB's default (a thread per core) costs CPU on every statement.
+        self._con = duckdb.connect(str(path), config={"threads": 1})
         self._create_schema()
         # In-memory fold of every non-terminal run (and of terminal runs touched in a batch),
         # with the stream seq of each run's latest event.
