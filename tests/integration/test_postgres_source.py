@@ -91,6 +91,28 @@ def test_ranges_read_exactly_what_count_counts(
     src = PostgresSource(pg.url, batch_size_hint_bytes=4096)
     rows = sum(b.num_rows for b in src.read(_spec(), rng, ()))
     assert rows == expected == src.count(_spec(), rng)
+    counted, batches = src.count_and_read(_spec(), rng, ())
+    assert counted == expected == sum(b.num_rows for b in batches)
+    src.close()
+
+
+def test_the_snapshot_count_ignores_rows_inserted_during_the_read(
+    pg: LocalPostgres, orders: str
+) -> None:
+    import psycopg
+
+    src = PostgresSource(pg.url, batch_size_hint_bytes=4096)
+    try:
+        counted, batches = src.count_and_read(_spec(), None, ())
+        with psycopg.connect(pg.url, autocommit=True) as other:
+            other.execute("INSERT INTO src_orders (id, qty) VALUES (5000, 0)")
+            try:
+                assert sum(b.num_rows for b in batches) == counted  # one snapshot for both
+                assert src.count(_spec(), None) == counted + 1
+            finally:
+                other.execute("DELETE FROM src_orders WHERE id = 5000")
+    finally:
+        src.close()
 
 
 def test_a_query_is_wrapped_as_a_subquery(pg: LocalPostgres, orders: str) -> None:

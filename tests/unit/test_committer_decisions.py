@@ -14,6 +14,8 @@ from sluiceway.committer.domain.gates import (
     PART_PATH_INVALID,
     SIZE_MISMATCH,
     count_ranges,
+    mismatched_chunks,
+    snapshot_reconciliation,
     validate_parts,
 )
 from sluiceway.committer.domain.manifest import build_manifest, serialize
@@ -257,3 +259,56 @@ def test_reconciliation_counts_the_key_span_and_the_null_chunk() -> None:
         ev.ChunkRange(1, null_keys=True),
     )
     assert count_ranges(ev.PlanResolved(strategy="full", chunks=(ev.ChunkRange(),))) == (None,)
+
+
+def _counted(chunk: int, rows: int, source_rows: int) -> ev.ChunkCompleted:
+    return ev.ChunkCompleted(
+        chunk_index=chunk,
+        rows=rows,
+        files=1,
+        attempt=1,
+        source_rows=source_rows,
+        source_counted=True,
+    )
+
+
+def test_snapshot_counts_reconcile_without_a_source_scan() -> None:
+    state = state_of(
+        [*PLANNED, started(0), fw(0), _counted(0, 10, 10), started(1), fw(1), _counted(1, 10, 10)]
+    )
+    assert snapshot_reconciliation(state) == ev.ReconciliationResult(20, 20, True)
+
+
+def test_a_chunk_whose_rows_differ_from_its_snapshot_count_fails_by_name() -> None:
+    # totals agree (+1/-1) but each chunk is checked on its own
+    state = state_of(
+        [
+            *PLANNED,
+            started(0),
+            fw(0, rows=10),
+            _counted(0, 10, 11),
+            started(1),
+            fw(1, rows=10),
+            _counted(1, 10, 9),
+        ]
+    )
+    result = snapshot_reconciliation(state)
+    assert result is not None and not result.matched
+    assert mismatched_chunks(state) == [0, 1]
+    state = state_of(
+        [
+            *PLANNED,
+            started(0),
+            fw(0),
+            _counted(0, 10, 11),
+            *CHUNK1,
+            ev.ReconciliationResult(21, 20, False),
+        ]
+    )
+    decision = decide(state)
+    assert isinstance(decision, Fail) and "(chunks 0 differ)" in decision.error_message
+
+
+def test_without_every_snapshot_count_the_committer_counts_at_the_source() -> None:
+    state = state_of([*PLANNED, started(0), fw(0), _counted(0, 10, 10), *CHUNK1])
+    assert snapshot_reconciliation(state) is None

@@ -263,16 +263,20 @@ class FileWritten(_message.Message):
     def __init__(self, file_name: _Optional[str] = ..., rows: _Optional[int] = ..., bytes: _Optional[int] = ..., part_index: _Optional[int] = ..., chunk_index: _Optional[int] = ..., attempt: _Optional[int] = ..., content_fingerprint: _Optional[str] = ...) -> None: ...
 
 class ChunkCompleted(_message.Message):
-    __slots__ = ("chunk_index", "rows", "files", "attempt")
+    __slots__ = ("chunk_index", "rows", "files", "attempt", "source_rows", "source_counted")
     CHUNK_INDEX_FIELD_NUMBER: _ClassVar[int]
     ROWS_FIELD_NUMBER: _ClassVar[int]
     FILES_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_ROWS_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_COUNTED_FIELD_NUMBER: _ClassVar[int]
     chunk_index: int
     rows: int
     files: int
     attempt: int
-    def __init__(self, chunk_index: _Optional[int] = ..., rows: _Optional[int] = ..., files: _Optional[int] = ..., attempt: _Optional[int] = ...) -> None: ...
+    source_rows: int
+    source_counted: bool
+    def __init__(self, chunk_index: _Optional[int] = ..., rows: _Optional[int] = ..., files: _Optional[int] = ..., attempt: _Optional[int] = ..., source_rows: _Optional[int] = ..., source_counted: _Optional[bool] = ...) -> None: ...
 
 class ChunkFailed(_message.Message):
     __slots__ = ("chunk_index", "error", "attempt", "retryable")

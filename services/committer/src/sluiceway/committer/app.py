@@ -22,7 +22,14 @@ from sluiceway.committer.domain.decide import (
     reconciliation_message,
     validation_message,
 )
-from sluiceway.committer.domain.gates import count_ranges, reconcile, safe_relative, validate_parts
+from sluiceway.committer.domain.gates import (
+    count_ranges,
+    mismatched_chunks,
+    reconcile,
+    safe_relative,
+    snapshot_reconciliation,
+    validate_parts,
+)
 from sluiceway.committer.domain.manifest import build_manifest, serialize, total_bytes
 from sluiceway.common import fingerprint, layout
 from sluiceway.common.bus import Appended
@@ -179,21 +186,26 @@ class Committer:
 
         # gate: reconciliation
         if state.reconciliation is None:
-            try:
-                source_count = await self._source_count(state, spec, plan)
-            except SourceError as exc:
-                if exc.retryable and delivered < self._count_attempts:
-                    raise
-                await self._complete(
-                    state, RunStatus.FAILED, f"reconciliation failed: cannot count: {exc}"
-                )
-                return "terminal"
-            await self._append(state, reconcile(source_count, state.total_rows))
+            result = snapshot_reconciliation(state)
+            if result is None:
+                try:
+                    source_count = await self._source_count(state, spec, plan)
+                except SourceError as exc:
+                    if exc.retryable and delivered < self._count_attempts:
+                        raise
+                    await self._complete(
+                        state, RunStatus.FAILED, f"reconciliation failed: cannot count: {exc}"
+                    )
+                    return "terminal"
+                result = reconcile(source_count, state.total_rows)
+            await self._append(state, result)
         assert state.reconciliation is not None
         if not state.reconciliation.matched:
             r = state.reconciliation
             await self._complete(
-                state, RunStatus.FAILED, reconciliation_message(r.source_count, r.exported_rows)
+                state,
+                RunStatus.FAILED,
+                reconciliation_message(r.source_count, r.exported_rows, mismatched_chunks(state)),
             )
             return "terminal"
 

@@ -23,8 +23,8 @@ from sluiceway.common.redact import redact
 from sluiceway.common.sources.base import SourceError
 from sluiceway.common.telemetry import run_id_var
 from sluiceway.worker.domain.decide import (
+    ChunkExport,
     Fail,
-    Part,
     Retry,
     attempt_budget,
     decide_on_delivery,
@@ -40,7 +40,7 @@ class EventLog(Protocol):
 
 
 class Exporter(Protocol):
-    def export(self, task: ChunkTask, attempt: int) -> tuple[Part, ...]: ...
+    def export(self, task: ChunkTask, attempt: int) -> ChunkExport: ...
 
 
 class Delivery(Protocol):
@@ -140,7 +140,7 @@ class ChunkWorker:
         log.info("chunk %d attempt %d/%d started", chunk, attempt, budget)
         heartbeat = asyncio.create_task(self._heartbeat(delivery))
         try:
-            parts = await asyncio.to_thread(self._exporter.export, task, attempt)
+            exported = await asyncio.to_thread(self._exporter.export, task, attempt)
         except SourceError as exc:
             return await self._failed(
                 task, delivery, attempt, budget, before, exc.retryable, str(exc)
@@ -161,7 +161,7 @@ class ChunkWorker:
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
 
-        done = decide_on_success(chunk, attempt, parts)
+        done = decide_on_success(chunk, attempt, exported.parts, exported.source_rows)
         # every FileWritten must be stored before ChunkCompleted (the commit protocol)
         for body in done.files:
             await self._log.append(self._event(task, body, attempt))

@@ -179,6 +179,9 @@ class ChunkCompleted:
     rows: int = 0
     files: int = 0
     attempt: int = 0
+    # COUNT(*) of the range in the read's own snapshot, when the source could take it
+    source_rows: int = 0
+    source_counted: bool = False
 
 
 @dataclass(frozen=True)

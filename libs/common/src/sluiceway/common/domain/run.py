@@ -51,6 +51,7 @@ class ChunkState:
     attempt: int = 0
     winning_attempt: int = 0
     rows: int = 0
+    source_rows: int | None = None  # the winning attempt's snapshot count, when taken
     error: str = ""
     started_at: datetime | None = None
     finished_at: datetime | None = None
@@ -218,6 +219,7 @@ def evolve(state: RunState, event: RunEvent) -> RunState:
             chunk.status = new_chunk_status
             chunk.winning_attempt = body.attempt  # the first completion wins
             chunk.rows = body.rows
+            chunk.source_rows = body.source_rows if body.source_counted else None
             chunk.finished_at = event.occurred_at
         case ChunkFailed():
             assert chunk is not None and new_chunk_status is not None

@@ -43,6 +43,12 @@ class Source(Protocol):
         """Batches of `rng` (None: every row) conforming to `schema`, in bounded memory."""
         ...
 
+    def count_and_read(
+        self, spec: ExportSpec, rng: ChunkRange | None, schema: tuple[SchemaField, ...]
+    ) -> tuple[int, Iterator[pa.RecordBatch]]:
+        """COUNT(*) of `rng` and its batches, both from one snapshot (one transaction)."""
+        ...
+
     def count(self, spec: ExportSpec, rng: ChunkRange | None) -> int:
         """COUNT(*) with the same predicate as read()."""
         ...

@@ -274,6 +274,28 @@ class PostgresSource:
     def read(
         self, spec: ExportSpec, rng: ChunkRange | None, schema: tuple[SchemaField, ...]
     ) -> Iterator[pa.RecordBatch]:
+        stream = self._stream(spec, rng, schema, counted=False)
+        next(stream)  # the transaction is open
+        return stream
+
+    def count_and_read(
+        self, spec: ExportSpec, rng: ChunkRange | None, schema: tuple[SchemaField, ...]
+    ) -> tuple[int, Iterator[pa.RecordBatch]]:
+        stream = self._stream(spec, rng, schema, counted=True)
+        count = next(stream)
+        assert isinstance(count, int)
+        return count, stream
+
+    def _stream(
+        self,
+        spec: ExportSpec,
+        rng: ChunkRange | None,
+        schema: tuple[SchemaField, ...],
+        *,
+        counted: bool,
+    ) -> Iterator[int | pa.RecordBatch]:
+        """Yields the range's COUNT(*) first (-1 when not `counted`), then its batches, all in
+        one READ ONLY transaction (REPEATABLE READ when counted: one snapshot for both)."""
         fields = schema or self.schema_of(spec)
         target = arrow_schema(fields)
         # keys inlined as integer literals: ADBC materialises a parameterised query's whole
@@ -281,7 +303,7 @@ class PostgresSource:
         # CPU (docs/pg-readers.md)
         where, _ = key_predicate(spec.chunk_column, rng, dollar, inline=True)
         select = self._select_list(fields, {f.name: f.source_type for f in fields})
-        sql = f"SELECT {select} FROM {relation(spec)}{where}"
+        rel = relation(spec)
         con = self._reading_connection()
         done = False
         try:
@@ -289,10 +311,17 @@ class PostgresSource:
                 cur.adbc_statement.set_options(
                     **{"adbc.postgresql.batch_size_hint_bytes": str(self.batch_size_hint_bytes)}
                 )
-                cur.execute("BEGIN TRANSACTION READ ONLY")
-                cur.execute(sql)
-                reader = cur.fetch_record_batch()
-                for batch in reader:
+                if counted:
+                    cur.execute("BEGIN TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                    cur.execute(f"SELECT COUNT(*) FROM {rel}{where}")
+                    row = cur.fetchone()
+                    assert row is not None
+                    yield int(row[0])
+                else:
+                    cur.execute("BEGIN TRANSACTION READ ONLY")
+                    yield -1
+                cur.execute(f"SELECT {select} FROM {rel}{where}")
+                for batch in cur.fetch_record_batch():
                     yield _conform(batch, target)
                 cur.execute("COMMIT")
             done = True

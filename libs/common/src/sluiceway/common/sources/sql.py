@@ -69,6 +69,7 @@ def key_predicate(
         return f" WHERE {key} IS NULL", []
     terms: list[str] = []
     params: list[int] = []
+
     def marker(value: int) -> str:
         if inline:
             return str(value)

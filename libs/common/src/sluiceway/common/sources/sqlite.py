@@ -221,6 +221,32 @@ class SqliteSource:
     def read(
         self, spec: ExportSpec, rng: ChunkRange | None, schema: tuple[SchemaField, ...]
     ) -> Iterator[pa.RecordBatch]:
+        return self._batches(spec, rng, schema)
+
+    def count_and_read(
+        self, spec: ExportSpec, rng: ChunkRange | None, schema: tuple[SchemaField, ...]
+    ) -> tuple[int, Iterator[pa.RecordBatch]]:
+        """One read transaction: the count and the rows see the same database state."""
+        try:
+            self._con.execute("BEGIN")
+        except sqlite3.Error as exc:
+            raise _error(exc) from exc
+        try:
+            count = self.count(spec, rng)
+        except BaseException:
+            self._con.rollback()
+            raise
+        return count, self._in_transaction(self._batches(spec, rng, schema))
+
+    def _in_transaction(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        try:
+            yield from batches
+        finally:
+            self._con.rollback()  # read-only: ending the transaction is all there is to do
+
+    def _batches(
+        self, spec: ExportSpec, rng: ChunkRange | None, schema: tuple[SchemaField, ...]
+    ) -> Iterator[pa.RecordBatch]:
         fields = schema or self.schema_of(spec)
         target = arrow_schema(fields)
         sql, params = select_sql(spec, rng, qmark, [f.name for f in fields])

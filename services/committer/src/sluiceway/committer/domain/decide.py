@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from sluiceway.committer.domain.gates import mismatched_chunks
 from sluiceway.common.domain.events import RunCompleted, RunStatus
 from sluiceway.common.domain.run import RunState
 
@@ -51,7 +52,9 @@ def decide(state: RunState) -> Decision:
         return Fail(validation_message(state))
     if state.reconciliation is not None and not state.reconciliation.matched:
         r = state.reconciliation
-        return Fail(reconciliation_message(r.source_count, r.exported_rows))
+        return Fail(
+            reconciliation_message(r.source_count, r.exported_rows, mismatched_chunks(state))
+        )
     if state.all_chunks_completed():
         return Commit()
     done = sum(1 for c in state.chunks.values() if c.status.value == "COMPLETED")
@@ -67,10 +70,11 @@ def validation_message(state: RunState) -> str:
     return f"validation failed: {first.code} {first.part}: {first.message}{more}"
 
 
-def reconciliation_message(source_count: int, exported_rows: int) -> str:
+def reconciliation_message(source_count: int, exported_rows: int, chunks: list[int]) -> str:
+    where = f" (chunks {', '.join(map(str, chunks))} differ)" if chunks else ""
     return (
         f"reconciliation failed: the source has {source_count} row(s), "
-        f"the parts hold {exported_rows}"
+        f"the parts hold {exported_rows}{where}"
     )
 
 

@@ -13,6 +13,7 @@ from sluiceway.common.domain.events import (
     ValidationFailure,
     ValidationResult,
 )
+from sluiceway.common.domain.run import RunState
 
 PART_MISSING = "PART_MISSING"
 SIZE_MISMATCH = "SIZE_MISMATCH"
@@ -71,6 +72,29 @@ def count_ranges(plan: PlanResolved) -> tuple[ChunkRange | None, ...]:
     if not out:  # an empty table: its one chunk selects nothing
         out.extend(plan.chunks)
     return tuple(out)
+
+
+def mismatched_chunks(state: RunState) -> list[int]:
+    """Chunks whose written rows differ from their own snapshot COUNT(*)."""
+    return [
+        c.index
+        for c in state.chunks.values()
+        if c.source_rows is not None and c.source_rows != sum(f.rows for f in c.winning_files())
+    ]
+
+
+def snapshot_reconciliation(state: RunState) -> ReconciliationResult | None:
+    """Reconciliation from the counts the workers took in each chunk's read transaction (the
+    same predicate and snapshot as the rows they wrote), so the source is not scanned again.
+    None when some chunk has no such count: then the committer counts at the source."""
+    chunks = list(state.chunks.values())
+    if not chunks or any(c.source_rows is None for c in chunks):
+        return None
+    source_count = sum(c.source_rows or 0 for c in chunks)
+    result = reconcile(source_count, state.total_rows)
+    if mismatched_chunks(state):
+        return ReconciliationResult(result.source_count, result.exported_rows, matched=False)
+    return result
 
 
 def reconcile(source_count: int, exported_rows: int) -> ReconciliationResult:

@@ -9,7 +9,7 @@ from sluiceway.common import layout
 from sluiceway.common.domain.events import ChunkTask, ExportSpec
 from sluiceway.common.parts import PartWriter
 from sluiceway.common.sources import Source, arrow_schema, open_source
-from sluiceway.worker.domain.decide import Part
+from sluiceway.worker.domain.decide import ChunkExport, Part
 
 
 class FileExporter:
@@ -40,7 +40,7 @@ class FileExporter:
             source.close()
         self._sources.clear()
 
-    def export(self, task: ChunkTask, attempt: int) -> tuple[Part, ...]:
+    def export(self, task: ChunkTask, attempt: int) -> ChunkExport:
         spec = task.spec
         source = self._source(spec)
         try:
@@ -61,7 +61,8 @@ class FileExporter:
             # full mode (no chunk column): the one chunk is every row
             rng = task.range if spec.chunk_column else None
             try:
-                for batch in source.read(spec, rng, fields):
+                source_rows, batches = source.count_and_read(spec, rng, fields)
+                for batch in batches:
                     writer.write(batch)
                 written = writer.close()
             except BaseException:
@@ -72,6 +73,7 @@ class FileExporter:
             self._sources.pop((spec.source.engine, spec.source.url_env, spec.source.path), None)
             source.close()
             raise
-        return tuple(
+        parts = tuple(
             Part(w.file_name, w.rows, w.bytes, w.part_index, w.content_fingerprint) for w in written
         )
+        return ChunkExport(parts, source_rows)

@@ -137,7 +137,19 @@ class Part:
     content_fingerprint: str
 
 
-def decide_on_success(chunk_index: int, attempt: int, parts: tuple[Part, ...]) -> Complete:
+@dataclass(frozen=True)
+class ChunkExport:
+    """What reading one chunk produced: its parts and the range's snapshot COUNT(*)."""
+
+    parts: tuple[Part, ...]
+    source_rows: int | None = None
+
+
+def decide_on_success(
+    chunk_index: int, attempt: int, parts: tuple[Part, ...], source_rows: int | None = None
+) -> Complete:
+    """FileWritten per part, then ChunkCompleted; `source_rows` is the range's COUNT(*) taken
+    in the read's own snapshot (None when the source could not take one)."""
     files = tuple(
         FileWritten(
             file_name=p.file_name,
@@ -157,5 +169,7 @@ def decide_on_success(chunk_index: int, attempt: int, parts: tuple[Part, ...]) -
             rows=sum(p.rows for p in parts),
             files=len(files),
             attempt=attempt,
+            source_rows=source_rows or 0,
+            source_counted=source_rows is not None,
         ),
     )
