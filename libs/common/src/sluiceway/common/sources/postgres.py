@@ -153,6 +153,10 @@ class PostgresSource:
             f"SET statement_timeout = {int(self.statement_timeout_ms)}",
             f"SET lock_timeout = {int(self.lock_timeout_ms)}",
             "SET TIME ZONE 'UTC'",
+            # gentle on the source: one backend per reader (the export's parallelism is its
+            # workers), and no JIT compilation for plain range scans (tens of ms per query)
+            "SET max_parallel_workers_per_gather = 0",
+            "SET jit = off",
         ]
 
     # ---- introspection (psycopg: description carries the numeric typmod) ---------------------
