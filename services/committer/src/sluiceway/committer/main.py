@@ -11,7 +11,7 @@ from nats.aio.client import Client as NATS
 
 from sluiceway.committer.app import Committer, SourceFactory, default_source_factory
 from sluiceway.common import bus as busmod
-from sluiceway.common import service, telemetry
+from sluiceway.common import service, sources, telemetry
 from sluiceway.common.consumer import RunEventConsumer
 from sluiceway.common.domain.events import Producer
 from sluiceway.common.settings import Settings
@@ -66,6 +66,7 @@ async def serve(
         )
         consumer = RunEventConsumer(bus, DURABLE, [settings.names.runs_all], committer.handle)
         await consumer.start()
+        await asyncio.to_thread(sources.preload)  # drivers imported before ready
         service.write_ready_file(settings.ready_file, service=SERVICE)
         log.info("committer consuming %s", settings.names.runs_all)
         consuming = asyncio.create_task(consumer.run(stop))

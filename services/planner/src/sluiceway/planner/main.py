@@ -13,7 +13,7 @@ from grpc_reflection.v1alpha import reflection
 from nats.aio.client import Client as NATS
 
 from sluiceway.common import bus as busmod
-from sluiceway.common import service, telemetry
+from sluiceway.common import service, sources, telemetry
 from sluiceway.common.consumer import RunEventConsumer
 from sluiceway.common.domain.events import Producer
 from sluiceway.common.settings import Settings
@@ -98,6 +98,7 @@ async def serve(
         bound = f"{host}:{port}"
         await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
         await health_servicer.set(CONTROL, health_pb2.HealthCheckResponse.SERVING)
+        await asyncio.to_thread(sources.preload)  # drivers imported before ready
         service.write_ready_file(settings.ready_file, service=SERVICE, control_addr=bound)
         log.info("planner serving Control on %s", bound)
 

@@ -9,7 +9,7 @@ import logging
 from nats.errors import TimeoutError as NatsTimeoutError
 
 from sluiceway.common import bus as busmod
-from sluiceway.common import service, telemetry
+from sluiceway.common import service, sources, telemetry
 from sluiceway.common.settings import Settings
 from sluiceway.worker.adapters.export import FileExporter
 from sluiceway.worker.adapters.tasks import JetStreamDelivery
@@ -42,6 +42,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
             heartbeat_s=settings.worker_heartbeat_s,
             consumer_max_deliver=consumer.max_deliver,
         )
+        await asyncio.to_thread(sources.preload)  # drivers imported before ready
         service.write_ready_file(settings.ready_file, service="worker", instance=settings.instance)
         log.info("worker ready: consumer %s on %s", consumer.durable, settings.names.tasks_stream)
         while not stop.is_set():

@@ -26,6 +26,8 @@ import contextlib
 from collections.abc import Iterator
 from typing import Any
 
+import adbc_driver_postgresql.dbapi as pgdb
+import psycopg
 import pyarrow as pa
 
 from sluiceway.common.domain.events import ChunkRange, ExportSpec, SchemaField
@@ -128,8 +130,6 @@ class PostgresSource:
 
     def _reading_connection(self) -> Any:
         if self._reader is None:
-            import adbc_driver_postgresql.dbapi as pgdb
-
             try:
                 con = pgdb.connect(self._url, autocommit=True)
                 with con.cursor() as cur:
@@ -163,8 +163,6 @@ class PostgresSource:
 
     def _psycopg(self) -> Any:
         if self._meta is None or self._meta.closed:
-            import psycopg
-
             try:
                 con = psycopg.connect(
                     self._url, autocommit=True, connect_timeout=self.connect_timeout_s
