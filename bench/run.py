@@ -1,6 +1,9 @@
 """`make bench`: PostgreSQL -> Parquet through the whole stack, against a binary COPY reference.
 
-Prints one JSON report on stdout; progress goes to stderr. BENCH_ROWS overrides the row count.
+Prints one JSON report on stdout; progress goes to stderr. BENCH_ROWS overrides the row count,
+BENCH_EXPORT_RUNS the number of exports (default 2). The table is frozen and checkpointed after
+loading; then reference COPY and export alternate (COPY, export, COPY, export, COPY) and the
+ratio is best COPY time / best export time, with every reading in the report.
 The PostgreSQL URL reaches the services only through the BENCH_PG_URL environment variable.
 """
 
@@ -28,6 +31,7 @@ from tests.support.localpg import LocalPostgres
 URL_ENV = "BENCH_PG_URL"
 TARGETS = {"ratio_min": 0.6, "worker_rss_max_mb": 300}
 CHUNKS = 20
+EXPORT_RUNS = int(os.environ.get("BENCH_EXPORT_RUNS", "2"))
 
 CONFIG = """
 version: 1
@@ -72,7 +76,8 @@ def create_table(url: str, rows: int) -> None:
             FROM generate_series(1::bigint, %s::bigint) AS g""",
             (rows,),
         )
-        con.execute("VACUUM ANALYZE bench")
+        con.execute("VACUUM (FREEZE, ANALYZE) bench")
+        con.execute("CHECKPOINT")
 
 
 def reference_copy(url: str) -> tuple[float, int]:
@@ -135,9 +140,6 @@ def main() -> int:
         t0 = time.perf_counter()
         create_table(pg.url, rows)
         log(f"table created in {time.perf_counter() - t0:.1f}s")
-        copy_s, copy_bytes = reference_copy(pg.url)
-        log(f"reference binary COPY: {copy_s:.2f}s ({copy_bytes / 1e6:.0f} MB)")
-
         cfg = work / "bench.yaml"
         cfg.write_text(CONFIG.format(url_env=URL_ENV, chunk_size=max(1, -(-rows // CHUNKS))))
         ref = load_config(str(cfg), "bench")
@@ -146,19 +148,35 @@ def main() -> int:
         stack = stackmod.start_stack(work / "state", workers=2, env=dict(os.environ))
         ep = Endpoints(stack.state.control_addr, stack.state.tracker_addr)
         quiet = Console(file=open(os.devnull, "w"))
+
+        # The reference and the export alternate, and each reports its best time: one reading
+        # of either is noisy on a shared 2-core machine (checkpoints, autovacuum, hint bits).
+        copies: list[tuple[float, int]] = []
+        walls: list[float] = []
         with Client(ep) as client, RssSampler(stack.state) as rss:
-            t0 = time.perf_counter()
-            resp = client.submit(
-                ref.text,
-                export_name=ref.export_name,
-                base_dir=ref.base_dir,
-                file_name=ref.file_name,
-                requested_by="bench",
-            )
-            summary = follow(
-                client, resp.run_id, min_seq=resp.stream_seq, console=quiet, quiet=True
-            )
-            wall_s = time.perf_counter() - t0
+            for _ in range(EXPORT_RUNS):
+                copies.append(reference_copy(pg.url))
+                log(f"reference binary COPY: {copies[-1][0]:.2f}s")
+                t0 = time.perf_counter()
+                resp = client.submit(
+                    ref.text,
+                    export_name=ref.export_name,
+                    base_dir=ref.base_dir,
+                    file_name=ref.file_name,
+                    requested_by="bench",
+                )
+                summary = follow(
+                    client, resp.run_id, min_seq=resp.stream_seq, console=quiet, quiet=True
+                )
+                walls.append(time.perf_counter() - t0)
+                name = events_pb2.RunStatus.Name(summary.status)
+                log(f"run {resp.run_id}: {name} in {walls[-1]:.2f}s")
+                if summary.status != events_pb2.RUN_STATUS_SUCCEEDED:
+                    break
+            copies.append(reference_copy(pg.url))
+            log(f"reference binary COPY: {copies[-1][0]:.2f}s")
+        copy_s, copy_bytes = min(copies)
+        wall_s = min(walls)
         ok = summary.status == events_pb2.RUN_STATUS_SUCCEEDED
         log(f"run {resp.run_id}: {events_pb2.RunStatus.Name(summary.status)} in {wall_s:.2f}s")
         peak = {k: round(v, 1) for k, v in sorted(rss.peak.items())}
@@ -171,6 +189,8 @@ def main() -> int:
             "mb_per_s": round(summary.bytes_written / 1e6 / wall_s, 2) if wall_s else 0,
             "bytes_written": summary.bytes_written,
             "reference_copy_s": round(copy_s, 3),
+            "reference_copy_runs_s": [round(c, 3) for c, _ in copies],
+            "wall_runs_s": [round(w, 3) for w in walls],
             "reference_rows_per_s": round(rows / copy_s) if copy_s else 0,
             "reference_copy_mb": round(copy_bytes / 1e6, 1),
             "ratio_vs_copy": round(ratio, 3),
