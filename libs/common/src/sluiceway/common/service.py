@@ -6,8 +6,15 @@ import asyncio
 import json
 import os
 import signal
+import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
+
+from sluiceway.common import telemetry
+from sluiceway.common.settings import Settings, SettingsError
+
+Serve = Callable[[Settings, asyncio.Event], Awaitable[None]]
 
 
 def write_ready_file(path: str, **info: Any) -> None:
@@ -29,3 +36,20 @@ def stop_event() -> asyncio.Event:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     return stop
+
+
+def run(name: str, serve: Serve) -> None:
+    """The entry point of `python -m sluiceway.<name>`: JSON logs, tracing, settings from the
+    environment (a bad one exits 1 with one line naming the variable), then serve until SIGTERM."""
+    telemetry.init_logging(name)
+    telemetry.init_tracing(name)
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"sluiceway-{name}: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+    async def main() -> None:
+        await serve(settings, stop_event())
+
+    asyncio.run(main())

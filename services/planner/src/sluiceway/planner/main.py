@@ -13,7 +13,7 @@ from grpc_reflection.v1alpha import reflection
 from nats.aio.client import Client as NATS
 
 from sluiceway.common import bus as busmod
-from sluiceway.common import service, sources, telemetry
+from sluiceway.common import service, sources
 from sluiceway.common.consumer import RunEventConsumer
 from sluiceway.common.domain.events import Producer
 from sluiceway.common.settings import Settings
@@ -124,14 +124,7 @@ async def serve(
 
 
 def main() -> None:
-    telemetry.init_logging(SERVICE)
-    telemetry.init_tracing(SERVICE)
-    settings = Settings.from_env()
-
-    async def run() -> None:
-        await serve(settings, service.stop_event())
-
-    asyncio.run(run())
+    service.run("planner", serve)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from sluiceway.common import bus as busmod
-from sluiceway.common import service, telemetry
+from sluiceway.common import service
 from sluiceway.common.settings import Settings
 from sluiceway.tracker.adapters.projection import TrackerStore
 from sluiceway.tracker.adapters.servicer import TrackerServicer
@@ -73,11 +73,4 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
 
 
 def main() -> None:
-    telemetry.init_logging("tracker")
-    telemetry.init_tracing("tracker")
-    settings = Settings.from_env()
-
-    async def _run() -> None:
-        await serve(settings, service.stop_event())
-
-    asyncio.run(_run())
+    service.run("tracker", serve)

@@ -75,13 +75,5 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         await nc.drain()
 
 
-async def _run(settings: Settings) -> None:
-    stop = service.stop_event()
-    await serve(settings, stop)
-
-
 def main() -> None:
-    telemetry.init_logging("worker")
-    telemetry.init_tracing("worker")
-    settings = Settings.from_env()
-    asyncio.run(_run(settings))
+    service.run("worker", serve)
