@@ -287,6 +287,10 @@ async def test_a_chunked_postgres_export_runs_end_to_end(
     assert MARKER.encode() not in blob
     assert "Ĉliento".encode() not in blob
     assert max(len(m) for m in raw) < 16 * 1024
+    # nor do the services' logs or the manifest
+    logs = b"".join(p.read_bytes() for p in (Path(stack.state.state_dir) / "logs").glob("*.log"))
+    assert logs and PASSWORD.encode() not in logs and MARKER.encode() not in logs
+    assert PASSWORD.encode() not in manifest_bytes
 
     # ---- the read model rebuilds from the stream
     before_chunks = await tracker.ListChunks(tracker_pb2.ListChunksRequest(run_id=run_id))
