@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -116,6 +117,21 @@ async def connect(url: str, *, name: str, connect_timeout_s: float | None = None
             log.warning("waiting for NATS at %s: %s", url, exc)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
+
+
+async def connect_unless_stopped(url: str, *, name: str, stop: asyncio.Event) -> NATS | None:
+    """Wait for NATS like `connect`, but give up (None) when `stop` is set first: a SIGTERM
+    while NATS is down ends the service instead of hanging it."""
+    connecting = asyncio.create_task(connect(url, name=name))
+    stopping = asyncio.create_task(stop.wait())
+    await asyncio.wait({connecting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    stopping.cancel()
+    if connecting.done():
+        return connecting.result()
+    connecting.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await connecting
+    return None
 
 
 class Bus:

@@ -7,8 +7,6 @@ import contextlib
 import logging
 from typing import cast
 
-from nats.aio.client import Client as NATS
-
 from sluiceway.committer.app import Committer, SourceFactory, default_source_factory
 from sluiceway.common import bus as busmod
 from sluiceway.common import service, sources
@@ -23,22 +21,6 @@ DURABLE = "committer-runs"
 _DEFAULT = object()
 
 
-async def _connect_unless_stopped(settings: Settings, stop: asyncio.Event) -> NATS | None:
-    """Wait for NATS, but give up when asked to stop (a SIGTERM while NATS is down)."""
-    connecting = asyncio.create_task(
-        busmod.connect(settings.nats_url, name=f"{SERVICE}-{settings.instance}")
-    )
-    stopping = asyncio.create_task(stop.wait())
-    await asyncio.wait({connecting, stopping}, return_when=asyncio.FIRST_COMPLETED)
-    stopping.cancel()
-    if connecting.done():
-        return connecting.result()
-    connecting.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await connecting
-    return None
-
-
 async def serve(
     settings: Settings,
     stop: asyncio.Event,
@@ -47,7 +29,9 @@ async def serve(
 ) -> None:
     """Run the committer until `stop` is set. `source_factory` replaces open_source for the
     reconciliation count (tests); None counts with the chunks' own tallies."""
-    nc = await _connect_unless_stopped(settings, stop)
+    nc = await busmod.connect_unless_stopped(
+        settings.nats_url, name=f"{SERVICE}-{settings.instance}", stop=stop
+    )
     if nc is None:
         return
     consumer: RunEventConsumer | None = None

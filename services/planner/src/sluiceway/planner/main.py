@@ -10,7 +10,6 @@ import os
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from nats.aio.client import Client as NATS
 
 from sluiceway.common import bus as busmod
 from sluiceway.common import service, sources
@@ -28,22 +27,6 @@ CONTROL = control_pb2.DESCRIPTOR.services_by_name["Control"].full_name
 GRACE_S = 5.0
 
 
-async def _connect_unless_stopped(settings: Settings, stop: asyncio.Event) -> NATS | None:
-    """Wait for NATS, but give up when asked to stop (a SIGTERM while NATS is down)."""
-    connecting = asyncio.create_task(
-        busmod.connect(settings.nats_url, name=f"{SERVICE}-{settings.instance}")
-    )
-    stopping = asyncio.create_task(stop.wait())
-    await asyncio.wait({connecting, stopping}, return_when=asyncio.FIRST_COMPLETED)
-    stopping.cancel()
-    if connecting.done():
-        return connecting.result()
-    connecting.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await connecting
-    return None
-
-
 async def serve(
     settings: Settings,
     stop: asyncio.Event,
@@ -51,7 +34,9 @@ async def serve(
     source_factory: SourceFactory | None = None,
 ) -> None:
     """Run the planner until `stop` is set. `source_factory` replaces open_source (tests)."""
-    nc = await _connect_unless_stopped(settings, stop)
+    nc = await busmod.connect_unless_stopped(
+        settings.nats_url, name=f"{SERVICE}-{settings.instance}", stop=stop
+    )
     if nc is None:
         return
     server: grpc.aio.Server | None = None

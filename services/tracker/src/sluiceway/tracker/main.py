@@ -26,7 +26,11 @@ GRACE_S = 5.0
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
     """Run the tracker until `stop` is set."""
-    nc = await busmod.connect(settings.nats_url, name=f"tracker-{settings.instance}")
+    nc = await busmod.connect_unless_stopped(
+        settings.nats_url, name=f"tracker-{settings.instance}", stop=stop
+    )
+    if nc is None:
+        return
     bus = busmod.Bus(nc, settings.names)
     await bus.ensure_streams(busmod.StreamSettings(replicas=settings.stream_replicas))
 

@@ -22,7 +22,11 @@ BUS_ERROR_DELAY_S = 2.0
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
     """Pull one chunk task at a time until `stop`; the task in hand is finished first."""
-    nc = await busmod.connect(settings.nats_url, name=f"sluiceway-worker-{settings.instance}")
+    nc = await busmod.connect_unless_stopped(
+        settings.nats_url, name=f"worker-{settings.instance}", stop=stop
+    )
+    if nc is None:
+        return
     sub = None
     exporter: FileExporter | None = None
     try:
