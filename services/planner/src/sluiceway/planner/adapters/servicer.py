@@ -20,6 +20,34 @@ from sluiceway.v1 import control_pb2_grpc
 log = logging.getLogger(__name__)
 
 
+# Bounds on free-form request fields: every accepted value ends up in an event, and events stay
+# small (the stream refuses messages over 64 KiB).
+MAX_TEXT = 256
+MAX_REASON = 1024
+MAX_OPTIONS = 32
+MAX_CONFIG_BYTES = 1 << 20
+
+
+def request_problem(request: cpb.SubmitRunRequest | cpb.CancelRunRequest) -> str | None:
+    """The first out-of-bounds field of a request, named, or None."""
+    if isinstance(request, cpb.CancelRunRequest):
+        if len(request.reason) > MAX_REASON:
+            return f"reason: at most {MAX_REASON} characters"
+        if len(request.requested_by) > MAX_TEXT:
+            return f"requested_by: at most {MAX_TEXT} characters"
+        return None
+    if len(request.requested_by) > MAX_TEXT:
+        return f"requested_by: at most {MAX_TEXT} characters"
+    if len(request.options) > MAX_OPTIONS:
+        return f"options: at most {MAX_OPTIONS} entries"
+    for key, value in request.options.items():
+        if not key or len(key) > MAX_TEXT or len(value) > MAX_REASON:
+            return f"options[{key[:40]!r}]: keys 1-{MAX_TEXT} characters, values <= {MAX_REASON}"
+    if len(request.config.text.encode()) > MAX_CONFIG_BYTES:
+        return f"config.text: at most {MAX_CONFIG_BYTES} bytes"
+    return None
+
+
 class ControlServicer(control_pb2_grpc.ControlServicer):
     def __init__(self, planner: Planner) -> None:
         self._planner = planner
@@ -48,6 +76,8 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
     async def SubmitRun(
         self, request: cpb.SubmitRunRequest, context: grpc.aio.ServicerContext
     ) -> cpb.SubmitRunResponse:
+        if problem := request_problem(request):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
         spec = await self._spec(request, context)
         run_id, seq = await self._planner.submit(
             spec, requested_by=request.requested_by, options=dict(request.options)
@@ -81,6 +111,8 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
     ) -> cpb.CancelRunResponse:
         if not request.run_id:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "run_id is required")
+        if problem := request_problem(request):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
         try:
             seq = await self._planner.cancel(
                 request.run_id, reason=request.reason, requested_by=request.requested_by
