@@ -277,7 +277,8 @@ async def test_a_chunked_postgres_export_runs_end_to_end(
     bus_nc = await connect(nats_server.url, name="scan", connect_timeout_s=10)
     try:
         bus = Bus(bus_nc, Names(namespace))
-        raw = [data async for _, data in bus.iter_raw(bus.names.runs_all)]
+        stored = [m async for m in bus.iter_messages(bus.names.runs_all)]
+        raw = [m.data for m in stored]
     finally:
         await bus_nc.drain()
     assert len(raw) == len(events)
@@ -287,6 +288,10 @@ async def test_a_chunked_postgres_export_runs_end_to_end(
     assert MARKER.encode() not in blob
     assert "Ĉliento".encode() not in blob
     assert max(len(m) for m in raw) < 16 * 1024
+    # the run is one trace: every event carries a traceparent with the trace id of SubmitRun
+    trace_ids = {(m.headers or {}).get("traceparent", "-").split("-")[1] for m in stored}
+    assert len(trace_ids) == 1 and len(next(iter(trace_ids))) == 32
+
     # nor do the services' logs or the manifest
     logs = b"".join(p.read_bytes() for p in (Path(stack.state.state_dir) / "logs").glob("*.log"))
     assert logs and PASSWORD.encode() not in logs and MARKER.encode() not in logs

@@ -265,6 +265,15 @@ class Bus:
     ) -> AsyncIterator[tuple[int, bytes]]:
         """Yield (seq, bytes) of every stored message on `subject` from `start_seq` to the
         current end of the stream, then stop."""
+        async for msg in self.iter_messages(subject, start_seq=start_seq, batch=batch):
+            assert msg.metadata.sequence is not None
+            yield msg.metadata.sequence.stream, msg.data
+
+    async def iter_messages(
+        self, subject: str, *, start_seq: int = 0, batch: int = 500
+    ) -> AsyncIterator[Msg]:
+        """Every stored message on `subject` (with its headers), through an ephemeral consumer,
+        up to the end of the stream as it is when the read starts."""
         cfg = ConsumerConfig(
             ack_policy=AckPolicy.NONE,
             deliver_policy=DeliverPolicy.BY_START_SEQUENCE if start_seq else DeliverPolicy.ALL,
@@ -280,8 +289,7 @@ class Bus:
             while pending > 0:
                 msgs = await sub.fetch(min(batch, pending), timeout=5)
                 for m in msgs:
-                    assert m.metadata.sequence is not None
-                    yield m.metadata.sequence.stream, m.data
+                    yield m
                     pending = m.metadata.num_pending
         finally:
             await sub.unsubscribe()

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.client import JetStreamContext
+from opentelemetry import trace
 
 from sluiceway.common import codec, telemetry
 from sluiceway.common.bus import Bus
@@ -88,7 +89,13 @@ class RunEventConsumer:
         token = telemetry.run_id_var.set(event.run_id)
         heartbeat = asyncio.create_task(self._heartbeat(msg))
         try:
-            await self._handler(event, delivered)
+            with telemetry.span(
+                f"{self._durable} {event.kind}",
+                headers=msg.headers,
+                kind=trace.SpanKind.CONSUMER,
+                run_id=event.run_id,
+            ):
+                await self._handler(event, delivered)
         except asyncio.CancelledError:
             raise
         except Exception:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import sys
 import time
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from contextvars import ContextVar
 from typing import Any
 
@@ -30,6 +31,24 @@ def init_tracing(service: str) -> TracerProvider:
     provider = TracerProvider(resource=Resource.create({"service.name": f"sluiceway-{service}"}))
     trace.set_tracer_provider(provider)
     return provider
+
+
+@contextlib.contextmanager
+def span(
+    name: str,
+    *,
+    headers: Mapping[str, str] | None = None,
+    kind: trace.SpanKind = trace.SpanKind.INTERNAL,
+    **attributes: str | int,
+) -> Iterator[trace.Span]:
+    """A span, child of the W3C context carried by `headers` when given (a consumer continues
+    its producer's trace). Events appended inside it carry its traceparent."""
+    tracer = trace.get_tracer("sluiceway")
+    context = extract(headers) if headers is not None else None
+    with tracer.start_as_current_span(
+        name, context=context, kind=kind, attributes=attributes
+    ) as current:
+        yield current
 
 
 def inject(headers: MutableMapping[str, str]) -> None:

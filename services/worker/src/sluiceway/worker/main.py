@@ -7,6 +7,7 @@ import contextlib
 import logging
 
 from nats.errors import TimeoutError as NatsTimeoutError
+from opentelemetry.trace import SpanKind
 
 from sluiceway.common import bus as busmod
 from sluiceway.common import service, sources, telemetry
@@ -61,7 +62,10 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
             for msg in msgs:
                 delivery = JetStreamDelivery(msg)
                 try:
-                    await worker.handle(delivery)
+                    with telemetry.span(
+                        "worker-chunks process", headers=msg.headers, kind=SpanKind.CONSUMER
+                    ):
+                        await worker.handle(delivery)
                 except Exception:  # the bus failed mid-flight: no verdict was recorded
                     log.exception("could not record a chunk outcome; the task will be redelivered")
                     try:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 
 import grpc
+from opentelemetry.trace import SpanKind
 
-from sluiceway.common import codec
+from sluiceway.common import codec, telemetry
 from sluiceway.common.config import ConfigError
 from sluiceway.common.domain.events import ExportSpec
 from sluiceway.common.domain.ids import InvalidRunId
@@ -79,9 +80,11 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         if problem := request_problem(request):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
         spec = await self._spec(request, context)
-        run_id, seq = await self._planner.submit(
-            spec, requested_by=request.requested_by, options=dict(request.options)
-        )
+        # the root of the run's trace: every event of the run descends from it
+        with telemetry.span("Control/SubmitRun", kind=SpanKind.SERVER, export=spec.name):
+            run_id, seq = await self._planner.submit(
+                spec, requested_by=request.requested_by, options=dict(request.options)
+            )
         return cpb.SubmitRunResponse(run_id=run_id, export_name=spec.name, stream_seq=seq)
 
     async def PlanRun(
