@@ -104,6 +104,11 @@ def test_csv_defaults_to_no_compression_and_refuses_zstd() -> None:
     assert "field 'compression': csv supports 'none' or 'gzip'" in _err(bad)
 
 
+def test_an_oversized_query_is_refused_by_name() -> None:
+    text = GOOD.replace("    table: customers\n", f"    query: 'SELECT {'1,' * 9000}1'\n")
+    assert "export 'customers': field 'query': at most" in _err(text)
+
+
 def test_select_picks_by_name_or_the_only_one() -> None:
     specs = load_text(GOOD, base_dir="/base")
     assert select(specs, "orders").name == "orders"

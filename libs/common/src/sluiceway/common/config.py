@@ -23,6 +23,7 @@ FORMATS = ("parquet", "csv")
 COMPRESSIONS = ("zstd", "snappy", "gzip", "lz4", "none")
 ENGINES = ("postgres", "sqlite")
 IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)?$")
+MAX_QUERY_CHARS = 16_384
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 DEFAULTS: dict[str, Any] = {
@@ -226,6 +227,9 @@ def check_spec(
             raise fail("source.path", f"no such database file: {src.path}")
     if bool(spec.table) == bool(spec.query):
         raise fail("table", "exactly one of 'table' or 'query' is required")
+    if len(spec.query) > MAX_QUERY_CHARS:
+        # the spec travels in events, and events stay small
+        raise fail("query", f"at most {MAX_QUERY_CHARS} characters")
     if spec.table and not IDENT.fullmatch(spec.table):
         raise fail("table", f"{spec.table!r} is not a table name ([schema.]name)")
     for col in spec.columns:
