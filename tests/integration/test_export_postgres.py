@@ -18,6 +18,7 @@ from pathlib import Path
 
 import duckdb
 import grpc
+import psutil
 import pytest
 
 from sluiceway.cli.stack import Stack, start_stack
@@ -190,7 +191,8 @@ def _restart_tracker(stack: Stack, env: dict[str, str]) -> None:
             start_new_session=True,
         )
     stack.procs[info.name] = new
-    info.pid = new.pid
+    # stop() signals only processes whose pid *and* start time match what it recorded
+    info.pid, info.create_time = new.pid, psutil.Process(new.pid).create_time()
 
 
 async def test_a_chunked_postgres_export_runs_end_to_end(
