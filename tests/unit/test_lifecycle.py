@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import TypeVar
+
 from sluiceway.common.domain.events import ChunkStatus, RunStatus
 from sluiceway.common.domain.lifecycle import (
     CHUNK_TRANSITIONS,
@@ -12,6 +15,8 @@ from sluiceway.common.domain.lifecycle import (
     next_run_status,
 )
 
+S = TypeVar("S")
+
 
 def test_terminal_run_states_have_no_way_out() -> None:
     assert not [key for key in RUN_TRANSITIONS if key[0] in TERMINAL_RUN]
@@ -21,27 +26,23 @@ def test_terminal_chunk_states_have_no_way_out() -> None:
     assert not [key for key in CHUNK_TRANSITIONS if key[0] in TERMINAL_CHUNK]
 
 
-def test_every_run_status_is_reachable_from_nothing() -> None:
-    reached = {RunStatus.UNSPECIFIED}
-    frontier = [RunStatus.UNSPECIFIED]
+def _reachable(table: Mapping[tuple[S, str], S], start: S) -> set[S]:
+    reached, frontier = {start}, [start]
     while frontier:
         s = frontier.pop()
-        for (src, _), dst in RUN_TRANSITIONS.items():
+        for (src, _), dst in table.items():
             if src is s and dst not in reached:
                 reached.add(dst)
                 frontier.append(dst)
-    assert reached == set(RunStatus)
+    return reached
+
+
+def test_every_run_status_is_reachable_from_nothing() -> None:
+    assert _reachable(RUN_TRANSITIONS, RunStatus.UNSPECIFIED) == set(RunStatus)
 
 
 def test_every_chunk_status_is_reachable_from_pending() -> None:
-    reached = {ChunkStatus.PENDING}
-    frontier = [ChunkStatus.PENDING]
-    while frontier:
-        s = frontier.pop()
-        for (src, _), dst in CHUNK_TRANSITIONS.items():
-            if src is s and dst not in reached:
-                reached.add(dst)
-                frontier.append(dst)
+    reached = _reachable(CHUNK_TRANSITIONS, ChunkStatus.PENDING)
     assert reached == set(ChunkStatus) - {ChunkStatus.UNSPECIFIED}
 
 

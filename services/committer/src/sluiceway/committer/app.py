@@ -64,15 +64,6 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def default_source_factory() -> SourceFactory:
-    def factory(spec: ExportSpec) -> Source:
-        from sluiceway.common.sources import open_source
-
-        return open_source(spec)
-
-    return factory
-
-
 class Committer:
     """Handler of the `committer-runs` consumer.
 
@@ -298,13 +289,8 @@ class Committer:
         )
 
     async def _append(self, state: RunState, body: Body) -> Appended:
-        event = RunEvent(
-            event_id=ids.event_id(state.run_id, body),
-            run_id=state.run_id,
-            export_name=state.export_name,
-            occurred_at=self._clock(),
-            body=body,
-            producer=self._producer,
+        event = ids.new_event(
+            state.run_id, state.export_name, body, producer=self._producer, now=self._clock()
         )
         appended = await self._log.append(event)
         if not appended.conflict:

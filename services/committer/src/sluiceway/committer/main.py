@@ -5,27 +5,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import cast
 
-from sluiceway.committer.app import Committer, SourceFactory, default_source_factory
+from sluiceway.committer.app import Committer, SourceFactory
 from sluiceway.common import bus as busmod
 from sluiceway.common import service, sources
 from sluiceway.common.consumer import RunEventConsumer
 from sluiceway.common.domain.events import Producer
 from sluiceway.common.settings import Settings
+from sluiceway.common.sources import open_source
 
 log = logging.getLogger(__name__)
 
 SERVICE = "committer"
 DURABLE = "committer-runs"
-_DEFAULT = object()
 
 
 async def serve(
     settings: Settings,
     stop: asyncio.Event,
     *,
-    source_factory: SourceFactory | object | None = _DEFAULT,
+    source_factory: SourceFactory | None = open_source,
 ) -> None:
     """Run the committer until `stop` is set. `source_factory` replaces open_source for the
     reconciliation count (tests); None counts with the chunks' own tallies."""
@@ -38,15 +37,10 @@ async def serve(
     try:
         bus = busmod.Bus(nc, settings.names)
         await bus.ensure_streams(busmod.StreamSettings(replicas=settings.stream_replicas))
-        factory = (
-            default_source_factory()
-            if source_factory is _DEFAULT
-            else cast("SourceFactory | None", source_factory)
-        )
         committer = Committer(
             bus,
             producer=Producer(SERVICE, settings.instance),
-            source_factory=factory,
+            source_factory=source_factory,
         )
         consumer = RunEventConsumer(bus, DURABLE, [settings.names.runs_all], committer.handle)
         await consumer.start()

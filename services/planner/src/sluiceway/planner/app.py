@@ -68,17 +68,6 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def default_source_factory(env: Mapping[str, str] | None = None) -> SourceFactory:
-    """open_source from sluiceway.common.sources, imported at first use."""
-
-    def factory(spec: ExportSpec) -> Source:
-        from sluiceway.common.sources import open_source
-
-        return open_source(spec, env=env)
-
-    return factory
-
-
 class Planner:
     """Control operations and the handler of the `planner-requests` consumer."""
 
@@ -239,11 +228,6 @@ class Planner:
     def _event(
         self, run_id: str, export_name: str, body: Body, now: datetime | None = None
     ) -> RunEvent:
-        return RunEvent(
-            event_id=ids.event_id(run_id, body),
-            run_id=run_id,
-            export_name=export_name,
-            occurred_at=now or self._clock(),
-            body=body,
-            producer=self._producer,
+        return ids.new_event(
+            run_id, export_name, body, producer=self._producer, now=now or self._clock()
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 
@@ -16,8 +17,9 @@ from sluiceway.common import service, sources
 from sluiceway.common.consumer import RunEventConsumer
 from sluiceway.common.domain.events import Producer
 from sluiceway.common.settings import Settings
+from sluiceway.common.sources import open_source
 from sluiceway.planner.adapters.servicer import ControlServicer
-from sluiceway.planner.app import Planner, SourceFactory, default_source_factory
+from sluiceway.planner.app import Planner, SourceFactory
 from sluiceway.v1 import control_pb2, control_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -48,7 +50,7 @@ async def serve(
         planner = Planner(
             bus,
             producer=Producer(SERVICE, settings.instance),
-            source_factory=source_factory or default_source_factory(os.environ),
+            source_factory=source_factory or functools.partial(open_source, env=os.environ),
             env=os.environ,
         )
         names = settings.names

@@ -94,13 +94,12 @@ class ChunkWorker:
     def _event(
         self, task: ChunkTask, body: Body, attempt: int, resources: ResourceUsage | None = None
     ) -> RunEvent:
-        return RunEvent(
-            event_id=ids.event_id(task.run_id, body),
-            run_id=task.run_id,
-            export_name=task.spec.name,
-            occurred_at=self._clock(),
-            body=body,
+        return ids.new_event(
+            task.run_id,
+            task.spec.name,
+            body,
             producer=self._producer,
+            now=self._clock(),
             attempt=attempt,
             resources=resources,
         )

@@ -13,8 +13,11 @@ from .events import (
     ChunkStarted,
     FileWritten,
     PlanWarning,
+    Producer,
     QualityIssue,
+    ResourceUsage,
     RetryAttempted,
+    RunEvent,
     Warning,
     kind_of,
 )
@@ -40,6 +43,29 @@ def new_run_id(now: datetime, entropy: bytes) -> str:
 
 def _digest(*parts: str) -> str:
     return hashlib.blake2b("\x1f".join(parts).encode(), digest_size=6).hexdigest()
+
+
+def new_event(
+    run_id: str,
+    export_name: str,
+    body: Body,
+    *,
+    producer: Producer,
+    now: datetime,
+    attempt: int = 0,
+    resources: ResourceUsage | None = None,
+) -> RunEvent:
+    """The envelope of a fact about to be appended, with its deterministic id."""
+    return RunEvent(
+        event_id=event_id(run_id, body),
+        run_id=run_id,
+        export_name=export_name,
+        occurred_at=now,
+        body=body,
+        producer=producer,
+        attempt=attempt,
+        resources=resources,
+    )
 
 
 def event_id(run_id: str, body: Body) -> str:
