@@ -149,6 +149,7 @@ class Stack:
     state: StackState
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     nats: LocalNats | None = None
+    envs: dict[str, dict[str, str]] = field(default_factory=dict)  # each instance's environment
 
     def stop(self, timeout_s: float = STOP_TIMEOUT_S) -> None:
         stop_state(self.state, timeout_s=timeout_s)
@@ -160,6 +161,27 @@ class Stack:
                 self.nats.proc.wait(timeout=1)
         with contextlib.suppress(FileNotFoundError):
             state_path(self.state.state_dir).unlink()
+
+    def restart(
+        self,
+        inst: str,
+        *,
+        env: Mapping[str, str] | None = None,
+        drop_env: tuple[str, ...] = (),
+        ready_timeout_s: float = READY_TIMEOUT_S,
+    ) -> ProcInfo:
+        """Start instance `inst` again (after it died or was killed) with its environment,
+        updated by `env` and without `drop_env`; wait until it is ready."""
+        old = next(p for p in self.state.processes if p.name == inst)
+        if is_alive(old):
+            raise StackError(f"{inst} is still running (pid {old.pid})")
+        child_env = {k: v for k, v in self.envs[inst].items() if k not in drop_env}
+        child_env.update(env or {})
+        self.state.processes.remove(old)
+        info = _spawn(self, old.service, inst, child_env)
+        write_state(self.state)
+        _wait_ready(self, {inst: Path(child_env["SLUICEWAY_READY_FILE"])}, ready_timeout_s)
+        return info
 
     def dead(self) -> list[ProcInfo]:
         """Services (started by us) that have exited."""
@@ -177,11 +199,13 @@ def start_stack(
     workers: int = 2,
     nats_url: str | None = None,
     env: Mapping[str, str] | None = None,
+    instance_env: Mapping[str, Mapping[str, str]] | None = None,
     ready_timeout_s: float = READY_TIMEOUT_S,
     on_progress: Callable[[str], None] | None = None,
 ) -> Stack:
     """Start nats-server (unless `nats_url`) and every service; wait for every ready file;
-    write state.json. On any failure, stop what was started and raise StackError."""
+    write state.json. On any failure, stop what was started and raise StackError.
+    `instance_env` adds variables to single instances ("worker-1": {...})."""
     sd = Path(state_dir).resolve()
     existing = read_state(sd)
     if existing is not None:
@@ -227,8 +251,6 @@ def start_stack(
         ready: dict[str, Path] = {}
         for svc, inst in instances:
             ready_file = sd / "run" / f"{inst}.json"
-            ready_file.unlink(missing_ok=True)
-            log_file = sd / "logs" / f"{inst}.log"
             child_env = {
                 **base_env,
                 "SLUICEWAY_NATS_URL": state.nats_url,
@@ -238,20 +260,9 @@ def start_stack(
                 "SLUICEWAY_READY_FILE": str(ready_file),
                 "SLUICEWAY_INSTANCE": inst,
                 "PYTHONUNBUFFERED": "1",
+                **(instance_env or {}).get(inst, {}),
             }
-            with open(log_file, "ab") as log:
-                popen = subprocess.Popen(
-                    [sys.executable, "-m", f"sluiceway.{svc}"],
-                    stdin=subprocess.DEVNULL,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    env=child_env,
-                    start_new_session=True,
-                )
-            stack.procs[inst] = popen
-            state.processes.append(
-                ProcInfo(inst, svc, popen.pid, _create_time(popen.pid), str(log_file))
-            )
+            _spawn(stack, svc, inst, child_env)
             ready[inst] = ready_file
         # record pids before waiting, so that `down` can clean up even if we are killed now
         write_state(state)
@@ -262,6 +273,27 @@ def start_stack(
     except BaseException:
         stack.stop()
         raise
+
+
+def _spawn(stack: Stack, svc: str, inst: str, env: dict[str, str]) -> ProcInfo:
+    """Start one service instance in its own session, logging to logs/<inst>.log."""
+    sd = Path(stack.state.state_dir)
+    Path(env["SLUICEWAY_READY_FILE"]).unlink(missing_ok=True)
+    log_file = sd / "logs" / f"{inst}.log"
+    with open(log_file, "ab") as log:
+        popen = subprocess.Popen(
+            [sys.executable, "-m", f"sluiceway.{svc}"],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+    stack.procs[inst] = popen
+    stack.envs[inst] = env
+    info = ProcInfo(inst, svc, popen.pid, _create_time(popen.pid), str(log_file))
+    stack.state.processes.append(info)
+    return info
 
 
 def _wait_ready(stack: Stack, ready: dict[str, Path], timeout_s: float) -> None:

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from sluiceway.common import telemetry
+from sluiceway.common import crash, telemetry
 from sluiceway.common.settings import Settings, SettingsError
 
 Serve = Callable[[Settings, asyncio.Event], Awaitable[None]]
@@ -45,7 +45,8 @@ def run(name: str, serve: Serve) -> None:
     telemetry.init_tracing(name)
     try:
         settings = Settings.from_env()
-    except SettingsError as exc:
+        crash.arm(os.environ.get(crash.ENV, ""))
+    except (SettingsError, crash.UnknownCrashPoint) as exc:
         print(f"sluiceway-{name}: {exc}", file=sys.stderr)
         raise SystemExit(1) from None
 

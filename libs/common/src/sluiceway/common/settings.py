@@ -47,6 +47,9 @@ class Settings:
     worker_ack_wait_s: float
     worker_heartbeat_s: float
     worker_max_deliver: int
+    # ack_wait of the planner's and committer's run-event consumers: how soon a message whose
+    # handler died (a crash) is delivered again
+    consumer_ack_wait_s: float
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -69,4 +72,5 @@ class Settings:
             worker_ack_wait_s=_float(e, "SLUICEWAY_WORKER_ACK_WAIT_S", 60.0),
             worker_heartbeat_s=_float(e, "SLUICEWAY_WORKER_HEARTBEAT_S", 10.0),
             worker_max_deliver=_int(e, "SLUICEWAY_WORKER_MAX_DELIVER", 10),
+            consumer_ack_wait_s=_float(e, "SLUICEWAY_CONSUMER_ACK_WAIT_S", 30.0),
         )

@@ -42,7 +42,13 @@ async def serve(
             producer=Producer(SERVICE, settings.instance),
             source_factory=source_factory,
         )
-        consumer = RunEventConsumer(bus, DURABLE, [settings.names.runs_all], committer.handle)
+        consumer = RunEventConsumer(
+            bus,
+            DURABLE,
+            [settings.names.runs_all],
+            committer.handle,
+            ack_wait_s=settings.consumer_ack_wait_s,
+        )
         await consumer.start()
         await asyncio.to_thread(sources.preload)  # drivers imported before ready
         service.write_ready_file(settings.ready_file, service=SERVICE)

@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Protocol
 
-from sluiceway.common import config
+from sluiceway.common import config, crash
 from sluiceway.common.bus import Appended, Names
 from sluiceway.common.domain import ids
 from sluiceway.common.domain.events import (
@@ -203,11 +203,15 @@ class Planner:
             plan.plan_id,
             extra={"run_id": state.run_id},
         )
+        crash.point("planner.after_plan")
         await self._publish(state, plan, tuple(r.index for r in plan.chunks))
 
     async def _publish(self, state: RunState, plan: PlanResolved, indexes: tuple[int, ...]) -> None:
         assert state.requested is not None
-        for task in tasks_for(state.run_id, state.requested.spec, plan, indexes):
+        tasks = tasks_for(state.run_id, state.requested.spec, plan, indexes)
+        for i, task in enumerate(tasks):
+            if i == len(tasks) // 2:
+                crash.point("planner.mid_tasks")
             await self._log.publish_task(task, task_msg_id(state.run_id, task.range.index))
 
     async def _fail(self, state: RunState, message: str) -> None:

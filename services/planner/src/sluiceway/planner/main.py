@@ -59,6 +59,7 @@ async def serve(
             "planner-requests",
             [names.runs_of_kind("requested"), names.runs_of_kind("cancel_requested")],
             planner.handle,
+            ack_wait_s=settings.consumer_ack_wait_s,
         )
         await consumer.start()
 

@@ -12,7 +12,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 
-from sluiceway.common import codec
+from sluiceway.common import codec, crash
 from sluiceway.common.domain.lifecycle import TERMINAL_RUN
 from sluiceway.common.domain.run import RunState, evolve
 from sluiceway.tracker.adapters.tables import (
@@ -134,6 +134,7 @@ class TrackerStore:
                     self._insert(table, table_rows)
                 self._replace_runs(touched)
                 con.execute("UPDATE projection_offset SET seq = ?", [last])
+                crash.point("tracker.before_commit")
             con.commit()
         except BaseException:
             con.rollback()
