@@ -203,3 +203,29 @@ async def test_an_empty_run_commits_a_manifest_with_no_parts(dest: Path) -> None
     doc = json.loads(layout.manifest_path(str(dest), "orders", RUN).read_text())
     assert doc["row_count"] == 0 and doc["part_count"] == 1  # a header-only CSV part
     assert log.kinds()[-1] == "completed"
+
+
+async def test_files_no_manifest_lists_are_set_aside_with_a_warning(dest: Path) -> None:
+    # a losing attempt's part, a part renamed by an attempt that died before FileWritten, and
+    # a torn temporary file: none is listed; all are moved to _quarantine/<run_id>/, not deleted
+    log = FakeLog()
+    log.events = _history(dest)
+    run_dir = layout.run_dir(str(dest), "orders", RUN)
+    strays = [
+        layout.part_name(0, 0, 2, "csv"),
+        layout.part_name(1, 0, 3, "csv"),
+        layout.temp_name(layout.part_name(1, 0, 4, "csv")),
+    ]
+    for name in strays:
+        (run_dir / name).write_text("id\n1\n")
+    await _feed(_committer(log), log)
+
+    manifest = json.loads((run_dir / "manifest.json").read_bytes())
+    assert [p["attempt"] for p in manifest["parts"]] == [1, 1]
+    quarantine = layout.quarantine_dir(str(dest), "orders", RUN)
+    assert sorted(p.name for p in quarantine.iterdir()) == sorted(strays)
+    assert not any((run_dir / name).exists() for name in strays)
+    warnings = [e.body for e in log.events if isinstance(e.body, ev.Warning)]
+    assert len(warnings) == 1 and warnings[0].context == "quarantine"
+    assert f"moved 3 file(s) no manifest lists to _quarantine/{RUN}/" in warnings[0].message
+    assert log.kinds()[-2:] == ["warning", "completed"]

@@ -139,6 +139,16 @@ def state_of(bodies: list[ev.Body]):  # type: ignore[no-untyped-def]
             [*PLANNED, ev.RunCompleted(ev.RunStatus.CANCELED)], Nothing, id="nothing-for-canceled"
         ),
         pytest.param(
+            [*BOTH, ev.CancelRequested(reason="stop")],
+            Nothing,
+            id="no-commit-once-a-cancel-is-requested",
+        ),
+        pytest.param(
+            [*BOTH, ev.ManifestCommitted(row_count=20), ev.CancelRequested(reason="late")],
+            Finish,
+            id="a-cancel-after-the-manifest-is-too-late",
+        ),
+        pytest.param(
             [*PLANNED, ev.RunCompleted(ev.RunStatus.FAILED)], Nothing, id="nothing-for-failed"
         ),
     ],

@@ -22,6 +22,7 @@ from sluiceway.planner.domain.plan import (
     decide_cancel,
     decide_request,
 )
+from tests.unit.histories import History
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 SCHEMA = (ev.SchemaField("id", "int64", False), ev.SchemaField("name", "string", True))
@@ -181,6 +182,14 @@ def test_cancel_of_a_live_run_completes_it_canceled() -> None:
     assert done is not None
     assert done.status is ev.RunStatus.CANCELED and done.duration_ms == 2000
     assert "oops" in done.error_message
+
+
+def test_a_cancel_after_the_manifest_was_committed_is_too_late() -> None:
+    h = History().planned(1).chunk_done(0).add(ev.ManifestCommitted(row_count=10))
+    h.add(ev.CancelRequested(reason="late"))
+    state = fold(h.events)
+    assert state.manifest is not None and state.cancel is not None
+    assert decide_cancel(state, T0) is None
 
 
 # ---- the flow, against fakes -------------------------------------------------------------------

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from sluiceway.common import codec
+from sluiceway.common.bus import Appended
 from sluiceway.common.domain import events as ev
+from sluiceway.common.domain.ids import new_event
 from sluiceway.common.sources.base import SourceError
 from sluiceway.worker.app import ChunkWorker
-from sluiceway.worker.domain.decide import ChunkExport, Part
+from sluiceway.worker.domain.decide import ChunkExport, Part, Stopped
 
 from .histories import SPEC
 
@@ -25,10 +29,41 @@ TASK = ev.ChunkTask(
 
 @dataclass
 class FakeLog:
+    """The run stream of one run, with the stream's once-per-chunk ChunkCompleted check."""
+
     events: list[ev.RunEvent] = field(default_factory=list)
 
-    async def append(self, event: ev.RunEvent) -> None:
+    async def append(self, event: ev.RunEvent) -> Appended:
+        body = event.body
+        if isinstance(body, ev.ChunkCompleted) and self._completed(body.chunk_index):
+            return Appended(seq=0, conflict=True)
         self.events.append(event)
+        return Appended(seq=len(self.events))
+
+    def _completed(self, chunk: int) -> ev.ChunkCompleted | None:
+        for e in self.events:
+            if isinstance(e.body, ev.ChunkCompleted) and e.body.chunk_index == chunk:
+                return e.body
+        return None
+
+    async def chunk_winner(self, run_id: str, chunk_index: int) -> int | None:
+        done = self._completed(chunk_index)
+        return None if done is None else done.attempt
+
+    async def run_stopped(self, run_id: str) -> str:
+        if any(isinstance(e.body, ev.RunCompleted) for e in self.events):
+            return "the run ended"
+        if any(isinstance(e.body, ev.CancelRequested) for e in self.events):
+            return "the run is being canceled"
+        return ""
+
+    def add(self, body: ev.Body, attempt: int = 0) -> None:
+        """A fact another process appended."""
+        self.events.append(
+            new_event(
+                "r1", "orders", body, producer=ev.Producer("other", "x"), now=T, attempt=attempt
+            )
+        )
 
     @property
     def kinds(self) -> list[str]:
@@ -62,13 +97,30 @@ class FakeDelivery:
 class FakeExporter:
     def __init__(self, result: ChunkExport | Exception, seconds: float = 0.0) -> None:
         self.result, self.seconds, self.calls = result, seconds, 0
+        self.set_aside_calls: list[int] = []
 
-    def export(self, task: ev.ChunkTask, attempt: int) -> ChunkExport:
+    def export(self, task: ev.ChunkTask, attempt: int, stop: threading.Event) -> ChunkExport:
         self.calls += 1
         time.sleep(self.seconds)  # runs in a thread, like the real one
         if isinstance(self.result, Exception):
             raise self.result
         return self.result
+
+    def set_aside(self, task: ev.ChunkTask, attempt: int) -> list[str]:
+        self.set_aside_calls.append(attempt)
+        return [p.file_name for p in PARTS]
+
+
+class BatchesUntilStopped(FakeExporter):
+    """Reads 'batches' until asked to stop, as the real reader does between batches."""
+
+    def export(self, task: ev.ChunkTask, attempt: int, stop: threading.Event) -> ChunkExport:
+        self.calls += 1
+        for _ in range(200):  # at most 10 s
+            if stop.is_set():
+                raise Stopped(f"chunk {task.range.index}")
+            time.sleep(0.05)
+        raise AssertionError("the reader was never told to stop")
 
 
 class FakeProbe:
@@ -79,6 +131,7 @@ class FakeProbe:
         return ev.ResourceUsage(before[0], 120.0, before[1], 2.0)
 
 
+T = datetime(2026, 11, 22, tzinfo=UTC)
 PARTS = (
     Part("part-00004-0001-a1.parquet", 40, 400, 1, "xxh3:b"),
     Part("part-00004-0000-a1.parquet", 60, 600, 0, "xxh3:a"),
@@ -93,7 +146,8 @@ def _worker(log: FakeLog, exporter: FakeExporter, heartbeat_s: float = 10.0) -> 
         instance="w-1",
         heartbeat_s=heartbeat_s,
         consumer_max_deliver=10,
-        clock=lambda: datetime(2026, 11, 22, tzinfo=UTC),
+        stop_poll_s=0.05,
+        clock=lambda: T,
     )
 
 
@@ -168,10 +222,10 @@ async def test_a_poison_task_is_terminated_without_an_event() -> None:
 
 async def test_a_bus_failure_while_recording_propagates_without_a_verdict() -> None:
     class DownLog(FakeLog):
-        async def append(self, event: ev.RunEvent) -> None:
+        async def append(self, event: ev.RunEvent) -> Appended:
             if event.kind == "chunk_completed":
                 raise ConnectionError("nats down")
-            await super().append(event)
+            return await super().append(event)
 
     log, delivery = DownLog(), FakeDelivery(codec.encode_task(TASK))
     try:
@@ -181,3 +235,83 @@ async def test_a_bus_failure_while_recording_propagates_without_a_verdict() -> N
     else:
         raise AssertionError("the failure must reach the fetch loop, which naks")
     assert delivery.settled == []  # no ack: the task is redelivered
+
+
+async def test_a_redelivered_task_of_a_completed_chunk_is_acked_without_reading() -> None:
+    # the first attempt completed but its ack was lost: nothing is read or appended again
+    log, delivery = FakeLog(), FakeDelivery(codec.encode_task(TASK), delivered=2)
+    log.add(ev.ChunkCompleted(chunk_index=4, rows=100, files=2, attempt=1), attempt=1)
+    exporter = FakeExporter(ChunkExport(PARTS))
+    await _worker(log, exporter).handle(delivery)
+    assert exporter.calls == 0 and log.kinds == ["chunk_completed"]
+    assert delivery.settled == [("ack", 0.0)]
+
+
+async def test_a_task_of_a_canceled_run_never_starts() -> None:
+    log, delivery = FakeLog(), FakeDelivery(codec.encode_task(TASK))
+    log.add(ev.CancelRequested(reason="wrong table"))
+    exporter = FakeExporter(ChunkExport(PARTS))
+    outcome = await _worker(log, exporter).handle(delivery)
+    assert exporter.calls == 0 and log.kinds == ["cancel_requested"]
+    assert delivery.settled == [("ack", 0.0)] and "canceled" in outcome.error
+
+
+async def test_a_running_chunk_stops_at_a_batch_boundary_when_the_run_is_canceled() -> None:
+    log, delivery = FakeLog(), FakeDelivery(codec.encode_task(TASK))
+    exporter = BatchesUntilStopped(ChunkExport(()))
+    worker = _worker(log, exporter)
+
+    async def cancel_soon() -> None:
+        await asyncio.sleep(0.2)
+        log.add(ev.CancelRequested(reason="stop"))
+        log.add(ev.RunCompleted(status=ev.RunStatus.CANCELED))
+
+    canceller = asyncio.create_task(cancel_soon())
+    started = time.monotonic()
+    await worker.handle(delivery)
+    await canceller
+    assert time.monotonic() - started < 2.0
+    assert log.kinds == ["chunk_started", "cancel_requested", "completed", "warning"]
+    warning = log.events[-1].body
+    assert isinstance(warning, ev.Warning) and warning.context == "stopped"
+    assert "the run ended" in warning.message
+    assert exporter.set_aside_calls == [1]  # whatever it wrote is moved aside
+    assert delivery.settled == [("ack", 0.0)]
+
+
+async def test_an_attempt_that_lost_the_race_sets_its_files_aside_and_says_so() -> None:
+    # attempt 2 was delivered after ack_wait expired; attempt 1 completes while 2 reads
+    log, delivery = FakeLog(), FakeDelivery(codec.encode_task(TASK), delivered=2)
+
+    class SlowExporter(FakeExporter):
+        def export(self, task: ev.ChunkTask, attempt: int, stop: threading.Event) -> ChunkExport:
+            log.add(ev.ChunkCompleted(chunk_index=4, rows=100, files=2, attempt=1), attempt=1)
+            return super().export(task, attempt, stop)
+
+    exporter = SlowExporter(ChunkExport(PARTS))
+    await _worker(log, exporter).handle(delivery)
+    assert log.kinds == ["chunk_started", "chunk_completed", "warning"]  # no FileWritten
+    warning = log.events[-1].body
+    assert isinstance(warning, ev.Warning) and warning.context == "fenced"
+    assert "lost to attempt 1" in warning.message and "_quarantine/r1/" in warning.message
+    assert exporter.set_aside_calls == [2]
+    assert delivery.settled == [("ack", 0.0)]
+
+
+async def test_a_completion_refused_by_the_stream_sets_the_files_aside() -> None:
+    # both attempts passed the check; the stream keeps the first ChunkCompleted only
+    log, delivery = FakeLog(), FakeDelivery(codec.encode_task(TASK), delivered=2)
+
+    class RacingLog(FakeLog):
+        async def append(self, event: ev.RunEvent) -> Appended:
+            if event.kind == "chunk_completed" and event.attempt == 2:
+                self.add(ev.ChunkCompleted(chunk_index=4, rows=100, files=2, attempt=1), 1)
+            return await super().append(event)
+
+    log = RacingLog()
+    exporter = FakeExporter(ChunkExport(PARTS))
+    await _worker(log, exporter).handle(delivery)
+    assert log.kinds[-2:] == ["chunk_completed", "warning"]
+    assert [e.attempt for e in log.events if e.kind == "chunk_completed"] == [1]
+    assert exporter.set_aside_calls == [2]
+    assert delivery.settled == [("ack", 0.0)]

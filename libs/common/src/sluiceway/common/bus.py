@@ -26,7 +26,14 @@ from nats.js.api import (
 from nats.js.errors import APIError, NotFoundError
 
 from sluiceway.common import codec, telemetry
-from sluiceway.common.domain.events import ONCE_PER_RUN, ChunkTask, RunEvent
+from sluiceway.common.domain.events import (
+    ONCE_PER_CHUNK,
+    ONCE_PER_RUN,
+    ChunkCompleted,
+    ChunkTask,
+    RunCompleted,
+    RunEvent,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +62,17 @@ class Names:
 
     def run_subject(self, run_id: str, kind: str) -> str:
         return f"{self.namespace}.runs.{run_id}.{kind}"
+
+    def event_subject(self, event: RunEvent) -> str:
+        """Where an event is stored. A ChunkCompleted has a subject of its own per chunk (one
+        more token) so that the stream can refuse a second one for the same chunk."""
+        subject = self.run_subject(event.run_id, event.kind)
+        if type(event.body) in ONCE_PER_CHUNK:
+            subject += f".{event.body.chunk_index}"  # type: ignore[union-attr]
+        return subject
+
+    def chunk_completed_subject(self, run_id: str, chunk_index: int) -> str:
+        return f"{self.run_subject(run_id, 'chunk_completed')}.{chunk_index}"
 
     def run_history(self, run_id: str) -> str:
         return f"{self.namespace}.runs.{run_id}.>"
@@ -218,12 +236,13 @@ class Bus:
 
     async def append(self, event: RunEvent, headers: Mapping[str, str] | None = None) -> Appended:
         """Append with Nats-Msg-Id = event_id; once-only facts also carry an expected last
-        subject sequence of 0, so the stream refuses a second one for the same run."""
+        subject sequence of 0, so the stream refuses a second one for the same run (or, for
+        ChunkCompleted, the same chunk)."""
         hdrs: dict[str, str] = {"Nats-Msg-Id": event.event_id, **(headers or {})}
         telemetry.inject(hdrs)
-        if type(event.body) in ONCE_PER_RUN:
+        if type(event.body) in ONCE_PER_RUN or type(event.body) in ONCE_PER_CHUNK:
             hdrs["Nats-Expected-Last-Subject-Sequence"] = "0"
-        subject = self.names.run_subject(event.run_id, event.kind)
+        subject = self.names.event_subject(event)
         try:
             ack = await self.js.publish(subject, codec.encode(event), headers=hdrs)
         except APIError as exc:
@@ -247,6 +266,23 @@ class Bus:
         except NotFoundError:
             return None
         return raw.seq or 0, codec.decode(raw.data or b"")
+
+    async def chunk_winner(self, run_id: str, chunk_index: int) -> int | None:
+        """The attempt whose ChunkCompleted was stored for this chunk, if any (one direct get)."""
+        found = await self.last_on_subject(self.names.chunk_completed_subject(run_id, chunk_index))
+        if found is None or not isinstance(found[1].body, ChunkCompleted):
+            return None
+        return found[1].body.attempt
+
+    async def run_stopped(self, run_id: str) -> str:
+        """Why no more work should be done for this run ('' while it may go on): it ended, or a
+        cancel was requested and the planner has not ended it yet. Two direct gets."""
+        ended = await self.last_on_subject(self.names.run_subject(run_id, "completed"))
+        if ended is not None and isinstance(ended[1].body, RunCompleted):
+            return f"the run ended {ended[1].body.status.value}"
+        if await self.last_on_subject(self.names.run_subject(run_id, "cancel_requested")):
+            return "the run is being canceled"
+        return ""
 
     async def history(self, run_id: str, *, batch: int = 500) -> list[tuple[int, RunEvent]]:
         """Every event of one run, in stream order, read through an ephemeral consumer."""

@@ -25,6 +25,17 @@ def temp_name(final_name: str) -> str:
     return f".{final_name}.tmp"
 
 
+def attempt_files(run_dir: Path, chunk_index: int, attempt: int) -> list[str]:
+    """Names of the files (parts and temporary parts) one chunk attempt has in `run_dir`."""
+    prefix = f"part-{chunk_index:05d}-"
+    suffix = f"-a{attempt}."
+    try:
+        names = sorted(p.name for p in run_dir.iterdir() if p.is_file())
+    except FileNotFoundError:
+        return []
+    return [n for n in names if n.lstrip(".").startswith(prefix) and suffix in n]
+
+
 def manifest_path(destination: str, export_name: str, run_id: str) -> Path:
     return run_dir(destination, export_name, run_id) / "manifest.json"
 

@@ -11,6 +11,7 @@ Parquet codecs; a .csv part is never zstd-compressed behind the reader's back).
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -20,7 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from sluiceway.common import fingerprint, layout
+from sluiceway.common import crash, fingerprint, layout
 
 PARQUET_CODECS = {
     "zstd": "zstd",
@@ -41,7 +42,7 @@ class WrittenPart:
     content_fingerprint: str
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -130,18 +131,22 @@ class _OpenPart:
             finally:
                 os.close(fd)
         os.replace(self.temp, self.final)
-        _fsync_dir(self.final.parent)
+        fsync_dir(self.final.parent)
+        crash.point("worker.after_rename")
         digest, size = fingerprint.of_file(self.final)
         return WrittenPart(self.final.name, self.rows, size, self.part_index, digest)
 
-    def discard(self) -> None:
+    def discard(self, *, keep: bool = False) -> None:
+        """Close and delete the temporary file; with `keep`, close it (a Parquet footer makes
+        it readable) and leave it for the caller to set aside."""
         for closer in (getattr(self, "_writer", None), self._stream, self._file):
             try:
                 if closer is not None:
                     closer.close()
             except Exception:
                 pass
-        self.temp.unlink(missing_ok=True)
+        if not keep:
+            self.temp.unlink(missing_ok=True)
 
 
 class PartWriter:
@@ -230,12 +235,42 @@ class PartWriter:
         self._closed = True
         return list(self._written)
 
-    def abort(self) -> None:
-        """Drop the part being written (its temporary file). Finished parts stay: their names
-        carry the attempt, so they never enter a manifest unless this attempt wins."""
+    def abort(self, *, keep: bool = False) -> None:
+        """Drop the part being written (its temporary file; with `keep` it is closed and left
+        in place). Finished parts stay: their names carry the attempt, so they never enter a
+        manifest unless this attempt wins."""
         if self._current is not None:
-            self._current.discard()
+            self._current.discard(keep=keep)
             self._current = None
         self._pending = []
         self._pending_rows = 0
         self._closed = True
+
+
+def set_aside(run_dir: Path, target: Path, names: Iterable[str]) -> list[str]:
+    """Move files of `run_dir` (losing or interrupted attempts) into `target`, never deleting
+    them: they may help a post-mortem. Returns the names moved; absent ones are skipped."""
+    moved: list[str] = []
+    for name in names:
+        src = run_dir / name
+        if not src.is_file():
+            continue
+        dst = target / name
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(src, dst)
+        moved.append(name)
+    if moved:
+        fsync_dir(target)
+        fsync_dir(run_dir)
+    return moved
+
+
+def strays(run_dir: Path, keep: Iterable[str]) -> list[str]:
+    """Files of a run directory that no manifest lists: parts of losing attempts, parts renamed
+    by an attempt that died before FileWritten, temporary files of interrupted writes."""
+    kept = {*keep, "manifest.json", "_SUCCESS"}
+    try:
+        entries = sorted(p.name for p in run_dir.iterdir() if p.is_file())
+    except FileNotFoundError:
+        return []
+    return [name for name in entries if name not in kept]

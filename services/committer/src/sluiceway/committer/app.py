@@ -8,7 +8,6 @@ import logging
 from collections import OrderedDict
 from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Protocol, assert_never
 
 from sluiceway.committer.adapters import files
@@ -20,6 +19,7 @@ from sluiceway.committer.domain.decide import (
     completed,
     decide,
     reconciliation_message,
+    set_aside_warning,
     validation_message,
 )
 from sluiceway.committer.domain.gates import (
@@ -31,7 +31,7 @@ from sluiceway.committer.domain.gates import (
     validate_parts,
 )
 from sluiceway.committer.domain.manifest import build_manifest, serialize, total_bytes
-from sluiceway.common import fingerprint, layout
+from sluiceway.common import crash, fingerprint, layout, parts
 from sluiceway.common.bus import Appended
 from sluiceway.common.domain import ids
 from sluiceway.common.domain.events import (
@@ -206,8 +206,11 @@ class Committer:
         digest = fingerprint.of_bytes(data)
         mpath = layout.manifest_path(spec.destination, state.export_name, state.run_id)
         spath = layout.success_path(spec.destination, state.export_name, state.run_id)
+        crash.point("committer.before_manifest")
         await asyncio.to_thread(files.write_atomic, mpath, data)
+        crash.point("committer.after_manifest")
         await asyncio.to_thread(files.write_atomic, spath, digest.encode())
+        crash.point("committer.after_success")
         body = ManifestCommitted(
             manifest_uri=mpath.resolve().as_uri(),
             fingerprint=digest,
@@ -218,6 +221,7 @@ class Committer:
             bytes=total_bytes(manifest),
         )
         appended = await self._append(state, body)
+        crash.point("committer.after_manifest_committed")
         if appended.conflict:
             log.info("another committer committed first", extra={"run_id": state.run_id})
         log.info(
@@ -226,7 +230,6 @@ class Committer:
             body.row_count,
             extra={"run_id": state.run_id},
         )
-        await self._quarantine_losers(state, run_dir)
         await self._finish(state, data)
         return "terminal"
 
@@ -244,24 +247,25 @@ class Committer:
 
         return await asyncio.to_thread(count)
 
-    async def _quarantine_losers(self, state: RunState, run_dir: Path) -> None:
-        assert state.spec is not None
-        losers = [
-            f.file_name
-            for c in state.chunks.values()
-            for f in c.losing_files()
-            if safe_relative(f.file_name)
-        ]
-        if not losers:
-            return
-        target = layout.quarantine_dir(state.spec.destination, state.export_name, state.run_id)
+    async def _set_aside_strays(self, state: RunState) -> None:
+        """Move every file of the run directory that the manifest does not list (losing
+        attempts, attempts that died before FileWritten, torn temporary files) to
+        _quarantine/<run_id>/, and say so with a Warning."""
+        spec = state.spec
+        assert spec is not None
+        run_dir = layout.run_dir(spec.destination, state.export_name, state.run_id)
+        target = layout.quarantine_dir(spec.destination, state.export_name, state.run_id)
+        keep = [f.file_name for f in state.committed_files()]
         try:
-            moved = await asyncio.to_thread(files.quarantine, run_dir, target, losers)
-        except OSError as exc:  # best effort: they are not in the manifest either way
-            log.warning("cannot move losing attempts' files aside: %s", exc)
+            moved = await asyncio.to_thread(
+                lambda: parts.set_aside(run_dir, target, parts.strays(run_dir, keep))
+            )
+        except OSError as exc:  # they are in no manifest either way
+            log.warning("cannot move stray files aside: %s", exc, extra={"run_id": state.run_id})
             return
         if moved:
-            log.info("moved %d losing file(s) aside", len(moved), extra={"run_id": state.run_id})
+            await self._append(state, set_aside_warning(state.run_id, moved))
+            log.info("moved %d stray file(s) aside", len(moved), extra={"run_id": state.run_id})
 
     async def _finish(self, state: RunState, data: bytes | None) -> None:
         """Latest pointer, then RunCompleted(SUCCEEDED). Re-run after a crash between
@@ -276,6 +280,7 @@ class Committer:
                 data = serialize(build_manifest(state))
         pointer = layout.latest_pointer_path(spec.destination, state.export_name)
         await asyncio.to_thread(files.update_latest_pointer, pointer, state.run_id, data)
+        await self._set_aside_strays(state)
         await self._complete(state, RunStatus.SUCCEEDED)
 
     async def _complete(self, state: RunState, status: RunStatus, error: str = "") -> None:

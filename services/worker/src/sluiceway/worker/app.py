@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Protocol
 
-from sluiceway.common import codec
+from sluiceway.common import codec, crash
+from sluiceway.common.bus import Appended
 from sluiceway.common.domain import ids
 from sluiceway.common.domain.events import (
     Body,
@@ -18,6 +20,7 @@ from sluiceway.common.domain.events import (
     Producer,
     ResourceUsage,
     RunEvent,
+    Warning,
 )
 from sluiceway.common.redact import redact
 from sluiceway.common.sources.base import SourceError
@@ -26,6 +29,7 @@ from sluiceway.worker.domain.decide import (
     ChunkExport,
     Fail,
     Retry,
+    Stopped,
     attempt_budget,
     decide_on_delivery,
     decide_on_error,
@@ -36,11 +40,24 @@ log = logging.getLogger(__name__)
 
 
 class EventLog(Protocol):
-    async def append(self, event: RunEvent) -> Any: ...
+    """The part of sluiceway.common.bus.Bus the worker uses (fakes implement it in tests)."""
+
+    async def append(self, event: RunEvent) -> Appended: ...
+
+    async def chunk_winner(self, run_id: str, chunk_index: int) -> int | None: ...
+
+    async def run_stopped(self, run_id: str) -> str: ...
 
 
 class Exporter(Protocol):
-    def export(self, task: ChunkTask, attempt: int) -> ChunkExport: ...
+    def export(self, task: ChunkTask, attempt: int, stop: threading.Event) -> ChunkExport:
+        """Read the range into parts; raise Stopped at the next batch boundary once `stop`
+        is set."""
+        ...
+
+    def set_aside(self, task: ChunkTask, attempt: int) -> list[str]:
+        """Move this attempt's files to the run's quarantine; the names moved."""
+        ...
 
 
 class Delivery(Protocol):
@@ -81,6 +98,7 @@ class ChunkWorker:
         instance: str,
         heartbeat_s: float,
         consumer_max_deliver: int,
+        stop_poll_s: float = 1.0,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._log = log_
@@ -89,6 +107,7 @@ class ChunkWorker:
         self._producer = Producer("worker", instance)
         self._heartbeat_s = heartbeat_s
         self._max_deliver = consumer_max_deliver
+        self._stop_poll_s = stop_poll_s
         self._clock = clock
 
     def _event(
@@ -122,6 +141,19 @@ class ChunkWorker:
     async def _handle(self, task: ChunkTask, delivery: Delivery) -> Outcome:
         attempt = delivery.attempt
         chunk = task.range.index
+        # guards, one direct get each: a task of a run that ended (canceled) never starts, and
+        # a redelivery of a chunk already completed (its ack was lost) is not read again
+        stopped = await self._log.run_stopped(task.run_id)
+        if stopped:
+            await delivery.ack()
+            log.info("chunk %d not started: %s", chunk, stopped)
+            return Outcome("ack", error=stopped)
+        winner = await self._log.chunk_winner(task.run_id, chunk)
+        if winner is not None:
+            await delivery.ack()
+            log.info("chunk %d was already completed by attempt %d", chunk, winner)
+            return Outcome("ack", error=f"completed by attempt {winner}")
+
         budget = attempt_budget(task.spec.max_attempts, self._max_deliver)
         before = self._probe.read()
         decision = decide_on_delivery(task, attempt, budget)
@@ -137,9 +169,14 @@ class ChunkWorker:
             self._event(task, decision.started, attempt, self._probe.usage(before))
         )
         log.info("chunk %d attempt %d/%d started", chunk, attempt, budget)
+        stop = threading.Event()
         heartbeat = asyncio.create_task(self._heartbeat(delivery))
+        watch = asyncio.create_task(self._watch_run(task.run_id, stop))
         try:
-            exported = await asyncio.to_thread(self._exporter.export, task, attempt)
+            exported = await asyncio.to_thread(self._exporter.export, task, attempt, stop)
+        except Stopped:
+            reason = watch.result() if watch.done() and not watch.cancelled() else "stopped"
+            return await self._stopped(task, delivery, attempt, reason)
         except SourceError as exc:
             return await self._failed(
                 task, delivery, attempt, budget, before, exc.retryable, str(exc)
@@ -156,17 +193,28 @@ class ChunkWorker:
                 redact(f"{type(exc).__name__}: {exc}"),
             )
         finally:
-            heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await heartbeat
+            for watcher in (heartbeat, watch):
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
 
+        # fenced: if another attempt completed meanwhile, this one's files are set aside
+        winner = await self._log.chunk_winner(task.run_id, chunk)
+        if winner is not None and winner != attempt:
+            return await self._lost(task, delivery, attempt, winner)
         done = decide_on_success(chunk, attempt, exported.parts, exported.source_rows)
         # every FileWritten must be stored before ChunkCompleted (the commit protocol)
         for body in done.files:
             await self._log.append(self._event(task, body, attempt))
-        await self._log.append(
+        crash.point("worker.after_file_written")
+        appended = await self._log.append(
             self._event(task, done.completed, attempt, self._probe.usage(before))
         )
+        if appended.conflict:  # the stream holds another attempt's ChunkCompleted
+            winner = await self._log.chunk_winner(task.run_id, chunk)
+            if winner is not None and winner != attempt:
+                return await self._lost(task, delivery, attempt, winner)
+        crash.point("worker.after_chunk_completed")
         await delivery.ack()
         log.info(
             "chunk %d attempt %d completed: %d rows in %d files",
@@ -176,6 +224,39 @@ class ChunkWorker:
             done.completed.files,
         )
         return Outcome("ack", rows=done.completed.rows, files=done.completed.files)
+
+    async def _lost(
+        self, task: ChunkTask, delivery: Delivery, attempt: int, winner: int
+    ) -> Outcome:
+        """Another attempt of this chunk completed first: set this attempt's files aside."""
+        moved = await asyncio.to_thread(self._exporter.set_aside, task, attempt)
+        chunk = task.range.index
+        message = (
+            f"attempt {attempt} of chunk {chunk} lost to attempt {winner}: "
+            f"{len(moved)} file(s) moved to _quarantine/{task.run_id}/"
+        )
+        await self._log.append(
+            self._event(task, Warning(context="fenced", message=message), attempt)
+        )
+        await delivery.ack()
+        log.warning("%s", message)
+        return Outcome("ack", error=message)
+
+    async def _stopped(
+        self, task: ChunkTask, delivery: Delivery, attempt: int, reason: str
+    ) -> Outcome:
+        """The run ended (canceled) while this chunk was read: stop here, say so, ack."""
+        moved = await asyncio.to_thread(self._exporter.set_aside, task, attempt)
+        message = (
+            f"chunk {task.range.index} attempt {attempt} stopped at a batch boundary: {reason}"
+            + (f"; {len(moved)} file(s) moved to _quarantine/{task.run_id}/" if moved else "")
+        )
+        await self._log.append(
+            self._event(task, Warning(context="stopped", message=message), attempt)
+        )
+        await delivery.ack()
+        log.info("%s", message)
+        return Outcome("ack", error=message)
 
     async def _failed(
         self,
@@ -188,6 +269,9 @@ class ChunkWorker:
         error: str,
     ) -> Outcome:
         error = redact(error)
+        winner = await self._log.chunk_winner(task.run_id, task.range.index)
+        if winner is not None and winner != attempt:  # e.g. its files were moved aside
+            return await self._lost(task, delivery, attempt, winner)
         decision = decide_on_error(task.range.index, attempt, budget, retryable, error)
         usage = self._probe.usage(before)
         await self._log.append(self._event(task, decision.failed, attempt, usage))
@@ -205,6 +289,20 @@ class ChunkWorker:
         await delivery.term()
         log.error("chunk %d failed for good: %s", task.range.index, decision.failed.error)
         return Outcome("term", error=decision.failed.error)
+
+    async def _watch_run(self, run_id: str, stop: threading.Event) -> str:
+        """Tell the reader to stop at its next batch boundary once the run has ended; returns
+        why."""
+        while True:
+            await asyncio.sleep(self._stop_poll_s)
+            try:
+                reason = await self._log.run_stopped(run_id)
+            except Exception as exc:
+                log.warning("cannot check whether the run goes on: %s", exc)
+                continue
+            if reason:
+                stop.set()
+                return reason
 
     async def _heartbeat(self, delivery: Delivery) -> None:
         """Keep the task ours while a long chunk runs (ack_wait would redeliver it)."""

@@ -303,6 +303,8 @@ BODY_BY_KIND: dict[str, type[Body]] = {kind: cls for cls, kind in KINDS.items()}
 # Facts that happen at most once per run: appended with an expected-last-subject-sequence of 0
 # on their own subject, so two racing replicas cannot both write them.
 ONCE_PER_RUN: frozenset[type[Body]] = frozenset({PlanResolved, ManifestCommitted, RunCompleted})
+# Once per chunk: the first ChunkCompleted wins, enforced by the stream on a per-chunk subject.
+ONCE_PER_CHUNK: frozenset[type[Body]] = frozenset({ChunkCompleted})
 
 
 def kind_of(body: Body) -> str:

@@ -39,7 +39,8 @@ RUN_TRANSITIONS: dict[tuple[RunStatus, str], RunStatus] = {
     # late chunk facts of a losing attempt may still arrive while the run commits; the chunk
     # table decides whether they count (they do not: attempts are fenced)
     **{(R.COMMITTING, kind): R.COMMITTING for kind in _CHUNK_WORK},
-    **{(s, "warning"): s for s in _ACTIVE},
+    # a Warning changes no status; it may come after the end (a losing attempt set aside late)
+    **{(s, "warning"): s for s in (*_ACTIVE, *TERMINAL_RUN)},
     **{(s, "cancel_requested"): s for s in _ACTIVE},
     **{(s, "completed:FAILED"): R.FAILED for s in _ACTIVE},
     **{(s, "completed:CANCELED"): R.CANCELED for s in _ACTIVE},

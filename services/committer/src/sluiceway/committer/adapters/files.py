@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from sluiceway.common import fingerprint, layout
+from sluiceway.common.parts import fsync_dir
 
 
 def observe_parts(run_dir: Path, names: Iterable[str]) -> dict[str, tuple[str, int] | None]:
@@ -21,14 +22,6 @@ def observe_parts(run_dir: Path, names: Iterable[str]) -> dict[str, tuple[str, i
         except FileNotFoundError:
             out[name] = None
     return out
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -53,17 +46,3 @@ def update_latest_pointer(pointer: Path, run_id: str, manifest: bytes) -> bool:
                 return False
     write_atomic(pointer, manifest)
     return True
-
-
-def quarantine(run_dir: Path, target: Path, names: Iterable[str]) -> list[str]:
-    """Move a losing attempt's files aside (never delete: they may help a post-mortem)."""
-    moved: list[str] = []
-    for name in names:
-        src = run_dir / name
-        if not src.is_file():
-            continue
-        dst = target / name
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(src, dst)
-        moved.append(name)
-    return moved

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sluiceway.committer.domain.gates import mismatched_chunks
-from sluiceway.common.domain.events import RunCompleted, RunStatus
+from sluiceway.common.domain.events import RunCompleted, RunStatus, Warning
 from sluiceway.common.domain.run import RunState
 
 
@@ -42,6 +42,8 @@ def decide(state: RunState) -> Decision:
         return Finish()
     if state.plan is None:
         return Nothing("not planned yet")
+    if state.cancel is not None:
+        return Nothing("a cancel was requested: the planner ends the run")
     failed = sorted(state.failed_chunks(), key=lambda c: c.index)
     if failed:
         first = failed[0]
@@ -86,3 +88,14 @@ def duration_ms(state: RunState, now: datetime) -> int:
 
 def completed(state: RunState, status: RunStatus, now: datetime, error: str = "") -> RunCompleted:
     return RunCompleted(status=status, error_message=error, duration_ms=duration_ms(state, now))
+
+
+def set_aside_warning(run_id: str, moved: list[str], shown: int = 5) -> Warning:
+    """The Warning that files no manifest lists were moved to _quarantine/<run_id>/."""
+    names = ", ".join(moved[:shown]) + (
+        f" and {len(moved) - shown} more" if len(moved) > shown else ""
+    )
+    return Warning(
+        context="quarantine",
+        message=f"moved {len(moved)} file(s) no manifest lists to _quarantine/{run_id}/: {names}",
+    )

@@ -137,8 +137,9 @@ def decide_request(state: RunState) -> RequestDecision:
 
 
 def decide_cancel(state: RunState, now: datetime) -> RunCompleted | None:
-    """CancelRequested -> RunCompleted(CANCELED) unless the run has already ended."""
-    if state.requested is None or state.terminal:
+    """CancelRequested -> RunCompleted(CANCELED) unless the run has already ended, or its
+    manifest is committed (too late: the committer finishes the run)."""
+    if state.requested is None or state.terminal or state.manifest is not None:
         return None
     reason = state.cancel.reason if state.cancel is not None else ""
     return RunCompleted(

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from sluiceway.common import layout
+from sluiceway.common import crash, layout
 from sluiceway.common.domain.events import ChunkTask, ExportSpec
-from sluiceway.common.parts import PartWriter
+from sluiceway.common.parts import PartWriter, set_aside
 from sluiceway.common.sources import Source, arrow_schema, open_source
-from sluiceway.worker.domain.decide import ChunkExport, Part
+from sluiceway.worker.domain.decide import ChunkExport, Part, Stopped
 
 
 class FileExporter:
@@ -40,7 +41,16 @@ class FileExporter:
             source.close()
         self._sources.clear()
 
-    def export(self, task: ChunkTask, attempt: int) -> ChunkExport:
+    def set_aside(self, task: ChunkTask, attempt: int) -> list[str]:
+        """Move every file of this chunk attempt (parts and temporary files) to the run's
+        quarantine folder."""
+        spec = task.spec
+        run_dir = layout.run_dir(spec.destination, spec.name, task.run_id)
+        mine = layout.attempt_files(run_dir, task.range.index, attempt)
+        target = layout.quarantine_dir(spec.destination, spec.name, task.run_id)
+        return set_aside(run_dir, target, mine)
+
+    def export(self, task: ChunkTask, attempt: int, stop: threading.Event) -> ChunkExport:
         spec = task.spec
         source = self._source(spec)
         try:
@@ -62,9 +72,16 @@ class FileExporter:
             rng = task.range if spec.chunk_column else None
             try:
                 source_rows, batches = source.count_and_read(spec, rng, fields)
-                for batch in batches:
+                for n, batch in enumerate(batches):
+                    if stop.is_set():
+                        raise Stopped(f"chunk {task.range.index} attempt {attempt}")
                     writer.write(batch)
+                    if n == 0:
+                        crash.point("worker.mid_read")
                 written = writer.close()
+            except Stopped:
+                writer.abort(keep=True)  # what was read so far is set aside, not deleted
+                raise
             except BaseException:
                 writer.abort()
                 raise

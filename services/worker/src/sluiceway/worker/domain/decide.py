@@ -40,6 +40,10 @@ def attempt_budget(spec_max_attempts: int, consumer_max_deliver: int) -> int:
     return max(budget, 1)
 
 
+class Stopped(Exception):
+    """Raised by the reader at a batch boundary when it was asked to stop (the run ended)."""
+
+
 # ---- outcomes -------------------------------------------------------------------------------
 
 
