@@ -1,4 +1,4 @@
-"""Cancel and fenced attempts, over real processes and a real PostgreSQL.
+"""Cancel, fenced attempts and automatic resume, over real processes and a real PostgreSQL.
 
 The source is a view whose rows come slowly (pg_sleep every few hundred rows, in the select
 list only, so the snapshot COUNT(*) stays fast): a chunk takes seconds, long enough to cancel
@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -19,7 +20,7 @@ import grpc
 import pytest
 
 from sluiceway.cli.stack import Stack, start_stack
-from sluiceway.common import codec, layout
+from sluiceway.common import codec, fingerprint, layout
 from sluiceway.common.bus import Bus
 from sluiceway.common.domain import events as ev
 from sluiceway.common.domain.run import fold
@@ -235,3 +236,73 @@ class TestFencedAttempts:
         # and the read model shows no anomaly for the fenced attempt beyond what the log holds
         raw = [m async for m in bus.iter_messages(bus.names.run_history(run_id))]
         assert all(codec.decode(m.data).run_id == run_id for m in raw)
+
+
+# ---- automatic resume --------------------------------------------------------------------------
+
+
+class TestAutomaticResume:
+    @pytest.fixture
+    def stack(
+        self, tmp_path: Path, nats_server: LocalNats, namespace: str, items: LocalPostgres
+    ) -> Iterator[Stack]:
+        started = _start(
+            tmp_path,
+            nats_server,
+            namespace,
+            items,
+            SLUICEWAY_WORKER_ACK_WAIT_S="4",
+            SLUICEWAY_WORKER_HEARTBEAT_S="1",
+            SLUICEWAY_CONSUMER_ACK_WAIT_S="3",
+        )
+        yield started
+        started.stop()
+
+    async def test_when_every_service_dies_the_run_resumes_with_only_unfinished_chunks(
+        self,
+        stack: Stack,
+        stubs: tuple[control_pb2_grpc.ControlStub, tracker_pb2_grpc.TrackerStub],
+        bus: Bus,
+        dest: Path,
+    ) -> None:
+        control, _ = stubs
+        run_id = await _submit(control, dest, chunk_size=3_000)  # 8 slow chunks
+        await _wait_for(bus, run_id, "chunk_completed")
+        await asyncio.sleep(0.5)  # let more chunks start: some done, some mid-read, some pending
+
+        services = [p for p in stack.state.processes if p.service != "nats-server"]
+        for p in services:
+            os.killpg(p.pid, signal.SIGKILL)
+        for p in services:
+            stack.procs[p.name].wait(timeout=10)
+        before = [e for _, e in await bus.history(run_id)]
+        done_before = {e.body.chunk_index for e in before if isinstance(e.body, ev.ChunkCompleted)}
+        assert done_before and len(done_before) < 8, "kill the stack mid-run"
+        assert not any(isinstance(e.body, ev.RunCompleted) for e in before)
+
+        for p in services:
+            stack.restart(p.name)
+        async with grpc.aio.insecure_channel(stack.state.tracker_addr) as channel:
+            run = await _terminal(tracker_pb2_grpc.TrackerStub(channel), run_id)
+        assert run.status == events_pb2.RUN_STATUS_SUCCEEDED, run.error_message
+
+        history = [e for _, e in await bus.history(run_id)]
+        starts: dict[int, list[int]] = {}
+        for e in history:
+            if isinstance(e.body, ev.ChunkStarted):
+                starts.setdefault(e.body.chunk_index, []).append(e.body.attempt)
+        # finished chunks were not read again; the others were, and every chunk completed once
+        assert all(starts[i] == [1] for i in done_before), starts
+        completions = [e.body for e in history if isinstance(e.body, ev.ChunkCompleted)]
+        assert sorted(c.chunk_index for c in completions) == list(range(8))
+        # the finished parts were kept and verified (size and fingerprint) by the commit
+        validation = next(e.body for e in history if isinstance(e.body, ev.ValidationResult))
+        assert validation.passed
+        run_dir = layout.run_dir(str(dest), "items", run_id)
+        manifest = json.loads((run_dir / "manifest.json").read_bytes())
+        assert manifest["row_count"] == ROWS and manifest["part_count"] == 8
+        for part in manifest["parts"]:
+            assert fingerprint.of_file(run_dir / part["path"]) == (
+                part["content_fingerprint"],
+                part["size_bytes"],
+            )
