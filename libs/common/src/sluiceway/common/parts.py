@@ -50,6 +50,18 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def make_dirs(path: Path) -> None:
+    """mkdir -p, making each new directory's entry durable (its parent fsynced): a part
+    reported as written must survive a power cut together with the folders that hold it."""
+    missing = []
+    while not path.exists():
+        missing.append(path)
+        path = path.parent
+    for d in reversed(missing):
+        d.mkdir(exist_ok=True)
+        fsync_dir(d.parent)
+
+
 DICTIONARY_MAX_DISTINCT_RATIO = 0.5
 DICTIONARY_SAMPLE_ROWS = 10_000
 
@@ -256,7 +268,7 @@ def set_aside(run_dir: Path, target: Path, names: Iterable[str]) -> list[str]:
         if not src.is_file():
             continue
         dst = target / name
-        dst.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(dst.parent)
         os.replace(src, dst)
         moved.append(name)
     if moved:

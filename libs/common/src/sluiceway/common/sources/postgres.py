@@ -14,16 +14,19 @@ Why ADBC and how (measured in docs/pg-readers.md):
   (exact text, no rounding), date -> date32[day], timestamp -> timestamp[us], timestamptz ->
   timestamp[us, tz=UTC], time -> time64[us], bytea -> binary, text/varchar/char/name ->
   string, json/jsonb/uuid and every other type -> string (selected as `::text`).
-- Errors: connection lost (class 08, no SQLSTATE with a connection message), serialization
-  failure 40001, deadlock 40P01, lock timeout 55P03, too many connections 53300 and admin/crash
-  shutdown 57P01-57P03 are retryable; everything else (syntax, undefined table/column,
-  permission denied, unknown) is permanent.
+- Errors: retryable or permanent by the SQLSTATE table of `pgerrors` (connection lost, lock
+  timeout, serialization failure, too many connections, shutdowns: retryable; syntax, undefined
+  table/column, permission denied, bad values, statement timeout, unknown: permanent). The
+  SQLSTATE comes from the driver's error; libpq's connection-phase errors have none and are
+  classified by their text. Batches are read through the driver manager's error-aware reader,
+  so that an error in mid-stream keeps its SQLSTATE.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import logging
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import adbc_driver_postgresql.dbapi as pgdb
@@ -33,21 +36,11 @@ import pyarrow as pa
 from sluiceway.common.domain.events import ChunkRange, ExportSpec, SchemaField
 from sluiceway.common.redact import redact
 
-from . import arrow_schema
+from . import arrow_schema, pgerrors
 from .base import Introspection, SourceError
 from .sql import count_sql, dollar, key_predicate, quote_ident, relation
 
-RETRYABLE_SQLSTATES = frozenset({"40001", "40P01", "55P03", "53300", "57P01", "57P02", "57P03"})
-_CONNECTION_HINTS = (
-    "connection",
-    "server closed",
-    "could not connect",
-    "terminating",
-    "timeout expired",
-    "no connection",
-    "broken pipe",
-    "connection refused",
-)
+log = logging.getLogger(__name__)
 BATCH_HINT_BYTES = 16 << 20
 
 # type OID -> Arrow type string; anything else is read as text
@@ -73,22 +66,28 @@ _NATIVE_TEXT = {25, 1043, 1042, 19}
 _NUMERIC = 1700
 
 
+def sqlstate_of(exc: BaseException) -> str:
+    """The SQLSTATE a driver error carries, or "": ADBC and psycopg errors have `sqlstate`,
+    psycopg also `diag.sqlstate`, ADBC also a PG_DIAG_SQLSTATE detail."""
+    state = getattr(exc, "sqlstate", None)
+    if not state:
+        state = getattr(getattr(exc, "diag", None), "sqlstate", None)
+    if not state:
+        for key, value in getattr(exc, "details", None) or ():
+            if key in (b"PG_DIAG_SQLSTATE", "PG_DIAG_SQLSTATE"):
+                state = value.decode("ascii", "replace") if isinstance(value, bytes) else value
+                break
+    return state if isinstance(state, str) else ""
+
+
 def classify(exc: BaseException) -> SourceError:
-    """Map a driver error (ADBC or psycopg) to a SourceError with the retry decision."""
+    """Map a driver error (ADBC or psycopg) to a SourceError with the retry decision of the
+    pgerrors table and a redacted reason."""
     if isinstance(exc, SourceError):
         return exc
-    sqlstate = getattr(exc, "sqlstate", None) or ""
-    diag = getattr(exc, "diag", None)
-    if not sqlstate and diag is not None:
-        sqlstate = getattr(diag, "sqlstate", None) or ""
-    message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    if sqlstate:
-        retryable = sqlstate in RETRYABLE_SQLSTATES or sqlstate.startswith("08")
-    else:
-        lowered = str(exc).lower()
-        retryable = any(h in lowered for h in _CONNECTION_HINTS) and "authentication" not in lowered
-    state = f" [{sqlstate}]" if sqlstate else ""
-    return SourceError(redact(f"postgres{state}: {message}"), retryable=retryable)
+    text = str(exc).strip() or type(exc).__name__
+    verdict = pgerrors.classify_error(sqlstate_of(exc), text)
+    return SourceError(redact(pgerrors.describe(verdict, text)), retryable=verdict.retryable)
 
 
 def field_of(
@@ -306,26 +305,29 @@ class PostgresSource:
         where, _ = key_predicate(spec.chunk_column, rng, dollar, inline=True)
         select = self._select_list(fields, {f.name: f.source_type for f in fields})
         rel = relation(spec)
-        con = self._reading_connection()
+        begin = (
+            "BEGIN TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY"
+            if counted
+            else "BEGIN TRANSACTION READ ONLY"
+        )
         done = False
         try:
-            with con.cursor() as cur:
-                cur.adbc_statement.set_options(
-                    **{"adbc.postgresql.batch_size_hint_bytes": str(self.batch_size_hint_bytes)}
-                )
+            cur = self._begin(begin)
+            try:
                 if counted:
-                    cur.execute("BEGIN TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
                     cur.execute(f"SELECT COUNT(*) FROM {rel}{where}")
                     row = cur.fetchone()
                     assert row is not None
                     yield int(row[0])
                 else:
-                    cur.execute("BEGIN TRANSACTION READ ONLY")
                     yield -1
                 cur.execute(f"SELECT {select} FROM {rel}{where}")
-                for batch in cur.fetch_record_batch():
+                for batch in _record_batches(cur):
                     yield _conform(batch, target)
                 cur.execute("COMMIT")
+            finally:
+                with contextlib.suppress(Exception):
+                    cur.close()
             done = True
         except SourceError:
             raise
@@ -334,6 +336,33 @@ class PostgresSource:
         finally:
             if not done:  # an error, or the consumer stopped early: the session state is unknown
                 self._drop_reading_connection()
+
+    def _begin(self, begin: str) -> Any:
+        """A cursor on the reading connection, inside a transaction opened by `begin`.
+
+        A kept connection whose session ended while it sat idle between chunks (a restart or
+        failover, idle_session_timeout, pg_terminate_backend) fails here, before anything was
+        read: it is replaced once, quietly, rather than costing the chunk an attempt and a
+        backoff. A fresh connection's failure is the chunk's."""
+        kept = self._reader is not None
+        while True:
+            con = self._reading_connection()
+            cur = con.cursor()
+            try:
+                cur.adbc_statement.set_options(
+                    **{"adbc.postgresql.batch_size_hint_bytes": str(self.batch_size_hint_bytes)}
+                )
+                cur.execute(begin)
+                return cur
+            except Exception as exc:
+                with contextlib.suppress(Exception):
+                    cur.close()
+                self._drop_reading_connection()
+                error = classify(exc)
+                if not (kept and error.retryable):
+                    raise error from exc
+                log.warning("reading session lost while idle, reconnecting: %s", error)
+                kept = False
 
     def count(self, spec: ExportSpec, rng: ChunkRange | None) -> int:
         where, params = key_predicate(spec.chunk_column, rng, lambda n: "%s")
@@ -347,6 +376,22 @@ class PostgresSource:
         if meta is not None:
             with contextlib.suppress(Exception):
                 meta.close()
+
+
+def _record_batches(cur: Any) -> Iterable[pa.RecordBatch]:
+    """The result's batches, read so that an error in mid-stream keeps its SQLSTATE.
+
+    `fetch_record_batch()` hands out the bare pyarrow reader (apache/arrow-adbc#1523), whose
+    errors are OSErrors carrying the server's text only, which is localised and names few
+    conditions: a serialization failure or a lost session in mid-stream could only be guessed
+    at (pgerrors.MESSAGE_SQLSTATES). The driver manager's wrapper around the same reader
+    re-raises the driver's own error, SQLSTATE included. It is private, so it is used only
+    while it still wraps that very reader; otherwise the text is classified."""
+    reader = cur.fetch_record_batch()
+    wrapper = getattr(getattr(cur, "_results", None), "reader", None)
+    if wrapper is not None and getattr(wrapper, "_reader", None) is reader:
+        return wrapper  # type: ignore[no-any-return]
+    return reader  # type: ignore[no-any-return]
 
 
 def _conform(batch: pa.RecordBatch, target: pa.Schema) -> pa.RecordBatch:

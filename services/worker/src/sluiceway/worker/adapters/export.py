@@ -8,7 +8,7 @@ from pathlib import Path
 
 from sluiceway.common import crash, layout
 from sluiceway.common.domain.events import ChunkTask, ExportSpec
-from sluiceway.common.parts import PartWriter, set_aside
+from sluiceway.common.parts import PartWriter, make_dirs, set_aside
 from sluiceway.common.sources import Source, arrow_schema, open_source
 from sluiceway.worker.domain.decide import ChunkExport, Part, Stopped
 
@@ -56,7 +56,7 @@ class FileExporter:
         try:
             fields = task.schema or source.introspect(spec).schema
             run_dir = layout.run_dir(spec.destination, spec.name, task.run_id)
-            run_dir.mkdir(parents=True, exist_ok=True)
+            make_dirs(run_dir)
             writer = PartWriter(
                 Path(run_dir),
                 task.range.index,
