@@ -340,9 +340,9 @@ async def test_a_deleted_database_is_rebuilt_identically_from_the_stream(
     """The real process (python -m sluiceway.tracker): SIGTERM, delete its DuckDB, restart."""
     env = {**os.environ, **_settings(nats_server.url, namespace, tmp_path)}
     ready = Path(env["SLUICEWAY_READY_FILE"])
-    late = _event(
+    late = _event(  # the stream refuses a second ChunkCompleted; a late FileWritten is fenced
         "run-r1",
-        ev.ChunkCompleted(chunk_index=0, rows=1, files=1, attempt=2),
+        ev.FileWritten(file_name="late.parquet", rows=1, part_index=0, chunk_index=0, attempt=2),
         T0 + timedelta(minutes=5),
     )
     await append_all(bus, run_history("run-r1"))
@@ -369,7 +369,7 @@ async def test_a_deleted_database_is_rebuilt_identically_from_the_stream(
             _, err = await asyncio.to_thread(proc.communicate, timeout=30)
             ready.unlink(missing_ok=True)
         assert proc.returncode == 0, err.decode()[-2000:]
-        assert runs[0].anomalies == 1  # the late completion of a losing attempt
+        assert runs[0].anomalies == 1  # the late file of a losing attempt
         return (
             [r.SerializeToString(deterministic=True) for r in runs],
             [m.SerializeToString(deterministic=True) for m in (listed, events, parts)],

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import itertools
+from datetime import UTC, datetime
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from sluiceway.common import codec
+from sluiceway.common.bus import MAX_EVENT_BYTES
+from sluiceway.common.config import MAX_SPEC_BYTES
+from sluiceway.common.domain import events as ev
 from sluiceway.common.domain.events import ChunkRange
 from sluiceway.planner.domain.chunks import MAX_CHUNKS, PlanError, empty_range, plan_chunks
 
@@ -154,3 +159,21 @@ def test_a_plan_is_never_empty(
     low, high = (None, None) if bounds is None else (str(bounds[0]), str(bounds[0] + bounds[1]))
     chunks = plan_chunks(mode, key_low=low, key_high=high, chunk_size=size, null_keys=nulls)
     assert len(chunks) >= 1
+
+
+def test_a_plan_of_the_most_chunks_fits_in_one_event() -> None:
+    # PlanResolved lists every range (and carries the spec, at most MAX_SPEC_BYTES, and the
+    # schema); the run stream takes events up to MAX_EVENT_BYTES
+    top = 10**15
+    chunks = tuple(
+        ChunkRange(i, str(top + i * 1000), str(top + (i + 1) * 1000)) for i in range(MAX_CHUNKS)
+    )
+    plan = ev.PlanResolved(plan_id="p" * 32, strategy="range", chunks=chunks)
+    event = ev.RunEvent(
+        event_id="r/plan_resolved",
+        run_id="r",
+        export_name="e" * 128,
+        occurred_at=datetime(2026, 11, 22, tzinfo=UTC),
+        body=plan,
+    )
+    assert len(codec.encode(event)) + 2 * MAX_SPEC_BYTES < MAX_EVENT_BYTES

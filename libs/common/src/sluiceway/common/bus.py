@@ -40,6 +40,9 @@ log = logging.getLogger(__name__)
 # JetStream error code for a failed Nats-Expected-Last-Subject-Sequence check.
 ERR_WRONG_LAST_SEQUENCE = 10071
 DUPLICATE_WINDOW_S = 300.0
+# Events are small, except PlanResolved, which lists every chunk range (about 30 bytes each):
+# 1 MiB (nats-server's default max_payload) holds a plan of MAX_CHUNKS chunks with room to spare.
+MAX_EVENT_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -172,7 +175,7 @@ class Bus:
             storage=StorageType.FILE,
             num_replicas=settings.replicas,
             duplicate_window=settings.duplicate_window_s,
-            max_msg_size=64 * 1024,
+            max_msg_size=MAX_EVENT_BYTES,
             discard=DiscardPolicy.OLD,
             allow_direct=True,
             deny_delete=True,
@@ -291,9 +294,16 @@ class Bus:
     async def read_range(
         self, subject: str, *, start_seq: int = 0, batch: int = 500
     ) -> list[tuple[int, RunEvent]]:
+        """Decoded events on `subject`; a message this version cannot read (the tracker records
+        it as an anomaly) is skipped, so that it never blocks the run's other readers."""
         out: list[tuple[int, RunEvent]] = []
-        async for seq, data in self.iter_raw(subject, start_seq=start_seq, batch=batch):
-            out.append((seq, codec.decode(data)))
+        async for msg in self.iter_messages(subject, start_seq=start_seq, batch=batch):
+            assert msg.metadata.sequence is not None
+            seq = msg.metadata.sequence.stream
+            try:
+                out.append((seq, codec.decode(msg.data, subject=msg.subject)))
+            except codec.Poison as exc:
+                log.warning("skipping an unreadable message at seq %d: %s", seq, exc)
         return out
 
     async def iter_raw(

@@ -20,6 +20,7 @@ from google.protobuf import timestamp_pb2
 from google.protobuf.message import DecodeError, Message
 
 from sluiceway.common.domain import events as ev
+from sluiceway.common.domain.ids import RUN_ID_RE
 from sluiceway.v1 import events_pb2 as pb
 
 T = TypeVar("T")
@@ -145,7 +146,7 @@ def event_to_pb(event: ev.RunEvent) -> pb.RunEvent:
 def event_from_pb(msg: pb.RunEvent) -> ev.RunEvent:
     which = msg.WhichOneof("body")
     if which is None:
-        raise Poison(f"event {msg.event_id!r} has no body (unknown kind?)")
+        raise Poison(f"event {msg.event_id[:80]!r} has no body (unknown kind?)")
     cls = _BODY_BY_FIELD[which]
     return ev.RunEvent(
         event_id=msg.event_id,
@@ -167,7 +168,10 @@ def encode(event: ev.RunEvent) -> bytes:
     return data
 
 
-def decode(data: bytes) -> ev.RunEvent:
+def decode(data: bytes, subject: str | None = None) -> ev.RunEvent:
+    """Bytes -> RunEvent, or Poison for anything this version can never read. With `subject`
+    (where the message is stored: `<ns>.runs.<run_id>.<kind>[.<chunk>]`), the event must also
+    belong to the run that the subject names."""
     msg = pb.RunEvent()
     try:
         msg.ParseFromString(data)
@@ -175,7 +179,22 @@ def decode(data: bytes) -> ev.RunEvent:
         raise Poison(f"undecodable RunEvent ({len(data)} bytes): {exc}") from exc
     if not msg.event_id or not msg.run_id:
         raise Poison("RunEvent without event_id or run_id")
-    return event_from_pb(msg)
+    if not RUN_ID_RE.fullmatch(msg.run_id):
+        # it would name other runs' subjects (wildcards, dots) or no subject at all
+        raise Poison(f"RunEvent with an invalid run_id {msg.run_id[:80]!r}")
+    if subject is not None and subject.split(".")[2:3] != [msg.run_id]:
+        raise Poison(f"RunEvent of run {msg.run_id!r} stored under {subject[:200]!r}")
+    try:
+        return event_from_pb(msg)
+    except Poison:
+        raise
+    except (KeyError, ValueError, OverflowError, TypeError) as exc:
+        # a value this version cannot represent: an enum number from a newer producer, a
+        # timestamp outside datetime's range
+        raise Poison(
+            f"RunEvent {msg.event_id[:80]!r} holds a value this version cannot read "
+            f"({type(exc).__name__}: {str(exc)[:200]})"
+        ) from exc
 
 
 def encode_task(task: ev.ChunkTask) -> bytes:

@@ -24,6 +24,13 @@ COMPRESSIONS = ("zstd", "snappy", "gzip", "lz4", "none")
 ENGINES = ("postgres", "sqlite")
 IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)?$")
 MAX_QUERY_CHARS = 16_384
+MAX_PATH_CHARS = 4096
+# The spec travels in RunRequested, PlanResolved and every chunk task; the task stream refuses
+# messages over 64 KiB, so the spec's text (names, query, paths) is bounded well below that.
+MAX_SPEC_BYTES = 32 * 1024
+# A config document is a few kilobytes; the bound keeps parsing (and Control.SubmitRun) cheap.
+MAX_CONFIG_CHARS = 1 << 20
+INT32_MAX, INT64_MAX = 2**31 - 1, 2**63 - 1
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 DEFAULTS: dict[str, Any] = {
@@ -35,6 +42,15 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+def _cut(text: str, limit: int = 80) -> str:
+    """At most `limit` characters: error lines stay one short line whatever the input."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _show(value: object, limit: int = 80) -> str:
+    return _cut(repr(value), limit)
+
+
 class ConfigError(ValueError):
     """A config problem, located: file, export and field."""
 
@@ -44,12 +60,16 @@ class ConfigError(ValueError):
             p
             for p in (
                 file,
-                f"export {export!r}" if export else "",
-                f"field {field!r}" if field else "",
+                f"export {_show(export)}" if export else "",
+                f"field {_show(field)}" if field else "",
             )
             if p
         ]
-        super().__init__(": ".join([*where, message]))
+        if len(file) > 200:  # keep the end: the file's own name
+            where[0] = "…" + file[-199:]
+        if len(message) > 1000:
+            message = message[:999] + "…"
+        super().__init__(": ".join([*where, message]).replace("\n", " "))
 
 
 # ---- the document's shape --------------------------------------------------------------------
@@ -110,6 +130,10 @@ def load_file(path: str | Path, *, env: Mapping[str, str] | None = None) -> dict
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read config: {exc.strerror or exc}", file=str(path)) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"not UTF-8 text (byte {exc.start}: {exc.reason})", file=str(path)
+        ) from None
     return load_text(text, base_dir=p.resolve().parent, file_name=str(path), env=env)
 
 
@@ -122,30 +146,42 @@ def load_text(
 ) -> dict[str, ExportSpec]:
     """Parse and check a config document; returns the exports by name, paths made absolute.
     With `env`, also checks that every url_env variable is set there."""
+    if len(text) > MAX_CONFIG_CHARS:
+        raise ConfigError(f"larger than {MAX_CONFIG_CHARS} characters", file=file_name)
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"not valid YAML{at}", file=file_name) from exc
+    except RecursionError:
+        raise ConfigError("not valid YAML: nested too deeply", file=file_name) from None
+    except Exception as exc:
+        # PyYAML's constructors raise plain ValueError/IndexError/... on some malformed scalars
+        # ('!!float' with no value, an integer past Python's digit limit, a 30 February)
+        raise ConfigError(f"not valid YAML ({type(exc).__name__})", file=file_name) from None
     if not isinstance(raw, dict):
         raise ConfigError("the document must be a mapping with an 'exports' list", file=file_name)
     try:
         doc = _Document.model_validate(raw)
     except ValidationError as exc:
         raise _located(exc, raw, file_name) from None
+    except RecursionError:
+        raise ConfigError("nested too deeply", file=file_name) from None
 
     base = Path(base_dir)
     specs: dict[str, ExportSpec] = {}
-    for item in doc.exports:
-        where = {"file": file_name, "export": item.name}
+    for number, item in enumerate(doc.exports, start=1):
+        where = {"file": file_name, "export": item.name or f"#{number}"}
         if item.name in specs:
             raise ConfigError("export name is used twice", field="name", **where)
         if isinstance(item.source, str):
             if item.source not in doc.sources:
                 known = ", ".join(sorted(doc.sources)) or "none defined"
                 raise ConfigError(
-                    f"unknown source {item.source!r} (sources: {known})", field="source", **where
+                    f"unknown source {_show(item.source)} (sources: {_cut(known, 200)})",
+                    field="source",
+                    **where,
                 )
             source = doc.sources[item.source]
         else:
@@ -160,7 +196,7 @@ def load_text(
             source=SourceSpec(
                 engine=source.engine,
                 url_env=source.url_env,
-                path=str((base / source.path).resolve()) if source.path else "",
+                path=_absolute(base, source.path, field="source.path", **where),
             ),
             table=item.table,
             query=item.query,
@@ -172,13 +208,51 @@ def load_text(
             format=pick("format"),
             compression=pick("compression") or "",
             compression_level=pick("compression_level"),
-            destination=str((base / destination).resolve()) if destination else "",
+            destination=_absolute(base, destination, field="destination", **where),
             batch_size=pick("batch_size"),
             max_attempts=pick("max_attempts"),
             row_group_rows=pick("row_group_rows"),
         )
-        specs[item.name] = check_spec(spec, env=env, file_name=file_name)
+        try:
+            specs[item.name] = check_spec(spec, env=env, file_name=file_name)
+        except ConfigError as exc:
+            if exc.export:
+                raise
+            raise ConfigError(exc.detail, field=exc.field, **where) from None
     return specs
+
+
+def _absolute(base: Path, value: str, *, field: str, file: str, export: str) -> str:
+    """`value` resolved against `base`; a path the OS cannot even look at is a ConfigError."""
+    if not value:
+        return ""
+    problem = _path_problem(value)
+    if problem is None:
+        try:
+            return str((base / value).resolve())
+        except (OSError, ValueError) as exc:
+            problem = f"not a usable path ({type(exc).__name__})"
+        except RuntimeError:  # Python < 3.13 on a symlink loop
+            problem = "not a usable path (symlink loop)"
+    raise ConfigError(problem, file=file, export=export, field=field)
+
+
+def _path_problem(value: str) -> str | None:
+    if len(value) > MAX_PATH_CHARS:
+        return f"at most {MAX_PATH_CHARS} characters"
+    if "\x00" in value:
+        return "contains a NUL character"
+    if not _encodable(value):
+        return "is not valid UTF-8 text (lone surrogate)"
+    return None
+
+
+def _encodable(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _pick(item: _Export, defaults: _Defaults, name: str) -> Any:
@@ -200,15 +274,33 @@ def check_spec(
 
     if not spec.name or not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}", spec.name):
         raise fail("name", "must be 1-64 letters, digits, '_', '-' or '.'")
+    # every value travels in protobuf events: strings must be UTF-8, integers fit their types
+    for field, text in _texts(spec):
+        if not _encodable(text):
+            raise fail(field, "is not valid UTF-8 text (lone surrogate)")
+    sizes: dict[str, int] = {}
+    for field, text in _texts(spec):
+        sizes[field] = sizes.get(field, 0) + len(text.encode("utf-8"))
+    if sum(sizes.values()) > MAX_SPEC_BYTES:
+        largest = max(sizes, key=lambda f: sizes[f])
+        raise fail(
+            largest,
+            f"the export's names and text come to {sum(sizes.values())} bytes "
+            f"(at most {MAX_SPEC_BYTES}); this field holds {sizes[largest]}",
+        )
     fills = {k: v for k, v in DEFAULTS.items() if not getattr(spec, k)}
     if not spec.compression:
         fills["compression"] = "zstd" if spec.format in ("", "parquet") else "none"
     spec = replace(spec, **fills) if fills else spec
+    for field, low, high in _INT_BOUNDS:
+        value = getattr(spec, field)
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            raise fail(field, f"must be an integer from {low} to {high}")
     src = spec.source
     if src.engine not in ENGINES:
         raise fail(
             "source.engine",
-            f"unknown engine {src.engine!r} (expected one of: {', '.join(ENGINES)})",
+            f"unknown engine {_show(src.engine)} (expected one of: {', '.join(ENGINES)})",
         )
     if src.engine == "postgres":
         if not src.url_env:
@@ -219,29 +311,31 @@ def check_spec(
         if not ENV_NAME.fullmatch(src.url_env):
             raise fail("source.url_env", "must name an environment variable (not hold a URL)")
         if env is not None and not env.get(src.url_env):
-            raise fail("source.url_env", f"environment variable {src.url_env} is not set")
+            raise fail("source.url_env", f"environment variable {_cut(src.url_env)} is not set")
     if src.engine == "sqlite":
         if not src.path:
             raise fail("source.path", "is required for sqlite")
-        if env is not None and not Path(src.path).is_file():
-            raise fail("source.path", f"no such database file: {src.path}")
+        if problem := _path_problem(src.path):
+            raise fail("source.path", problem)
+        if env is not None and not _is_file(src.path):
+            raise fail("source.path", f"no such database file: {_cut(src.path, 200)}")
     if bool(spec.table) == bool(spec.query):
         raise fail("table", "exactly one of 'table' or 'query' is required")
     if len(spec.query) > MAX_QUERY_CHARS:
         # the spec travels in events, and events stay small
         raise fail("query", f"at most {MAX_QUERY_CHARS} characters")
     if spec.table and not IDENT.fullmatch(spec.table):
-        raise fail("table", f"{spec.table!r} is not a table name ([schema.]name)")
+        raise fail("table", f"{_show(spec.table)} is not a table name ([schema.]name)")
     for col in spec.columns:
         if not IDENT.fullmatch(col) or "." in col:
-            raise fail("columns", f"{col!r} is not a column name")
+            raise fail("columns", f"{_show(col)} is not a column name")
     if spec.mode not in MODES:
-        raise fail("mode", f"unknown mode {spec.mode!r} (expected one of: {', '.join(MODES)})")
+        raise fail("mode", f"unknown mode {_show(spec.mode)} (expected one of: {', '.join(MODES)})")
     if spec.mode == "chunked":
         if not spec.chunk_column:
             raise fail("chunk_column", "is required in chunked mode")
         if not IDENT.fullmatch(spec.chunk_column) or "." in spec.chunk_column:
-            raise fail("chunk_column", f"{spec.chunk_column!r} is not a column name")
+            raise fail("chunk_column", f"{_show(spec.chunk_column)} is not a column name")
         if bool(spec.chunk_size) == bool(spec.chunk_count):
             raise fail("chunk_size", "chunked mode needs exactly one of chunk_size or chunk_count")
         if spec.chunk_count > 100_000:
@@ -250,21 +344,52 @@ def check_spec(
         raise fail("mode", "chunk_column/chunk_size/chunk_count need mode 'chunked'")
     if spec.format not in FORMATS:
         raise fail(
-            "format", f"unknown format {spec.format!r} (expected one of: {', '.join(FORMATS)})"
+            "format", f"unknown format {_show(spec.format)} (expected one of: {', '.join(FORMATS)})"
         )
     if spec.compression not in COMPRESSIONS:
         raise fail(
             "compression",
-            f"unknown compression {spec.compression!r} "
+            f"unknown compression {_show(spec.compression)} "
             f"(expected one of: {', '.join(COMPRESSIONS)})",
         )
     if spec.format == "csv" and spec.compression not in ("none", "gzip"):
         raise fail("compression", "csv supports 'none' or 'gzip'")
     if not spec.destination:
         raise fail("destination", "is required (here or under 'defaults')")
+    if problem := _path_problem(spec.destination):
+        raise fail("destination", problem)
     if not Path(spec.destination).is_absolute():
         raise fail("destination", "must be an absolute path")
     return spec
+
+
+# (field, lowest, highest) after defaults are filled: each fits its proto type and makes sense
+_INT_BOUNDS = (
+    ("chunk_size", 0, INT64_MAX),
+    ("chunk_count", 0, 100_000),
+    ("compression_level", -INT32_MAX - 1, INT32_MAX),
+    ("batch_size", 1, INT32_MAX),
+    ("max_attempts", 1, 10),
+    ("row_group_rows", 1, INT64_MAX),
+)
+
+
+def _texts(spec: ExportSpec) -> list[tuple[str, str]]:
+    fields = ("table", "query", "mode", "chunk_column", "format", "compression", "destination")
+    return [
+        *((f, getattr(spec, f)) for f in fields),
+        ("source.engine", spec.source.engine),
+        ("source.url_env", spec.source.url_env),
+        ("source.path", spec.source.path),
+        *(("columns", c) for c in spec.columns),
+    ]
+
+
+def _is_file(path: str) -> bool:
+    try:
+        return Path(path).is_file()
+    except (OSError, ValueError):  # e.g. a name longer than the OS allows
+        return False
 
 
 def select(specs: Mapping[str, ExportSpec], name: str | None, *, file_name: str = "") -> ExportSpec:
@@ -272,14 +397,15 @@ def select(specs: Mapping[str, ExportSpec], name: str | None, *, file_name: str 
     if name:
         if name not in specs:
             raise ConfigError(
-                f"no export named {name!r} (exports: {', '.join(sorted(specs))})",
+                f"no export named {_show(name)} (exports: {_cut(', '.join(sorted(specs)), 200)})",
                 file=file_name,
                 export=name,
             )
         return specs[name]
     if len(specs) != 1:
         raise ConfigError(
-            f"the config has {len(specs)} exports ({', '.join(sorted(specs))}): name one",
+            f"the config has {len(specs)} exports "
+            f"({_cut(', '.join(sorted(specs)), 200)}): name one",
             file=file_name,
         )
     return next(iter(specs.values()))
@@ -291,9 +417,11 @@ def _located(exc: ValidationError, raw: dict[str, Any], file_name: str) -> Confi
     loc = list(err["loc"])
     export = ""
     if len(loc) >= 2 and loc[0] == "exports" and isinstance(loc[1], int):
-        items = raw.get("exports") or []
-        item = items[loc[1]] if loc[1] < len(items) else {}
-        export = (item.get("name") if isinstance(item, dict) else None) or f"#{loc[1] + 1}"
+        # 'exports' may be any iterable pydantic accepts as a list (a YAML !!set, ...)
+        items = raw.get("exports")
+        item = items[loc[1]] if isinstance(items, list) and loc[1] < len(items) else None
+        name = item.get("name") if isinstance(item, dict) else None
+        export = name if isinstance(name, str) and name else f"#{loc[1] + 1}"
         loc = loc[2:]
     # drop pydantic's union-branch tags (e.g. 'str', '_Source')
     field = ".".join(

@@ -81,10 +81,14 @@ class RunEventConsumer:
     async def _one(self, msg: Msg) -> None:
         delivered = msg.metadata.num_delivered or 1
         try:
-            event = codec.decode(msg.data)
-        except codec.Poison as exc:
-            log.error("terminating an undecodable message on %s: %s", msg.subject, exc)
-            await msg.term()
+            event = codec.decode(msg.data, subject=msg.subject)
+        except Exception as exc:  # codec.Poison, or any other decoding failure: both final
+            # decoding depends on the bytes alone, so a redelivery would fail the same way
+            log.error("terminating an undecodable message on %s: %s", msg.subject[:200], exc)
+            try:
+                await msg.term()
+            except Exception:  # not terminated: it comes back after ack_wait and is retried
+                log.warning("could not terminate the message on %s", msg.subject[:200])
             return
         token = telemetry.run_id_var.set(event.run_id)
         heartbeat = asyncio.create_task(self._heartbeat(msg))
@@ -110,7 +114,10 @@ class RunEventConsumer:
             with contextlib.suppress(Exception):
                 await msg.nak(delay=delay)
         else:
-            await msg.ack()
+            try:
+                await msg.ack()
+            except Exception:  # the effects are durable; a redelivery finds them and does nothing
+                log.warning("ack on %s failed; it will be redelivered", msg.subject[:200])
         finally:
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):

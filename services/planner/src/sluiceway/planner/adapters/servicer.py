@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import logging
+from typing import NoReturn
 
 import grpc
+import nats.errors
 from opentelemetry.trace import SpanKind
 
 from sluiceway.common import codec, telemetry
 from sluiceway.common.config import ConfigError
-from sluiceway.common.domain.events import ExportSpec
+from sluiceway.common.domain.events import ExportSpec, RunRequested
 from sluiceway.common.domain.ids import InvalidRunId
 from sluiceway.common.redact import redact
 from sluiceway.common.sources.base import SourceError
@@ -17,16 +19,45 @@ from sluiceway.planner.app import Planner, RunNotFound
 from sluiceway.planner.domain.chunks import PlanError
 from sluiceway.v1 import control_pb2 as cpb
 from sluiceway.v1 import control_pb2_grpc
+from sluiceway.v1 import events_pb2 as pb
 
 log = logging.getLogger(__name__)
 
 
 # Bounds on free-form request fields: every accepted value ends up in an event, and events stay
-# small (the stream refuses messages over 64 KiB).
+# small (a request under 64 KiB; the run stream's 1 MiB limit is there for a plan's chunk list).
 MAX_TEXT = 256
 MAX_REASON = 1024
 MAX_OPTIONS = 32
 MAX_CONFIG_BYTES = 1 << 20
+# RunRequested (spec + options + requested_by) must fit 64 KiB with room for the envelope and
+# the headers.
+MAX_REQUEST_EVENT_BYTES = 60 * 1024
+# Status details travel in a trailer; gRPC clients refuse metadata past 8 KiB by default.
+MAX_DETAILS = 1024
+
+
+async def abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, details: str) -> NoReturn:
+    """context.abort with details cut to MAX_DETAILS characters."""
+    if len(details) > MAX_DETAILS:
+        details = details[: MAX_DETAILS - 1] + "…"
+    await context.abort(code, details)
+    raise AssertionError("unreachable: abort raises")
+
+
+def oversized_event(spec: ExportSpec, which: str, request: cpb.SubmitRunRequest) -> str | None:
+    """The request's RunRequested would be refused by the stream: say so, naming the biggest
+    contributor (each field is within its own bound, but not all of them at once)."""
+    body = RunRequested(spec=spec, requested_by=request.requested_by, options=dict(request.options))
+    size = codec.to_message(body, pb.RunRequested()).ByteSize()
+    if size <= MAX_REQUEST_EVENT_BYTES:
+        return None
+    options = sum(len(k.encode()) + len(v.encode()) for k, v in request.options.items())
+    field = "options" if options * 2 > size else which
+    return (
+        f"{field}: the run request would be a {size}-byte event "
+        f"(at most {MAX_REQUEST_EVENT_BYTES}): make the options or the export smaller"
+    )
 
 
 def request_problem(request: cpb.SubmitRunRequest | cpb.CancelRunRequest) -> str | None:
@@ -68,23 +99,31 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
                     doc.text, doc.export_name, doc.base_dir, doc.file_name
                 )
         except ConfigError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, redact(str(exc)))
-        await context.abort(
-            grpc.StatusCode.INVALID_ARGUMENT, "export: one of spec or config is required"
+            # an error inside the export names its field; one about the whole document (not
+            # YAML, no such export) names the request field
+            details = str(exc) if exc.field else f"{which}: {exc}"
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, redact(details))
+        await abort(
+            context, grpc.StatusCode.INVALID_ARGUMENT, "export: one of spec or config is required"
         )
-        raise AssertionError("unreachable")  # abort raises
 
     async def SubmitRun(
         self, request: cpb.SubmitRunRequest, context: grpc.aio.ServicerContext
     ) -> cpb.SubmitRunResponse:
         if problem := request_problem(request):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, problem)
         spec = await self._spec(request, context)
-        # the root of the run's trace: every event of the run descends from it
-        with telemetry.span("Control/SubmitRun", kind=SpanKind.SERVER, export=spec.name):
-            run_id, seq = await self._planner.submit(
-                spec, requested_by=request.requested_by, options=dict(request.options)
-            )
+        if problem := oversized_event(spec, request.WhichOneof("export") or "spec", request):
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, problem)
+        try:
+            # the root of the run's trace: every event of the run descends from it
+            with telemetry.span("Control/SubmitRun", kind=SpanKind.SERVER, export=spec.name):
+                run_id, seq = await self._planner.submit(
+                    spec, requested_by=request.requested_by, options=dict(request.options)
+                )
+        except (nats.errors.Error, TimeoutError) as exc:
+            log.warning("SubmitRun: the run log is unavailable: %s", exc)
+            await abort(context, grpc.StatusCode.UNAVAILABLE, "the run log is unavailable: retry")
         return cpb.SubmitRunResponse(run_id=run_id, export_name=spec.name, stream_seq=seq)
 
     async def PlanRun(
@@ -94,14 +133,14 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         try:
             plan, warnings = await self._planner.dry_run(spec)
         except PlanError as exc:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, redact(str(exc)))
+            await abort(context, grpc.StatusCode.FAILED_PRECONDITION, redact(str(exc)))
         except SourceError as exc:
             code = (
                 grpc.StatusCode.UNAVAILABLE
                 if exc.retryable
                 else grpc.StatusCode.FAILED_PRECONDITION
             )
-            await context.abort(code, redact(str(exc)))
+            await abort(context, code, redact(str(exc)))
         response = cpb.PlanRunResponse()
         codec.to_message(plan, response.plan)
         for w in warnings:
@@ -113,15 +152,19 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         self, request: cpb.CancelRunRequest, context: grpc.aio.ServicerContext
     ) -> cpb.CancelRunResponse:
         if not request.run_id:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "run_id is required")
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "run_id is required")
         if problem := request_problem(request):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, problem)
         try:
             seq = await self._planner.cancel(
                 request.run_id, reason=request.reason, requested_by=request.requested_by
             )
         except InvalidRunId as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        except RunNotFound:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"run {request.run_id!r} not found")
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except (RunNotFound, codec.Poison):
+            # Poison: what sits on the run's 'requested' subject is not a readable request
+            await abort(context, grpc.StatusCode.NOT_FOUND, f"run {request.run_id!r} not found")
+        except (nats.errors.Error, TimeoutError) as exc:
+            log.warning("CancelRun: the run log is unavailable: %s", exc)
+            await abort(context, grpc.StatusCode.UNAVAILABLE, "the run log is unavailable: retry")
         return cpb.CancelRunResponse(run_id=request.run_id, stream_seq=seq)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from sluiceway.common.domain.events import ChunkRange
 
 # More chunks than this is a plan nobody wants (and ChunkTasks would flood the queue).
-MAX_CHUNKS = 100_000
+MAX_CHUNKS = 20_000  # a PlanResolved of this many ranges stays well inside one event (1 MiB)
 
 
 class PlanError(ValueError):

@@ -150,7 +150,7 @@ class TrackerStore:
         self, msg: RawMessage, rows: dict[str, list[dict[str, Any]]], touched: set[str]
     ) -> None:
         try:
-            event = codec.decode(msg.data)
+            event = codec.decode(msg.data, subject=msg.subject)
         except codec.Poison as exc:
             log.warning("undecodable message at seq %d recorded as an anomaly", msg.seq)
             rows["anomalies"].append(

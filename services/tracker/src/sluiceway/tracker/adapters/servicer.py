@@ -7,8 +7,8 @@ import base64
 import binascii
 import json
 import logging
-from datetime import UTC, datetime
-from typing import Any, Protocol
+from datetime import UTC, datetime, timedelta
+from typing import Any, NoReturn, Protocol
 
 import grpc
 from google.protobuf import timestamp_pb2
@@ -21,6 +21,17 @@ log = logging.getLogger(__name__)
 
 LIST_RUNS_DEFAULT, LIST_RUNS_MAX = 50, 500
 EVENTS_DEFAULT, EVENTS_MAX = 200, 1000
+# Status details travel in a trailer; gRPC clients refuse metadata past 8 KiB by default, so a
+# message that quotes a 10,000-character run id must be cut (else the client sees INTERNAL).
+MAX_DETAILS = 1024
+
+
+async def abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, details: str) -> NoReturn:
+    """context.abort with details cut to MAX_DETAILS characters."""
+    if len(details) > MAX_DETAILS:
+        details = details[: MAX_DETAILS - 1] + "…"
+    await context.abort(code, details)
+    raise AssertionError("unreachable: abort raises")
 
 
 class DbPort(Protocol):
@@ -109,13 +120,14 @@ def stored_event(seq: int, kind: str, data: bytes) -> Any:
 # ---- page tokens: an opaque keyset cursor -----------------------------------------------------
 
 
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def encode_page_token(requested_at: datetime | None, run_id: str) -> str:
     micros = 0
     if requested_at is not None:
-        micros = int(
-            (requested_at.replace(tzinfo=UTC) - datetime(1970, 1, 1, tzinfo=UTC)).total_seconds()
-            * 1_000_000
-        )
+        at = requested_at.replace(tzinfo=UTC) if requested_at.tzinfo is None else requested_at
+        micros = (at - EPOCH) // timedelta(microseconds=1)
     raw = json.dumps([micros, run_id], separators=(",", ":")).encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
@@ -125,18 +137,44 @@ def decode_page_token(token: str) -> tuple[datetime, str]:
     try:
         raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         micros, run_id = json.loads(raw)
-    except (binascii.Error, ValueError, TypeError) as exc:
+    except (binascii.Error, ValueError, TypeError, RecursionError) as exc:
         raise ValueError("malformed") from exc
-    if not isinstance(micros, int) or not isinstance(run_id, str):
+    if not isinstance(micros, int) or isinstance(micros, bool) or not isinstance(run_id, str):
         raise ValueError("malformed")
-    at = datetime(1970, 1, 1, tzinfo=UTC).timestamp() + micros / 1_000_000
-    return datetime.fromtimestamp(at, UTC), run_id
+    try:
+        return EPOCH + timedelta(microseconds=micros), run_id
+    except OverflowError as exc:  # a forged time outside datetime's range
+        raise ValueError("malformed") from exc
 
 
 def _page_size(value: int, default: int, maximum: int) -> int:
     if value < 0:
         raise ValueError(f"page_size must be >= 0 (0 = {default}), got {value}")
     return min(value or default, maximum)
+
+
+def _statuses(values: Any) -> list[str]:
+    """RunStatus numbers -> read-model names; raises ValueError naming an unknown number (a
+    proto3 enum field carries any int32 on the wire)."""
+    names = []
+    for number in values:
+        try:
+            names.append(events_pb2.RunStatus.Name(number).removeprefix("RUN_STATUS_"))
+        except ValueError:
+            raise ValueError(f"statuses: unknown RunStatus value {number}") from None
+    return names
+
+
+def _time_bound(request: Any, field: str) -> datetime | None:
+    """An optional Timestamp field as a datetime; raises ValueError naming the field when it is
+    outside the Timestamp range (years 1-9999, nanos 0-999,999,999)."""
+    if not request.HasField(field):
+        return None
+    try:
+        dt: datetime = getattr(request, field).ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError) as exc:
+        raise ValueError(f"{field}: {exc}") from None
+    return dt
 
 
 class TrackerServicer(tracker_pb2_grpc.TrackerServicer):
@@ -159,22 +197,22 @@ class TrackerServicer(tracker_pb2_grpc.TrackerServicer):
 
     async def _run_id(self, run_id: str, context: grpc.aio.ServicerContext) -> str:
         if not run_id:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "run_id is required")
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "run_id is required")
         try:
             return check_run_id(run_id)
         except InvalidRunId as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-            raise  # unreachable: abort raises
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
 
     async def _require_run(self, run_id: str, context: grpc.aio.ServicerContext) -> None:
         if await self._db.call(self._db.store.get_run, run_id) is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"run {run_id!r} not found")
+            await abort(context, grpc.StatusCode.NOT_FOUND, f"run {run_id!r} not found")
 
     async def GetRun(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         run_id = await self._run_id(request.run_id, context)
         applied = self._progress.applied_seq
         if request.min_seq > applied:
-            await context.abort(
+            await abort(
+                context,
                 grpc.StatusCode.UNAVAILABLE,
                 f"not caught up: at seq {applied}, need {request.min_seq}",
             )
@@ -186,36 +224,33 @@ class TrackerServicer(tracker_pb2_grpc.TrackerServicer):
 
         run, journal = await self._db.call(read)
         if run is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"run {run_id!r} not found")
+            await abort(context, grpc.StatusCode.NOT_FOUND, f"run {run_id!r} not found")
         return summary_to_pb(run, journal)
 
     async def ListRuns(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
             limit = _page_size(request.page_size, LIST_RUNS_DEFAULT, LIST_RUNS_MAX)
+            statuses = _statuses(request.statuses)
+            requested_after = _time_bound(request, "requested_after")
+            requested_before = _time_bound(request, "requested_before")
         except ValueError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         after_key = None
         if request.page_token:
             try:
                 after_key = decode_page_token(request.page_token)
             except ValueError:
-                await context.abort(
+                await abort(
+                    context,
                     grpc.StatusCode.INVALID_ARGUMENT,
                     "page_token is malformed: pass back a next_page_token",
                 )
-        statuses = [
-            events_pb2.RunStatus.Name(s).removeprefix("RUN_STATUS_") for s in request.statuses
-        ]
         rows = await self._db.call(
             self._db.store.list_runs,
             export_name=request.export_name,
             statuses=statuses,
-            requested_after=request.requested_after.ToDatetime(tzinfo=UTC)
-            if request.HasField("requested_after")
-            else None,
-            requested_before=request.requested_before.ToDatetime(tzinfo=UTC)
-            if request.HasField("requested_before")
-            else None,
+            requested_after=requested_after,
+            requested_before=requested_before,
             after_key=after_key,
             limit=limit + 1,
         )
@@ -242,7 +277,7 @@ class TrackerServicer(tracker_pb2_grpc.TrackerServicer):
         try:
             limit = _page_size(request.page_size, EVENTS_DEFAULT, EVENTS_MAX)
         except ValueError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         await self._require_run(run_id, context)
         rows = await self._db.call(self._db.store.run_events, run_id, request.after_seq, limit)
         response = tracker_pb2.GetRunEventsResponse(events=[stored_event(*r) for r in rows])
@@ -260,7 +295,7 @@ class TrackerServicer(tracker_pb2_grpc.TrackerServicer):
         while await self._db.call(store.get_run, run_id) is None:
             remaining = deadline - loop.time()
             if remaining <= 0:
-                await context.abort(grpc.StatusCode.NOT_FOUND, f"run {run_id!r} not found")
+                await abort(context, grpc.StatusCode.NOT_FOUND, f"run {run_id!r} not found")
             marker = self._progress.progress_marker()
             await _wait(marker, remaining)
         last = request.from_seq
@@ -277,7 +312,8 @@ class TrackerServicer(tracker_pb2_grpc.TrackerServicer):
                     log.warning(
                         "watch of run %s cut off: client too slow", run_id, extra={"run_id": run_id}
                     )
-                    await context.abort(
+                    await abort(
+                        context,
                         grpc.StatusCode.RESOURCE_EXHAUSTED,
                         f"client too slow: resume WatchRun with from_seq={last}",
                     )
