@@ -56,3 +56,24 @@ async def test_history_returns_one_run_in_stream_order(bus: Bus) -> None:
     assert [e.body for _, e in history] == bodies
     assert [s for s, _ in history] == sorted(s for s, _ in history)
     assert await bus.history("nothing-here") == []
+
+
+async def test_an_attempt_is_claimed_by_one_execution_only(bus: Bus) -> None:
+    import dataclasses
+
+    started = _event("r4", ev.ChunkStarted(chunk_index=3, attempt=1))
+    mine = dataclasses.replace(started, producer=ev.Producer("worker", "w-1"))
+    theirs = dataclasses.replace(started, producer=ev.Producer("worker", "w-2"))
+    assert await bus.claim(mine, 0)
+    assert await bus.claim(mine, 0)  # my own retried publish: still mine
+    assert not await bus.claim(theirs, 0)  # same slot, same event id, another execution
+    last = await bus.last_start("r4", 3)
+    assert last is not None and last[1] == 1
+    # the next attempt is claimed against the last start; a stale expectation loses
+    second = dataclasses.replace(
+        theirs, event_id="r4/chunk_started/3/2", body=ev.ChunkStarted(chunk_index=3, attempt=2)
+    )
+    assert not await bus.claim(second, 0)
+    assert await bus.claim(second, last[0])
+    assert await bus.last_start("r4", 3) == ((await bus.history("r4"))[-1][0], 2)
+    assert await bus.last_start("r4", 4) is None

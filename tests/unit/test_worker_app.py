@@ -50,6 +50,22 @@ class FakeLog:
         done = self._completed(chunk_index)
         return None if done is None else done.attempt
 
+    async def last_start(self, run_id: str, chunk_index: int) -> tuple[int, int] | None:
+        starts = [
+            (seq, e.body.attempt)
+            for seq, e in enumerate(self.events, 1)
+            if isinstance(e.body, ev.ChunkStarted) and e.body.chunk_index == chunk_index
+        ]
+        return starts[-1] if starts else None
+
+    async def claim(self, event: ev.RunEvent, expected_last_seq: int) -> bool:
+        assert isinstance(event.body, ev.ChunkStarted)
+        last = await self.last_start(event.run_id, event.body.chunk_index)
+        if (0 if last is None else last[0]) != expected_last_seq:
+            return False
+        await self.append(event)
+        return True
+
     async def run_stopped(self, run_id: str) -> str:
         if any(isinstance(e.body, ev.RunCompleted) for e in self.events):
             return "the run ended"
@@ -315,3 +331,30 @@ async def test_a_completion_refused_by_the_stream_sets_the_files_aside() -> None
     assert [e.attempt for e in log.events if e.kind == "chunk_completed"] == [1]
     assert exporter.set_aside_calls == [2]
     assert delivery.settled == [("ack", 0.0)]
+
+
+async def test_the_attempt_number_follows_the_log_not_only_the_delivery_count() -> None:
+    # a crashed server handed the task out again as delivery 1, but attempt 1 already started
+    log, delivery = FakeLog(), FakeDelivery(codec.encode_task(TASK), delivered=1)
+    log.add(ev.ChunkStarted(chunk_index=4, attempt=1), attempt=1)
+    await _worker(log, FakeExporter(ChunkExport(PARTS))).handle(delivery)
+    started = [e.body for e in log.events if isinstance(e.body, ev.ChunkStarted)]
+    assert [s.attempt for s in started] == [1, 2]
+    completed = log.events[-1].body
+    assert isinstance(completed, ev.ChunkCompleted) and completed.attempt == 2
+    assert delivery.settled == [("ack", 0.0)]
+
+
+async def test_an_attempt_claimed_by_another_execution_is_left_to_it() -> None:
+    # two executions computed the same attempt; the other one's ChunkStarted was stored first
+    class RacingLog(FakeLog):
+        async def claim(self, event: ev.RunEvent, expected_last_seq: int) -> bool:
+            self.add(ev.ChunkStarted(chunk_index=4, attempt=1), attempt=1)
+            return await super().claim(event, expected_last_seq)
+
+    log, delivery = RacingLog(), FakeDelivery(codec.encode_task(TASK))
+    exporter = FakeExporter(ChunkExport(PARTS))
+    outcome = await _worker(log, exporter).handle(delivery)
+    assert exporter.calls == 0 and outcome.action == "none"
+    assert log.kinds == ["chunk_started"]  # the other execution's, not ours
+    assert delivery.settled == []  # neither ack nor nak: its holder settles it

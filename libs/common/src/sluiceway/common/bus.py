@@ -29,7 +29,9 @@ from sluiceway.common import codec, telemetry
 from sluiceway.common.domain.events import (
     ONCE_PER_CHUNK,
     ONCE_PER_RUN,
+    PER_CHUNK_SUBJECT,
     ChunkCompleted,
+    ChunkStarted,
     ChunkTask,
     RunCompleted,
     RunEvent,
@@ -67,15 +69,15 @@ class Names:
         return f"{self.namespace}.runs.{run_id}.{kind}"
 
     def event_subject(self, event: RunEvent) -> str:
-        """Where an event is stored. A ChunkCompleted has a subject of its own per chunk (one
-        more token) so that the stream can refuse a second one for the same chunk."""
+        """Where an event is stored. ChunkStarted and ChunkCompleted have a subject of their own
+        per chunk (one more token), so that the stream can arbitrate them (PER_CHUNK_SUBJECT)."""
         subject = self.run_subject(event.run_id, event.kind)
-        if type(event.body) in ONCE_PER_CHUNK:
+        if type(event.body) in PER_CHUNK_SUBJECT:
             subject += f".{event.body.chunk_index}"  # type: ignore[union-attr]
         return subject
 
-    def chunk_completed_subject(self, run_id: str, chunk_index: int) -> str:
-        return f"{self.run_subject(run_id, 'chunk_completed')}.{chunk_index}"
+    def chunk_subject(self, run_id: str, kind: str, chunk_index: int) -> str:
+        return f"{self.run_subject(run_id, kind)}.{chunk_index}"
 
     def run_history(self, run_id: str) -> str:
         return f"{self.namespace}.runs.{run_id}.>"
@@ -237,14 +239,23 @@ class Bus:
 
     # ---- appends --------------------------------------------------------------------------
 
-    async def append(self, event: RunEvent, headers: Mapping[str, str] | None = None) -> Appended:
+    async def append(
+        self,
+        event: RunEvent,
+        headers: Mapping[str, str] | None = None,
+        *,
+        expected_last_seq: int | None = None,
+    ) -> Appended:
         """Append with Nats-Msg-Id = event_id; once-only facts also carry an expected last
         subject sequence of 0, so the stream refuses a second one for the same run (or, for
-        ChunkCompleted, the same chunk)."""
+        ChunkCompleted, the same chunk). `expected_last_seq` makes any append conditional on
+        the last message of its subject."""
         hdrs: dict[str, str] = {"Nats-Msg-Id": event.event_id, **(headers or {})}
         telemetry.inject(hdrs)
         if type(event.body) in ONCE_PER_RUN or type(event.body) in ONCE_PER_CHUNK:
-            hdrs["Nats-Expected-Last-Subject-Sequence"] = "0"
+            expected_last_seq = 0
+        if expected_last_seq is not None:
+            hdrs["Nats-Expected-Last-Subject-Sequence"] = str(expected_last_seq)
         subject = self.names.event_subject(event)
         try:
             ack = await self.js.publish(subject, codec.encode(event), headers=hdrs)
@@ -272,10 +283,34 @@ class Bus:
 
     async def chunk_winner(self, run_id: str, chunk_index: int) -> int | None:
         """The attempt whose ChunkCompleted was stored for this chunk, if any (one direct get)."""
-        found = await self.last_on_subject(self.names.chunk_completed_subject(run_id, chunk_index))
+        subject = self.names.chunk_subject(run_id, "chunk_completed", chunk_index)
+        found = await self.last_on_subject(subject)
         if found is None or not isinstance(found[1].body, ChunkCompleted):
             return None
         return found[1].body.attempt
+
+    async def last_start(self, run_id: str, chunk_index: int) -> tuple[int, int] | None:
+        """(stream seq, attempt) of the chunk's latest ChunkStarted, if any (one direct get)."""
+        found = await self.last_on_subject(
+            self.names.chunk_subject(run_id, "chunk_started", chunk_index)
+        )
+        if found is None or not isinstance(found[1].body, ChunkStarted):
+            return None
+        return found[0], found[1].body.attempt
+
+    async def claim(self, event: RunEvent, expected_last_seq: int) -> bool:
+        """Append `event` only if the last message of its subject is still at
+        `expected_last_seq`; True when the stored fact is this one. Two executions that raced
+        for the same slot (same event id) are told apart by their producer."""
+        appended = await self.append(event, expected_last_seq=expected_last_seq)
+        if not appended.duplicate and not appended.conflict:
+            return True
+        try:
+            raw = await self.js.get_msg(self.names.runs_stream, seq=appended.seq)
+        except NotFoundError:
+            return False
+        stored = codec.decode(raw.data or b"")
+        return stored.event_id == event.event_id and stored.producer == event.producer
 
     async def run_stopped(self, run_id: str) -> str:
         """Why no more work should be done for this run ('' while it may go on): it ended, or a

@@ -34,6 +34,7 @@ from sluiceway.worker.domain.decide import (
     decide_on_delivery,
     decide_on_error,
     decide_on_success,
+    next_attempt,
 )
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,10 @@ class EventLog(Protocol):
     async def append(self, event: RunEvent) -> Appended: ...
 
     async def chunk_winner(self, run_id: str, chunk_index: int) -> int | None: ...
+
+    async def last_start(self, run_id: str, chunk_index: int) -> tuple[int, int] | None: ...
+
+    async def claim(self, event: RunEvent, expected_last_seq: int) -> bool: ...
 
     async def run_stopped(self, run_id: str) -> str: ...
 
@@ -82,7 +87,7 @@ class Probe(Protocol):
 class Outcome:
     """How a delivery was settled, for logs and tests."""
 
-    action: str  # "ack" | "nak" | "term"
+    action: str  # "ack" | "nak" | "term" | "none" (left to the execution that holds it)
     rows: int = 0
     files: int = 0
     error: str = ""
@@ -139,7 +144,6 @@ class ChunkWorker:
             run_id_var.reset(token)
 
     async def _handle(self, task: ChunkTask, delivery: Delivery) -> Outcome:
-        attempt = delivery.attempt
         chunk = task.range.index
         # guards, one direct get each: a task of a run that ended (canceled) never starts, and
         # a redelivery of a chunk already completed (its ack was lost) is not read again
@@ -154,6 +158,10 @@ class ChunkWorker:
             log.info("chunk %d was already completed by attempt %d", chunk, winner)
             return Outcome("ack", error=f"completed by attempt {winner}")
 
+        # the attempt number is claimed on the stream: no two executions ever share one, even
+        # when a crashed server forgot a delivery and handed the task out twice
+        last = await self._log.last_start(task.run_id, chunk)
+        attempt = next_attempt(delivery.attempt, None if last is None else last[1])
         budget = attempt_budget(task.spec.max_attempts, self._max_deliver)
         before = self._probe.read()
         decision = decide_on_delivery(task, attempt, budget)
@@ -165,9 +173,12 @@ class ChunkWorker:
             log.warning("chunk %d: %s", chunk, decision.failed.error)
             return Outcome("term", error=decision.failed.error)
 
-        await self._log.append(
-            self._event(task, decision.started, attempt, self._probe.usage(before))
-        )
+        started = self._event(task, decision.started, attempt, self._probe.usage(before))
+        if not await self._log.claim(started, 0 if last is None else last[0]):
+            # another execution started this chunk at the same moment: it holds the task (its
+            # heartbeats keep it) and ack_wait hands it out again should that one die
+            log.warning("chunk %d: attempt %d was claimed by another execution", chunk, attempt)
+            return Outcome("none", error=f"attempt {attempt} claimed by another execution")
         log.info("chunk %d attempt %d/%d started", chunk, attempt, budget)
         stop = threading.Event()
         heartbeat = asyncio.create_task(self._heartbeat(delivery))

@@ -303,7 +303,10 @@ BODY_BY_KIND: dict[str, type[Body]] = {kind: cls for cls, kind in KINDS.items()}
 # Facts that happen at most once per run: appended with an expected-last-subject-sequence of 0
 # on their own subject, so two racing replicas cannot both write them.
 ONCE_PER_RUN: frozenset[type[Body]] = frozenset({PlanResolved, ManifestCommitted, RunCompleted})
-# Once per chunk: the first ChunkCompleted wins, enforced by the stream on a per-chunk subject.
+# Chunk facts stored on a subject of their own per chunk (one more token), so that the stream
+# can arbitrate them: the first ChunkCompleted wins (once only), and each ChunkStarted claims
+# the next attempt number (appended only if no other start came first).
+PER_CHUNK_SUBJECT: frozenset[type[Body]] = frozenset({ChunkStarted, ChunkCompleted})
 ONCE_PER_CHUNK: frozenset[type[Body]] = frozenset({ChunkCompleted})
 
 

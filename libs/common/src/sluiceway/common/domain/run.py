@@ -101,6 +101,8 @@ class RunState:
     anomalies: list[Anomaly] = field(default_factory=list)
     # event_id -> body of every applied event: a redelivery is recognised and skipped
     applied: dict[str, Body] = field(default_factory=dict)
+    # event_id -> bodies recorded as anomalies: a redelivery of a refused fact is refused once
+    refused: dict[str, list[Body]] = field(default_factory=dict)
 
     # ---- derived views ----------------------------------------------------------------------
 
@@ -137,6 +139,7 @@ class RunState:
 
 def _anomaly(state: RunState, event: RunEvent, reason: str) -> RunState:
     state.anomalies.append(Anomaly(event.event_id, event.kind, reason))
+    state.refused.setdefault(event.event_id, []).append(event.body)
     return state
 
 
@@ -149,9 +152,13 @@ def _chunk_trigger(event: RunEvent) -> str:
 
 def evolve(state: RunState, event: RunEvent) -> RunState:
     """Apply one event. The state is updated in place and returned (O(1) per event, so that
-    folding a run with thousands of chunks stays linear); a forbidden event becomes an Anomaly."""
+    folding a run with thousands of chunks stays linear); a forbidden event becomes an Anomaly.
+    Every fact counts once: an event delivered again (same id, same body) changes nothing,
+    whether it was applied or refused the first time, so fold(h + h) == fold(h)."""
     if event.run_id != state.run_id:
         return _anomaly(state, event, f"event of run {event.run_id!r} folded into {state.run_id!r}")
+    if event.body in state.refused.get(event.event_id, ()):
+        return state  # refused before: a redelivery is not a second anomaly
     seen = state.applied.get(event.event_id)
     if seen is not None:
         if seen == event.body:

@@ -32,6 +32,13 @@ def backoff_ms(
     return int(min(cap_ms, base_ms * (2**exponent)))
 
 
+def next_attempt(delivered: int, last_started: int | None) -> int:
+    """The attempt number to claim: the delivery count, or one past the last attempt the log
+    shows started, whichever is higher (a crashed server may hand a task out again with a
+    delivery count it has already used)."""
+    return max(delivered, 1, (last_started or 0) + 1)
+
+
 def attempt_budget(spec_max_attempts: int, consumer_max_deliver: int) -> int:
     """The export's budget, never above what the shared consumer will redeliver."""
     budget = spec_max_attempts if spec_max_attempts > 0 else DEFAULT_MAX_ATTEMPTS
