@@ -72,3 +72,55 @@ class History:
         self.add(ev.ValidationResult(passed=True))
         self.add(ev.ManifestCommitted(manifest_uri="file:///m", row_count=20, part_count=2))
         return self.add(ev.RunCompleted(status=ev.RunStatus.SUCCEEDED))
+
+    # ---- appended for replay tests (property tests, recorded histories, tracker rebuild) -----
+
+    def chunk_retried(self, index: int, rows: int = 10, parts: int = 1) -> History:
+        """Attempt 1 fails with a retryable error, attempt 2 completes."""
+        self.add(ev.ChunkStarted(chunk_index=index, attempt=1))
+        self.add(ev.ChunkFailed(chunk_index=index, error="lost", attempt=1, retryable=True))
+        self.add(ev.RetryAttempted(chunk_index=index, attempt=2, reason="lost", backoff_ms=500))
+        return self.chunk_done(index, attempt=2, rows=rows, parts=parts)
+
+    def chunk_failed(
+        self, index: int, attempt: int = 1, error: str = "no such table", retryable: bool = False
+    ) -> History:
+        self.add(ev.ChunkStarted(chunk_index=index, attempt=attempt))
+        return self.add(
+            ev.ChunkFailed(chunk_index=index, error=error, attempt=attempt, retryable=retryable)
+        )
+
+    def chunk_fenced(self, index: int, rows: int = 10) -> History:
+        """Two live attempts (a redelivery after ack_wait): attempt 2 completes first and wins;
+        attempt 1's file and completion arrive late and are fenced off as anomalies."""
+        self.add(ev.ChunkStarted(chunk_index=index, attempt=1))
+        self.add(ev.ChunkStarted(chunk_index=index, attempt=2))
+        self.files_written(index, attempt=2, rows=rows)
+        self.add(ev.ChunkCompleted(chunk_index=index, rows=rows, files=1, attempt=2))
+        self.files_written(index, attempt=1, rows=rows)
+        return self.add(ev.ChunkCompleted(chunk_index=index, rows=rows, files=1, attempt=1))
+
+    def files_written(
+        self, index: int, attempt: int = 1, rows: int = 10, parts: int = 1
+    ) -> History:
+        """Only the FileWritten events of one attempt."""
+        for p in range(parts):
+            self.add(
+                ev.FileWritten(
+                    file_name=f"part-{index:05d}-{p:04d}-a{attempt}.parquet",
+                    rows=rows // parts,
+                    bytes=100,
+                    part_index=p,
+                    chunk_index=index,
+                    attempt=attempt,
+                    content_fingerprint="xxh3:0000000000000000",
+                )
+            )
+        return self
+
+    def canceled(self, reason: str = "user") -> History:
+        self.add(ev.CancelRequested(reason=reason, requested_by="test"))
+        return self.add(ev.RunCompleted(status=ev.RunStatus.CANCELED))
+
+    def failed(self, error: str = "chunk 1 failed: no such table") -> History:
+        return self.add(ev.RunCompleted(status=ev.RunStatus.FAILED, error_message=error))

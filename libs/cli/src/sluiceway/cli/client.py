@@ -103,6 +103,12 @@ class Client:
         )
         return self.control.PlanRun(control_pb2.PlanRunRequest(config=doc), timeout=120.0)
 
+    def cancel(
+        self, run_id: str, *, reason: str = "", requested_by: str = ""
+    ) -> control_pb2.CancelRunResponse:
+        req = control_pb2.CancelRunRequest(run_id=run_id, reason=reason, requested_by=requested_by)
+        return self.control.CancelRun(req, timeout=CALL_TIMEOUT_S)
+
     # ---- tracker -------------------------------------------------------------------------------
 
     def get_run(

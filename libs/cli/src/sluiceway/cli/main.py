@@ -114,6 +114,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     watch = sub.add_parser("watch", parents=[common, remote], help="follow a run's events live")
     watch.add_argument("run_id")
+
+    cancel = sub.add_parser(
+        "cancel",
+        parents=[common, remote],
+        help="cancel a run: pending chunks never start, running ones stop at a batch boundary",
+    )
+    cancel.add_argument("run_id")
+    cancel.add_argument("--reason", default="", help="why (recorded in the run's events)")
+    cancel.add_argument(
+        "--wait", action="store_true", help="wait for the run to end; exit 0 if it was canceled"
+    )
+
+    rebuild_tracker = sub.add_parser(
+        "rebuild-tracker",
+        parents=[common],
+        help="rebuild the tracker's DuckDB read model from the run stream (tracker stopped)",
+    )
+    rebuild_tracker.add_argument(
+        "--db",
+        default="",
+        help="DuckDB file (default: SLUICEWAY_TRACKER_DB, else <state-dir>/tracker.duckdb)",
+    )
     return p
 
 
@@ -350,6 +372,43 @@ def cmd_watch(args: argparse.Namespace) -> int:
     return exit_for(summary)
 
 
+def cmd_cancel(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        resp = client.cancel(args.run_id, reason=args.reason, requested_by=_user())
+        print(f"cancel requested for run {resp.run_id}")
+        if not args.wait:
+            return EXIT_OK
+        summary = follow(
+            client, args.run_id, min_seq=resp.stream_seq, console=_stderr(), quiet=True
+        )
+    render.print_card(summary, _stdout())
+    return EXIT_OK if summary.status == events_pb2.RUN_STATUS_CANCELED else EXIT_RUN
+
+
+def cmd_rebuild_tracker(args: argparse.Namespace) -> int:
+    """The same rebuild as `python -m sluiceway.tracker rebuild`; NATS from SLUICEWAY_NATS_URL,
+    else from the stack that `up` recorded."""
+    # imported here: only this command needs the tracker's DuckDB/Arrow stack
+    from sluiceway.common.settings import Settings, SettingsError
+    from sluiceway.tracker.rebuild import RebuildError, run_rebuild
+
+    env = dict(os.environ)
+    if not env.get("SLUICEWAY_NATS_URL"):
+        state = stackmod.read_state(args.state_dir)
+        if state is not None and state.nats_url:
+            env["SLUICEWAY_NATS_URL"] = state.nats_url
+    try:
+        settings = Settings.from_env(env)
+    except SettingsError as exc:
+        raise Failure(f"error: {exc}") from None
+    db = args.db or env.get("SLUICEWAY_TRACKER_DB") or str(Path(args.state_dir) / "tracker.duckdb")
+    try:
+        run_rebuild(settings, db)
+    except RebuildError as exc:
+        raise Failure(f"error: {exc}") from None
+    return EXIT_OK
+
+
 COMMANDS = {
     "up": cmd_up,
     "down": cmd_down,
@@ -359,6 +418,8 @@ COMMANDS = {
     "status": cmd_status,
     "events": cmd_events,
     "watch": cmd_watch,
+    "cancel": cmd_cancel,
+    "rebuild-tracker": cmd_rebuild_tracker,
 }
 
 

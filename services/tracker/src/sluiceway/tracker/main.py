@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import logging
+import os
+import sys
+from collections.abc import Sequence
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from sluiceway.common import bus as busmod
-from sluiceway.common import service
-from sluiceway.common.settings import Settings
+from sluiceway.common import service, telemetry
+from sluiceway.common.settings import Settings, SettingsError
 from sluiceway.tracker.adapters.projection import TrackerStore
 from sluiceway.tracker.adapters.servicer import TrackerServicer
 from sluiceway.tracker.app import Db, Projection
@@ -76,5 +80,49 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         log.info("tracker stopped")
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m sluiceway.tracker",
+        description="Serve the Tracker API (no command), or rebuild its read model. "
+        "Settings come from SLUICEWAY_* environment variables.",
+    )
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    rebuild = sub.add_parser(
+        "rebuild",
+        help="rebuild the DuckDB read model from stream seq 1, then atomically replace it",
+    )
+    rebuild.add_argument(
+        "--db", help="the DuckDB file to rebuild (default: SLUICEWAY_TRACKER_DB)", default=""
+    )
+    return p
+
+
+def rebuild_command(db: str) -> int:
+    """`python -m sluiceway.tracker rebuild`: progress on stderr; 1 with one line on error."""
+    # imported here: serving does not need it
+    from sluiceway.tracker.rebuild import RebuildError, run_rebuild
+
+    telemetry.init_logging("tracker")
+    if not os.environ.get("SLUICEWAY_LOG_LEVEL"):
+        logging.getLogger().setLevel(logging.WARNING)  # the progress lines say what happens
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"sluiceway-tracker: {exc}", file=sys.stderr)
+        return 1
+    try:
+        run_rebuild(settings, db or settings.tracker_db)
+    except RebuildError as exc:
+        print(f"sluiceway-tracker rebuild: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("sluiceway-tracker rebuild: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    if args.command == "rebuild":
+        raise SystemExit(rebuild_command(args.db))
     service.run("tracker", serve)
