@@ -6,7 +6,8 @@ PY := $(VENV)/bin/python
 UV := $(VENV)/bin/uv
 STAMP := $(VENV)/.installed
 
-.PHONY: install proto lint check test test-unit test-integration demo bench up down clean
+.PHONY: install proto lint check test test-unit test-integration test-faults demo bench \
+	bench-durability up down clean
 
 install: $(STAMP)
 
@@ -37,6 +38,11 @@ test-unit: $(STAMP)
 test-integration: $(STAMP)
 	$(VENV)/bin/pytest -q tests/integration
 
+# SIGKILL at every crash point (and a killed nats-server): restart, check the outcome, print
+# the table (crash point, outcome, rows, seconds to recover); also in .sluiceway/faults.json
+test-faults: $(STAMP)
+	$(VENV)/bin/pytest -q tests/integration/test_faults.py
+
 demo: $(STAMP)
 	$(PY) -m sluiceway.cli.demo
 
@@ -51,3 +57,8 @@ down: $(STAMP)
 
 clean:
 	rm -rf .sluiceway .pytest_cache
+
+# What durability costs: the same 2M-row Parquet parts through PartWriter with and without fsync
+# (part file + directory), alternating, best of BENCH_ROUNDS (4); JSON report on stdout
+bench-durability: $(STAMP)
+	$(PY) -m bench.durability

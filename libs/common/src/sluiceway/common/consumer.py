@@ -82,13 +82,17 @@ class RunEventConsumer:
         delivered = msg.metadata.num_delivered or 1
         try:
             event = codec.decode(msg.data, subject=msg.subject)
-        except Exception as exc:  # codec.Poison, or any other decoding failure: both final
-            # decoding depends on the bytes alone, so a redelivery would fail the same way
+        except codec.Poison as exc:  # final: decoding depends on the bytes alone
             log.error("terminating an undecodable message on %s: %s", msg.subject[:200], exc)
             try:
                 await msg.term()
             except Exception:  # not terminated: it comes back after ack_wait and is retried
                 log.warning("could not terminate the message on %s", msg.subject[:200])
+            return
+        except Exception:  # a fault of this version, not of the message: retried, never dropped
+            log.exception("cannot decode the message on %s; retrying", msg.subject[:200])
+            with contextlib.suppress(Exception):
+                await msg.nak(delay=backoff_s(delivered))
             return
         token = telemetry.run_id_var.set(event.run_id)
         heartbeat = asyncio.create_task(self._heartbeat(msg))

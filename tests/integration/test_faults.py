@@ -1,0 +1,386 @@
+"""SIGKILL at every crash point (and a killed nats-server), restart, and check the outcome.
+
+Each scenario runs a fresh stack (planner, committer, tracker, 2 workers) in its own namespace
+against a 200k-row PostgreSQL table exported in 8 Parquet chunks. Exactly one instance carries
+SLUICEWAY_CRASH_AT; the harness waits until that process has died by SIGKILL (which proves the
+point fired), restarts it without the variable and waits for the run to end. The checks look
+at the outcome only: the manifest and the part files, the stream, and the read model against
+one rebuilt from the stream by a second, fresh tracker.
+
+Worker points are armed `@1` on worker-1 while worker-2 runs too: both workers hold a pending
+pull (`fetch(1)`) when the planner publishes 8 tasks, so worker-1 takes one of the first ones;
+if it ever did not, the point would not fire and the test fails (it never passes vacuously).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+
+import grpc
+import nats
+import pytest
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+from sluiceway.cli.stack import Stack, start_stack
+from sluiceway.common import crash, fingerprint
+from sluiceway.common.bus import Bus, Names, connect
+from sluiceway.common.domain.events import ChunkStatus, RunStatus
+from sluiceway.common.domain.run import fold
+from sluiceway.common.localnats import LocalNats
+from sluiceway.v1 import control_pb2, control_pb2_grpc, events_pb2, tracker_pb2_grpc
+from tests.support.eventually import eventually
+from tests.support.faults import (
+    NATS_KILL,
+    RESULTS,
+    SCENARIOS,
+    FaultResult,
+    fresh_tracker,
+    logs_tail,
+    read_model,
+    terminal_run,
+    wait_sigkilled,
+)
+from tests.support.localpg import LocalPostgres
+
+pytestmark = pytest.mark.integration
+
+TABLE = "fault_src"
+ROWS = 200_000
+CHUNK_SIZE = 25_000  # ids 1..200000 -> 8 chunks
+CHUNKS = 8
+URL_ENV = "FAULT_PG_URL"
+
+DEATH_TIMEOUT_S = 30.0  # submit -> the armed process is dead (normally < 5 s)
+RECOVER_TIMEOUT_S = 90.0  # death -> terminal run state
+NATS_DOWN_S = 1.0  # how long the nats-server stays dead
+# The tracker dies on its 2nd non-empty batch, so that the restart resumes from a committed
+# offset with a rolled-back batch to re-apply (the 1st batch holds RunRequested alone: the
+# planner takes longer than the tracker's 200 ms batch window). Every other point fires @1.
+NTH = {"tracker.before_commit": 2}
+# worker points where the crashed attempt never completed: its task is redelivered (after
+# ack_wait) and a later attempt must win the chunk
+REDELIVERED = ("worker.mid_read", "worker.after_rename", "worker.after_file_written")
+
+CREATE = f"""
+DROP TABLE IF EXISTS {TABLE};
+CREATE TABLE {TABLE} (
+  id bigint PRIMARY KEY,
+  account integer NOT NULL,
+  label text,
+  amount numeric(14,3),
+  ratio double precision,
+  created_at timestamptz NOT NULL,
+  closed_at timestamptz
+);
+INSERT INTO {TABLE}
+SELECT g,
+       (g * 7919) % 50000,
+       CASE WHEN g % 11 = 0 THEN NULL ELSE 'label ' || g || ' ünïcødé' END,
+       CASE WHEN g % 13 = 0 THEN NULL ELSE ((g * 37) % 10000000) / 1000.0 - 4000 END,
+       g / 7.0,
+       timestamptz '2026-01-01 00:00:00+00' + (g * interval '3 seconds'),
+       CASE WHEN g % 4 = 0 THEN NULL
+            ELSE timestamptz '2026-06-01 00:00:00+00' + (g * interval '1 minute') END
+FROM generate_series(1::bigint, {ROWS}::bigint) AS g;
+"""
+
+
+@pytest.fixture(scope="module")
+def fault_source(pg: LocalPostgres) -> LocalPostgres:
+    pg.psql_admin(CREATE)
+    pg.psql_admin(f"VACUUM ANALYZE {TABLE}")
+    return pg
+
+
+class Teardown:
+    """Everything a scenario started, stopped in reverse order even when the test fails."""
+
+    def __init__(self) -> None:
+        self._stack = contextlib.ExitStack()
+
+    def stack(self, stack: Stack) -> Stack:
+        self._stack.callback(stack.stop)
+        return stack
+
+    def nats(self, server: LocalNats) -> LocalNats:
+        # `stop` only knows the current process; a restart replaces it, so look it up late
+        self._stack.callback(lambda: server.stop())
+        return server
+
+    def close(self) -> None:
+        self._stack.close()
+
+
+@pytest.fixture
+def teardown() -> Iterator[Teardown]:
+    td = Teardown()
+    try:
+        yield td
+    finally:
+        td.close()
+
+
+@pytest.fixture
+async def aclosing() -> AsyncIterator[list[Callable[[], Awaitable[object]]]]:
+    """Async closers (gRPC channels, the trigger's NATS connection), run at teardown."""
+    closers: list[Callable[[], Awaitable[object]]] = []
+    yield closers
+    for close in reversed(closers):
+        with contextlib.suppress(Exception):
+            await close()
+
+
+def _config(dest: Path) -> str:
+    return f"""
+sources:
+  src: {{engine: postgres, url_env: {URL_ENV}}}
+exports:
+  - name: faults
+    source: src
+    table: public.{TABLE}
+    mode: chunked
+    chunk_column: id
+    chunk_size: {CHUNK_SIZE}
+    format: parquet
+    destination: {dest}
+"""
+
+
+def _env(namespace: str, source: LocalPostgres) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != crash.ENV}
+    env.update(
+        {
+            "SLUICEWAY_NAMESPACE": namespace,
+            URL_ENV: source.url,
+            "SLUICEWAY_WORKER_ACK_WAIT_S": "4",
+            "SLUICEWAY_WORKER_HEARTBEAT_S": "1",
+            "SLUICEWAY_CONSUMER_ACK_WAIT_S": "3",
+        }
+    )
+    return env
+
+
+class FirstChunkCompleted:
+    """A core NATS subscription to the namespace's ChunkCompleted subjects: JetStream publishes
+    reach plain subscribers too, so the harness learns of the first completed chunk within
+    milliseconds (the tracker's read model lags by a batch), while the other 7 are in flight."""
+
+    def __init__(self) -> None:
+        self.seen = asyncio.Event()
+        self._nc: NATS | None = None
+
+    async def start(self, url: str, names: Names) -> None:
+        self._nc = await nats.connect(url, name="test-faults-trigger", allow_reconnect=False)
+
+        async def on_msg(msg: Msg) -> None:
+            # <ns>.runs.<run_id>.<kind>[.<chunk>]: ChunkCompleted may carry a chunk token
+            if msg.subject.split(".")[3:4] == ["chunk_completed"]:
+                self.seen.set()
+
+        await self._nc.subscribe(names.runs_all, cb=on_msg)
+        await self._nc.flush()
+
+    async def close(self) -> None:
+        if self._nc is not None and not self._nc.is_closed:
+            with contextlib.suppress(Exception):
+                await self._nc.close()
+
+
+async def _tasks_settled(bus: Bus) -> bool:
+    """No chunk task is waiting or in flight: the run's history is final (a redelivered task
+    of a chunk that already won may still append after the run has ended)."""
+    info = await bus.js.consumer_info(bus.names.tasks_stream, "worker-chunks")
+    return not info.num_pending and not info.num_ack_pending
+
+
+@pytest.mark.parametrize("point", list(SCENARIOS))
+async def test_a_run_recovers_from_a_sigkill_at(
+    point: str,
+    request: pytest.FixtureRequest,
+    fault_source: LocalPostgres,
+    nats_server: LocalNats,
+    namespace: str,
+    tmp_path: Path,
+    teardown: Teardown,
+    aclosing: list[Callable[[], Awaitable[object]]],
+) -> None:
+    started = time.monotonic()
+    instance = SCENARIOS[point]
+    result = RESULTS[request.node.nodeid] = FaultResult(point, instance)
+    env = _env(namespace, fault_source)
+    dest = tmp_path / "dest"
+    state_dir = tmp_path / "state"
+
+    # ---- start the stack with exactly one armed instance
+    own_nats: LocalNats | None = None
+    if point == NATS_KILL:
+        # its own nats-server: the session's is shared by the other tests
+        own_nats = teardown.nats(
+            LocalNats(store_dir=tmp_path / "nats", log_file=tmp_path / "nats-server.log")
+        )
+        await asyncio.to_thread(own_nats.start)
+        nats_url = own_nats.url
+        instance_env: dict[str, dict[str, str]] = {}
+    else:
+        nats_url = nats_server.url
+        instance_env = {instance: {crash.ENV: f"{point}@{NTH.get(point, 1)}"}}
+    stack = teardown.stack(
+        await asyncio.to_thread(
+            start_stack,
+            state_dir,
+            workers=2,
+            nats_url=nats_url,
+            env=env,
+            instance_env=instance_env,
+        )
+    )
+
+    trigger = FirstChunkCompleted()
+    aclosing.append(trigger.close)
+    if own_nats is not None:
+        await trigger.start(nats_url, Names(namespace))
+
+    # ---- submit
+    control_ch = grpc.aio.insecure_channel(stack.state.control_addr)
+    tracker_ch = grpc.aio.insecure_channel(stack.state.tracker_addr)
+    aclosing += [control_ch.close, tracker_ch.close]
+    submitted = await control_pb2_grpc.ControlStub(control_ch).SubmitRun(
+        control_pb2.SubmitRunRequest(
+            config=control_pb2.ConfigDocument(
+                text=_config(dest), base_dir=str(tmp_path), file_name="faults.yaml"
+            ),
+            requested_by="test_faults",
+        ),
+        timeout=30,
+    )
+    run_id = submitted.run_id
+
+    # ---- the fault, then the restart
+    if own_nats is not None:
+        try:
+            await asyncio.wait_for(trigger.seen.wait(), DEATH_TIMEOUT_S)
+        except TimeoutError:
+            raise AssertionError(
+                f"no ChunkCompleted in {DEATH_TIMEOUT_S:.0f}s\n{logs_tail(state_dir)}"
+            ) from None
+        finally:
+            await trigger.close()
+        killed_at_wall = time.time()
+        await asyncio.to_thread(own_nats.kill)
+        assert own_nats.proc is not None and own_nats.proc.returncode == -9
+        died = time.monotonic()
+        await asyncio.sleep(NATS_DOWN_S)
+        await asyncio.to_thread(own_nats.start)  # same port, same store
+    else:
+        popen = stack.procs[instance]
+        log = next(p.log for p in stack.state.processes if p.name == instance)
+        died = await asyncio.to_thread(wait_sigkilled, popen, DEATH_TIMEOUT_S, log)
+        await asyncio.to_thread(stack.restart, instance, drop_env=(crash.ENV,))
+        if instance == "tracker-1":  # a new port
+            tracker_ch = grpc.aio.insecure_channel(stack.state.tracker_addr)
+            aclosing.append(tracker_ch.close)
+
+    # ---- the run ends, and succeeds
+    tracker = tracker_pb2_grpc.TrackerStub(tracker_ch)
+    try:
+        run = await eventually(
+            lambda: terminal_run(tracker, run_id),
+            timeout_s=RECOVER_TIMEOUT_S,
+            interval_s=0.1,
+            what=f"run {run_id} reaches a terminal state",
+        )
+    except TimeoutError as exc:
+        raise AssertionError(f"{exc}\n{logs_tail(state_dir)}") from None
+    result.recover_s = time.monotonic() - died
+    result.status = events_pb2.RunStatus.Name(run.status).removeprefix("RUN_STATUS_")
+    assert run.status == events_pb2.RUN_STATUS_SUCCEEDED, (
+        f"{run.error_message}\n{logs_tail(state_dir)}"
+    )
+
+    # ---- manifest, _SUCCESS and the part files
+    source_count = int(fault_source.psql_admin(f"SELECT count(*) FROM {TABLE}"))
+    result.source_rows = source_count
+    run_dir = dest / "faults" / "runs" / run_id
+    manifest_bytes = (run_dir / "manifest.json").read_bytes()
+    manifest = json.loads(manifest_bytes)
+    result.rows = manifest["row_count"]
+    assert (run_dir / "_SUCCESS").read_text().strip() == fingerprint.of_bytes(manifest_bytes)
+    assert manifest["run_id"] == run_id
+    assert manifest["row_count"] == source_count == ROWS
+    assert manifest["row_count"] == sum(p["rows"] for p in manifest["parts"])
+    assert manifest["part_count"] == len(manifest["parts"])
+    paths = [p["path"] for p in manifest["parts"]]
+    assert len(set(paths)) == len(paths), "a part is listed twice"
+    assert sorted({p["chunk_index"] for p in manifest["parts"]}) == list(range(CHUNKS))
+    for part in manifest["parts"]:
+        assert fingerprint.of_file(run_dir / part["path"]) == (
+            part["content_fingerprint"],
+            part["size_bytes"],
+        ), part["path"]
+    latest = json.loads((dest / "faults" / "manifest.json").read_text())
+    assert latest["run_id"] == run_id
+
+    # ---- the stream: one ManifestCommitted, and only winning attempts in the manifest
+    nc = await connect(nats_url, name="test-faults", connect_timeout_s=10)
+    try:
+        bus = Bus(nc, Names(namespace))
+        await eventually(lambda: _tasks_settled(bus), timeout_s=30, what="every task settled")
+        history = await bus.history(run_id)
+        committed = [
+            s async for s, _ in bus.iter_raw(bus.names.run_subject(run_id, "manifest_committed"))
+        ]
+    finally:
+        await nc.drain()
+    assert len(committed) == 1, f"{len(committed)} ManifestCommitted for the run"
+    state = fold((e for _, e in history), run_id)
+    assert state.status is RunStatus.SUCCEEDED
+    assert len(state.chunks) == CHUNKS
+    assert all(c.status is ChunkStatus.COMPLETED for c in state.chunks.values())
+    for part in manifest["parts"]:
+        chunk = state.chunks[part["chunk_index"]]
+        assert part["attempt"] == chunk.winning_attempt, (
+            f"{part['path']}: attempt {part['attempt']}, "
+            f"chunk {chunk.index} was won by attempt {chunk.winning_attempt}"
+        )
+    if point in REDELIVERED:  # the crashed attempt lost: a later one won, and only it is listed
+        assert max(c.winning_attempt for c in state.chunks.values()) >= 2
+    winners = {
+        (f.file_name, f.rows, f.bytes, f.content_fingerprint) for f in state.committed_files()
+    }
+    listed = {
+        (p["path"], p["rows"], p["size_bytes"], p["content_fingerprint"]) for p in manifest["parts"]
+    }
+    assert listed == winners
+    assert state.manifest is not None and state.manifest.fingerprint == fingerprint.of_bytes(
+        manifest_bytes
+    )
+    if own_nats is not None:  # the kill fell inside the run: chunks completed after it
+        after_kill = [
+            e
+            for _, e in history
+            if e.kind == "chunk_completed" and e.occurred_at.timestamp() > killed_at_wall
+        ]
+        assert after_kill, "every chunk had completed before the nats-server was killed"
+
+    # ---- the live read model equals one rebuilt from the stream by a fresh tracker
+    last_seq = max(seq for seq, _ in history)
+    live = await read_model(stack.state.tracker_addr, run_id, last_seq, timeout_s=30)
+    with fresh_tracker(tmp_path / "rebuild", env, nats_url) as addr:
+        rebuilt = await read_model(addr, run_id, last_seq, timeout_s=60)
+    assert live.run == rebuilt.run
+    assert live.chunks == rebuilt.chunks
+    assert live.parts == rebuilt.parts
+    assert live.events == rebuilt.events
+    assert [e.seq for e in live.events] == [seq for seq, _ in history]
+    assert live.run.total_rows == source_count
+    assert live.run.files_committed == manifest["part_count"]
+    assert live.run.manifest_fingerprint == fingerprint.of_bytes(manifest_bytes)
+
+    result.total_s = time.monotonic() - started
