@@ -89,6 +89,14 @@ def test_up_run_inspect_down(tmp_path: Path, source: Path) -> None:
 
         missing = cli("status", "no-such-run", *sd)
         assert missing.returncode == 1 and missing.stderr.startswith("error: NOT_FOUND")
+
+        # a run that has ended cannot be canceled: nothing is appended
+        late = cli("cancel", run_id, "--reason", "too late", *sd, timeout=60)
+        assert late.returncode == 1 and "FAILED_PRECONDITION" in late.stderr, late.stderr
+        assert "already ended SUCCEEDED" in late.stderr
+        assert "cancel_requested" not in cli("events", run_id, *sd).stdout
+        unknown = cli("cancel", "no-such-run", *sd)
+        assert unknown.returncode == 1 and unknown.stderr.startswith("error: NOT_FOUND")
     finally:
         down = cli("down", *sd, timeout=60)
     assert down.returncode == 0, down.stderr

@@ -705,7 +705,10 @@ def _check_control_call(env: ControlEnv, method: str, req: Any) -> grpc.StatusCo
         elif not _valid_id(req.run_id):
             assert code is Code.INVALID_ARGUMENT and "run_id" in details, (code, details)
         elif req.run_id in env.submitted:
-            assert code is Code.OK and response.run_id == req.run_id, (code, details)
+            if code is Code.FAILED_PRECONDITION:  # it has ended (or was canceled before)
+                assert "already ended" in details, details
+            else:
+                assert code is Code.OK and response.run_id == req.run_id, (code, details)
         else:
             assert code is Code.NOT_FOUND, (code, details)
         return code

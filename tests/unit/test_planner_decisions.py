@@ -13,7 +13,7 @@ from sluiceway.common.domain import events as ev
 from sluiceway.common.domain.ids import InvalidRunId, event_id
 from sluiceway.common.domain.run import fold
 from sluiceway.common.sources.base import Introspection, SourceError
-from sluiceway.planner.app import Planner, RunNotFound
+from sluiceway.planner.app import Planner, RunEnded, RunNotFound
 from sluiceway.planner.domain.plan import (
     Ignore,
     NeedsPlan,
@@ -286,3 +286,7 @@ async def test_cancel_checks_the_id_and_the_run() -> None:
     await planner.handle(cancel)
     done = log.bodies("r1")[-1]
     assert isinstance(done, ev.RunCompleted) and done.status is ev.RunStatus.CANCELED
+    # a second cancel of the ended run appends nothing
+    with pytest.raises(RunEnded, match="already ended CANCELED"):
+        await planner.cancel("r1", reason="again")
+    assert log.bodies("r1")[-1] == done

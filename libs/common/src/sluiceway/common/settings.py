@@ -47,6 +47,9 @@ class Settings:
     worker_ack_wait_s: float
     worker_heartbeat_s: float
     worker_max_deliver: int
+    # capped exponential backoff between attempts of a chunk: base * 2^(attempt-1), at most max
+    worker_backoff_base_ms: int
+    worker_backoff_max_ms: int
     # ack_wait of the planner's and committer's run-event consumers: how soon a message whose
     # handler died (a crash) is delivered again
     consumer_ack_wait_s: float
@@ -72,5 +75,7 @@ class Settings:
             worker_ack_wait_s=_float(e, "SLUICEWAY_WORKER_ACK_WAIT_S", 60.0),
             worker_heartbeat_s=_float(e, "SLUICEWAY_WORKER_HEARTBEAT_S", 10.0),
             worker_max_deliver=_int(e, "SLUICEWAY_WORKER_MAX_DELIVER", 10),
+            worker_backoff_base_ms=_int(e, "SLUICEWAY_WORKER_BACKOFF_BASE_MS", 1_000),
+            worker_backoff_max_ms=_int(e, "SLUICEWAY_WORKER_BACKOFF_MAX_MS", 60_000),
             consumer_ack_wait_s=_float(e, "SLUICEWAY_CONSUMER_ACK_WAIT_S", 30.0),
         )

@@ -21,6 +21,7 @@ from sluiceway.common.domain.events import (
     PlanResolved,
     PlanWarning,
     Producer,
+    RunCompleted,
     RunEvent,
     RunRequested,
 )
@@ -62,6 +63,10 @@ class RunLog(Protocol):
 
 class RunNotFound(LookupError):
     pass
+
+
+class RunEnded(RuntimeError):
+    """A cancel for a run that has already ended: nothing is appended."""
 
 
 def utcnow() -> datetime:
@@ -123,11 +128,14 @@ class Planner:
         return build_plan(spec, intro)
 
     async def cancel(self, run_id: str, *, reason: str = "", requested_by: str = "") -> int:
-        """Append CancelRequested. Raises InvalidRunId, RunNotFound."""
+        """Append CancelRequested. Raises InvalidRunId, RunNotFound, RunEnded."""
         ids.check_run_id(run_id)
         first = await self._log.last_on_subject(self._log.names.run_subject(run_id, "requested"))
         if first is None:
             raise RunNotFound(f"run {run_id!r} not found")
+        ended = await self._log.last_on_subject(self._log.names.run_subject(run_id, "completed"))
+        if ended is not None and isinstance(ended[1].body, RunCompleted):
+            raise RunEnded(f"run {run_id!r} already ended {ended[1].body.status.value}")
         body = CancelRequested(reason=redact(reason), requested_by=requested_by)
         appended = await self._log.append(
             self._event(run_id, first[1].export_name, body, self._clock())

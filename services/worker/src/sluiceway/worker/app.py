@@ -26,6 +26,8 @@ from sluiceway.common.redact import redact
 from sluiceway.common.sources.base import SourceError
 from sluiceway.common.telemetry import run_id_var
 from sluiceway.worker.domain.decide import (
+    BASE_BACKOFF_MS,
+    MAX_BACKOFF_MS,
     ChunkExport,
     Fail,
     Retry,
@@ -104,6 +106,7 @@ class ChunkWorker:
         heartbeat_s: float,
         consumer_max_deliver: int,
         stop_poll_s: float = 1.0,
+        backoff_ms: tuple[int, int] = (BASE_BACKOFF_MS, MAX_BACKOFF_MS),
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._log = log_
@@ -113,6 +116,7 @@ class ChunkWorker:
         self._heartbeat_s = heartbeat_s
         self._max_deliver = consumer_max_deliver
         self._stop_poll_s = stop_poll_s
+        self._backoff_ms = backoff_ms  # (base, cap) of the capped exponential backoff
         self._clock = clock
 
     def _event(
@@ -283,7 +287,15 @@ class ChunkWorker:
         winner = await self._log.chunk_winner(task.run_id, task.range.index)
         if winner is not None and winner != attempt:  # e.g. its files were moved aside
             return await self._lost(task, delivery, attempt, winner)
-        decision = decide_on_error(task.range.index, attempt, budget, retryable, error)
+        decision = decide_on_error(
+            task.range.index,
+            attempt,
+            budget,
+            retryable,
+            error,
+            base_ms=self._backoff_ms[0],
+            cap_ms=self._backoff_ms[1],
+        )
         usage = self._probe.usage(before)
         await self._log.append(self._event(task, decision.failed, attempt, usage))
         if isinstance(decision, Retry):

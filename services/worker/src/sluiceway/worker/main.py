@@ -45,6 +45,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
             telemetry.ResourceProbe(),
             instance=settings.instance,
             heartbeat_s=settings.worker_heartbeat_s,
+            backoff_ms=(settings.worker_backoff_base_ms, settings.worker_backoff_max_ms),
             consumer_max_deliver=consumer.max_deliver,
         )
         await asyncio.to_thread(sources.preload)  # drivers imported before ready

@@ -15,7 +15,7 @@ from sluiceway.common.domain.events import ExportSpec, RunRequested
 from sluiceway.common.domain.ids import InvalidRunId
 from sluiceway.common.redact import redact
 from sluiceway.common.sources.base import SourceError
-from sluiceway.planner.app import Planner, RunNotFound
+from sluiceway.planner.app import Planner, RunEnded, RunNotFound
 from sluiceway.planner.domain.chunks import PlanError
 from sluiceway.v1 import control_pb2 as cpb
 from sluiceway.v1 import control_pb2_grpc
@@ -164,6 +164,8 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         except (RunNotFound, codec.Poison):
             # Poison: what sits on the run's 'requested' subject is not a readable request
             await abort(context, grpc.StatusCode.NOT_FOUND, f"run {request.run_id!r} not found")
+        except RunEnded as exc:
+            await abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         except (nats.errors.Error, TimeoutError) as exc:
             log.warning("CancelRun: the run log is unavailable: %s", exc)
             await abort(context, grpc.StatusCode.UNAVAILABLE, "the run log is unavailable: retry")
