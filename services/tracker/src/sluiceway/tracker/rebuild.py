@@ -18,6 +18,7 @@ import duckdb
 from nats.js.errors import NotFoundError
 
 from sluiceway.common import bus as busmod
+from sluiceway.common.parts import fsync_dir
 from sluiceway.common.settings import Settings
 from sluiceway.tracker.adapters.projection import TrackerStore
 from sluiceway.tracker.app import Db, Projection
@@ -161,14 +162,6 @@ def _remove(path: Path) -> None:
     _wal(path).unlink(missing_ok=True)
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _counts(store: TrackerStore) -> tuple[int, int]:
     return len(store.table("runs")), len(store.table("anomalies"))
 
@@ -277,7 +270,7 @@ async def rebuild(
             _wal(path).unlink(missing_ok=True)
             os.replace(tmp, path)
             replaced = True
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
     finally:
         if not replaced:
             _remove(tmp)

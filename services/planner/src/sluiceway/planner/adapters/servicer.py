@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from typing import NoReturn
 
 import grpc
 import nats.errors
@@ -14,6 +13,7 @@ from sluiceway.common.config import ConfigError
 from sluiceway.common.domain.events import ExportSpec, RunRequested
 from sluiceway.common.domain.ids import InvalidRunId
 from sluiceway.common.redact import redact
+from sluiceway.common.rpc import abort
 from sluiceway.common.sources.base import SourceError
 from sluiceway.planner.app import Planner, RunEnded, RunNotFound
 from sluiceway.planner.domain.chunks import PlanError
@@ -33,16 +33,6 @@ MAX_CONFIG_BYTES = 1 << 20
 # RunRequested (spec + options + requested_by) must fit 64 KiB with room for the envelope and
 # the headers.
 MAX_REQUEST_EVENT_BYTES = 60 * 1024
-# Status details travel in a trailer; gRPC clients refuse metadata past 8 KiB by default.
-MAX_DETAILS = 1024
-
-
-async def abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, details: str) -> NoReturn:
-    """context.abort with details cut to MAX_DETAILS characters."""
-    if len(details) > MAX_DETAILS:
-        details = details[: MAX_DETAILS - 1] + "…"
-    await context.abort(code, details)
-    raise AssertionError("unreachable: abort raises")
 
 
 def oversized_event(spec: ExportSpec, which: str, request: cpb.SubmitRunRequest) -> str | None:

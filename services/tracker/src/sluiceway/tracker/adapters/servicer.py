@@ -8,12 +8,13 @@ import binascii
 import json
 import logging
 from datetime import UTC, datetime, timedelta
-from typing import Any, NoReturn, Protocol
+from typing import Any, Protocol
 
 import grpc
 from google.protobuf import timestamp_pb2
 
 from sluiceway.common.domain.ids import InvalidRunId, check_run_id
+from sluiceway.common.rpc import abort
 from sluiceway.tracker.adapters.projection import TrackerStore
 from sluiceway.v1 import events_pb2, tracker_pb2, tracker_pb2_grpc
 
@@ -21,17 +22,6 @@ log = logging.getLogger(__name__)
 
 LIST_RUNS_DEFAULT, LIST_RUNS_MAX = 50, 500
 EVENTS_DEFAULT, EVENTS_MAX = 200, 1000
-# Status details travel in a trailer; gRPC clients refuse metadata past 8 KiB by default, so a
-# message that quotes a 10,000-character run id must be cut (else the client sees INTERNAL).
-MAX_DETAILS = 1024
-
-
-async def abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, details: str) -> NoReturn:
-    """context.abort with details cut to MAX_DETAILS characters."""
-    if len(details) > MAX_DETAILS:
-        details = details[: MAX_DETAILS - 1] + "…"
-    await context.abort(code, details)
-    raise AssertionError("unreachable: abort raises")
 
 
 class DbPort(Protocol):
