@@ -63,6 +63,14 @@ class ExportSpec:
     max_attempts: int = 0
     row_group_rows: int = 0
     columns: tuple[str, ...] = ()
+    cursor_column: str = ""
+    time_column: str = ""
+    days_window: int = 0
+    chunk_by_days: int = 0
+    max_file_bytes: int = 0
+    row_group_mb: int = 0
+    add_exported_at: bool = False
+    compression_profile: str = ""
 
 
 @dataclass(frozen=True)
