@@ -155,13 +155,15 @@ class TestCancel:
         history = [e for _, e in await bus.history(run_id)]
         state = fold(history, run_id)
         stopped = [
-            e.body
-            for e in history
-            if isinstance(e.body, ev.Warning) and e.body.context == "stopped"
+            e for e in history if isinstance(e.body, ev.Warning) and e.body.context == "stopped"
         ]
         started = {e.body.chunk_index for e in history if isinstance(e.body, ev.ChunkStarted)}
         # the chunks running at the cancel stopped at a batch boundary and said so
         assert stopped, "no running chunk reported that it stopped"
+        # within the poll interval (1 s) plus the batch being read (here under 2 s)
+        requested = next(e for e in history if isinstance(e.body, ev.CancelRequested))
+        latency = (stopped[0].occurred_at - requested.occurred_at).total_seconds()
+        assert latency < 5.0, latency
         assert len(started) < len(state.chunks), "every chunk started: pending ones must not"
         # no manifest, no _SUCCESS, no latest pointer; the chunks are canceled in the read model
         run_dir = layout.run_dir(str(dest), "items", run_id)
