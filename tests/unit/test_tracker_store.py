@@ -157,6 +157,27 @@ def test_a_restart_resumes_the_fold_of_an_unfinished_run(tmp_path: Path) -> None
     assert snapshot(second) == snapshot(reference)
 
 
+def test_a_file_of_another_schema_is_emptied_and_rebuilt_from_the_stream(tmp_path: Path) -> None:
+    path = tmp_path / "t.duckdb"
+    events = run_history("r1")
+    old = TrackerStore(path)
+    old.apply(raw(events))
+    # as a file written by a version whose tables differed
+    old._con.execute("UPDATE projection_schema SET fingerprint = 'older'")
+    old._con.execute("ALTER TABLE runs DROP COLUMN status")
+    old.close()
+    reopened = TrackerStore(path)
+    assert reopened.offset() == 0 and reopened.table("runs") == []  # replayed from seq 1
+    reopened.apply(raw(events))
+    reference = TrackerStore(tmp_path / "ref.duckdb")
+    reference.apply(raw(events))
+    assert snapshot(reopened) == snapshot(reference)
+    reopened.close()
+    # the same version reopens its own file as it is
+    again = TrackerStore(path)
+    assert again.offset() == len(events)
+
+
 def test_parts_of_a_losing_attempt_are_not_committed(store: TrackerStore) -> None:
     events = run_history("r1", complete=False)
     extra = [

@@ -17,6 +17,7 @@ from sluiceway.common.domain.lifecycle import TERMINAL_RUN
 from sluiceway.common.domain.run import RunState, evolve
 from sluiceway.tracker.adapters.tables import (
     PER_RUN_TABLES,
+    SCHEMA_FINGERPRINT,
     TABLES,
     chunk_rows,
     kind_of_subject,
@@ -66,6 +67,23 @@ class TrackerStore:
     # ---- lifecycle ------------------------------------------------------------------------
 
     def _create_schema(self) -> None:
+        """Create the tables. A file made by a version with other tables (the schema's
+        fingerprint differs) is emptied: the read model is derived, and the projection then
+        rebuilds it from stream sequence 1."""
+        self._con.execute("CREATE TABLE IF NOT EXISTS projection_schema (fingerprint VARCHAR)")
+        stored = self._con.execute("SELECT fingerprint FROM projection_schema").fetchone()
+        existing = {
+            r[0] for r in self._con.execute("SELECT table_name FROM duckdb_tables()").fetchall()
+        }
+        if stored != (SCHEMA_FINGERPRINT,) and existing & {*TABLES, "projection_offset"}:
+            log.warning(
+                "the read model in %s has an older schema: rebuilding it from the stream",
+                self.path,
+            )
+            for table in (*TABLES, "projection_offset"):
+                self._con.execute(f"DROP TABLE IF EXISTS {table}")
+        self._con.execute("DELETE FROM projection_schema")
+        self._con.execute("INSERT INTO projection_schema VALUES (?)", [SCHEMA_FINGERPRINT])
         for table, cols in TABLES.items():
             ddl = ", ".join(f"{name} {sql}" for name, sql, _ in cols)
             self._con.execute(f"CREATE TABLE IF NOT EXISTS {table} ({ddl})")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
@@ -92,6 +93,11 @@ TABLES: dict[str, list[tuple[str, str, pa.DataType]]] = {
     ),
 }
 # Tables whose rows are a function of a run's whole state: replaced per touched run.
+# Changes with any table, column or type: a file with another fingerprint is rebuilt.
+SCHEMA_FINGERPRINT = hashlib.blake2b(
+    repr([(t, [(n, sql) for n, sql, _ in cols]) for t, cols in TABLES.items()]).encode(),
+    digest_size=8,
+).hexdigest()
 PER_RUN_TABLES = ("runs", "chunks", "parts")
 
 
