@@ -142,7 +142,7 @@ def main() -> int:
         log(f"table created in {time.perf_counter() - t0:.1f}s")
         cfg = work / "bench.yaml"
         cfg.write_text(CONFIG.format(url_env=URL_ENV, chunk_size=max(1, -(-rows // CHUNKS))))
-        ref = load_config(str(cfg), "bench")
+        spec = load_config(str(cfg), "bench")
 
         log("starting the stack (2 workers)")
         stack = stackmod.start_stack(work / "state", workers=2, env=dict(os.environ))
@@ -158,13 +158,7 @@ def main() -> int:
                 copies.append(reference_copy(pg.url))
                 log(f"reference binary COPY: {copies[-1][0]:.2f}s")
                 t0 = time.perf_counter()
-                resp = client.submit(
-                    ref.text,
-                    export_name=ref.export_name,
-                    base_dir=ref.base_dir,
-                    file_name=ref.file_name,
-                    requested_by="bench",
-                )
+                resp = client.submit(spec, requested_by="bench")
                 summary = follow(
                     client, resp.run_id, min_seq=resp.stream_seq, console=quiet, quiet=True
                 )

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from sluiceway.common import fingerprint, layout
-from sluiceway.common.parts import PartWriter
+from sluiceway.common.parts import PartWriter, dictionary_columns
 
 SCHEMA = pa.schema([("id", pa.int64()), ("name", pa.string()), ("price", pa.decimal128(12, 2))])
 
@@ -78,7 +78,7 @@ def test_csv_parts_read_back_equal(tmp_path: Path, compression: str) -> None:
     w = _writer(tmp_path, fmt="csv", compression=compression)
     w.write(_batch(0, 1234))
     (p,) = w.close()
-    assert p.file_name.endswith(".csv")
+    assert p.file_name.endswith(".csv.gz" if compression == "gzip" else ".csv")
     raw = (tmp_path / p.file_name).read_bytes()
     if compression == "gzip":
         raw = gzip.decompress(raw)
@@ -110,8 +110,6 @@ def test_abort_leaves_no_temporary_file(tmp_path: Path) -> None:
 def test_near_unique_columns_are_not_dictionary_encoded_but_repeated_ones_are() -> None:
     import pyarrow as pa
 
-    from sluiceway.common.parts import dictionary_columns
-
     n = 1000
     table = pa.table(
         {
@@ -123,3 +121,14 @@ def test_near_unique_columns_are_not_dictionary_encoded_but_repeated_ones_are() 
         }
     )
     assert dictionary_columns(table) == ["city", "empty", "qty"]
+
+
+def test_columns_without_a_hash_kernel_are_written_plain() -> None:
+    # lists and extension types (uuid) cannot be counted distinct: never dictionary-encoded
+    sample = pa.table(
+        {
+            "tags": pa.array([[1, 2], [1, 2], None], type=pa.list_(pa.int64())),
+            "kind": pa.array(["a", "a", "a"]),
+        }
+    )
+    assert dictionary_columns(sample) == ["kind"]

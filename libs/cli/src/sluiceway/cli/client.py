@@ -11,6 +11,8 @@ from pathlib import Path
 import grpc
 
 from sluiceway.cli import stack as stackmod
+from sluiceway.common import codec
+from sluiceway.common.domain.events import ExportSpec
 from sluiceway.v1 import control_pb2, control_pb2_grpc, events_pb2, tracker_pb2, tracker_pb2_grpc
 
 CALL_TIMEOUT_S = 30.0
@@ -86,22 +88,15 @@ class Client:
 
     # ---- control -------------------------------------------------------------------------------
 
-    def submit(
-        self, text: str, *, export_name: str, base_dir: str, file_name: str, requested_by: str = ""
-    ) -> control_pb2.SubmitRunResponse:
-        doc = control_pb2.ConfigDocument(
-            text=text, export_name=export_name, base_dir=base_dir, file_name=file_name
-        )
-        req = control_pb2.SubmitRunRequest(config=doc, requested_by=requested_by)
+    # The CLI checks the config where it is and sends the resolved export: paths are absolute
+    # and a query_file is already read into `query` (the planner never reads client files).
+
+    def submit(self, spec: ExportSpec, *, requested_by: str = "") -> control_pb2.SubmitRunResponse:
+        req = control_pb2.SubmitRunRequest(spec=_spec_pb(spec), requested_by=requested_by)
         return self.control.SubmitRun(req, timeout=CALL_TIMEOUT_S)
 
-    def plan(
-        self, text: str, *, export_name: str, base_dir: str, file_name: str
-    ) -> control_pb2.PlanRunResponse:
-        doc = control_pb2.ConfigDocument(
-            text=text, export_name=export_name, base_dir=base_dir, file_name=file_name
-        )
-        return self.control.PlanRun(control_pb2.PlanRunRequest(config=doc), timeout=120.0)
+    def plan(self, spec: ExportSpec) -> control_pb2.PlanRunResponse:
+        return self.control.PlanRun(control_pb2.PlanRunRequest(spec=_spec_pb(spec)), timeout=120.0)
 
     def cancel(
         self, run_id: str, *, reason: str = "", requested_by: str = ""
@@ -221,3 +216,9 @@ class Client:
             if summary.status in TERMINAL:
                 return
             time.sleep(0.2)
+
+
+def _spec_pb(spec: ExportSpec) -> events_pb2.ExportSpec:
+    msg = events_pb2.ExportSpec()
+    codec.to_message(spec, msg)
+    return msg

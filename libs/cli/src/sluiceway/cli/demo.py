@@ -23,7 +23,6 @@ from sluiceway.cli import stack as stackmod
 from sluiceway.cli.client import Client, Endpoints
 from sluiceway.cli.main import Failure, follow, grpc_failure, load_config
 from sluiceway.common import layout
-from sluiceway.common.config import load_file
 from sluiceway.v1 import events_pb2, tracker_pb2
 
 ROOT = Path(__file__).resolve().parents[5]  # libs/cli/src/sluiceway/cli/demo.py -> repo root
@@ -217,8 +216,7 @@ def run_demo(console: Console, err: Console) -> int:
     err.print(
         f"  {'generated' if created else 'cached'} ({time.monotonic() - tg:.1f}s)", markup=False
     )
-    ref = load_config(str(CONFIG), "orders")
-    spec = load_file(CONFIG)["orders"]
+    spec = load_config(str(CONFIG), "orders")
 
     _fresh_state_dir(STATE_DIR)
     err.print(
@@ -233,13 +231,7 @@ def run_demo(console: Console, err: Console) -> int:
             markup=False,
         )
         with Client(Endpoints(stack.state.control_addr, stack.state.tracker_addr)) as client:
-            resp = client.submit(
-                ref.text,
-                export_name=ref.export_name,
-                base_dir=ref.base_dir,
-                file_name=ref.file_name,
-                requested_by="demo",
-            )
+            resp = client.submit(spec, requested_by="demo")
             err.print(f"run {resp.run_id}", markup=False)
             summary = follow(client, resp.run_id, min_seq=resp.stream_seq, console=err)
         render.print_card(summary, console)

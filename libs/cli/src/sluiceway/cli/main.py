@@ -11,7 +11,6 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -22,16 +21,23 @@ from sluiceway.cli import render
 from sluiceway.cli import stack as stackmod
 from sluiceway.cli.client import TERMINAL, Client, NoStack, describe, resolve_endpoints
 from sluiceway.common.config import ConfigError, load_file, select
+from sluiceway.common.domain.events import ExportSpec
 from sluiceway.v1 import events_pb2, tracker_pb2
 
 EXIT_OK = 0
-EXIT_ERROR = 1  # config, usage, no stack, generic errors
-EXIT_RUN = 2  # the run did not succeed, or the services could not be reached
+EXIT_ERROR = 1  # config, usage, no stack, a run failed for good, canceled, generic errors
+EXIT_RETRYABLE = 2  # may pass on retry: retries spent on retryable errors, services unreachable
+EXIT_DATA = 3  # data integrity: validation or reconciliation failed (`validate`: bad data)
+EXIT_SCHEMA = 4  # schema drift failed the run
 
-EPILOG = """exit codes:
-  0  success (for `run --wait`: the run SUCCEEDED)
-  1  configuration, usage or generic error (including: no stack is running)
-  2  the run did not succeed (FAILED, CANCELED, SKIPPED) or the services could not be reached
+EPILOG = """exit codes (docs/cli.md):
+  0  success (`run --wait`: the run SUCCEEDED or was SKIPPED)
+  1  configuration, usage or generic error (no stack is running, the run failed on a
+     permanent error or was canceled; `validate`: PATH could not be checked)
+  2  retryable: the run failed on errors that may pass on retry, or the services could not
+     be reached
+  3  data integrity: validation or reconciliation failed (`validate`: the data is wrong)
+  4  schema drift failed the run
 """
 
 
@@ -95,6 +101,14 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("-c", "--config", required=True, help="YAML config file")
     plan.add_argument("--export", default="", help="export name (optional with one export)")
 
+    types = sub.add_parser(
+        "types",
+        help="each column's source, Arrow and Parquet type (introspects the source from here)",
+    )
+    types.add_argument("-c", "--config", required=True, help="YAML config file")
+    types.add_argument("--export", default="", help="export name (optional with one export)")
+    types.add_argument("--json", action="store_true", help="print JSON instead of text")
+
     runs = sub.add_parser("runs", parents=[common, remote], help="list runs, newest first")
     runs.add_argument("--export", default="", help="only this export")
     runs.add_argument(
@@ -114,6 +128,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     watch = sub.add_parser("watch", parents=[common, remote], help="follow a run's events live")
     watch.add_argument("run_id")
+
+    validate = sub.add_parser(
+        "validate",
+        help="check a committed run on disk: manifest, _SUCCESS, every part's bytes and rows",
+        epilog="PATH: a run directory, its manifest.json, or <dest>/<export>/manifest.json "
+        "(the latest pointer). Exit 0 verified, 3 the data is wrong, 1 could not check.",
+    )
+    validate.add_argument("path", metavar="PATH")
+    validate.add_argument("--json", action="store_true", help="print the report as JSON")
 
     cancel = sub.add_parser(
         "cancel",
@@ -162,24 +185,15 @@ def _client(args: argparse.Namespace) -> Client:
 def grpc_failure(err: grpc.RpcError) -> Failure:
     code = err.code() if hasattr(err, "code") else None
     unreachable = code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
-    return Failure(f"error: {describe(err)}", EXIT_RUN if unreachable else EXIT_ERROR)
+    return Failure(f"error: {describe(err)}", EXIT_RETRYABLE if unreachable else EXIT_ERROR)
 
 
-@dataclass(frozen=True)
-class ConfigRef:
-    text: str
-    export_name: str
-    base_dir: str
-    file_name: str
-
-
-def load_config(path: str, export: str) -> ConfigRef:
-    """Check the config locally (every error is one line naming file, export and field); the
-    url_env variables must be set here, because the services inherit this environment."""
+def load_config(path: str, export: str) -> ExportSpec:
+    """Check the config locally (every error is one line naming file, export and field) and
+    resolve the export: paths absolute, a query_file read. The url_env variables must be set
+    here, because the services inherit this environment."""
     specs = load_file(path, env=os.environ)
-    spec = select(specs, export or None, file_name=path)
-    p = Path(path)
-    return ConfigRef(p.read_text(encoding="utf-8"), spec.name, str(p.resolve().parent), p.name)
+    return select(specs, export or None, file_name=path)
 
 
 def parse_statuses(names: Sequence[str]) -> list[int]:
@@ -219,7 +233,31 @@ def follow(
 
 
 def exit_for(summary: tracker_pb2.RunSummary) -> int:
-    return EXIT_OK if summary.status == events_pb2.RUN_STATUS_SUCCEEDED else EXIT_RUN
+    """The exit code of `run --wait` (and `watch`) for a run's final summary."""
+    status = summary.status
+    if status in (events_pb2.RUN_STATUS_SUCCEEDED, events_pb2.RUN_STATUS_SKIPPED):
+        return EXIT_OK
+    if status == events_pb2.RUN_STATUS_CANCELED:
+        return EXIT_ERROR
+    if status != events_pb2.RUN_STATUS_FAILED:
+        return EXIT_RETRYABLE  # not ended in time: the tracker lags or cannot be reached
+    cause = summary.failure_cause
+    if cause in ("validation", "reconciliation") or summary.manifest_verification == "failed":
+        return EXIT_DATA
+    if cause == "schema_drift":
+        return EXIT_SCHEMA
+    if cause == "chunk_retries_spent":
+        return EXIT_RETRYABLE
+    return EXIT_ERROR  # planning, a permanent chunk error, anything else
+
+
+def cancel_exit_for(summary: tracker_pb2.RunSummary) -> int:
+    """`cancel --wait`: 0 when the run was canceled; a run that failed anyway exits as
+    `run --wait` would; one that succeeded before the cancel took hold is an error (1)."""
+    if summary.status == events_pb2.RUN_STATUS_CANCELED:
+        return EXIT_OK
+    code = exit_for(summary)
+    return EXIT_ERROR if code == EXIT_OK else code
 
 
 # ---- commands ------------------------------------------------------------------------------------
@@ -291,15 +329,9 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    ref = load_config(args.config, args.export)
+    spec = load_config(args.config, args.export)
     with _client(args) as client:
-        resp = client.submit(
-            ref.text,
-            export_name=ref.export_name,
-            base_dir=ref.base_dir,
-            file_name=ref.file_name,
-            requested_by=_user(),
-        )
+        resp = client.submit(spec, requested_by=_user())
         if not args.wait:
             if args.json:
                 print(
@@ -325,12 +357,26 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    ref = load_config(args.config, args.export)
+    spec = load_config(args.config, args.export)
     with _client(args) as client:
-        resp = client.plan(
-            ref.text, export_name=ref.export_name, base_dir=ref.base_dir, file_name=ref.file_name
-        )
+        resp = client.plan(spec)
     print(render.plan_text(resp))
+    return EXIT_OK
+
+
+def cmd_types(args: argparse.Namespace) -> int:
+    """The type mapping of one export, from the source itself (the URL from url_env here)."""
+    from sluiceway.cli import types as typesmod  # pyarrow and the drivers: this command only
+    from sluiceway.common.sources import SourceError
+
+    specs = load_file(args.config, env=os.environ)
+    spec = select(specs, args.export or None, file_name=args.config)
+    try:
+        rows = typesmod.describe_export(spec, os.environ)
+    except SourceError as exc:
+        raise Failure(f"error: export {spec.name!r}: {exc}") from None
+    engine = spec.source.engine
+    print(typesmod.render_json(rows) if args.json else typesmod.render_text(rows, engine))
     return EXIT_OK
 
 
@@ -382,7 +428,18 @@ def cmd_cancel(args: argparse.Namespace) -> int:
             client, args.run_id, min_seq=resp.stream_seq, console=_stderr(), quiet=True
         )
     render.print_card(summary, _stdout())
-    return EXIT_OK if summary.status == events_pb2.RUN_STATUS_CANCELED else EXIT_RUN
+    return cancel_exit_for(summary)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from sluiceway.cli import validate  # imported here: pyarrow is only needed by this command
+
+    try:
+        code, text = validate.run(args.path, as_json=args.json)
+    except validate.CannotCheck as exc:
+        raise Failure(f"error: {exc}", EXIT_ERROR) from None
+    print(text)
+    return code
 
 
 def cmd_rebuild_tracker(args: argparse.Namespace) -> int:
@@ -414,11 +471,13 @@ COMMANDS = {
     "down": cmd_down,
     "run": cmd_run,
     "plan": cmd_plan,
+    "types": cmd_types,
     "runs": cmd_runs,
     "status": cmd_status,
     "events": cmd_events,
     "watch": cmd_watch,
     "cancel": cmd_cancel,
+    "validate": cmd_validate,
     "rebuild-tracker": cmd_rebuild_tracker,
 }
 

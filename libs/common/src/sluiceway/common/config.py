@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+import stat
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
@@ -16,6 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from sluiceway.common import fileopts
 from sluiceway.common.domain.events import ExportSpec, SourceSpec
 
 MODES = ("full", "chunked")
@@ -95,6 +97,8 @@ class _Export(_Strict):
     chunk_column: str = ""
     chunk_size: int = Field(default=0, ge=0)
     chunk_count: int = Field(default=0, ge=0)
+    chunk_by_days: int = Field(default=0, ge=0)
+    query_file: str = ""
     format: str | None = None
     compression: str | None = None
     compression_level: int | None = None
@@ -102,6 +106,10 @@ class _Export(_Strict):
     batch_size: int | None = Field(default=None, gt=0)
     max_attempts: int | None = Field(default=None, ge=1, le=10)
     row_group_rows: int | None = Field(default=None, gt=0)
+    compression_profile: str | None = None
+    max_file_size: int | str | None = None  # bytes, or "256MB" / "1GiB"
+    row_group_mb: int | None = Field(default=None, gt=0, le=fileopts.MAX_ROW_GROUP_MB)
+    add_exported_at: bool | None = None
 
 
 class _Defaults(_Strict):
@@ -112,6 +120,10 @@ class _Defaults(_Strict):
     batch_size: int | None = Field(default=None, gt=0)
     max_attempts: int | None = Field(default=None, ge=1, le=10)
     row_group_rows: int | None = Field(default=None, gt=0)
+    compression_profile: str | None = None
+    max_file_size: int | str | None = None  # bytes, or "256MB" / "1GiB"
+    row_group_mb: int | None = Field(default=None, gt=0, le=fileopts.MAX_ROW_GROUP_MB)
+    add_exported_at: bool | None = None
 
 
 class _Document(_Strict):
@@ -141,11 +153,15 @@ def load_text(
     text: str,
     *,
     base_dir: str | Path = ".",
+    query_file_bases: Sequence[str | Path] = (),
     file_name: str = "<config>",
     env: Mapping[str, str] | None = None,
+    read_query_files: bool = True,
 ) -> dict[str, ExportSpec]:
     """Parse and check a config document; returns the exports by name, paths made absolute.
-    With `env`, also checks that every url_env variable is set there."""
+    With `env`, also checks that every url_env variable is set there. Without
+    `read_query_files` (a document sent by a client), a `query_file` is refused: the file is
+    the client's, and the server does not read files a client names."""
     if len(text) > MAX_CONFIG_CHARS:
         raise ConfigError(f"larger than {MAX_CONFIG_CHARS} characters", file=file_name)
     try:
@@ -199,12 +215,13 @@ def load_text(
                 path=_absolute(base, source.path, field="source.path", **where),
             ),
             table=item.table,
-            query=item.query,
+            query=_query_text(item, base, query_file_bases, read_query_files, **where),
             columns=tuple(item.columns),
             mode=item.mode,
             chunk_column=item.chunk_column,
             chunk_size=item.chunk_size,
             chunk_count=item.chunk_count,
+            chunk_by_days=item.chunk_by_days,
             format=pick("format"),
             compression=pick("compression") or "",
             compression_level=pick("compression_level"),
@@ -212,6 +229,10 @@ def load_text(
             batch_size=pick("batch_size"),
             max_attempts=pick("max_attempts"),
             row_group_rows=pick("row_group_rows"),
+            compression_profile=pick("compression_profile") or "",
+            max_file_bytes=_file_bytes(pick("max_file_size"), **where),
+            row_group_mb=_row_group_mb(item, doc.defaults, **where),
+            add_exported_at=bool(pick("add_exported_at")),
         )
         try:
             specs[item.name] = check_spec(spec, env=env, file_name=file_name)
@@ -235,6 +256,67 @@ def _absolute(base: Path, value: str, *, field: str, file: str, export: str) -> 
         except RuntimeError:  # Python < 3.13 on a symlink loop
             problem = "not a usable path (symlink loop)"
     raise ConfigError(problem, file=file, export=export, field=field)
+
+
+def _query_text(
+    item: _Export, base: Path, bases: Sequence[str | Path], allowed: bool, *, file: str, export: str
+) -> str:
+    """`query`, or the text of `query_file`: a UTF-8 file of at most MAX_QUERY_CHARS characters
+    that resolves (after '..' and every symlink) inside `base` (the config file's directory) or
+    one of the explicitly allowed `bases`."""
+    if not item.query_file:
+        return item.query
+    value = item.query_file
+
+    def fail(message: str) -> ConfigError:
+        return ConfigError(
+            f"query file {_show(value)}: {message}", file=file, export=export, field="query_file"
+        )
+
+    if item.query or item.table:
+        raise fail("'table', 'query' and 'query_file' are mutually exclusive: set only one")
+    if not allowed:
+        raise fail(
+            "not read from a submitted document: submit the resolved export (`sluiceway run` does)"
+        )
+    if problem := _path_problem(value):
+        raise fail(problem)
+    try:
+        roots = [base.resolve(), *(Path(b).resolve() for b in bases)]
+        target = (base / value).resolve(strict=True)
+    except FileNotFoundError:
+        raise fail("no such file") from None
+    except (OSError, ValueError, RuntimeError) as exc:  # RuntimeError: a symlink loop
+        raise fail(f"not a usable path ({type(exc).__name__})") from None
+    if not any(target.is_relative_to(root) for root in roots):
+        raise fail("resolves outside the config file's directory ('..', absolute path or symlink)")
+    limit = 4 * MAX_QUERY_CHARS  # UTF-8 takes at most 4 bytes a character
+    try:
+        # O_NOFOLLOW: a symlink swapped in after resolve() is refused, not followed;
+        # O_NONBLOCK: a FIFO cannot hang the loader (it is then refused as not a regular file)
+        fd = os.open(target, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        try:
+            regular = stat.S_ISREG(os.fstat(fd).st_mode)
+            data = b""
+            while regular and len(data) <= limit and (block := os.read(fd, limit + 1)):
+                data += block
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise fail(f"cannot read it ({exc.strerror or type(exc).__name__})") from None
+    if not regular:
+        raise fail("not a regular file")
+    if len(data) > limit:
+        raise fail(f"larger than {MAX_QUERY_CHARS} characters")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise fail(f"not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+    if len(text) > MAX_QUERY_CHARS:
+        raise fail(f"larger than {MAX_QUERY_CHARS} characters")
+    if not text.strip():
+        raise fail("is empty")
+    return text
 
 
 def _path_problem(value: str) -> str | None:
@@ -263,6 +345,31 @@ def _pick(item: _Export, defaults: _Defaults, name: str) -> Any:
     return DEFAULTS.get(name) if value is None else value
 
 
+def _file_bytes(value: int | str | None, *, file: str, export: str) -> int:
+    """max_file_size as bytes (0: no limit); its range is checked by check_spec."""
+    try:
+        return 0 if value is None else fileopts.parse_size(value)
+    except ValueError as exc:
+        raise ConfigError(str(exc), file=file, export=export, field="max_file_size") from None
+
+
+def _row_group_mb(item: _Export, defaults: _Defaults, *, file: str, export: str) -> int:
+    """row_group_mb and row_group_rows are alternatives: the nearer level that sets either wins
+    (an export's row_group_rows beats a default row_group_mb); one level may not set both."""
+    for level in (item, defaults):
+        if level.row_group_mb is not None and level.row_group_rows is not None:
+            where = "" if level is item else "defaults."
+            raise ConfigError(
+                "set row_group_mb or row_group_rows, not both",
+                file=file,
+                export=export,
+                field=f"{where}row_group_mb",
+            )
+        if level.row_group_mb is not None or level.row_group_rows is not None:
+            return level.row_group_mb or 0
+    return 0
+
+
 def check_spec(
     spec: ExportSpec, *, env: Mapping[str, str] | None = None, file_name: str = ""
 ) -> ExportSpec:
@@ -289,7 +396,7 @@ def check_spec(
             f"(at most {MAX_SPEC_BYTES}); this field holds {sizes[largest]}",
         )
     fills = {k: v for k, v in DEFAULTS.items() if not getattr(spec, k)}
-    if not spec.compression:
+    if not spec.compression and not spec.compression_profile:
         fills["compression"] = "zstd" if spec.format in ("", "parquet") else "none"
     spec = replace(spec, **fills) if fills else spec
     for field, low, high in _INT_BOUNDS:
@@ -332,28 +439,61 @@ def check_spec(
     if spec.mode not in MODES:
         raise fail("mode", f"unknown mode {_show(spec.mode)} (expected one of: {', '.join(MODES)})")
     if spec.mode == "chunked":
-        if not spec.chunk_column:
-            raise fail("chunk_column", "is required in chunked mode")
-        if not IDENT.fullmatch(spec.chunk_column) or "." in spec.chunk_column:
+        if not spec.chunk_column and (spec.query or spec.chunk_by_days):
+            raise fail(
+                "chunk_column",
+                "is required in chunked mode for a query or with chunk_by_days (a table is "
+                "chunked on its single-column integer primary key when none is set)",
+            )
+        if spec.chunk_column and (
+            not IDENT.fullmatch(spec.chunk_column) or "." in spec.chunk_column
+        ):
             raise fail("chunk_column", f"{_show(spec.chunk_column)} is not a column name")
-        if bool(spec.chunk_size) == bool(spec.chunk_count):
-            raise fail("chunk_size", "chunked mode needs exactly one of chunk_size or chunk_count")
+        days = spec.chunk_by_days
+        if not isinstance(days, int) or isinstance(days, bool) or not 0 <= days <= 36_600:
+            raise fail("chunk_by_days", "must be an integer from 1 to 36600 (days per chunk)")
+        if sum(1 for n in (spec.chunk_size, spec.chunk_count, spec.chunk_by_days) if n) != 1:
+            raise fail(
+                "chunk_size",
+                "chunked mode needs exactly one of chunk_size or chunk_count or chunk_by_days",
+            )
         if spec.chunk_count > 100_000:
             raise fail("chunk_count", "at most 100000 chunks")
-    elif spec.chunk_column or spec.chunk_size or spec.chunk_count:
-        raise fail("mode", "chunk_column/chunk_size/chunk_count need mode 'chunked'")
+    elif spec.chunk_column or spec.chunk_size or spec.chunk_count or spec.chunk_by_days:
+        raise fail("mode", "chunk_column/chunk_size/chunk_count/chunk_by_days need mode 'chunked'")
     if spec.format not in FORMATS:
         raise fail(
             "format", f"unknown format {_show(spec.format)} (expected one of: {', '.join(FORMATS)})"
         )
+    if spec.compression_profile:
+        if spec.compression_profile not in fileopts.PROFILE_NAMES:
+            raise fail(
+                "compression_profile",
+                f"unknown profile {_show(spec.compression_profile)} "
+                f"(expected one of: {', '.join(fileopts.PROFILE_NAMES)})",
+            )
+        codec, level = fileopts.resolve_compression(
+            spec.format, spec.compression_profile, spec.compression, spec.compression_level
+        )
+        spec = replace(spec, compression=codec, compression_level=level)
     if spec.compression not in COMPRESSIONS:
         raise fail(
             "compression",
             f"unknown compression {_show(spec.compression)} "
             f"(expected one of: {', '.join(COMPRESSIONS)})",
         )
-    if spec.format == "csv" and spec.compression not in ("none", "gzip"):
-        raise fail("compression", "csv supports 'none' or 'gzip'")
+    if spec.format == "csv" and spec.compression not in fileopts.CSV_CODECS:
+        raise fail(
+            "compression",
+            f"csv supports 'none' or 'gzip' (a gzip stream), not {_show(spec.compression)}: "
+            "the other codecs are Parquet's",
+        )
+    if problem := fileopts.level_problem(spec.compression, spec.compression_level):
+        raise fail("compression_level", problem)
+    if problem := fileopts.size_problem(spec.max_file_bytes):
+        raise fail("max_file_size", problem)
+    if not 0 <= spec.row_group_mb <= fileopts.MAX_ROW_GROUP_MB:
+        raise fail("row_group_mb", f"must be from 1 to {fileopts.MAX_ROW_GROUP_MB} (MB)")
     if not spec.destination:
         raise fail("destination", "is required (here or under 'defaults')")
     if problem := _path_problem(spec.destination):

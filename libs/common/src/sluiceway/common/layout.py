@@ -15,10 +15,14 @@ def run_dir(destination: str, export_name: str, run_id: str) -> Path:
     return export_dir(destination, export_name) / "runs" / run_id
 
 
-def part_name(chunk_index: int, part_index: int, attempt: int, fmt: str) -> str:
+def part_name(
+    chunk_index: int, part_index: int, attempt: int, fmt: str, compression: str = ""
+) -> str:
     # The attempt is in the name so that two attempts of one chunk (a redelivery while the first
     # still runs) never overwrite each other's files; only the winner's enter the manifest.
-    return f"part-{chunk_index:05d}-{part_index:04d}-a{attempt}.{EXTENSIONS[fmt]}"
+    # A gzip-compressed CSV part ends .csv.gz, so that readers know to decompress it.
+    ext = EXTENSIONS[fmt] + (".gz" if fmt == "csv" and compression == "gzip" else "")
+    return f"part-{chunk_index:05d}-{part_index:04d}-a{attempt}.{ext}"
 
 
 def temp_name(final_name: str) -> str:

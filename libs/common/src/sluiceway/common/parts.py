@@ -6,12 +6,19 @@ part that exists survived a crash. A chunk with zero rows produces no file at al
 
 CSV is gzip-compressed when compression == "gzip" and plain otherwise (the other codecs are
 Parquet codecs; a .csv part is never zstd-compressed behind the reader's back).
+
+Sizing (docs/config-files.md): rows per row group come from `row_group_rows`, or from
+`row_group_bytes` divided by the Arrow width of the first batch; with `max_file_bytes` a row
+group is also capped at 1/PART_SLACK of the target (from the bytes per row measured so far), so
+a part closes within one small row group (+ footer) of the target.
 """
 
 from __future__ import annotations
 
+import gzip
 import os
-from collections.abc import Iterable
+import zlib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -62,6 +69,15 @@ def make_dirs(path: Path) -> None:
         fsync_dir(d.parent)
 
 
+# A row group is at most 1/PART_SLACK of max_file_bytes, so a part overshoots its target by less
+# than 1/PART_SLACK (+ the footer); never fewer rows than MIN_ROW_GROUP_ROWS (tiny row groups
+# cost more in metadata and per-group overhead than an overshoot of a tiny target).
+PART_SLACK = 8
+MIN_ROW_GROUP_ROWS = 1024
+DEFAULT_ROW_GROUP_ROWS = 262_144
+CSV_PROBE_ROWS = 1000
+LEVELED_CODECS = ("zstd", "gzip")
+
 DICTIONARY_MAX_DISTINCT_RATIO = 0.5
 DICTIONARY_SAMPLE_ROWS = 10_000
 
@@ -75,7 +91,10 @@ def dictionary_columns(sample: pa.Table) -> list[str]:
     for name, column in zip(sample.column_names, sample.columns, strict=True):
         valid = len(column) - column.null_count
         if valid:
-            distinct = pc.count_distinct(column, mode="only_valid").as_py()
+            try:
+                distinct = pc.count_distinct(column, mode="only_valid").as_py()
+            except pa.ArrowNotImplementedError:  # lists, extension types (uuid): no hash kernel
+                continue
             if distinct / valid > DICTIONARY_MAX_DISTINCT_RATIO:
                 continue
         keep.append(name)
@@ -88,7 +107,7 @@ class _OpenPart:
     def __init__(self, owner: PartWriter, part_index: int) -> None:
         self.part_index = part_index
         self.final = owner.run_dir / layout.part_name(
-            owner.chunk_index, part_index, owner.attempt, owner.fmt
+            owner.chunk_index, part_index, owner.attempt, owner.fmt, owner.compression
         )
         self.temp = owner.run_dir / layout.temp_name(self.final.name)
         self.rows = 0
@@ -103,13 +122,18 @@ class _OpenPart:
                 use_dictionary=owner.dictionary_columns,
                 compression=codec,
                 compression_level=owner.compression_level
-                if owner.compression_level > 0 and codec not in ("none", "snappy")
+                if owner.compression_level > 0 and codec in LEVELED_CODECS
                 else None,
             )
         elif owner.fmt == "csv":
             sink: Any = self._file
             if owner.compression == "gzip":
-                self._stream = pa.CompressedOutputStream(self._file, "gzip")
+                # Python's gzip (zlib) takes a level, pyarrow's stream does not; mtime 0 and no
+                # name make the bytes depend on the rows alone
+                level = owner.compression_level if owner.compression_level > 0 else 6
+                self._stream = gzip.GzipFile(
+                    fileobj=self._file, mode="wb", compresslevel=level, mtime=0, filename=""
+                )
                 sink = self._stream
             self._writer = pacsv.CSVWriter(sink, owner.schema)
         else:
@@ -126,22 +150,19 @@ class _OpenPart:
             self._writer.write_table(table, row_group_size=row_group_rows)
         else:
             self._writer.write_table(table)
+            if self._stream is not None:
+                # push the compressed bytes out so the part's size is known (a sync flush
+                # costs a few bytes per write unit)
+                self._stream.flush(zlib.Z_SYNC_FLUSH)
         self.rows += table.num_rows
 
     def finish(self) -> WrittenPart:
         self._writer.close()
         if self._stream is not None:
-            self._stream.close()
-        if not self._file.closed:
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            self._file.close()
-        else:  # the compressed stream closed the file: sync it by name
-            fd = os.open(self.temp, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            self._stream.close()  # the gzip trailer; the file itself stays open
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
         os.replace(self.temp, self.final)
         fsync_dir(self.final.parent)
         crash.point("worker.after_rename")
@@ -164,9 +185,17 @@ class _OpenPart:
 class PartWriter:
     """Stream one chunk attempt's batches into part files in `run_dir`.
 
-    Rows are buffered only up to `row_group_rows` (Parquet row group / CSV write unit), so
+    Rows are buffered only up to one row group (Parquet row group / CSV write unit), so
     memory is bounded whatever the chunk size. With `max_file_bytes` > 0 a part that reaches
     that size is closed and the next rows go to part n+1.
+
+    Rows per row group: `row_group_rows`; with `row_group_bytes` > 0 instead, as many rows as
+    fit that many bytes of Arrow data at the width of the first batch. With `max_file_bytes`,
+    also at most 1/PART_SLACK of it at the output bytes per row (estimated from the first batch,
+    then measured on the rows written), and never below MIN_ROW_GROUP_ROWS.
+
+    `constants` are columns of the schema the batches do not carry, with one value for the
+    whole chunk (the `_exported_at` column).
     """
 
     def __init__(
@@ -180,6 +209,8 @@ class PartWriter:
         row_group_rows: int,
         schema: pa.Schema,
         max_file_bytes: int = 0,
+        row_group_bytes: int = 0,
+        constants: Mapping[str, object] | None = None,
     ) -> None:
         if fmt not in layout.EXTENSIONS:
             raise ValueError(f"unknown format {fmt!r}")
@@ -189,9 +220,19 @@ class PartWriter:
         self.fmt = fmt
         self.compression = compression or "zstd"
         self.compression_level = compression_level
-        self.row_group_rows = row_group_rows if row_group_rows > 0 else 262_144
+        self._base_rows = row_group_rows if row_group_rows > 0 else DEFAULT_ROW_GROUP_ROWS
+        self.row_group_rows = self._base_rows  # the effective size, set by the first batch
+        self.row_group_bytes = row_group_bytes
         self.schema = schema
         self.max_file_bytes = max_file_bytes
+        self._constants = {
+            name: pa.scalar(value, schema.field(name).type)
+            for name, value in (constants or {}).items()
+        }
+        self._sized = False
+        self._bytes_per_row = 0.0  # output bytes per row: estimated, then measured
+        self._out_bytes = 0
+        self._out_rows = 0
         self._pending: list[pa.RecordBatch] = []
         self._pending_rows = 0
         self._current: _OpenPart | None = None
@@ -212,12 +253,47 @@ class PartWriter:
             raise RuntimeError("PartWriter is closed")
         if batch.num_rows == 0:
             return
+        if self._constants:
+            batch = self._with_constants(batch)
         if not batch.schema.equals(self.schema):
             batch = batch.cast(self.schema)
+        if not self._sized:
+            self._size_from(batch)
         self._pending.append(batch)
         self._pending_rows += batch.num_rows
         while self._pending_rows >= self.row_group_rows:
             self._flush(self.row_group_rows)
+
+    def _with_constants(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        columns = {name: batch.column(name) for name in batch.schema.names}
+        for name, value in self._constants.items():
+            columns[name] = pa.repeat(value, batch.num_rows)
+        return pa.RecordBatch.from_arrays(
+            [columns[name] for name in self.schema.names], schema=self.schema
+        )
+
+    def _size_from(self, batch: pa.RecordBatch) -> None:
+        """Rows per row group from the first batch's width (Arrow bytes per row)."""
+        arrow_per_row = max(1.0, batch.nbytes / batch.num_rows)
+        if self.row_group_bytes > 0:
+            self._base_rows = max(1, int(self.row_group_bytes / arrow_per_row))
+        if self.max_file_bytes > 0:
+            # before anything is written: Arrow's width bounds a Parquet row's (compression
+            # only shrinks it); a CSV row's text is measured on a sample
+            self._bytes_per_row = arrow_per_row
+            if self.fmt == "csv":
+                sample = batch.slice(0, CSV_PROBE_ROWS)
+                buf = pa.BufferOutputStream()
+                pacsv.write_csv(sample, buf)
+                self._bytes_per_row = max(1.0, buf.getvalue().size / sample.num_rows)
+        self.row_group_rows = self._capped(self._base_rows)
+        self._sized = True
+
+    def _capped(self, rows: int) -> int:
+        if self.max_file_bytes <= 0 or self._bytes_per_row <= 0:
+            return rows
+        cap = int(self.max_file_bytes / PART_SLACK / self._bytes_per_row)
+        return min(rows, max(MIN_ROW_GROUP_ROWS, cap))
 
     def _flush(self, limit: int) -> None:
         table = pa.Table.from_batches(self._pending, schema=self.schema)
@@ -228,12 +304,19 @@ class PartWriter:
         if self._current is None:
             self._current = _OpenPart(self, self._next_index)
             self._next_index += 1
+        before = self._current.size
         self._current.write(head, self.row_group_rows)
         self._pending = rest.to_batches()
         self._pending_rows = rest.num_rows
-        if self.max_file_bytes > 0 and self._current.size >= self.max_file_bytes:
-            self._written.append(self._current.finish())
-            self._current = None
+        if self.max_file_bytes > 0:
+            self._out_bytes += self._current.size - before
+            self._out_rows += head.num_rows
+            if self._out_bytes > 0:
+                self._bytes_per_row = self._out_bytes / self._out_rows
+                self.row_group_rows = self._capped(self._base_rows)
+            if self._current.size >= self.max_file_bytes:
+                self._written.append(self._current.finish())
+                self._current = None
 
     def close(self) -> list[WrittenPart]:
         """Flush what is buffered, finish the open part, and return every part written."""

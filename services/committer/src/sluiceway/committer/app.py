@@ -4,6 +4,7 @@ ManifestCommitted -> latest pointer -> RunCompleted. Every step can be re-run af
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
@@ -237,6 +238,8 @@ class Committer:
         if self._open is None:
             return sum(c.rows for c in state.chunks.values())
         opener = self._open
+        # the plan names the chunk column (the `table:` shortcut resolves it while planning)
+        spec = dataclasses.replace(spec, chunk_column=plan.chunk_column or spec.chunk_column)
 
         def count() -> int:
             source = opener(spec)

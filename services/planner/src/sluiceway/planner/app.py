@@ -105,7 +105,9 @@ class Planner:
         self, text: str, export_name: str = "", base_dir: str = "", file_name: str = ""
     ) -> ExportSpec:
         name = file_name or "<config>"
-        specs = config.load_text(text, base_dir=base_dir or ".", file_name=name, env=self._env)
+        specs = config.load_text(
+            text, base_dir=base_dir or ".", file_name=name, env=self._env, read_query_files=False
+        )
         return config.select(specs, export_name or None, file_name=name)
 
     # ---- Control operations -----------------------------------------------------------------

@@ -16,6 +16,8 @@ if TYPE_CHECKING:
 __all__ = ["Introspection", "Source", "SourceError", "arrow_schema", "arrow_type", "open_source"]
 
 _DECIMAL = re.compile(r"^decimal(128|256)\((\d+),\s*(-?\d+)\)$")
+# list<item: T> and list<item: T not null> (str() of a pyarrow list type); T may be a list
+_LIST = re.compile(r"^(list|large_list)<item: (.+?)( not null)?>$")
 _TIMESTAMP = re.compile(r"^timestamp\[(s|ms|us|ns)(?:,\s*tz=([^\]]+))?\]$")
 _SIMPLE = {
     "null": "null",
@@ -59,6 +61,14 @@ def arrow_type(text: str) -> pa.DataType:
         return pa.timestamp(m[1], tz=m[2])
     if m := re.fullmatch(r"time(32|64)\[(s|ms|us|ns)\]", t):
         return (pa.time32 if m[1] == "32" else pa.time64)(m[2])
+    if t == "extension<arrow.uuid>":
+        return pa.uuid()
+    if t == "month_day_nano_interval":
+        return pa.month_day_nano_interval()
+    if m := _LIST.fullmatch(t):
+        item, required = m[2], m[3] is not None
+        factory = pa.list_ if m[1] == "list" else pa.large_list
+        return factory(pa.field("item", arrow_type(item), nullable=not required))
     raise ValueError(f"unsupported Arrow type {text!r}")
 
 

@@ -30,6 +30,9 @@ class Introspection:
     key_high: str | None = None
     key_type: str = ""  # Arrow type of the chunk column, e.g. "int64"
     key_nullable: bool = False  # some rows have a NULL chunk key: they get a chunk of their own
+    # the table's primary key (Arrow types), looked up only for a chunked `table:` export with
+    # no chunk_column; the key bounds above are then those of a single-column primary key
+    primary_key: tuple[SchemaField, ...] = ()
 
 
 class Source(Protocol):

@@ -7,13 +7,12 @@ Why ADBC and how (measured in docs/pg-readers.md):
 - Range keys cannot be bound: ADBC runs a query with bind parameters as a prepared statement
   whose whole result is materialised. They are written as integer literals after int() parsed
   them (digits and a sign only), which also keeps the key comparison an index condition.
-- Type rule (Arrow type string in SchemaField.type): int2/int4/int8 -> int16/int32/int64,
-  float4/float8 -> float/double, bool -> bool, numeric(p,s) with p <= 38 -> decimal128(p, s)
-  (selected as text, cheaper than ADBC's binary numeric decoding, and cast to decimal128 with
-  the introspected precision and scale), unbounded numeric (no typmod) or p > 38 -> string
-  (exact text, no rounding), date -> date32[day], timestamp -> timestamp[us], timestamptz ->
-  timestamp[us, tz=UTC], time -> time64[us], bytea -> binary, text/varchar/char/name ->
-  string, json/jsonb/uuid and every other type -> string (selected as `::text`).
+- Types (pgtypes, docs/types.md): introspection maps each column's type OID and typmod to an
+  Arrow type string (SchemaField.type) and keeps PostgreSQL's name for it (source_type); the
+  reader selects each column so that the driver hands over that type or text that Arrow casts
+  to it (NUMERIC as ::text, cheaper than ADBC's binary numeric decoding), and checks what the
+  driver cannot flag (infinite timestamps, multi-dimensional arrays): a value that has no
+  faithful Arrow form fails the export, it is never changed.
 - Errors: retryable or permanent by the SQLSTATE table of `pgerrors` (connection lost, lock
   timeout, serialization failure, too many connections, shutdowns: retryable; syntax, undefined
   table/column, permission denied, bad values, statement timeout, unknown: permanent). The
@@ -36,34 +35,12 @@ import pyarrow as pa
 from sluiceway.common.domain.events import ChunkRange, ExportSpec, SchemaField
 from sluiceway.common.redact import redact
 
-from . import arrow_schema, pgerrors
+from . import arrow_schema, pgerrors, pgtypes
 from .base import Introspection, SourceError
-from .sql import count_sql, dollar, key_predicate, quote_ident, relation
+from .sql import bounds_sql, count_sql, dollar, quote_ident, relation, spec_predicate, with_key
 
 log = logging.getLogger(__name__)
 BATCH_HINT_BYTES = 16 << 20
-
-# type OID -> Arrow type string; anything else is read as text
-_OID_TYPES: dict[int, str] = {
-    16: "bool",
-    17: "binary",
-    20: "int64",
-    21: "int16",
-    23: "int32",
-    26: "int64",
-    700: "float",
-    701: "double",
-    25: "string",
-    1043: "string",
-    1042: "string",
-    19: "string",
-    1082: "date32[day]",
-    1114: "timestamp[us]",
-    1184: "timestamp[us, tz=UTC]",
-    1083: "time64[us]",
-}
-_NATIVE_TEXT = {25, 1043, 1042, 19}
-_NUMERIC = 1700
 
 
 def sqlstate_of(exc: BaseException) -> str:
@@ -88,19 +65,6 @@ def classify(exc: BaseException) -> SourceError:
     text = str(exc).strip() or type(exc).__name__
     verdict = pgerrors.classify_error(sqlstate_of(exc), text)
     return SourceError(redact(pgerrors.describe(verdict, text)), retryable=verdict.retryable)
-
-
-def field_of(
-    name: str, oid: int, precision: int | None, scale: int | None, nullable: bool, source_type: str
-) -> SchemaField:
-    if oid == _NUMERIC:
-        if precision and 0 < precision <= 38:
-            typ = f"decimal128({precision}, {scale or 0})"
-        else:
-            typ = "string"
-    else:
-        typ = _OID_TYPES.get(oid, "string")
-    return SchemaField(name=name, type=typ, nullable=nullable, source_type=source_type)
 
 
 class PostgresSource:
@@ -190,6 +154,8 @@ class PostgresSource:
         cols = ", ".join(quote_ident(c) for c in spec.columns) if spec.columns else "*"
         cur.execute(f"SELECT {cols} FROM {relation(spec)} LIMIT 0")
         desc = list(cur.description)
+        # the result's type modifiers: numeric(p, s), and the element typmod of numeric(p, s)[]
+        typmods = [cur.pgresult.fmod(i) for i in range(len(desc))]
         not_null: set[str] = set()
         if spec.table and not spec.query:
             cur.execute(
@@ -198,26 +164,27 @@ class PostgresSource:
                 (quote_ident(spec.table),),
             )
             not_null = {r[0] for r in cur.fetchall()}
-        type_names = self._type_names(cur, {d.type_code for d in desc})
-        return tuple(
-            field_of(
-                d.name,
-                d.type_code,
-                d.precision,
-                d.scale,
-                d.name not in not_null,
-                type_names.get(d.type_code, str(d.type_code)),
+        types = self._type_info(cur, {d.type_code for d in desc})
+        fields = []
+        for d, typmod in zip(desc, typmods, strict=True):
+            info = types.get(d.type_code, pgtypes.TypeInfo(str(d.type_code), 0))
+            fields.append(
+                pgtypes.field_of(
+                    d.name,
+                    d.type_code,
+                    typmod,
+                    d.name not in not_null,
+                    info.name,
+                    elem_oid=info.elem_oid,
+                    fmt=spec.format or "parquet",
+                )
             )
-            for d in desc
-        )
+        return tuple(fields)
 
     @staticmethod
-    def _type_names(cur: Any, oids: set[int]) -> dict[int, str]:
-        cur.execute(
-            "SELECT oid::int, format_type(oid, NULL) FROM pg_type WHERE oid = ANY(%s)",
-            (list(oids),),
-        )
-        return {int(o): n for o, n in cur.fetchall()}
+    def _type_info(cur: Any, oids: set[int]) -> dict[int, pgtypes.TypeInfo]:
+        cur.execute(pgtypes.TYPE_INFO_SQL, (list(oids),))
+        return {int(o): pgtypes.TypeInfo(n, int(e)) for o, n, e in cur.fetchall()}
 
     def schema_of(self, spec: ExportSpec) -> tuple[SchemaField, ...]:
         with self._cursor() as cur:
@@ -237,40 +204,42 @@ class PostgresSource:
             if estimate < 0:
                 cur.execute(count_sql(spec, None, lambda n: f"${n}")[0])
                 estimate = int(cur.fetchone()[0])
-            if not spec.chunk_column:
-                return Introspection(schema=schema, row_estimate=estimate)
-            key = quote_ident(spec.chunk_column)
-            rel = relation(spec)
-            cur.execute(
-                f"SELECT MIN({key})::text, MAX({key})::text, "
-                f"EXISTS (SELECT 1 FROM {rel} WHERE {key} IS NULL) FROM {rel}"
-            )
+            column = spec.chunk_column
+            pk: tuple[SchemaField, ...] = ()
+            if not column and spec.mode == "chunked" and spec.table and not spec.query:
+                pk = self._primary_key(cur, spec)  # the `table:` shortcut; the planner decides
+                column = pk[0].name if len(pk) == 1 else ""
+            if not column:
+                return Introspection(schema=schema, row_estimate=estimate, primary_key=pk)
+            cur.execute(bounds_sql(spec, column))
             low, high, has_null = cur.fetchone()
-        kf = next((f for f in schema if f.name == spec.chunk_column), None)
+            kf = next((f for f in (*pk, *schema) if f.name == column), None)
+            if kf is None:  # projected out of the export: its type all the same
+                kf = self._schema(cur, with_key(spec, column, only_key=True))[0]
         return Introspection(
             schema=schema,
             row_estimate=estimate,
             key_low=low,
             key_high=high,
-            key_type=kf.type if kf else "int64",
+            key_type=kf.type,
             key_nullable=bool(has_null),
+            primary_key=pk,
         )
 
-    # ---- reading (ADBC) ---------------------------------------------------------------------
-
     @staticmethod
-    def _select_list(fields: tuple[SchemaField, ...], oids: dict[str, str]) -> str:
-        out = []
-        for f in fields:
-            col = quote_ident(f.name)
-            source = oids.get(f.name, "")
-            # NUMERIC is read as text and cast by Arrow: PostgreSQL's numeric_out is cheaper than
-            # ADBC's binary numeric decoding (measured: -0.45 CPU-s per 1M rows, docs/pg-readers.md)
-            native = source != "numeric" and (
-                f.type != "string" or source in ("text", "character varying", "character", "name")
-            )
-            out.append(col if native else f"{col}::text AS {col}")
-        return ", ".join(out)
+    def _primary_key(cur: Any, spec: ExportSpec) -> tuple[SchemaField, ...]:
+        """The table's primary key columns, in key order, with their Arrow types."""
+        cur.execute(
+            "SELECT a.attname, a.atttypid::int, format_type(a.atttypid, a.atttypmod) "
+            "FROM pg_index i JOIN pg_attribute a "
+            "ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) "
+            "WHERE i.indrelid = %s::regclass AND i.indisprimary "
+            "ORDER BY array_position(i.indkey::int2[], a.attnum)",
+            (quote_ident(spec.table),),
+        )
+        return tuple(pgtypes.field_of(n, oid, -1, False, t) for n, oid, t in cur.fetchall())
+
+    # ---- reading (ADBC) ---------------------------------------------------------------------
 
     def read(
         self, spec: ExportSpec, rng: ChunkRange | None, schema: tuple[SchemaField, ...]
@@ -302,8 +271,8 @@ class PostgresSource:
         # keys inlined as integer literals: ADBC materialises a parameterised query's whole
         # result, and binding them through set_config()/current_setting() cost ~20% more server
         # CPU (docs/pg-readers.md)
-        where, _ = key_predicate(spec.chunk_column, rng, dollar, inline=True)
-        select = self._select_list(fields, {f.name: f.source_type for f in fields})
+        where, _ = spec_predicate(spec, rng, dollar, inline=True)
+        select = pgtypes.select_list(fields)
         rel = relation(spec)
         begin = (
             "BEGIN TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY"
@@ -323,7 +292,7 @@ class PostgresSource:
                     yield -1
                 cur.execute(f"SELECT {select} FROM {rel}{where}")
                 for batch in _record_batches(cur):
-                    yield _conform(batch, target)
+                    yield pgtypes.conform(batch, target)
                 cur.execute("COMMIT")
             finally:
                 with contextlib.suppress(Exception):
@@ -365,7 +334,7 @@ class PostgresSource:
                 kept = False
 
     def count(self, spec: ExportSpec, rng: ChunkRange | None) -> int:
-        where, params = key_predicate(spec.chunk_column, rng, lambda n: "%s")
+        where, params = spec_predicate(spec, rng, lambda n: "%s")
         with self._cursor() as cur:
             row = cur.execute(f"SELECT COUNT(*) FROM {relation(spec)}{where}", params).fetchone()
         return int(row[0])
@@ -392,22 +361,3 @@ def _record_batches(cur: Any) -> Iterable[pa.RecordBatch]:
     if wrapper is not None and getattr(wrapper, "_reader", None) is reader:
         return wrapper  # type: ignore[no-any-return]
     return reader  # type: ignore[no-any-return]
-
-
-def _conform(batch: pa.RecordBatch, target: pa.Schema) -> pa.RecordBatch:
-    """Rename/cast a driver batch to the planned schema (NUMERIC text -> decimal128)."""
-    if batch.schema.equals(target):
-        return batch
-    arrays = []
-    for col, field in zip(batch.columns, target, strict=True):
-        if col.type.equals(field.type):
-            arrays.append(col)
-            continue
-        try:
-            arrays.append(col.cast(field.type))
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as exc:
-            raise SourceError(
-                redact(f"column {field.name!r}: cannot convert {col.type} to {field.type}: {exc}"),
-                retryable=False,
-            ) from exc
-    return pa.RecordBatch.from_arrays(arrays, schema=target)

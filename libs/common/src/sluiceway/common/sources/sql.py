@@ -1,8 +1,19 @@
-"""SQL text shared by the SQL sources: quoted names and the key-range predicate, values bound."""
+"""SQL text shared by the SQL sources: quoted names, the key-range predicate and the key bounds.
+
+Chunk keys travel as text in ChunkRange. Integer keys (chunk_size / chunk_count) go through
+int(); date/time keys (chunk_by_days) go through date/datetime.fromisoformat() and are written
+back with isoformat(), so no text from an event ever reaches the SQL as it came. PostgreSQL gets
+them as typed literals (`'2026-01-01T00:00:00+00:00'::timestamptz`, `'2026-01-01'::date`), which
+keeps the comparison typed and an index condition; SQLite, which has no date type, compares
+`julianday()` instants on both sides, with the boundary bound as a parameter.
+"""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
+from dataclasses import replace
+from datetime import date, datetime
 
 from sluiceway.common.config import IDENT
 from sluiceway.common.domain.events import ChunkRange, ExportSpec
@@ -11,6 +22,11 @@ from .base import SourceError
 
 # placeholder(n) -> the n-th (1-based) bind marker: "?" for SQLite, "$n" for PostgreSQL
 Placeholder = Callable[[int], str]
+Key = int | date | datetime  # a datetime is a date too: test datetime first
+Param = int | str
+
+_DATE_ONLY = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+MAX_KEY_CHARS = 64
 
 
 def qmark(_n: int) -> str:
@@ -28,6 +44,14 @@ def quote_ident(name: str) -> str:
     return ".".join('"' + part.replace('"', '""') + '"' for part in name.split("."))
 
 
+def quote_literal(text: str) -> str:
+    """A standard SQL string literal (quotes doubled); NUL and backslashes are refused so the
+    literal means the same whatever standard_conforming_strings says."""
+    if "\x00" in text or "\\" in text:
+        raise SourceError(f"unsafe literal {text[:40]!r}", retryable=False)
+    return "'" + text.replace("'", "''") + "'"
+
+
 def relation(spec: ExportSpec) -> str:
     """The FROM clause: the quoted table, or the configured SELECT as a subquery `q`."""
     if spec.query:
@@ -41,12 +65,46 @@ def column_list(columns: Sequence[str]) -> str:
     return ", ".join(quote_ident(c) for c in columns) if columns else "*"
 
 
-def parse_key(text: str) -> int:
-    """Chunk keys are integers carried as text."""
+def parse_key(text: str, *, temporal: bool = False) -> Key:
+    """A chunk key carried as text: an integer, or with `temporal` an ISO date
+    (`2026-01-01`) or timestamp, naive or with an offset (`2026-01-01T00:00:00+00:00`)."""
+    if not temporal:
+        try:
+            return int(text)
+        except ValueError:
+            raise SourceError(f"chunk key {text!r} is not an integer", retryable=False) from None
+    t = text.strip()
     try:
-        return int(text)
+        if len(t) > MAX_KEY_CHARS:
+            raise ValueError(t)
+        if _DATE_ONLY.fullmatch(t):
+            return date.fromisoformat(t)
+        return datetime.fromisoformat(t)
     except ValueError:
-        raise SourceError(f"chunk key {text!r} is not an integer", retryable=False) from None
+        raise SourceError(
+            f"chunk key {text[:MAX_KEY_CHARS]!r} is not an ISO date or timestamp", retryable=False
+        ) from None
+
+
+def pg_literal(key: Key) -> str:
+    """A typed PostgreSQL literal of a parsed key (re-rendered, never the original text)."""
+    if isinstance(key, datetime):
+        kind = "timestamp" if key.tzinfo is None else "timestamptz"
+        return f"{quote_literal(key.isoformat())}::{kind}"
+    if isinstance(key, date):
+        return f"{quote_literal(key.isoformat())}::date"
+    return str(int(key))
+
+
+def sqlite_instant(expr: str) -> str:
+    """A SQLite date/time value as a julianday instant in UTC: ISO text (naive text is UTC, an
+    offset is honoured), numbers as Unix seconds (as the SQLite reader converts them). Text
+    that is not a date gives NULL and so lands in the NULL-key chunk, where reading it fails
+    loudly instead of the row being skipped."""
+    return (
+        f"(CASE WHEN typeof({expr}) IN ('integer', 'real') "
+        f"THEN julianday({expr}, 'unixepoch') ELSE julianday({expr}) END)"
+    )
 
 
 def key_predicate(
@@ -56,55 +114,100 @@ def key_predicate(
     first: int = 1,
     *,
     inline: bool = False,
-) -> tuple[str, list[int]]:
+    temporal: bool = False,
+    dialect: str = "postgres",
+) -> tuple[str, list[Param]]:
     """(WHERE clause or "", parameters) for a chunk range; the keys are bound. With `inline`,
-    the keys are written as integer literals instead and no parameter is returned: safe, since
-    every key has been through int() (digits and a sign only)."""
+    integer keys are written as literals instead and no parameter is returned: safe, since
+    every key has been through int() (digits and a sign only). With `temporal`, keys are dates
+    or timestamps: typed literals in PostgreSQL (always inline: parsed and re-rendered), bound
+    ISO text compared as julianday() instants in SQLite."""
     if rng is None:
         return "", []
     if not column:
         raise SourceError("a chunk range needs spec.chunk_column", retryable=False)
     key = quote_ident(column)
+    if temporal and dialect == "sqlite":
+        key = sqlite_instant(key)
     if rng.null_keys:
         return f" WHERE {key} IS NULL", []
     terms: list[str] = []
-    params: list[int] = []
+    params: list[Param] = []
 
-    def marker(value: int) -> str:
-        if inline:
+    def marker(text: str) -> str:
+        value = parse_key(text, temporal=temporal)
+        if temporal and dialect != "sqlite":
+            return pg_literal(value)
+        if inline and not temporal:
             return str(value)
-        params.append(value)
-        return placeholder(first + len(params) - 1)
+        params.append(value if isinstance(value, int) else value.isoformat())
+        bound = placeholder(first + len(params) - 1)
+        return f"julianday({bound})" if temporal else bound
 
     if rng.start_key:
-        terms.append(f"{key} >= {marker(parse_key(rng.start_key))}")
+        terms.append(f"{key} >= {marker(rng.start_key)}")
     if rng.end_key:
         op = "<=" if rng.end_inclusive else "<"
-        terms.append(f"{key} {op} {marker(parse_key(rng.end_key))}")
+        terms.append(f"{key} {op} {marker(rng.end_key)}")
     if not terms:
         # unbounded on both sides: every non-NULL key (NULL keys have their own chunk)
         terms.append(f"{key} IS NOT NULL")
     return " WHERE " + " AND ".join(terms), params
 
 
+def spec_predicate(
+    spec: ExportSpec, rng: ChunkRange | None, placeholder: Placeholder, *, inline: bool = False
+) -> tuple[str, list[Param]]:
+    """key_predicate for an export: its chunk column, its key kind and its engine."""
+    return key_predicate(
+        spec.chunk_column,
+        rng,
+        placeholder,
+        inline=inline,
+        temporal=spec.chunk_by_days > 0,
+        dialect=spec.source.engine or "postgres",
+    )
+
+
 def select_sql(
     spec: ExportSpec, rng: ChunkRange | None, placeholder: Placeholder, columns: Sequence[str] = ()
-) -> tuple[str, list[int]]:
-    where, params = key_predicate(spec.chunk_column, rng, placeholder)
+) -> tuple[str, list[Param]]:
+    where, params = spec_predicate(spec, rng, placeholder)
     cols = column_list(columns or spec.columns)
     return f"SELECT {cols} FROM {relation(spec)}{where}", params
 
 
 def count_sql(
     spec: ExportSpec, rng: ChunkRange | None, placeholder: Placeholder
-) -> tuple[str, list[int]]:
-    where, params = key_predicate(spec.chunk_column, rng, placeholder)
+) -> tuple[str, list[Param]]:
+    where, params = spec_predicate(spec, rng, placeholder)
     return f"SELECT COUNT(*) FROM {relation(spec)}{where}", params
 
 
-def bounds_sql(spec: ExportSpec) -> str:
-    key = quote_ident(spec.chunk_column)
-    return (
-        f"SELECT MIN({key}), MAX({key}), "
-        f"EXISTS (SELECT 1 FROM {relation(spec)} WHERE {key} IS NULL) FROM {relation(spec)}"
-    )
+def bounds_sql(spec: ExportSpec, column: str = "") -> str:
+    """MIN, MAX (as text) and whether a NULL key exists, of `column` (default: the spec's chunk
+    column). Date/time bounds (chunk_by_days) come back as ISO 8601 text whatever the server's
+    DateStyle: `to_json()` in PostgreSQL, the julianday instant formatted in UTC in SQLite."""
+    key = quote_ident(column or spec.chunk_column)
+    rel = relation(spec)
+    engine = spec.source.engine or "postgres"
+    if spec.chunk_by_days > 0 and engine == "sqlite":
+        instant = sqlite_instant(key)
+        iso = "'%Y-%m-%dT%H:%M:%f+00:00'"
+        return (
+            f"SELECT strftime({iso}, MIN({instant})), strftime({iso}, MAX({instant})), "
+            f"EXISTS (SELECT 1 FROM {rel} WHERE {instant} IS NULL) FROM {rel}"
+        )
+    if spec.chunk_by_days > 0:
+        low, high = f"to_json(MIN({key})) #>> '{{}}'", f"to_json(MAX({key})) #>> '{{}}'"
+    elif engine == "sqlite":
+        low, high = f"MIN({key})", f"MAX({key})"
+    else:
+        low, high = f"MIN({key})::text", f"MAX({key})::text"
+    return f"SELECT {low}, {high}, EXISTS (SELECT 1 FROM {rel} WHERE {key} IS NULL) FROM {rel}"
+
+
+def with_key(spec: ExportSpec, column: str, *, only_key: bool = False) -> ExportSpec:
+    """The spec chunked on `column` (e.g. the primary key resolved for a `table:` shortcut);
+    with `only_key`, also selecting that column alone (to learn its type)."""
+    return replace(spec, chunk_column=column, columns=(column,) if only_key else spec.columns)

@@ -29,7 +29,7 @@ from sluiceway.common.redact import redact
 
 from . import arrow_schema
 from .base import Introspection, SourceError
-from .sql import bounds_sql, count_sql, qmark, quote_ident, relation, select_sql
+from .sql import bounds_sql, count_sql, qmark, quote_ident, relation, select_sql, with_key
 
 _DEC = re.compile(r"^(?:DECIMAL|NUMERIC)\s*\(\s*(\d+)\s*(?:,\s*(\d+)\s*)?\)$", re.I)
 _TS_UTC = pa.timestamp("us", tz="UTC")
@@ -201,19 +201,41 @@ class SqliteSource:
         schema = self.schema_of(spec)
         try:
             (rows,) = self._con.execute(count_sql(spec, None, qmark)[0]).fetchone()
-            if not spec.chunk_column:
-                return Introspection(schema=schema, row_estimate=int(rows))
-            low, high, has_null = self._con.execute(bounds_sql(spec)).fetchone()
+            column = spec.chunk_column
+            pk: tuple[SchemaField, ...] = ()
+            if not column and spec.mode == "chunked" and spec.table and not spec.query:
+                pk = self._primary_key(spec)  # the `table:` shortcut; the planner decides
+                column = pk[0].name if len(pk) == 1 else ""
+            if not column:
+                return Introspection(schema=schema, row_estimate=int(rows), primary_key=pk)
+            low, high, has_null = self._con.execute(bounds_sql(spec, column)).fetchone()
         except sqlite3.Error as exc:
             raise _error(exc) from exc
-        key = next((f for f in schema if f.name == spec.chunk_column), None)
+        key = next((f for f in (*pk, *schema) if f.name == column), None)
+        if key is None:  # projected out of the export: its type all the same
+            key = self.schema_of(with_key(spec, column, only_key=True))[0]
         return Introspection(
             schema=schema,
             row_estimate=int(rows),
             key_low=None if low is None else str(low),
             key_high=None if high is None else str(high),
-            key_type=key.type if key is not None else "int64",
+            key_type=key.type,
+            primary_key=pk,
             key_nullable=bool(has_null),
+        )
+
+    def _primary_key(self, spec: ExportSpec) -> tuple[SchemaField, ...]:
+        """The table's primary key columns (pragma table_info's pk order), with Arrow types."""
+        table = spec.table.split(".")
+        pragma = (
+            f"PRAGMA {quote_ident(table[0])}.table_info({quote_ident(table[1])})"
+            if len(table) == 2
+            else f"PRAGMA table_info({quote_ident(table[0])})"
+        )
+        rows = sorted((r for r in self._con.execute(pragma) if r[5]), key=lambda r: r[5])
+        return tuple(
+            SchemaField(r[1], str(declared_to_arrow(r[2] or "") or pa.string()), False, r[2] or "")
+            for r in rows
         )
 
     # ---- reading ----------------------------------------------------------------------------

@@ -3,61 +3,45 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import PurePosixPath
 
+from sluiceway.common.domain import verify
 from sluiceway.common.domain.events import (
     ChunkRange,
     FileWritten,
     PlanResolved,
     ReconciliationResult,
-    ValidationFailure,
     ValidationResult,
 )
 from sluiceway.common.domain.run import RunState
 
-PART_MISSING = "PART_MISSING"
-SIZE_MISMATCH = "SIZE_MISMATCH"
-FINGERPRINT_MISMATCH = "FINGERPRINT_MISMATCH"
-PART_PATH_INVALID = "PART_PATH_INVALID"
+# one vocabulary with `sluiceway validate` (sluiceway.common.domain.verify)
+PART_MISSING = verify.PART_MISSING
+SIZE_MISMATCH = verify.SIZE_MISMATCH
+FINGERPRINT_MISMATCH = verify.FINGERPRINT_MISMATCH
+PART_PATH_INVALID = verify.PART_PATH_INVALID
+safe_relative = verify.safe_relative
 
 # what was read back from the destination: file name -> (fingerprint, size), None if absent
 Observed = Mapping[str, tuple[str, int] | None]
 
 
-def safe_relative(file_name: str) -> bool:
-    """A part path must stay inside the run directory."""
-    p = PurePosixPath(file_name)
-    return bool(file_name) and not p.is_absolute() and ".." not in p.parts
-
-
 def validate_parts(files: list[FileWritten], observed: Observed) -> ValidationResult:
-    failures: list[ValidationFailure] = []
-    for f in files:
-        if not safe_relative(f.file_name):
-            failures.append(
-                ValidationFailure(PART_PATH_INVALID, f.file_name, "path leaves the run directory")
-            )
-            continue
-        seen = observed.get(f.file_name)
-        if seen is None:
-            failures.append(ValidationFailure(PART_MISSING, f.file_name, "file not found"))
-            continue
-        fingerprint, size = seen
-        if size != f.bytes:
-            failures.append(
-                ValidationFailure(
-                    SIZE_MISMATCH, f.file_name, f"{size} bytes on disk, {f.bytes} written"
-                )
-            )
-        elif fingerprint != f.content_fingerprint:
-            failures.append(
-                ValidationFailure(
-                    FINGERPRINT_MISMATCH,
-                    f.file_name,
-                    f"{fingerprint} on disk, {f.content_fingerprint} written",
-                )
-            )
-    return ValidationResult(passed=not failures, failures=tuple(failures))
+    """The written files against the bytes read back (rows are not read here: the worker
+    counted them as it wrote, and `sluiceway validate` reads them back from the footers)."""
+    claims = [
+        verify.PartClaim(
+            path=f.file_name,
+            rows=f.rows,
+            size_bytes=f.bytes,
+            content_fingerprint=f.content_fingerprint,
+        )
+        for f in files
+    ]
+    seen = {
+        name: None if o is None else verify.PartSeen(fingerprint=o[0], size=o[1])
+        for name, o in observed.items()
+    }
+    return verify.result(verify.check_parts(claims, seen))
 
 
 def count_ranges(plan: PlanResolved) -> tuple[ChunkRange | None, ...]:

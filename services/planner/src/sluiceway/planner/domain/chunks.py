@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, date, datetime, timedelta
+
 from sluiceway.common.domain.events import ChunkRange
 
 # More chunks than this is a plan nobody wants (and ChunkTasks would flood the queue).
@@ -18,6 +20,37 @@ def empty_range(index: int = 0) -> ChunkRange:
     return ChunkRange(index=index, start_key="0", end_key="0", end_inclusive=False)
 
 
+# ISO timestamp keys are longer than integer ones: fewer of them fit in one PlanResolved
+MAX_DAY_CHUNKS = 10_000  # 27 years of daily chunks
+
+# the key kinds chunk_by_days plans over, and how their range bounds are written
+DATE, TIMESTAMP, TIMESTAMPTZ = "date", "timestamp", "timestamptz"
+_EPOCH = date(1970, 1, 1)
+
+
+def temporal_kind(key_type: str) -> str | None:
+    """The kind of a date/time chunk key from its Arrow type string; None for any other type."""
+    t = key_type.replace(" ", "")
+    if t.startswith(("date32", "date64")):
+        return DATE
+    if t.startswith("timestamp["):
+        return TIMESTAMPTZ if ",tz=" in t else TIMESTAMP
+    return None
+
+
+def is_integer_type(key_type: str) -> bool:
+    return key_type.strip() in {
+        "int8",
+        "int16",
+        "int32",
+        "int64",
+        "uint8",
+        "uint16",
+        "uint32",
+        "uint64",
+    }
+
+
 def plan_chunks(
     mode: str,
     *,
@@ -25,29 +58,93 @@ def plan_chunks(
     key_high: str | None = None,
     chunk_size: int = 0,
     chunk_count: int = 0,
+    chunk_by_days: int = 0,
+    key_kind: str = "",
     null_keys: bool = False,
 ) -> tuple[ChunkRange, ...]:
     """The chunks of one export. `full`: one unbounded chunk. `chunked`: contiguous integer
     ranges covering [key_low, key_high] exactly (start inclusive, end exclusive, the last one
-    end-inclusive), by `chunk_size` or into `chunk_count` near-equal ranges, plus one
-    `null_keys` chunk when some rows have a NULL key. Never returns an empty plan."""
+    end-inclusive), by `chunk_size` or into `chunk_count` near-equal ranges; or, with
+    `chunk_by_days` over a date/time key of `key_kind`, ranges of at most that many days,
+    aligned to midnight UTC, from the day of key_low to the day after key_high (every range
+    end-exclusive). Plus one `null_keys` chunk when some rows have a NULL key. Never returns an
+    empty plan."""
     if mode == "full":
         return (ChunkRange(index=0),)
     if mode != "chunked":
         raise PlanError(f"unknown mode {mode!r}")
-    if (chunk_size > 0) == (chunk_count > 0):
-        raise PlanError("chunked mode needs exactly one of chunk_size or chunk_count")
+    if sum(1 for n in (chunk_size, chunk_count, chunk_by_days) if n > 0) != 1:
+        raise PlanError(
+            "chunked mode needs exactly one of chunk_size, chunk_count or chunk_by_days"
+        )
+    if chunk_by_days > 0 and key_kind not in (DATE, TIMESTAMP, TIMESTAMPTZ):
+        raise PlanError(
+            f"chunk_by_days needs a date or timestamp key, not {key_kind or 'unknown'!r}"
+        )
     ranges: list[ChunkRange] = []
     if key_low is not None and key_high is not None:
-        low, high = _int_key(key_low), _int_key(key_high)
-        if low > high:
-            raise PlanError(f"key bounds are reversed: low {low} > high {high}")
-        ranges = _integer_ranges(low, high, chunk_size, chunk_count)
+        if chunk_by_days > 0:
+            ranges = _day_ranges(_day(key_low), _day(key_high), chunk_by_days, key_kind)
+        else:
+            low, high = _int_key(key_low), _int_key(key_high)
+            if low > high:
+                raise PlanError(f"key bounds are reversed: low {low} > high {high}")
+            ranges = _integer_ranges(low, high, chunk_size, chunk_count)
     if null_keys:
         ranges.append(ChunkRange(index=len(ranges), null_keys=True))
     if not ranges:
-        ranges.append(empty_range(0))
+        if chunk_by_days > 0:
+            epoch = day_key(_EPOCH, key_kind)
+            ranges.append(ChunkRange(index=0, start_key=epoch, end_key=epoch))
+        else:
+            ranges.append(empty_range(0))
     return tuple(ranges)
+
+
+def day_key(day: date, kind: str) -> str:
+    """Midnight UTC of `day` written as the key kind's ISO text (what the sources parse)."""
+    if kind == DATE:
+        return day.isoformat()
+    midnight = datetime(day.year, day.month, day.day)
+    if kind == TIMESTAMPTZ:
+        return midnight.replace(tzinfo=UTC).isoformat()
+    return midnight.isoformat()
+
+
+def _day(text: str) -> date:
+    """The UTC day of a key bound given as ISO text (a date, or a timestamp: naive is UTC)."""
+    try:
+        value = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise PlanError(
+            f"chunk key bound {text[:40]!r} is not an ISO date or timestamp: chunk_by_days "
+            "needs a date or timestamp chunk_column"
+        ) from None
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC)
+    return value.date()
+
+
+def _day_ranges(low: date, high: date, days: int, kind: str) -> list[ChunkRange]:
+    if low > high:
+        raise PlanError(f"key bounds are reversed: low {low} > high {high}")
+    span = (high - low).days + 1
+    n = -(-span // days)
+    if n > MAX_DAY_CHUNKS:
+        raise PlanError(
+            f"chunk_by_days {days} over [{low}, {high}] gives {n} chunks "
+            f"(at most {MAX_DAY_CHUNKS}): use a larger chunk_by_days"
+        )
+    try:
+        stop = high + timedelta(days=1)
+    except OverflowError:
+        raise PlanError(f"chunk key bound {high} is the last representable day") from None
+    out: list[ChunkRange] = []
+    for i in range(n):
+        start = low + timedelta(days=i * days)
+        end = stop if (stop - start).days <= days else start + timedelta(days=days)
+        out.append(ChunkRange(index=i, start_key=day_key(start, kind), end_key=day_key(end, kind)))
+    return out
 
 
 def _int_key(text: str) -> int:
@@ -55,8 +152,8 @@ def _int_key(text: str) -> int:
         return int(text)
     except ValueError:
         raise PlanError(
-            f"chunk key bound {text[:40]!r} is not an integer: chunked mode needs an integer "
-            "chunk_column"
+            f"chunk key bound {text[:40]!r} is not an integer: chunk_size and chunk_count need "
+            "an integer chunk_column (chunk_by_days: a date or timestamp one)"
         ) from None
 
 

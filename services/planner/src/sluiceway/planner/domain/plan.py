@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from datetime import datetime
 
-from sluiceway.common import fingerprint
+from sluiceway.common import fileopts, fingerprint
 from sluiceway.common.domain.events import (
     ChunkStatus,
     ChunkTask,
@@ -20,7 +20,13 @@ from sluiceway.common.domain.events import (
 from sluiceway.common.domain.run import RunState
 from sluiceway.common.sources.base import Introspection
 
-from .chunks import PlanError, chunk_count_requested_exceeds_keys, plan_chunks
+from .chunks import (
+    PlanError,
+    chunk_count_requested_exceeds_keys,
+    is_integer_type,
+    plan_chunks,
+    temporal_kind,
+)
 
 TUNING_PROFILE = "default"
 
@@ -45,10 +51,19 @@ def build_plan(spec: ExportSpec, intro: Introspection) -> tuple[PlanResolved, li
         if missing:
             raise PlanError(f"unknown column(s): {', '.join(missing)}")
     warnings: list[PlanWarning] = []
+    key_column, key_kind = "", ""
     if spec.mode == "chunked":
+        key_column = spec.chunk_column or primary_key_column(spec, intro)
         # with a column projection the chunk key may be read without being exported
-        if not spec.columns and spec.chunk_column not in {f.name for f in intro.schema}:
-            raise PlanError(f"chunk_column {spec.chunk_column!r} is not a column of the source")
+        if not spec.columns and key_column not in {f.name for f in intro.schema}:
+            raise PlanError(f"chunk_column {key_column!r} is not a column of the source")
+        if spec.chunk_by_days > 0:
+            key_kind = temporal_kind(intro.key_type) or ""
+            if not key_kind:
+                raise PlanError(
+                    f"chunk_by_days needs a date or timestamp chunk_column: {key_column!r} "
+                    f"is {intro.key_type or 'of an unknown type'}"
+                )
         if chunk_count_requested_exceeds_keys(spec.chunk_count, intro.key_low, intro.key_high):
             warnings.append(
                 PlanWarning(
@@ -63,8 +78,18 @@ def build_plan(spec: ExportSpec, intro: Introspection) -> tuple[PlanResolved, li
         key_high=intro.key_high if spec.mode == "chunked" else None,
         chunk_size=spec.chunk_size,
         chunk_count=spec.chunk_count,
+        chunk_by_days=spec.chunk_by_days,
+        key_kind=key_kind,
         null_keys=spec.mode == "chunked" and intro.key_nullable,
     )
+    schema = intro.schema
+    if spec.add_exported_at:
+        # the worker adds it to every row; listed in the plan, so the manifest's schema has it
+        if any(f.name == fileopts.EXPORTED_AT for f in schema):
+            raise PlanError(
+                f"add_exported_at: the source already has a column {fileopts.EXPORTED_AT!r}"
+            )
+        schema = (*schema, fileopts.EXPORTED_AT_FIELD)
     plan = PlanResolved(
         strategy=spec.mode,
         chunks=chunks,
@@ -73,10 +98,10 @@ def build_plan(spec: ExportSpec, intro: Introspection) -> tuple[PlanResolved, li
         compression_level=spec.compression_level,
         batch_size=spec.batch_size,
         tuning_profile=TUNING_PROFILE,
-        schema=intro.schema,
-        schema_fingerprint=fingerprint.of_schema(intro.schema),
+        schema=schema,
+        schema_fingerprint=fingerprint.of_schema(schema),
         row_estimate=intro.row_estimate,
-        chunk_column=spec.chunk_column,
+        chunk_column=key_column,
         key_low=(intro.key_low or "") if spec.mode == "chunked" else "",
         key_high=(intro.key_high or "") if spec.mode == "chunked" else "",
         source_engine=spec.source.engine,
@@ -84,6 +109,25 @@ def build_plan(spec: ExportSpec, intro: Introspection) -> tuple[PlanResolved, li
         query_fingerprint=fingerprint.of_bytes(spec.query.encode()) if spec.query else "",
     )
     return dataclasses.replace(plan, plan_id=plan_id_of(plan)), warnings
+
+
+def primary_key_column(spec: ExportSpec, intro: Introspection) -> str:
+    """The chunk column of a chunked `table:` export that names none: its single-column
+    integer primary key. Anything else is a planning error that says what to set."""
+    pk = intro.primary_key
+    if len(pk) == 1 and is_integer_type(pk[0].type):
+        return pk[0].name
+    if not pk:
+        found = "has no primary key"
+    elif len(pk) > 1:
+        found = f"has a composite primary key ({', '.join(f.name for f in pk)})"
+    else:
+        found = f"has a primary key {pk[0].name!r} of type {pk[0].type}, not an integer"
+    where = f"table {spec.table!r}" if spec.table else "a query"
+    raise PlanError(
+        f"export {spec.name!r}: chunked mode without chunk_column needs a single-column integer "
+        f"primary key, and {where} {found}: set chunk_column"
+    )
 
 
 def check_pinned_plan(requested_plan_id: str, plan: PlanResolved) -> None:
@@ -168,6 +212,9 @@ def tasks_for(
 ) -> list[ChunkTask]:
     """One ChunkTask per chunk (or per chosen chunk), in chunk order."""
     wanted = None if indexes is None else set(indexes)
+    if plan.strategy == "chunked" and not spec.chunk_column and plan.chunk_column:
+        # a `table:` export chunked on its primary key: workers read the plan's key column
+        spec = dataclasses.replace(spec, chunk_column=plan.chunk_column)
     return [
         ChunkTask(
             run_id=run_id,

@@ -54,6 +54,44 @@ class Summary:
     last_seq: int = 0
     anomalies: int = 0
     manifest_fingerprint: str = ""
+    failure_cause: str = ""
+
+
+# RunSummary.failure_cause: why a FAILED run failed (stable values, see tracker.proto)
+CAUSE_PLANNING = "planning"
+CAUSE_SCHEMA_DRIFT = "schema_drift"
+CAUSE_CHUNK = "chunk"
+CAUSE_CHUNK_RETRIES_SPENT = "chunk_retries_spent"
+CAUSE_VALIDATION = "validation"
+CAUSE_RECONCILIATION = "reconciliation"
+CAUSE_OTHER = "other"
+
+# The worker's final ChunkFailed is never `retryable` (the chunk is FAILED for good); when it
+# failed because the attempt budget ran out on retryable errors, its error says so with this
+# prefix (sluiceway.worker.domain.decide; tests/unit/test_cli_exit_codes.py pins the two).
+RETRIES_SPENT_PREFIX = "attempt budget of "
+
+
+def failure_cause(state: RunState) -> str:
+    """The first cause in the order the services decide: planning, the schema gate, a failed
+    chunk (the committer fails the run on it before any gate), validation, reconciliation."""
+    if state.status is not ev.RunStatus.FAILED:
+        return ""
+    if state.plan is None:
+        return CAUSE_PLANNING
+    drift = any(c.added or c.removed or c.type_changed for c in state.schema_changes)
+    if drift and state.started_at is None:  # drift is checked before any chunk is read
+        return CAUSE_SCHEMA_DRIFT
+    failed = state.failed_chunks()
+    if failed:
+        if all(c.error.startswith(RETRIES_SPENT_PREFIX) for c in failed):
+            return CAUSE_CHUNK_RETRIES_SPENT
+        return CAUSE_CHUNK
+    if state.validation is not None and not state.validation.passed:
+        return CAUSE_VALIDATION
+    if state.reconciliation is not None and not state.reconciliation.matched:
+        return CAUSE_RECONCILIATION
+    return CAUSE_OTHER
 
 
 def _truthy(value: str) -> bool:
@@ -133,6 +171,7 @@ def summarize(state: RunState, last_seq: int = 0) -> Summary:
         last_seq=last_seq,
         anomalies=len(state.anomalies),
         manifest_fingerprint=state.manifest.fingerprint if state.manifest else "",
+        failure_cause=failure_cause(state),
     )
 
 

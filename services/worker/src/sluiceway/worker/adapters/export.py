@@ -6,7 +6,7 @@ import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from sluiceway.common import crash, layout
+from sluiceway.common import crash, fileopts, layout
 from sluiceway.common.domain.events import ChunkTask, ExportSpec
 from sluiceway.common.parts import PartWriter, make_dirs, set_aside
 from sluiceway.common.sources import Source, arrow_schema, open_source
@@ -21,11 +21,9 @@ class FileExporter:
         self,
         *,
         env: Mapping[str, str] | None = None,
-        max_file_bytes: int = 0,
         opener: Callable[[ExportSpec, Mapping[str, str] | None], Source] = open_source,
     ) -> None:
         self._env = env
-        self._max_file_bytes = max_file_bytes
         self._open = opener
         # one open source per database, reused by the next chunks (a worker runs one at a time)
         self._sources: dict[tuple[str, str, str], Source] = {}
@@ -55,6 +53,12 @@ class FileExporter:
         source = self._source(spec)
         try:
             fields = task.schema or source.introspect(spec).schema
+            # the plan's schema ends with _exported_at when the export adds it: not a source column
+            read = fileopts.source_fields(fields, spec.add_exported_at)
+            constants: dict[str, object] = {}
+            if spec.add_exported_at:
+                fields = (*read, fileopts.EXPORTED_AT_FIELD)
+                constants[fileopts.EXPORTED_AT] = fileopts.exported_at_of(task.run_id)
             run_dir = layout.run_dir(spec.destination, spec.name, task.run_id)
             make_dirs(run_dir)
             writer = PartWriter(
@@ -66,12 +70,14 @@ class FileExporter:
                 spec.compression_level,
                 spec.row_group_rows,
                 arrow_schema(fields),
-                max_file_bytes=self._max_file_bytes,
+                max_file_bytes=spec.max_file_bytes,
+                row_group_bytes=spec.row_group_mb * 2**20,
+                constants=constants,
             )
             # full mode (no chunk column): the one chunk is every row
             rng = task.range if spec.chunk_column else None
             try:
-                source_rows, batches = source.count_and_read(spec, rng, fields)
+                source_rows, batches = source.count_and_read(spec, rng, read)
                 for n, batch in enumerate(batches):
                     if stop.is_set():
                         raise Stopped(f"chunk {task.range.index} attempt {attempt}")

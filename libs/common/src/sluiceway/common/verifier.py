@@ -1,0 +1,225 @@
+"""Read a committed run back from a local destination and verify it (sluiceway.common.domain.verify
+decides; this module only reads files). Blocking."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from sluiceway.common import fingerprint
+from sluiceway.common.domain import verify
+from sluiceway.common.domain.events import ValidationFailure
+
+MANIFEST = "manifest.json"
+SUCCESS = "_SUCCESS"
+
+
+class CannotCheck(Exception):
+    """The path cannot be checked at all: missing, not a manifest, unreadable JSON, no
+    permission, an object-store URL. Says nothing about the data."""
+
+
+@dataclass(frozen=True)
+class Report:
+    path: str  # as given
+    kind: str  # "run" (a run's manifest) or "latest" (an export's latest pointer)
+    manifest: str  # the manifest that was checked
+    run_dir: str
+    run_id: str
+    export_name: str
+    format: str
+    parts: int  # as listed
+    rows: int
+    bytes: int
+    failures: tuple[ValidationFailure, ...]
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+
+def _read(path: Path) -> bytes | None:
+    """The file's bytes; None when absent; CannotCheck when it cannot be read."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise CannotCheck(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def _parse(data: bytes, path: Path) -> Any:
+    try:
+        return json.loads(data)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise CannotCheck(f"{path} is not JSON: {exc}") from None
+
+
+def locate(given: str) -> Path:
+    """The manifest file that PATH names (a run directory, a manifest, an export directory)."""
+    if "://" in given:
+        scheme = given.split("://", 1)[0]
+        raise CannotCheck(
+            f"{scheme}:// paths are not supported yet (object stores come later): "
+            "validate a local copy of the run directory"
+        )
+    p = Path(given)
+    if not p.exists():
+        raise CannotCheck(f"{given}: no such file or directory")
+    if p.is_dir():
+        p = p / MANIFEST
+        if not p.is_file():
+            raise CannotCheck(f"{given}: no {MANIFEST} in this directory")
+    return p
+
+
+def _is_latest_pointer(manifest: Path) -> bool:
+    """<dest>/<export>/manifest.json sits beside runs/; a run's own sits in runs/<run_id>/."""
+    parent = manifest.parent
+    if (parent / SUCCESS).exists() or parent.parent.name == "runs":
+        return False
+    return (parent / "runs").is_dir()
+
+
+def verify_path(given: str) -> Report:
+    manifest = locate(given)
+    data = _read(manifest)
+    if data is None:
+        raise CannotCheck(f"{manifest}: no such file")
+    doc = _parse(data, manifest)
+    if not verify.is_manifest(doc):
+        raise CannotCheck(f"{manifest} is not a Sluiceway manifest (no manifest_version/parts)")
+
+    failures: list[ValidationFailure] = []
+    kind = "run"
+    run_dir = manifest.parent
+    checked = manifest
+    if _is_latest_pointer(manifest):
+        kind = "latest"
+        run_id = doc.get("run_id")
+        if not isinstance(run_id, str) or not verify.safe_relative(run_id) or "/" in run_id:
+            failures.append(
+                ValidationFailure(
+                    verify.MANIFEST_FIELDS, "", f"run_id {run_id!r} cannot name a run directory"
+                )
+            )
+            return _report(given, kind, manifest, run_dir, doc, failures)
+        run_dir = manifest.parent / "runs" / run_id
+        checked = run_dir / MANIFEST
+        run_data = _read(checked)
+        failures.extend(verify.check_pointer(data, run_data))
+        if run_data is not None:
+            try:
+                run_doc = json.loads(run_data)
+            except (UnicodeDecodeError, ValueError):
+                run_doc = None
+            if verify.is_manifest(run_doc):  # else: the pointer's copy is checked instead
+                data, doc = run_data, run_doc
+
+    success = _read(run_dir / SUCCESS)
+    failures.extend(
+        verify.check_success(
+            fingerprint.of_bytes(data),
+            None if success is None else success.decode("utf-8", errors="replace"),
+        )
+    )
+    shape_failures, claims = verify.check_manifest(doc)
+    failures.extend(shape_failures)
+    fmt = doc.get("format") if doc.get("format") in verify.FORMATS else ""
+    gz = doc.get("compression") == "gzip"
+    observed = {
+        c.path: observe(run_dir, c.path, str(fmt), gzip_csv=gz)
+        for c in claims
+        if verify.safe_relative(c.path)
+    }
+    failures.extend(verify.check_parts(claims, observed))
+    return _report(given, kind, checked, run_dir, doc, failures)
+
+
+def _report(
+    given: str,
+    kind: str,
+    manifest: Path,
+    run_dir: Path,
+    doc: dict[str, Any],
+    failures: list[ValidationFailure],
+) -> Report:
+    _, claims = verify.check_manifest(doc)
+    return Report(
+        path=given,
+        kind=kind,
+        manifest=str(manifest),
+        run_dir=str(run_dir),
+        run_id=str(doc.get("run_id", "")),
+        export_name=str(doc.get("export_name", "")),
+        format=str(doc.get("format", "")),
+        parts=len(claims),
+        rows=sum(c.rows for c in claims),
+        bytes=sum(c.size_bytes for c in claims),
+        failures=tuple(failures),
+    )
+
+
+def observe(
+    run_dir: Path, name: str, fmt: str, *, gzip_csv: bool = False
+) -> verify.PartSeen | None:
+    """What is on disk under `name`: bytes, fingerprint and (for a known format) rows."""
+    path = run_dir / name
+    try:
+        if not path.exists() and not path.is_symlink():
+            return None
+        if not path.resolve().is_relative_to(run_dir.resolve()):
+            return verify.PartSeen(fingerprint="", size=-1, outside=True)
+        if not path.is_file():
+            return verify.PartSeen(fingerprint="", size=-1, unreadable="not a regular file")
+        digest, size = fingerprint.of_file(path)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise CannotCheck(f"cannot read {path}: {exc.strerror or exc}") from None
+    rows: int | None = None
+    unreadable = ""
+    if fmt:
+        try:
+            rows = parquet_rows(path) if fmt == "parquet" else csv_rows(path, gzip_csv=gzip_csv)
+        except PermissionError as exc:
+            raise CannotCheck(f"cannot read {path}: {exc.strerror or exc}") from None
+        except (pa.ArrowException, OSError, ValueError, EOFError, csv.Error) as exc:
+            unreadable = f"cannot read it as {fmt}: {exc}"
+    return verify.PartSeen(fingerprint=digest, size=size, rows=rows, unreadable=unreadable)
+
+
+def parquet_rows(path: Path) -> int:
+    """From the footer: no data page is read."""
+    return int(pq.ParquetFile(path).metadata.num_rows)
+
+
+def _records(f: IO[bytes] | gzip.GzipFile) -> int:
+    return sum(
+        1 for _ in csv.reader(io.TextIOWrapper(f, encoding="utf-8", newline=""), strict=True)
+    )
+
+
+def csv_rows(path: Path, *, gzip_csv: bool = False) -> int:
+    """Records after the header line (a quoted value may hold newlines, so lines won't do)."""
+    limit = csv.field_size_limit()
+    csv.field_size_limit(sys.maxsize)  # a jsonb or text value may exceed the 128 KiB default
+    try:
+        with open(path, "rb") as raw:
+            if gzip_csv:
+                with gzip.GzipFile(fileobj=raw, mode="rb") as unzipped:
+                    records = _records(unzipped)
+            else:
+                records = _records(raw)
+    finally:
+        csv.field_size_limit(limit)
+    return max(0, records - 1)
