@@ -26,6 +26,8 @@ from sluiceway.common.domain import events as ev
 from sluiceway.common.domain.run import fold
 from sluiceway.common.localnats import LocalNats
 from sluiceway.v1 import control_pb2, control_pb2_grpc, events_pb2, tracker_pb2, tracker_pb2_grpc
+from tests.support.eventually import eventually
+from tests.support.faults import terminal_run
 from tests.support.localpg import LocalPostgres
 
 pytestmark = pytest.mark.integration
@@ -54,12 +56,6 @@ exports:
     row_group_rows: 1000
     destination: {dest}
 """
-TERMINAL = (
-    events_pb2.RUN_STATUS_SUCCEEDED,
-    events_pb2.RUN_STATUS_FAILED,
-    events_pb2.RUN_STATUS_CANCELED,
-    events_pb2.RUN_STATUS_SKIPPED,
-)
 
 
 @pytest.fixture(scope="module")
@@ -110,17 +106,9 @@ async def _wait_for(bus: Bus, run_id: str, kind: str, timeout_s: float = 60.0) -
 
 
 async def _terminal(tracker: tracker_pb2_grpc.TrackerStub, run_id: str) -> tracker_pb2.RunSummary:
-    for _ in range(900):  # 90 s
-        try:
-            run = await tracker.GetRun(tracker_pb2.GetRunRequest(run_id=run_id))
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() not in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAVAILABLE):
-                raise
-        else:
-            if run.status in TERMINAL:
-                return run
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"run {run_id} did not end")
+    return await eventually(
+        lambda: terminal_run(tracker, run_id), timeout_s=90, what=f"run {run_id} ended"
+    )
 
 
 # ---- cancel ----------------------------------------------------------------------------------
