@@ -77,3 +77,27 @@ async def test_an_attempt_is_claimed_by_one_execution_only(bus: Bus) -> None:
     assert await bus.claim(second, last[0])
     assert await bus.last_start("r4", 3) == ((await bus.history("r4"))[-1][0], 2)
     assert await bus.last_start("r4", 4) is None
+
+
+async def test_the_last_commit_of_an_export_is_one_direct_get(bus: Bus) -> None:
+    def commit(run_id: str, export: str, high: str) -> ev.RunEvent:
+        body = ev.ManifestCommitted(cursor_column="updated_at", cursor_high=high)
+        return ev.RunEvent(
+            event_id=event_id(run_id, body),
+            run_id=run_id,
+            export_name=export,
+            occurred_at=datetime(2026, 1, 1, tzinfo=UTC),
+            body=body,
+        )
+
+    assert await bus.last_commit("shop.orders") is None
+    await bus.append(commit("r1", "shop.orders", "10"))
+    await bus.append(commit("r2", "shop~other", "99"))  # '~' never occurs in a real name
+    await bus.append(commit("r3", "shop_orders", "77"))  # nor does '.' map to '_'
+    await bus.append(commit("r4", "shop.orders", "20"))
+    await bus.append(_event("r5", ev.ChunkStarted(chunk_index=0, attempt=1)))
+    last = await bus.last_commit("shop.orders")
+    assert last is not None and last.run_id == "r4"
+    assert isinstance(last.body, ev.ManifestCommitted) and last.body.cursor_high == "20"
+    other = await bus.last_commit("shop_orders")
+    assert other is not None and other.run_id == "r3"

@@ -333,8 +333,9 @@ async def test_a_run_recovers_from_a_sigkill_at(
         bus = Bus(nc, Names(namespace))
         await eventually(lambda: _tasks_settled(bus), timeout_s=30, what="every task settled")
         history = await bus.history(run_id)
+        # every message stored for the run under that kind, whatever the subject's suffix
         committed = [
-            s async for s, _ in bus.iter_raw(bus.names.run_subject(run_id, "manifest_committed"))
+            s async for s, _ in bus.iter_raw(bus.names.run_subject(run_id, "manifest_committed.>"))
         ]
     finally:
         await nc.drain()

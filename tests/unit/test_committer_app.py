@@ -46,11 +46,19 @@ class FakeLog:
     async def history(self, run_id: str) -> list[tuple[int, ev.RunEvent]]:
         return [(i, e) for i, e in enumerate(self.events, 1) if e.run_id == run_id]
 
+    async def last_commit(self, export_name: str) -> ev.RunEvent | None:
+        commits = [
+            e
+            for e in self.events
+            if isinstance(e.body, ev.ManifestCommitted) and e.export_name == export_name
+        ]
+        return commits[-1] if commits else None
+
     def kinds(self) -> list[str]:
         return [e.kind for e in self.events]
 
 
-def _history(dest: Path, rows: tuple[int, ...] = (3, 2)) -> list[ev.RunEvent]:
+def _history(dest: Path, rows: tuple[int, ...] = (3, 2), run_id: str = RUN) -> list[ev.RunEvent]:
     spec = ev.ExportSpec(
         name="orders",
         source=ev.SourceSpec("sqlite", path="/x.db"),
@@ -74,7 +82,7 @@ def _history(dest: Path, rows: tuple[int, ...] = (3, 2)) -> list[ev.RunEvent]:
         key_low="0",
         key_high=str(len(rows)),
     )
-    run_dir = layout.run_dir(str(dest), "orders", RUN)
+    run_dir = layout.run_dir(str(dest), "orders", run_id)
     run_dir.mkdir(parents=True)
     bodies: list[ev.Body] = [ev.RunRequested(spec=spec), plan]
     for i, n in enumerate(rows):
@@ -87,7 +95,7 @@ def _history(dest: Path, rows: tuple[int, ...] = (3, 2)) -> list[ev.RunEvent]:
             ev.ChunkCompleted(chunk_index=i, rows=n, files=1, attempt=1),
         ]
     return [
-        ev.RunEvent(event_id(RUN, b), RUN, "orders", T0 + timedelta(seconds=i), b)
+        ev.RunEvent(event_id(run_id, b), run_id, "orders", T0 + timedelta(seconds=i), b)
         for i, b in enumerate(bodies)
     ]
 
@@ -229,3 +237,26 @@ async def test_files_no_manifest_lists_are_set_aside_with_a_warning(dest: Path) 
     assert len(warnings) == 1 and warnings[0].context == "quarantine"
     assert f"moved 3 file(s) no manifest lists to _quarantine/{RUN}/" in warnings[0].message
     assert log.kinds()[-2:] == ["warning", "completed"]
+
+
+async def test_a_late_finish_of_an_older_run_never_moves_the_latest_pointer_back(
+    dest: Path,
+) -> None:
+    # run A committed first, crashed before RunCompleted; run B (same second, so its id may sort
+    # lower) committed after it. When A finishes, the pointer must stay on B: stream order wins.
+    log = FakeLog()
+    log.events = _history(dest)
+    log.fail_on = "completed"
+    with pytest.raises(ConnectionError):
+        await _feed(_committer(log), log)
+    later = "20260301T120000Z-00000000"  # sorts below RUN
+    b_events = _history(dest, run_id=later)
+    log.events.extend(b_events)
+    b = _committer(log)
+    for event in b_events:
+        await b.handle(event)  # B commits and points at itself
+    assert log.kinds()[-1] == "completed" and log.events[-1].run_id == later
+    await _committer(log).handle(log.events[0])  # A's redelivery: it finishes now
+    assert log.events[-1].run_id == RUN and log.kinds()[-1] == "completed"
+    pointer = json.loads(layout.latest_pointer_path(str(dest), "orders").read_bytes())
+    assert pointer["run_id"] == later

@@ -33,6 +33,7 @@ from sluiceway.common.domain.events import (
     ChunkCompleted,
     ChunkStarted,
     ChunkTask,
+    ManifestCommitted,
     RunCompleted,
     RunEvent,
 )
@@ -45,6 +46,12 @@ DUPLICATE_WINDOW_S = 300.0
 # Events are small, except PlanResolved, which lists every chunk range (about 30 bytes each):
 # 1 MiB (nats-server's default max_payload) holds a plan of MAX_CHUNKS chunks with room to spare.
 MAX_EVENT_BYTES = 1024 * 1024
+
+
+def export_token(export_name: str) -> str:
+    """An export name as one subject token: names may hold '.', which '~' (never in a name)
+    replaces, so the mapping stays one to one."""
+    return export_name.replace(".", "~")
 
 
 @dataclass(frozen=True)
@@ -74,7 +81,14 @@ class Names:
         subject = self.run_subject(event.run_id, event.kind)
         if type(event.body) in PER_CHUNK_SUBJECT:
             subject += f".{event.body.chunk_index}"  # type: ignore[union-attr]
+        elif isinstance(event.body, ManifestCommitted):
+            subject += f".{export_token(event.export_name)}"
         return subject
+
+    def export_commits(self, export_name: str) -> str:
+        """Every ManifestCommitted of one export, whatever the run: the export's state (its
+        committed cursor, its last committed run) is the last message on this filter."""
+        return f"{self.namespace}.runs.*.manifest_committed.{export_token(export_name)}"
 
     def chunk_subject(self, run_id: str, kind: str, chunk_index: int) -> str:
         return f"{self.run_subject(run_id, kind)}.{chunk_index}"
@@ -297,6 +311,13 @@ class Bus:
         if found is None or not isinstance(found[1].body, ChunkStarted):
             return None
         return found[0], found[1].body.attempt
+
+    async def last_commit(self, export_name: str) -> RunEvent | None:
+        """The export's latest ManifestCommitted (one direct get over its commits), if any."""
+        found = await self.last_on_subject(self.names.export_commits(export_name))
+        if found is None or not isinstance(found[1].body, ManifestCommitted):
+            return None
+        return found[1]
 
     async def claim(self, event: RunEvent, expected_last_seq: int) -> bool:
         """Append `event` only if the last message of its subject is still at

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 import stat
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
@@ -20,7 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sluiceway.common import fileopts
 from sluiceway.common.domain.events import ExportSpec, SourceSpec
 
-MODES = ("full", "chunked")
+MODES = ("full", "chunked", "incremental", "time_window")
+MAX_DAYS = 36_600
 FORMATS = ("parquet", "csv")
 COMPRESSIONS = ("zstd", "snappy", "gzip", "lz4", "none")
 ENGINES = ("postgres", "sqlite")
@@ -98,6 +99,9 @@ class _Export(_Strict):
     chunk_size: int = Field(default=0, ge=0)
     chunk_count: int = Field(default=0, ge=0)
     chunk_by_days: int = Field(default=0, ge=0)
+    cursor_column: str = ""
+    time_column: str = ""
+    days_window: int = Field(default=0, ge=0)
     query_file: str = ""
     format: str | None = None
     compression: str | None = None
@@ -222,6 +226,9 @@ def load_text(
             chunk_size=item.chunk_size,
             chunk_count=item.chunk_count,
             chunk_by_days=item.chunk_by_days,
+            cursor_column=item.cursor_column,
+            time_column=item.time_column,
+            days_window=item.days_window,
             format=pick("format"),
             compression=pick("compression") or "",
             compression_level=pick("compression_level"),
@@ -461,6 +468,7 @@ def check_spec(
             raise fail("chunk_count", "at most 100000 chunks")
     elif spec.chunk_column or spec.chunk_size or spec.chunk_count or spec.chunk_by_days:
         raise fail("mode", "chunk_column/chunk_size/chunk_count/chunk_by_days need mode 'chunked'")
+    _check_row_modes(spec, fail)
     if spec.format not in FORMATS:
         raise fail(
             "format", f"unknown format {_show(spec.format)} (expected one of: {', '.join(FORMATS)})"
@@ -503,6 +511,30 @@ def check_spec(
     return spec
 
 
+def _check_row_modes(spec: ExportSpec, fail: Callable[[str, str], ConfigError]) -> None:
+    """incremental needs a cursor_column, time_window a time_column and days_window; neither
+    key belongs to another mode. The run's row filter is the planner's, never a client's."""
+    if spec.row_filter is not None:
+        raise fail("row_filter", "is set by the planner for each run, not by a config or client")
+    wanted = {
+        "incremental": ("cursor_column",),
+        "time_window": ("time_column", "days_window"),
+    }.get(spec.mode, ())
+    for name in ("cursor_column", "time_column", "days_window"):
+        value = getattr(spec, name)
+        if value and name not in wanted:
+            mode = "incremental" if name == "cursor_column" else "time_window"
+            raise fail(name, f"needs mode {mode!r} (the export's mode is {_show(spec.mode)})")
+        if name in wanted and not value:
+            raise fail(name, f"is required in {spec.mode} mode")
+    for name in ("cursor_column", "time_column"):
+        value = getattr(spec, name)
+        if value and (not IDENT.fullmatch(value) or "." in value):
+            raise fail(name, f"{_show(value)} is not a column name")
+    if spec.days_window and not 1 <= spec.days_window <= MAX_DAYS:
+        raise fail("days_window", f"must be an integer from 1 to {MAX_DAYS} (days)")
+
+
 # (field, lowest, highest) after defaults are filled: each fits its proto type and makes sense
 _INT_BOUNDS = (
     ("chunk_size", 0, INT64_MAX),
@@ -511,11 +543,22 @@ _INT_BOUNDS = (
     ("batch_size", 1, INT32_MAX),
     ("max_attempts", 1, 10),
     ("row_group_rows", 1, INT64_MAX),
+    ("days_window", 0, MAX_DAYS),
 )
 
 
 def _texts(spec: ExportSpec) -> list[tuple[str, str]]:
-    fields = ("table", "query", "mode", "chunk_column", "format", "compression", "destination")
+    fields = (
+        "table",
+        "query",
+        "mode",
+        "chunk_column",
+        "cursor_column",
+        "time_column",
+        "format",
+        "compression",
+        "destination",
+    )
     return [
         *((f, getattr(spec, f)) for f in fields),
         ("source.engine", spec.source.engine),

@@ -68,7 +68,7 @@ class SourceSpec(_message.Message):
     def __init__(self, engine: _Optional[str] = ..., url_env: _Optional[str] = ..., path: _Optional[str] = ...) -> None: ...
 
 class ExportSpec(_message.Message):
-    __slots__ = ("name", "source", "table", "query", "mode", "chunk_column", "chunk_size", "chunk_count", "format", "compression", "compression_level", "destination", "batch_size", "max_attempts", "row_group_rows", "columns", "cursor_column", "time_column", "days_window", "chunk_by_days", "max_file_bytes", "row_group_mb", "add_exported_at", "compression_profile")
+    __slots__ = ("name", "source", "table", "query", "mode", "chunk_column", "chunk_size", "chunk_count", "format", "compression", "compression_level", "destination", "batch_size", "max_attempts", "row_group_rows", "columns", "cursor_column", "time_column", "days_window", "chunk_by_days", "max_file_bytes", "row_group_mb", "add_exported_at", "compression_profile", "row_filter")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     TABLE_FIELD_NUMBER: _ClassVar[int]
@@ -93,6 +93,7 @@ class ExportSpec(_message.Message):
     ROW_GROUP_MB_FIELD_NUMBER: _ClassVar[int]
     ADD_EXPORTED_AT_FIELD_NUMBER: _ClassVar[int]
     COMPRESSION_PROFILE_FIELD_NUMBER: _ClassVar[int]
+    ROW_FILTER_FIELD_NUMBER: _ClassVar[int]
     name: str
     source: SourceSpec
     table: str
@@ -117,7 +118,8 @@ class ExportSpec(_message.Message):
     row_group_mb: int
     add_exported_at: bool
     compression_profile: str
-    def __init__(self, name: _Optional[str] = ..., source: _Optional[_Union[SourceSpec, _Mapping]] = ..., table: _Optional[str] = ..., query: _Optional[str] = ..., mode: _Optional[str] = ..., chunk_column: _Optional[str] = ..., chunk_size: _Optional[int] = ..., chunk_count: _Optional[int] = ..., format: _Optional[str] = ..., compression: _Optional[str] = ..., compression_level: _Optional[int] = ..., destination: _Optional[str] = ..., batch_size: _Optional[int] = ..., max_attempts: _Optional[int] = ..., row_group_rows: _Optional[int] = ..., columns: _Optional[_Iterable[str]] = ..., cursor_column: _Optional[str] = ..., time_column: _Optional[str] = ..., days_window: _Optional[int] = ..., chunk_by_days: _Optional[int] = ..., max_file_bytes: _Optional[int] = ..., row_group_mb: _Optional[int] = ..., add_exported_at: _Optional[bool] = ..., compression_profile: _Optional[str] = ...) -> None: ...
+    row_filter: RowFilter
+    def __init__(self, name: _Optional[str] = ..., source: _Optional[_Union[SourceSpec, _Mapping]] = ..., table: _Optional[str] = ..., query: _Optional[str] = ..., mode: _Optional[str] = ..., chunk_column: _Optional[str] = ..., chunk_size: _Optional[int] = ..., chunk_count: _Optional[int] = ..., format: _Optional[str] = ..., compression: _Optional[str] = ..., compression_level: _Optional[int] = ..., destination: _Optional[str] = ..., batch_size: _Optional[int] = ..., max_attempts: _Optional[int] = ..., row_group_rows: _Optional[int] = ..., columns: _Optional[_Iterable[str]] = ..., cursor_column: _Optional[str] = ..., time_column: _Optional[str] = ..., days_window: _Optional[int] = ..., chunk_by_days: _Optional[int] = ..., max_file_bytes: _Optional[int] = ..., row_group_mb: _Optional[int] = ..., add_exported_at: _Optional[bool] = ..., compression_profile: _Optional[str] = ..., row_filter: _Optional[_Union[RowFilter, _Mapping]] = ...) -> None: ...
 
 class ChunkRange(_message.Message):
     __slots__ = ("index", "start_key", "end_key", "end_inclusive", "null_keys")
@@ -165,6 +167,22 @@ class ResourceUsage(_message.Message):
     cpu_seconds_after: float
     def __init__(self, rss_mb_before: _Optional[float] = ..., rss_mb_after: _Optional[float] = ..., cpu_seconds_before: _Optional[float] = ..., cpu_seconds_after: _Optional[float] = ...) -> None: ...
 
+class RowFilter(_message.Message):
+    __slots__ = ("column", "key_type", "low", "low_inclusive", "high", "high_inclusive")
+    COLUMN_FIELD_NUMBER: _ClassVar[int]
+    KEY_TYPE_FIELD_NUMBER: _ClassVar[int]
+    LOW_FIELD_NUMBER: _ClassVar[int]
+    LOW_INCLUSIVE_FIELD_NUMBER: _ClassVar[int]
+    HIGH_FIELD_NUMBER: _ClassVar[int]
+    HIGH_INCLUSIVE_FIELD_NUMBER: _ClassVar[int]
+    column: str
+    key_type: str
+    low: str
+    low_inclusive: bool
+    high: str
+    high_inclusive: bool
+    def __init__(self, column: _Optional[str] = ..., key_type: _Optional[str] = ..., low: _Optional[str] = ..., low_inclusive: _Optional[bool] = ..., high: _Optional[str] = ..., high_inclusive: _Optional[bool] = ...) -> None: ...
+
 class ChunkTask(_message.Message):
     __slots__ = ("run_id", "plan_id", "spec", "range", "schema", "chunk_count")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
@@ -201,7 +219,7 @@ class RunRequested(_message.Message):
     def __init__(self, spec: _Optional[_Union[ExportSpec, _Mapping]] = ..., requested_by: _Optional[str] = ..., plan_id: _Optional[str] = ..., options: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class PlanResolved(_message.Message):
-    __slots__ = ("plan_id", "strategy", "chunks", "format", "compression", "compression_level", "batch_size", "batch_size_memory_mb", "tuning_profile", "schema", "schema_fingerprint", "row_estimate", "chunk_column", "key_low", "key_high", "source_engine", "source_table", "query_fingerprint")
+    __slots__ = ("plan_id", "strategy", "chunks", "format", "compression", "compression_level", "batch_size", "batch_size_memory_mb", "tuning_profile", "schema", "schema_fingerprint", "row_estimate", "chunk_column", "key_low", "key_high", "source_engine", "source_table", "query_fingerprint", "row_filter")
     PLAN_ID_FIELD_NUMBER: _ClassVar[int]
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
     CHUNKS_FIELD_NUMBER: _ClassVar[int]
@@ -220,6 +238,7 @@ class PlanResolved(_message.Message):
     SOURCE_ENGINE_FIELD_NUMBER: _ClassVar[int]
     SOURCE_TABLE_FIELD_NUMBER: _ClassVar[int]
     QUERY_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    ROW_FILTER_FIELD_NUMBER: _ClassVar[int]
     plan_id: str
     strategy: str
     chunks: _containers.RepeatedCompositeFieldContainer[ChunkRange]
@@ -238,7 +257,8 @@ class PlanResolved(_message.Message):
     source_engine: str
     source_table: str
     query_fingerprint: str
-    def __init__(self, plan_id: _Optional[str] = ..., strategy: _Optional[str] = ..., chunks: _Optional[_Iterable[_Union[ChunkRange, _Mapping]]] = ..., format: _Optional[str] = ..., compression: _Optional[str] = ..., compression_level: _Optional[int] = ..., batch_size: _Optional[int] = ..., batch_size_memory_mb: _Optional[int] = ..., tuning_profile: _Optional[str] = ..., schema: _Optional[_Iterable[_Union[SchemaField, _Mapping]]] = ..., schema_fingerprint: _Optional[str] = ..., row_estimate: _Optional[int] = ..., chunk_column: _Optional[str] = ..., key_low: _Optional[str] = ..., key_high: _Optional[str] = ..., source_engine: _Optional[str] = ..., source_table: _Optional[str] = ..., query_fingerprint: _Optional[str] = ...) -> None: ...
+    row_filter: RowFilter
+    def __init__(self, plan_id: _Optional[str] = ..., strategy: _Optional[str] = ..., chunks: _Optional[_Iterable[_Union[ChunkRange, _Mapping]]] = ..., format: _Optional[str] = ..., compression: _Optional[str] = ..., compression_level: _Optional[int] = ..., batch_size: _Optional[int] = ..., batch_size_memory_mb: _Optional[int] = ..., tuning_profile: _Optional[str] = ..., schema: _Optional[_Iterable[_Union[SchemaField, _Mapping]]] = ..., schema_fingerprint: _Optional[str] = ..., row_estimate: _Optional[int] = ..., chunk_column: _Optional[str] = ..., key_low: _Optional[str] = ..., key_high: _Optional[str] = ..., source_engine: _Optional[str] = ..., source_table: _Optional[str] = ..., query_fingerprint: _Optional[str] = ..., row_filter: _Optional[_Union[RowFilter, _Mapping]] = ...) -> None: ...
 
 class PlanWarning(_message.Message):
     __slots__ = ("rule", "message")
@@ -375,7 +395,7 @@ class ReconciliationResult(_message.Message):
     def __init__(self, source_count: _Optional[int] = ..., exported_rows: _Optional[int] = ..., matched: _Optional[bool] = ...) -> None: ...
 
 class ManifestCommitted(_message.Message):
-    __slots__ = ("manifest_uri", "fingerprint", "row_count", "part_count", "cursor_low", "cursor_high", "bytes")
+    __slots__ = ("manifest_uri", "fingerprint", "row_count", "part_count", "cursor_low", "cursor_high", "bytes", "cursor_column")
     MANIFEST_URI_FIELD_NUMBER: _ClassVar[int]
     FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     ROW_COUNT_FIELD_NUMBER: _ClassVar[int]
@@ -383,6 +403,7 @@ class ManifestCommitted(_message.Message):
     CURSOR_LOW_FIELD_NUMBER: _ClassVar[int]
     CURSOR_HIGH_FIELD_NUMBER: _ClassVar[int]
     BYTES_FIELD_NUMBER: _ClassVar[int]
+    CURSOR_COLUMN_FIELD_NUMBER: _ClassVar[int]
     manifest_uri: str
     fingerprint: str
     row_count: int
@@ -390,7 +411,8 @@ class ManifestCommitted(_message.Message):
     cursor_low: str
     cursor_high: str
     bytes: int
-    def __init__(self, manifest_uri: _Optional[str] = ..., fingerprint: _Optional[str] = ..., row_count: _Optional[int] = ..., part_count: _Optional[int] = ..., cursor_low: _Optional[str] = ..., cursor_high: _Optional[str] = ..., bytes: _Optional[int] = ...) -> None: ...
+    cursor_column: str
+    def __init__(self, manifest_uri: _Optional[str] = ..., fingerprint: _Optional[str] = ..., row_count: _Optional[int] = ..., part_count: _Optional[int] = ..., cursor_low: _Optional[str] = ..., cursor_high: _Optional[str] = ..., bytes: _Optional[int] = ..., cursor_column: _Optional[str] = ...) -> None: ...
 
 class RunCompleted(_message.Message):
     __slots__ = ("status", "error_message", "duration_ms", "skip_reason")

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Protocol, assert_never
 
 from sluiceway.committer.adapters import files
+from sluiceway.committer.domain.cursor import cursor_of
 from sluiceway.committer.domain.decide import (
     Commit,
     Fail,
@@ -59,6 +60,8 @@ class RunLog(Protocol):
     async def append(self, event: RunEvent) -> Appended: ...
 
     async def history(self, run_id: str) -> list[tuple[int, RunEvent]]: ...
+
+    async def last_commit(self, export_name: str) -> RunEvent | None: ...
 
 
 def utcnow() -> datetime:
@@ -217,9 +220,8 @@ class Committer:
             fingerprint=digest,
             row_count=manifest["row_count"],
             part_count=manifest["part_count"],
-            cursor_low=plan.key_low,
-            cursor_high=plan.key_high,
             bytes=total_bytes(manifest),
+            **cursor_of(spec, plan),
         )
         appended = await self._append(state, body)
         crash.point("committer.after_manifest_committed")
@@ -281,10 +283,30 @@ class Committer:
                 data = await asyncio.to_thread(mpath.read_bytes)
             except FileNotFoundError:
                 data = serialize(build_manifest(state))
-        pointer = layout.latest_pointer_path(spec.destination, state.export_name)
-        await asyncio.to_thread(files.update_latest_pointer, pointer, state.run_id, data)
+        await self._point_at_latest(state, spec.destination, data)
         await self._set_aside_strays(state)
         await self._complete(state, RunStatus.SUCCEEDED)
+
+    async def _point_at_latest(self, state: RunState, destination: str, data: bytes) -> None:
+        """<dest>/<export>/manifest.json holds the manifest of the export's last commit in
+        stream order (its last ManifestCommitted, one direct get): a late finish of an older
+        run never moves it back. A newer commit landing while this one writes is checked
+        once more, and its manifest written instead."""
+        pointer = layout.latest_pointer_path(destination, state.export_name)
+        for _ in range(5):
+            last = await self._log.last_commit(state.export_name)
+            latest = state.run_id if last is None else last.run_id
+            body = data
+            if latest != state.run_id:
+                path = layout.manifest_path(destination, state.export_name, latest)
+                try:
+                    body = await asyncio.to_thread(path.read_bytes)
+                except FileNotFoundError:  # another destination: that run's committer points
+                    return
+            await asyncio.to_thread(files.write_atomic, pointer, body)
+            again = await self._log.last_commit(state.export_name)
+            if (state.run_id if again is None else again.run_id) == latest:
+                return
 
     async def _complete(self, state: RunState, status: RunStatus, error: str = "") -> None:
         body = completed(state, status, self._clock(), redact(error))

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Protocol
 
@@ -18,6 +19,7 @@ from sluiceway.common.domain.events import (
     CancelRequested,
     ChunkTask,
     ExportSpec,
+    ManifestCommitted,
     PlanResolved,
     PlanWarning,
     Producer,
@@ -28,18 +30,26 @@ from sluiceway.common.domain.events import (
 from sluiceway.common.domain.run import RunState, fold
 from sluiceway.common.redact import redact
 from sluiceway.common.sources.base import Introspection, Source, SourceError
-from sluiceway.planner.domain.chunks import PlanError
+from sluiceway.planner.domain.chunks import PlanError, temporal_kind
 from sluiceway.planner.domain.plan import (
     Ignore,
     NeedsPlan,
     PublishTasks,
+    Skip,
+    SkipRun,
+    bound_incremental,
     build_plan,
     check_pinned_plan,
     decide_cancel,
     decide_request,
+    incremental_filter,
     planning_failed,
+    row_column_type,
+    skip_plan,
+    skipped,
     task_msg_id,
     tasks_for,
+    window_filter,
 )
 
 log = logging.getLogger(__name__)
@@ -59,6 +69,8 @@ class RunLog(Protocol):
     async def publish_task(self, task: ChunkTask, msg_id: str) -> Appended: ...
 
     async def last_on_subject(self, subject: str) -> tuple[int, RunEvent] | None: ...
+
+    async def last_commit(self, export_name: str) -> RunEvent | None: ...
 
 
 class RunNotFound(LookupError):
@@ -126,8 +138,9 @@ class Planner:
 
     async def dry_run(self, spec: ExportSpec) -> tuple[PlanResolved, list[PlanWarning]]:
         """The plan SubmitRun would produce; appends nothing. Raises PlanError/SourceError."""
-        intro = await asyncio.to_thread(self._introspect, spec)
-        return build_plan(spec, intro)
+        spec, intro, skip = await self._resolve(spec)
+        plan, warnings = build_plan(spec, intro)
+        return (plan if skip is None else skip_plan(plan)), warnings
 
     async def cancel(self, run_id: str, *, reason: str = "", requested_by: str = "") -> int:
         """Append CancelRequested. Raises InvalidRunId, RunNotFound, RunEnded."""
@@ -174,6 +187,8 @@ class Planner:
                 log.info("nothing to plan: %s", reason, extra={"run_id": state.run_id})
             case PublishTasks():
                 await self._publish(state, decision.plan, decision.chunk_indexes)
+            case SkipRun(reason):
+                await self._skip(state, reason)
             case NeedsPlan():
                 await self._plan(state, delivered)
 
@@ -181,8 +196,10 @@ class Planner:
         assert state.requested is not None
         spec = state.requested.spec
         try:
-            intro = await asyncio.to_thread(self._introspect, spec)
+            spec, intro, skip = await self._resolve(spec)
             plan, warnings = build_plan(spec, intro)
+            if skip is not None:
+                plan = skip_plan(plan)
             check_pinned_plan(state.requested.plan_id, plan)
         except (PlanError, config.ConfigError) as exc:
             await self._fail(state, str(exc))
@@ -206,6 +223,11 @@ class Planner:
             decision = decide_request(theirs)
             if isinstance(decision, PublishTasks):
                 await self._publish(theirs, decision.plan, decision.chunk_indexes)
+            elif isinstance(decision, SkipRun):
+                await self._skip(theirs, decision.reason)
+            return
+        if skip is not None:
+            await self._skip(state, skip.reason)
             return
         log.info(
             "run planned: %d chunk(s), plan %s",
@@ -229,10 +251,46 @@ class Planner:
         await self._append(state, body)
         log.warning("planning failed: %s", body.error_message, extra={"run_id": state.run_id})
 
-    def _introspect(self, spec: ExportSpec) -> Introspection:
+    async def _skip(self, state: RunState, reason: str) -> None:
+        await self._append(state, skipped(state, reason, self._clock()))
+        log.info("run skipped: %s", reason, extra={"run_id": state.run_id})
+
+    async def _resolve(self, spec: ExportSpec) -> tuple[ExportSpec, Introspection, Skip | None]:
+        """The run's rows: the spec with its row filter (incremental: after the committed
+        cursor; time_window: since the window's start), the source introspected over them, and
+        whether there is nothing to export."""
+        committed: ManifestCommitted | None = None
+        if spec.mode == "incremental":
+            last = await self._log.last_commit(spec.name)
+            if last is not None and isinstance(last.body, ManifestCommitted):
+                committed = last.body
+        return await asyncio.to_thread(self._resolve_rows, spec, committed, self._clock())
+
+    def _resolve_rows(
+        self, spec: ExportSpec, committed: ManifestCommitted | None, now: datetime
+    ) -> tuple[ExportSpec, Introspection, Skip | None]:
         source = self._open(spec)
         try:
-            return source.introspect(spec)
+            intro = source.introspect(spec)
+            if spec.mode == "incremental":
+                key_type = row_column_type(spec, intro, spec.cursor_column, "cursor_column")
+                after = incremental_filter(spec, key_type, committed)
+                high = source.max_of(
+                    replace(spec, row_filter=after),
+                    spec.cursor_column,
+                    temporal=bool(temporal_kind(key_type)),
+                )
+                bounded = bound_incremental(after, high)
+                if isinstance(bounded, Skip):
+                    return replace(spec, row_filter=after), intro, bounded
+                rows = bounded
+            elif spec.mode == "time_window":
+                key_type = row_column_type(spec, intro, spec.time_column, "time_column")
+                rows = window_filter(spec, key_type, now)
+            else:
+                return spec, intro, None
+            spec = replace(spec, row_filter=rows)
+            return spec, source.introspect(spec), None  # the estimate over the run's rows
         finally:
             source.close()
 

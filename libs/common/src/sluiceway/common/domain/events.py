@@ -46,6 +46,18 @@ class SourceSpec:
 
 
 @dataclass(frozen=True)
+class RowFilter:
+    """Rows of the run beside the chunk's key range (incremental cursor, time window)."""
+
+    column: str = ""
+    key_type: str = ""
+    low: str = ""
+    low_inclusive: bool = False
+    high: str = ""
+    high_inclusive: bool = False
+
+
+@dataclass(frozen=True)
 class ExportSpec:
     name: str = ""
     source: SourceSpec = field(default_factory=SourceSpec)
@@ -71,6 +83,7 @@ class ExportSpec:
     row_group_mb: int = 0
     add_exported_at: bool = False
     compression_profile: str = ""
+    row_filter: RowFilter | None = None  # set by the planner for the run, never by a config
 
 
 @dataclass(frozen=True)
@@ -154,6 +167,7 @@ class PlanResolved:
     source_engine: str = ""
     source_table: str = ""
     query_fingerprint: str = ""
+    row_filter: RowFilter | None = None
 
 
 @dataclass(frozen=True)
@@ -252,6 +266,7 @@ class ManifestCommitted:
     cursor_low: str = ""
     cursor_high: str = ""
     bytes: int = 0
+    cursor_column: str = ""
 
 
 @dataclass(frozen=True)

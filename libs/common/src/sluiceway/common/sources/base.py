@@ -40,6 +40,11 @@ class Source(Protocol):
 
     def introspect(self, spec: ExportSpec) -> Introspection: ...
 
+    def max_of(self, spec: ExportSpec, column: str, *, temporal: bool) -> str | None:
+        """MAX(column) over the export's rows (its row filter applied) as text, ISO 8601 for
+        dates and timestamps; None when there is no row."""
+        ...
+
     def read(
         self, spec: ExportSpec, rng: ChunkRange | None, schema: tuple[SchemaField, ...]
     ) -> Iterator[pa.RecordBatch]:

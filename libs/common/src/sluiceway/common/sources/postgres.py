@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from typing import Any
 
 import adbc_driver_postgresql.dbapi as pgdb
@@ -190,11 +191,17 @@ class PostgresSource:
         with self._cursor() as cur:
             return self._schema(cur, spec)
 
+    def max_of(self, spec: ExportSpec, column: str, *, temporal: bool) -> str | None:
+        with self._cursor() as cur:
+            cur.execute(bounds_sql(spec, column, temporal=temporal))
+            _, high, _ = cur.fetchone()
+        return None if high is None else str(high)
+
     def introspect(self, spec: ExportSpec) -> Introspection:
         with self._cursor() as cur:
-            schema = self._schema(cur, spec)
+            schema = self._schema(cur, replace(spec, row_filter=None))
             estimate = -1
-            if spec.table and not spec.query:
+            if spec.table and not spec.query and spec.row_filter is None:
                 cur.execute(
                     "SELECT reltuples::bigint FROM pg_class WHERE oid = %s::regclass",
                     (quote_ident(spec.table),),

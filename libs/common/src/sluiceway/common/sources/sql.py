@@ -16,7 +16,7 @@ from dataclasses import replace
 from datetime import date, datetime
 
 from sluiceway.common.config import IDENT
-from sluiceway.common.domain.events import ChunkRange, ExportSpec
+from sluiceway.common.domain.events import ChunkRange, ExportSpec, RowFilter
 
 from .base import SourceError
 
@@ -53,7 +53,48 @@ def quote_literal(text: str) -> str:
 
 
 def relation(spec: ExportSpec) -> str:
-    """The FROM clause: the quoted table, or the configured SELECT as a subquery `q`."""
+    """The FROM clause: the quoted table, or the configured SELECT as a subquery `q`; with the
+    run's row filter (incremental cursor, time window), those rows only, as a subquery `f`, so
+    that every query of the run (bounds, counts, reads) sees the same rows."""
+    base = _base_relation(spec)
+    if spec.row_filter is None:
+        return base
+    terms = filter_terms(spec.row_filter, spec.source.engine or "postgres")
+    if not terms:
+        return base
+    return f"(SELECT * FROM {base} WHERE {' AND '.join(terms)}) AS f"
+
+
+def is_temporal(key_type: str) -> bool:
+    """An Arrow type string of a date or timestamp column."""
+    return key_type.startswith(("date", "timestamp"))
+
+
+def filter_terms(rf: RowFilter, dialect: str) -> list[str]:
+    """The row filter as SQL terms. Its bounds are parsed (integers, ISO dates or timestamps)
+    and written back as literals, never pasted as they came."""
+    temporal = is_temporal(rf.key_type)
+    column = quote_ident(rf.column)
+    if temporal and dialect == "sqlite":
+        column = sqlite_instant(column)
+
+    def literal(text: str) -> str:
+        value = parse_key(text, temporal=temporal)
+        if not temporal:
+            return str(value)
+        if dialect == "sqlite":
+            return f"julianday({quote_literal(value.isoformat())})"  # type: ignore[union-attr]
+        return pg_literal(value)
+
+    terms = []
+    if rf.low:
+        terms.append(f"{column} {'>=' if rf.low_inclusive else '>'} {literal(rf.low)}")
+    if rf.high:
+        terms.append(f"{column} {'<=' if rf.high_inclusive else '<'} {literal(rf.high)}")
+    return terms
+
+
+def _base_relation(spec: ExportSpec) -> str:
     if spec.query:
         return f"({spec.query.strip().rstrip(';')}) AS q"
     if not spec.table:
@@ -184,21 +225,24 @@ def count_sql(
     return f"SELECT COUNT(*) FROM {relation(spec)}{where}", params
 
 
-def bounds_sql(spec: ExportSpec, column: str = "") -> str:
+def bounds_sql(spec: ExportSpec, column: str = "", *, temporal: bool | None = None) -> str:
     """MIN, MAX (as text) and whether a NULL key exists, of `column` (default: the spec's chunk
-    column). Date/time bounds (chunk_by_days) come back as ISO 8601 text whatever the server's
-    DateStyle: `to_json()` in PostgreSQL, the julianday instant formatted in UTC in SQLite."""
+    column). Date/time bounds (`temporal`; by default when chunk_by_days) come back as ISO 8601
+    text whatever the server's DateStyle: `to_json()` in PostgreSQL, the julianday instant
+    formatted in UTC in SQLite."""
     key = quote_ident(column or spec.chunk_column)
     rel = relation(spec)
     engine = spec.source.engine or "postgres"
-    if spec.chunk_by_days > 0 and engine == "sqlite":
+    if temporal is None:
+        temporal = spec.chunk_by_days > 0
+    if temporal and engine == "sqlite":
         instant = sqlite_instant(key)
         iso = "'%Y-%m-%dT%H:%M:%f+00:00'"
         return (
             f"SELECT strftime({iso}, MIN({instant})), strftime({iso}, MAX({instant})), "
             f"EXISTS (SELECT 1 FROM {rel} WHERE {instant} IS NULL) FROM {rel}"
         )
-    if spec.chunk_by_days > 0:
+    if temporal:
         low, high = f"to_json(MIN({key})) #>> '{{}}'", f"to_json(MAX({key})) #>> '{{}}'"
     elif engine == "sqlite":
         low, high = f"MIN({key})", f"MAX({key})"

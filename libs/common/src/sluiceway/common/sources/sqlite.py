@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 import sqlite3
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -197,8 +198,15 @@ class SqliteSource:
                 break
         return out
 
+    def max_of(self, spec: ExportSpec, column: str, *, temporal: bool) -> str | None:
+        try:
+            _, high, _ = self._con.execute(bounds_sql(spec, column, temporal=temporal)).fetchone()
+        except sqlite3.Error as exc:
+            raise _error(exc) from exc
+        return None if high is None else str(high)
+
     def introspect(self, spec: ExportSpec) -> Introspection:
-        schema = self.schema_of(spec)
+        schema = self.schema_of(replace(spec, row_filter=None))
         try:
             (rows,) = self._con.execute(count_sql(spec, None, qmark)[0]).fetchone()
             column = spec.chunk_column

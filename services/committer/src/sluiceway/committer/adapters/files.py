@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -34,15 +32,3 @@ def write_atomic(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
     os.replace(tmp, path)
     fsync_dir(path.parent)
-
-
-def update_latest_pointer(pointer: Path, run_id: str, manifest: bytes) -> bool:
-    """Point <dest>/<export>/manifest.json at this run, unless a later run (run ids sort by
-    time) already holds it: a restarted old commit never moves the pointer backwards."""
-    if pointer.is_file():
-        with contextlib.suppress(OSError, ValueError):
-            current = json.loads(pointer.read_bytes()).get("run_id", "")
-            if isinstance(current, str) and current > run_id:
-                return False
-    write_atomic(pointer, manifest)
-    return True

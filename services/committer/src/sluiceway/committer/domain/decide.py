@@ -6,7 +6,11 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sluiceway.committer.domain.gates import mismatched_chunks
-from sluiceway.common.domain.events import RunCompleted, RunStatus, Warning
+from sluiceway.common.domain.events import (
+    RunCompleted,
+    RunStatus,
+    Warning,
+)
 from sluiceway.common.domain.run import RunState
 
 

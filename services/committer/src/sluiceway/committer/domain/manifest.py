@@ -7,6 +7,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+from sluiceway.committer.domain.cursor import cursor_of
 from sluiceway.common.domain.run import RunState
 
 MANIFEST_VERSION = 1
@@ -43,12 +44,13 @@ def build_manifest(state: RunState) -> dict[str, Any]:
         }
         for f in files
     ]
+    cursor = cursor_of(spec, plan)  # incremental: the cursor range; else the chunk key bounds
     source: dict[str, Any] = {
         "engine": plan.source_engine or spec.source.engine,
         "strategy": plan.strategy,
-        "cursor_column": plan.chunk_column,
-        "cursor_low": plan.key_low,
-        "cursor_high": plan.key_high,
+        "cursor_column": cursor["cursor_column"] or plan.chunk_column,
+        "cursor_low": cursor["cursor_low"],
+        "cursor_high": cursor["cursor_high"],
         "source_row_count": (
             state.reconciliation.source_count if state.reconciliation is not None else None
         ),

@@ -51,6 +51,10 @@ def is_integer_type(key_type: str) -> bool:
     }
 
 
+# modes read as one chunk: every row, the rows after the committed cursor, the rows of a window
+ROW_MODES = ("full", "incremental", "time_window")
+
+
 def plan_chunks(
     mode: str,
     *,
@@ -69,7 +73,7 @@ def plan_chunks(
     aligned to midnight UTC, from the day of key_low to the day after key_high (every range
     end-exclusive). Plus one `null_keys` chunk when some rows have a NULL key. Never returns an
     empty plan."""
-    if mode == "full":
+    if mode in ROW_MODES:  # the run's rows (all, after a cursor, in a window) as one chunk
         return (ChunkRange(index=0),)
     if mode != "chunked":
         raise PlanError(f"unknown mode {mode!r}")

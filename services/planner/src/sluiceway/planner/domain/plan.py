@@ -5,15 +5,17 @@ from __future__ import annotations
 import dataclasses
 import json
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 from sluiceway.common import fileopts, fingerprint
 from sluiceway.common.domain.events import (
     ChunkStatus,
     ChunkTask,
     ExportSpec,
+    ManifestCommitted,
     PlanResolved,
     PlanWarning,
+    RowFilter,
     RunCompleted,
     RunStatus,
 )
@@ -21,6 +23,9 @@ from sluiceway.common.domain.run import RunState
 from sluiceway.common.sources.base import Introspection
 
 from .chunks import (
+    DATE,
+    TIMESTAMP,
+    TIMESTAMPTZ,
     PlanError,
     chunk_count_requested_exceeds_keys,
     is_integer_type,
@@ -107,6 +112,7 @@ def build_plan(spec: ExportSpec, intro: Introspection) -> tuple[PlanResolved, li
         source_engine=spec.source.engine,
         source_table=spec.table,
         query_fingerprint=fingerprint.of_bytes(spec.query.encode()) if spec.query else "",
+        row_filter=spec.row_filter,
     )
     return dataclasses.replace(plan, plan_id=plan_id_of(plan)), warnings
 
@@ -155,6 +161,13 @@ class NeedsPlan:
 
 
 @dataclass(frozen=True)
+class SkipRun:
+    """Planned with no chunk (nothing new since the cursor) but not ended: end it SKIPPED."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
 class PublishTasks:
     """Already planned (a redelivery, or another replica won the race): publish the tasks of the
     chunks nobody has started yet; the Nats-Msg-Id makes a re-publish inside the duplicate
@@ -164,7 +177,7 @@ class PublishTasks:
     chunk_indexes: tuple[int, ...]
 
 
-RequestDecision = Ignore | NeedsPlan | PublishTasks
+RequestDecision = Ignore | NeedsPlan | SkipRun | PublishTasks
 
 
 def decide_request(state: RunState) -> RequestDecision:
@@ -174,6 +187,8 @@ def decide_request(state: RunState) -> RequestDecision:
         return Ignore(f"run is {state.status.value}")
     if state.plan is None:
         return NeedsPlan()
+    if not state.plan.chunks:  # a crash between the skip's plan and its RunCompleted
+        return SkipRun(skip_reason(state.plan.row_filter))
     pending = tuple(
         i for i in sorted(state.chunks) if state.chunks[i].status is ChunkStatus.PENDING
     )
@@ -215,6 +230,8 @@ def tasks_for(
     if plan.strategy == "chunked" and not spec.chunk_column and plan.chunk_column:
         # a `table:` export chunked on its primary key: workers read the plan's key column
         spec = dataclasses.replace(spec, chunk_column=plan.chunk_column)
+    if plan.row_filter is not None:  # the run's rows: after the cursor, or in the window
+        spec = dataclasses.replace(spec, row_filter=plan.row_filter)
     return [
         ChunkTask(
             run_id=run_id,
@@ -231,3 +248,82 @@ def tasks_for(
 
 def task_msg_id(run_id: str, chunk_index: int) -> str:
     return f"{run_id}/task/{chunk_index}"
+
+
+# ---- the rows of a run: incremental cursor, time window ---------------------------------------
+
+
+@dataclass(frozen=True)
+class Skip:
+    """Nothing to export: the run ends SKIPPED with this reason, and writes no manifest."""
+
+    reason: str
+
+
+def row_column_type(spec: ExportSpec, intro: Introspection, column: str, key: str) -> str:
+    """The Arrow type of the cursor or time column, which must be an integer, a date or a
+    timestamp. Raises PlanError naming the config key."""
+    field = next((f for f in intro.schema if f.name == column), None)
+    if field is None:
+        raise PlanError(f"{key} {column!r} is not a column of the source")
+    if not (is_integer_type(field.type) or temporal_kind(field.type)):
+        raise PlanError(
+            f"{key} {column!r} must be an integer, date or timestamp column, not {field.type}"
+        )
+    return field.type
+
+
+def incremental_filter(
+    spec: ExportSpec, key_type: str, committed: ManifestCommitted | None
+) -> RowFilter:
+    """The rows strictly after the export's committed cursor. With no commit yet, or a commit
+    on another column (the export was another mode, or its cursor changed), every row."""
+    low = ""
+    if committed is not None and committed.cursor_column == spec.cursor_column:
+        low = committed.cursor_high
+    return RowFilter(column=spec.cursor_column, key_type=key_type, low=low, low_inclusive=False)
+
+
+def bound_incremental(rf: RowFilter, high: str | None) -> RowFilter | Skip:
+    """Close the cursor range at the highest cursor value there is now (rows that arrive while
+    the run reads are the next run's). No value above the cursor: skip."""
+    if high is None:
+        return Skip(skip_reason(rf))
+    return dataclasses.replace(rf, high=high, high_inclusive=True)
+
+
+def skip_reason(rf: RowFilter | None) -> str:
+    if rf is None:
+        return "nothing to export"
+    if rf.low:
+        return f"no new rows since cursor {rf.column!r} = {rf.low}"
+    return f"no rows with a value of cursor {rf.column!r}"
+
+
+def skip_plan(plan: PlanResolved) -> PlanResolved:
+    """The plan of a skipped run: no chunk (its row filter says why)."""
+    empty = dataclasses.replace(plan, chunks=(), plan_id="")
+    return dataclasses.replace(empty, plan_id=plan_id_of(empty))
+
+
+def window_filter(spec: ExportSpec, key_type: str, now: datetime) -> RowFilter:
+    """The rows since midnight UTC `days_window` days before `now`, written in the column's
+    own kind (a date, a naive timestamp taken as UTC, or a timestamp with a zone)."""
+    utc = now.astimezone(UTC)
+    start = datetime(utc.year, utc.month, utc.day, tzinfo=UTC) - timedelta(days=spec.days_window)
+    kind = temporal_kind(key_type)
+    if kind == DATE:
+        low = start.date().isoformat()
+    elif kind == TIMESTAMP:
+        low = start.replace(tzinfo=None).isoformat()
+    elif kind == TIMESTAMPTZ:
+        low = start.isoformat()
+    else:
+        raise PlanError(f"time_column {spec.time_column!r} must be a date or timestamp column")
+    return RowFilter(column=spec.time_column, key_type=key_type, low=low, low_inclusive=True)
+
+
+def skipped(state: RunState, reason: str, now: datetime) -> RunCompleted:
+    return RunCompleted(
+        status=RunStatus.SKIPPED, skip_reason=reason, duration_ms=duration_ms(state, now)
+    )

@@ -1,0 +1,185 @@
+"""Incremental and time-window exports from PostgreSQL, through a real stack.
+
+Incremental: the first run exports every row; the next only rows whose cursor is strictly after
+the cursor the previous run committed; with nothing new the run ends SKIPPED with a reason and
+writes nothing. Time window: the rows since midnight UTC `days_window` days ago.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import duckdb
+import grpc
+import pytest
+
+from sluiceway.cli.stack import Stack, start_stack
+from sluiceway.common import codec, layout
+from sluiceway.common.bus import Bus
+from sluiceway.common.config import load_text
+from sluiceway.common.domain import events as ev
+from sluiceway.common.localnats import LocalNats
+from sluiceway.v1 import control_pb2, control_pb2_grpc, events_pb2, tracker_pb2, tracker_pb2_grpc
+from tests.support.eventually import eventually
+from tests.support.faults import terminal_run
+from tests.support.localpg import LocalPostgres
+
+pytestmark = pytest.mark.integration
+
+CREATE = """
+DROP TABLE IF EXISTS changes;
+CREATE TABLE changes (id bigint PRIMARY KEY, updated_at timestamptz NOT NULL, v text);
+INSERT INTO changes
+SELECT g, timestamptz '2026-01-01 00:00:00+00' + g * interval '1 minute', 'v' || g
+FROM generate_series(1, 1000) AS g;
+DROP TABLE IF EXISTS visits;
+CREATE TABLE visits (id bigint PRIMARY KEY, at timestamptz NOT NULL, day date NOT NULL);
+INSERT INTO visits
+SELECT g, now() - g * interval '17 minutes', (now() - g * interval '17 minutes')::date
+FROM generate_series(1, 1200) AS g;
+"""
+CONFIG = """
+sources:
+  shop: {{engine: postgres, url_env: ROWS_PG_URL}}
+exports:
+  - name: changes
+    source: shop
+    table: public.changes
+    mode: incremental
+    cursor_column: updated_at
+    destination: {dest}
+  - name: recent_visits
+    source: shop
+    table: public.visits
+    mode: time_window
+    time_column: at
+    days_window: 3
+    destination: {dest}
+"""
+
+
+@pytest.fixture(scope="module")
+def tables(pg: LocalPostgres) -> LocalPostgres:
+    pg.psql_admin(CREATE)
+    return pg
+
+
+@pytest.fixture
+def stack(
+    tmp_path: Path, nats_server: LocalNats, namespace: str, tables: LocalPostgres
+) -> Iterator[Stack]:
+    env = {**os.environ, "SLUICEWAY_NAMESPACE": namespace, "ROWS_PG_URL": tables.url}
+    started = start_stack(tmp_path / "state", workers=1, nats_url=nats_server.url, env=env)
+    yield started
+    started.stop()
+
+
+@pytest.fixture
+async def stubs(
+    stack: Stack,
+) -> AsyncIterator[tuple[control_pb2_grpc.ControlStub, tracker_pb2_grpc.TrackerStub]]:
+    control = grpc.aio.insecure_channel(stack.state.control_addr)
+    tracker = grpc.aio.insecure_channel(stack.state.tracker_addr)
+    yield control_pb2_grpc.ControlStub(control), tracker_pb2_grpc.TrackerStub(tracker)
+    await control.close()
+    await tracker.close()
+
+
+async def _run(
+    stubs: tuple[control_pb2_grpc.ControlStub, tracker_pb2_grpc.TrackerStub],
+    dest: Path,
+    export: str,
+    url: str,
+) -> tracker_pb2.RunSummary:
+    control, tracker = stubs
+    spec = load_text(CONFIG.format(dest=dest), env={"ROWS_PG_URL": url})[export]
+    message = events_pb2.ExportSpec()
+    codec.to_message(spec, message)
+    reply = await control.SubmitRun(control_pb2.SubmitRunRequest(spec=message))
+    return await eventually(
+        lambda: terminal_run(tracker, reply.run_id), timeout_s=90, what=f"{export} run ended"
+    )
+
+
+def _manifest(dest: Path, export: str, run_id: str) -> dict[str, object]:
+    path = layout.manifest_path(str(dest), export, run_id)
+    return json.loads(path.read_bytes())  # type: ignore[no-any-return]
+
+
+def _ids(dest: Path, export: str, run_id: str) -> list[int]:
+    run_dir = layout.run_dir(str(dest), export, run_id)
+    rows = duckdb.sql(f"SELECT id FROM read_parquet('{run_dir}/part-*.parquet') ORDER BY id")
+    return [r[0] for r in rows.fetchall()]
+
+
+async def test_incremental_runs_export_only_rows_after_the_committed_cursor(
+    stubs: tuple[control_pb2_grpc.ControlStub, tracker_pb2_grpc.TrackerStub],
+    tables: LocalPostgres,
+    bus: Bus,
+    dest: Path,
+) -> None:
+    # the first run: every row
+    first = await _run(stubs, dest, "changes", tables.url)
+    assert first.status == events_pb2.RUN_STATUS_SUCCEEDED, first.error_message
+    assert _ids(dest, "changes", first.run_id) == list(range(1, 1001))
+    committed = await bus.last_commit("changes")
+    assert committed is not None and isinstance(committed.body, ev.ManifestCommitted)
+    assert committed.run_id == first.run_id and committed.body.cursor_column == "updated_at"
+    assert committed.body.cursor_low == ""
+    assert datetime.fromisoformat(committed.body.cursor_high) == datetime(
+        2026, 1, 1, 16, 40, tzinfo=UTC
+    )  # id 1000's updated_at
+    source = _manifest(dest, "changes", first.run_id)["source"]
+    assert isinstance(source, dict) and source["cursor_column"] == "updated_at"
+
+    # new rows, and old rows updated: exported once more; untouched rows are not
+    tables.psql_admin(
+        "INSERT INTO changes SELECT g, timestamptz '2026-02-01 00:00:00+00' + g * interval '1 s',"
+        " 'new' FROM generate_series(1001, 1200) AS g;"
+        "UPDATE changes SET updated_at = timestamptz '2026-03-01 00:00:00+00', v = 'changed'"
+        " WHERE id IN (5, 50, 500)"
+    )
+    second = await _run(stubs, dest, "changes", tables.url)
+    assert second.status == events_pb2.RUN_STATUS_SUCCEEDED, second.error_message
+    assert _ids(dest, "changes", second.run_id) == [5, 50, 500, *range(1001, 1201)]
+    assert second.total_rows == 203 and second.source_count == 203 and second.reconciled
+    committed = await bus.last_commit("changes")
+    assert committed is not None and isinstance(committed.body, ev.ManifestCommitted)
+    assert datetime.fromisoformat(committed.body.cursor_low) == datetime(
+        2026, 1, 1, 16, 40, tzinfo=UTC
+    )
+    assert datetime.fromisoformat(committed.body.cursor_high) == datetime(2026, 3, 1, tzinfo=UTC)
+
+    # nothing new: SKIPPED with a reason, no manifest, the cursor and the latest pointer stay
+    third = await _run(stubs, dest, "changes", tables.url)
+    assert third.status == events_pb2.RUN_STATUS_SKIPPED
+    assert "no new rows since cursor 'updated_at'" in third.skip_reason
+    assert not layout.manifest_path(str(dest), "changes", third.run_id).exists()
+    latest = json.loads(layout.latest_pointer_path(str(dest), "changes").read_bytes())
+    assert latest["run_id"] == second.run_id
+    still = await bus.last_commit("changes")
+    assert still is not None and still.run_id == second.run_id
+    history = [e.body for _, e in await bus.history(third.run_id)]
+    assert not any(isinstance(b, ev.ChunkStarted | ev.ManifestCommitted) for b in history)
+
+
+async def test_a_time_window_exports_the_rows_since_midnight_utc_n_days_ago(
+    stubs: tuple[control_pb2_grpc.ControlStub, tracker_pb2_grpc.TrackerStub],
+    tables: LocalPostgres,
+    dest: Path,
+) -> None:
+    now = datetime.now(UTC)
+    start = datetime(now.year, now.month, now.day, tzinfo=UTC) - timedelta(days=3)
+    run = await _run(stubs, dest, "recent_visits", tables.url)
+    assert run.status == events_pb2.RUN_STATUS_SUCCEEDED, run.error_message
+    expected = tables.psql_admin(
+        f"SELECT string_agg(id::text, ',' ORDER BY id) FROM visits "
+        f"WHERE at >= '{start.isoformat()}'::timestamptz"
+    ).strip()
+    got = _ids(dest, "recent_visits", run.run_id)
+    assert got and ",".join(map(str, got)) == expected
+    assert len(got) < 1200  # the window left older rows out

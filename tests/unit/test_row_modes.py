@@ -1,0 +1,161 @@
+"""Incremental and time-window runs: the pure decisions, the SQL filter and the config keys."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime
+
+import pytest
+
+from sluiceway.common.config import ConfigError, load_text
+from sluiceway.common.domain import events as ev
+from sluiceway.common.domain.run import fold
+from sluiceway.common.sources.base import SourceError
+from sluiceway.common.sources.sql import filter_terms, relation
+from sluiceway.planner.domain.plan import (
+    Skip,
+    SkipRun,
+    bound_incremental,
+    decide_request,
+    incremental_filter,
+    skip_plan,
+    window_filter,
+)
+
+from .histories import History
+
+SPEC = ev.ExportSpec(
+    name="changes",
+    source=ev.SourceSpec(engine="postgres", url_env="U"),
+    table="public.changes",
+    mode="incremental",
+    cursor_column="updated_at",
+)
+TSTZ = "timestamp[us, tz=UTC]"
+
+
+def test_the_first_incremental_run_reads_every_row() -> None:
+    rf = incremental_filter(SPEC, TSTZ, None)
+    assert rf == ev.RowFilter(column="updated_at", key_type=TSTZ)
+
+
+def test_the_next_run_reads_strictly_after_the_committed_cursor() -> None:
+    committed = ev.ManifestCommitted(cursor_column="updated_at", cursor_high="2026-03-01")
+    rf = incremental_filter(SPEC, TSTZ, committed)
+    assert rf.low == "2026-03-01" and not rf.low_inclusive
+    bounded = bound_incremental(rf, "2026-03-02T00:00:00+00:00")
+    assert isinstance(bounded, ev.RowFilter)
+    assert bounded.high == "2026-03-02T00:00:00+00:00" and bounded.high_inclusive
+
+
+def test_a_commit_on_another_column_is_no_cursor() -> None:
+    # the export was chunked before, or its cursor column changed: start over
+    committed = ev.ManifestCommitted(cursor_column="", cursor_high="1000")
+    assert incremental_filter(SPEC, "int64", committed).low == ""
+
+
+def test_nothing_above_the_cursor_skips_with_a_reason() -> None:
+    rf = ev.RowFilter(column="updated_at", key_type=TSTZ, low="2026-03-01T00:00:00+00:00")
+    skip = bound_incremental(rf, None)
+    assert skip == Skip("no new rows since cursor 'updated_at' = 2026-03-01T00:00:00+00:00")
+    assert isinstance(bound_incremental(replace(rf, low=""), None), Skip)
+
+
+def test_a_skipped_plan_has_no_chunk_and_a_restart_ends_the_run_skipped() -> None:
+    rf = ev.RowFilter(column="updated_at", key_type=TSTZ, low="5")
+    plan = skip_plan(ev.PlanResolved(plan_id="p", chunks=(ev.ChunkRange(0),), row_filter=rf))
+    assert plan.chunks == () and plan.plan_id != "p"
+    # a crash between that plan and its RunCompleted: the redelivered request ends the run
+    h = History().add(ev.RunRequested(spec=SPEC)).add(plan)
+    decision = decide_request(fold(h.events))
+    assert decision == SkipRun("no new rows since cursor 'updated_at' = 5")
+
+
+@pytest.mark.parametrize(
+    ("key_type", "low"),
+    [
+        ("date32[day]", "2026-11-19"),
+        ("timestamp[us]", "2026-11-19T00:00:00"),
+        (TSTZ, "2026-11-19T00:00:00+00:00"),
+    ],
+)
+def test_a_window_starts_at_midnight_utc_n_days_ago(key_type: str, low: str) -> None:
+    spec = replace(SPEC, mode="time_window", cursor_column="", time_column="at", days_window=3)
+    now = datetime(2026, 11, 22, 23, 30, tzinfo=UTC)
+    rf = window_filter(spec, key_type, now)
+    assert rf == ev.RowFilter(column="at", key_type=key_type, low=low, low_inclusive=True)
+
+
+def test_the_row_filter_is_parsed_and_rewritten_never_pasted() -> None:
+    rf = ev.RowFilter(
+        column="updated_at",
+        key_type=TSTZ,
+        low="2026-03-01T00:00:00+00:00",
+        high="2026-03-02T10:00:00+00:00",
+        high_inclusive=True,
+    )
+    assert filter_terms(rf, "postgres") == [
+        "\"updated_at\" > '2026-03-01T00:00:00+00:00'::timestamptz",
+        "\"updated_at\" <= '2026-03-02T10:00:00+00:00'::timestamptz",
+    ]
+    sqlite = filter_terms(rf, "sqlite")
+    assert sqlite[0].endswith("> julianday('2026-03-01T00:00:00+00:00')")
+    spec = replace(SPEC, row_filter=rf)
+    assert relation(spec).startswith('(SELECT * FROM "public"."changes" WHERE "updated_at" >')
+    assert filter_terms(replace(rf, key_type="int64", low="41", high=""), "postgres") == [
+        '"updated_at" > 41'
+    ]
+    for evil in ("1; DROP TABLE x", "2026-01-01' OR '1'='1"):
+        with pytest.raises(SourceError):
+            filter_terms(replace(rf, low=evil), "postgres")
+        with pytest.raises(SourceError):
+            filter_terms(replace(rf, key_type="int64", low=evil), "postgres")
+
+
+BASE = """
+sources: {{s: {{engine: postgres, url_env: U}}}}
+exports:
+  - name: e
+    source: s
+    table: t
+    destination: /out
+{extra}
+"""
+
+
+def _load(extra: str) -> ev.ExportSpec:
+    return load_text(BASE.format(extra=extra))["e"]
+
+
+def test_the_modes_load_with_their_keys() -> None:
+    spec = _load("    mode: incremental\n    cursor_column: updated_at")
+    assert spec.mode == "incremental" and spec.cursor_column == "updated_at"
+    spec = _load("    mode: time_window\n    time_column: at\n    days_window: 7")
+    assert (spec.time_column, spec.days_window) == ("at", 7)
+
+
+@pytest.mark.parametrize(
+    ("extra", "field"),
+    [
+        ("    mode: incremental", "cursor_column"),
+        ("    mode: time_window\n    time_column: at", "days_window"),
+        ("    mode: time_window\n    days_window: 2", "time_column"),
+        ("    mode: full\n    cursor_column: updated_at", "cursor_column"),
+        ("    mode: incremental\n    cursor_column: a.b", "cursor_column"),
+        ("    mode: time_window\n    time_column: at\n    days_window: 99999", "days_window"),
+        ("    mode: incremental\n    cursor_column: u\n    days_window: 2", "days_window"),
+    ],
+)
+def test_mode_keys_are_checked_by_name(extra: str, field: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        _load(extra)
+    assert err.value.field == field and err.value.export == "e"
+
+
+def test_a_client_cannot_set_the_row_filter() -> None:
+    from sluiceway.common.config import check_spec
+
+    spec = replace(_load(""), row_filter=ev.RowFilter(column="id", low="0"))
+    with pytest.raises(ConfigError) as err:
+        check_spec(spec)
+    assert err.value.field == "row_filter"
