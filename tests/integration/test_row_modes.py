@@ -183,3 +183,59 @@ async def test_a_time_window_exports_the_rows_since_midnight_utc_n_days_ago(
     got = _ids(dest, "recent_visits", run.run_id)
     assert got and ",".join(map(str, got)) == expected
     assert len(got) < 1200  # the window left older rows out
+
+
+DRIFT = """
+sources:
+  shop: {{engine: postgres, url_env: ROWS_PG_URL}}
+exports:
+  - name: drifty
+    source: shop
+    table: public.drifty
+    mode: chunked
+    chunk_column: id
+    chunk_size: 50
+    schema_policy: {policy}
+    destination: {dest}
+"""
+
+
+async def test_schema_drift_fails_before_any_read_or_warns_and_goes_on(
+    stubs: tuple[control_pb2_grpc.ControlStub, tracker_pb2_grpc.TrackerStub],
+    tables: LocalPostgres,
+    bus: Bus,
+    dest: Path,
+) -> None:
+    tables.psql_admin(
+        "DROP TABLE IF EXISTS drifty;"
+        "CREATE TABLE drifty (id bigint PRIMARY KEY, v text);"
+        "INSERT INTO drifty SELECT g, 'v' || g FROM generate_series(1, 200) AS g"
+    )
+    control, tracker = stubs
+
+    async def run(policy: str) -> tracker_pb2.RunSummary:
+        spec = load_text(DRIFT.format(policy=policy, dest=dest), env={"ROWS_PG_URL": tables.url})
+        message = events_pb2.ExportSpec()
+        codec.to_message(spec["drifty"], message)
+        reply = await control.SubmitRun(control_pb2.SubmitRunRequest(spec=message))
+        return await eventually(
+            lambda: terminal_run(tracker, reply.run_id), timeout_s=90, what="drifty run ended"
+        )
+
+    baseline = await run("fail")  # no committed run yet: no baseline, no drift
+    assert baseline.status == events_pb2.RUN_STATUS_SUCCEEDED and not baseline.schema_changed
+    tables.psql_admin("ALTER TABLE drifty ADD COLUMN note text; ALTER TABLE drifty DROP COLUMN v")
+
+    failed = await run("fail")
+    assert failed.status == events_pb2.RUN_STATUS_FAILED and failed.schema_changed
+    assert failed.failure_cause == "schema_drift"
+    assert "added note" in failed.error_message and "removed v" in failed.error_message
+    history = [e.body for _, e in await bus.history(failed.run_id)]
+    assert [type(b).__name__ for b in history] == ["RunRequested", "SchemaChanged", "RunCompleted"]
+    assert not layout.run_dir(str(dest), "drifty", failed.run_id).exists()  # nothing written
+
+    warned = await run("warn")
+    assert warned.status == events_pb2.RUN_STATUS_SUCCEEDED and warned.schema_changed
+    history = [e.body for _, e in await bus.history(warned.run_id)]
+    assert any(isinstance(b, ev.Warning) and b.context == "schema" for b in history)
+    assert warned.total_rows == 200

@@ -74,6 +74,14 @@ class FakeLog:
         self.tasks.setdefault(msg_id, task)
         return Appended(seq=len(self.tasks))
 
+    async def last_commit(self, export_name: str) -> ev.RunEvent | None:
+        commits = [
+            e
+            for e in self.events
+            if isinstance(e.body, ev.ManifestCommitted) and e.export_name == export_name
+        ]
+        return commits[-1] if commits else None
+
     async def last_on_subject(self, subject: str) -> tuple[int, ev.RunEvent] | None:
         found = [
             (i, e)

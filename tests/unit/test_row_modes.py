@@ -159,3 +159,52 @@ def test_a_client_cannot_set_the_row_filter() -> None:
     with pytest.raises(ConfigError) as err:
         check_spec(spec)
     assert err.value.field == "row_filter"
+
+
+# ---- schema drift ------------------------------------------------------------------------------
+
+
+def _fields(*pairs: tuple[str, str]) -> tuple[ev.SchemaField, ...]:
+    return tuple(ev.SchemaField(name=n, type=t) for n, t in pairs)
+
+
+def test_drift_names_what_was_added_removed_and_retyped() -> None:
+    from sluiceway.planner.domain.plan import drift_message, schema_drift
+
+    before = _fields(("id", "int64"), ("v", "string"), ("gone", "int32"))
+    now = _fields(("id", "int64"), ("v", "int32"), ("new", "bool"))
+    change = schema_drift(before, now)
+    assert change == ev.SchemaChanged(
+        added=("new",), removed=("gone",), type_changed=("v: string -> int32",)
+    )
+    assert drift_message(change) == (
+        "schema drift since the last committed run: added new; removed gone; "
+        "type changed v: string -> int32"
+    )
+    assert schema_drift(None, now) is None  # no committed run yet: no baseline
+    assert schema_drift(now, now) is None
+
+
+@pytest.mark.parametrize(
+    ("policy", "kinds"),
+    [("warn", ["warning"]), ("", ["warning"]), ("continue", []), ("fail", ["completed"])],
+)
+def test_the_policy_decides_what_follows_a_drift(policy: str, kinds: list[str]) -> None:
+    from sluiceway.common.domain.events import kind_of
+    from sluiceway.planner.domain.plan import drift_outcome
+
+    change = ev.SchemaChanged(added=("x",))
+    state = fold(History().add(ev.RunRequested(spec=SPEC)).events)
+    out = drift_outcome(replace(SPEC, schema_policy=policy), change, state, datetime.now(UTC))
+    assert [kind_of(b) for b in out] == kinds
+    if policy == "fail":
+        assert out[0].status is ev.RunStatus.FAILED  # type: ignore[union-attr]
+
+
+def test_a_run_failed_by_drift_maps_to_the_schema_drift_cause() -> None:
+    from sluiceway.tracker.domain.summary import failure_cause
+
+    h = History().add(ev.RunRequested(spec=SPEC)).add(ev.SchemaChanged(removed=("v",)))
+    h.add(ev.RunCompleted(status=ev.RunStatus.FAILED, error_message="schema drift"))
+    state = fold(h.events)
+    assert state.anomalies == [] and failure_cause(state) == "schema_drift"

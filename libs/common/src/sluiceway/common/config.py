@@ -21,6 +21,7 @@ from sluiceway.common import fileopts
 from sluiceway.common.domain.events import ExportSpec, SourceSpec
 
 MODES = ("full", "chunked", "incremental", "time_window")
+SCHEMA_POLICIES = ("warn", "continue", "fail")
 MAX_DAYS = 36_600
 FORMATS = ("parquet", "csv")
 COMPRESSIONS = ("zstd", "snappy", "gzip", "lz4", "none")
@@ -102,6 +103,7 @@ class _Export(_Strict):
     cursor_column: str = ""
     time_column: str = ""
     days_window: int = Field(default=0, ge=0)
+    schema_policy: str | None = None
     query_file: str = ""
     format: str | None = None
     compression: str | None = None
@@ -128,6 +130,7 @@ class _Defaults(_Strict):
     max_file_size: int | str | None = None  # bytes, or "256MB" / "1GiB"
     row_group_mb: int | None = Field(default=None, gt=0, le=fileopts.MAX_ROW_GROUP_MB)
     add_exported_at: bool | None = None
+    schema_policy: str | None = None
 
 
 class _Document(_Strict):
@@ -229,6 +232,7 @@ def load_text(
             cursor_column=item.cursor_column,
             time_column=item.time_column,
             days_window=item.days_window,
+            schema_policy=pick("schema_policy") or "warn",
             format=pick("format"),
             compression=pick("compression") or "",
             compression_level=pick("compression_level"),
@@ -469,6 +473,12 @@ def check_spec(
     elif spec.chunk_column or spec.chunk_size or spec.chunk_count or spec.chunk_by_days:
         raise fail("mode", "chunk_column/chunk_size/chunk_count/chunk_by_days need mode 'chunked'")
     _check_row_modes(spec, fail)
+    if spec.schema_policy not in ("", *SCHEMA_POLICIES):
+        raise fail(
+            "schema_policy",
+            f"unknown policy {_show(spec.schema_policy)} "
+            f"(expected one of: {', '.join(SCHEMA_POLICIES)})",
+        )
     if spec.format not in FORMATS:
         raise fail(
             "format", f"unknown format {_show(spec.format)} (expected one of: {', '.join(FORMATS)})"

@@ -26,6 +26,7 @@ from sluiceway.common.domain.events import (
     RunCompleted,
     RunEvent,
     RunRequested,
+    SchemaField,
 )
 from sluiceway.common.domain.run import RunState, fold
 from sluiceway.common.redact import redact
@@ -42,9 +43,12 @@ from sluiceway.planner.domain.plan import (
     check_pinned_plan,
     decide_cancel,
     decide_request,
+    drift_message,
+    drift_outcome,
     incremental_filter,
     planning_failed,
     row_column_type,
+    schema_drift,
     skip_plan,
     skipped,
     task_msg_id,
@@ -140,7 +144,12 @@ class Planner:
         """The plan SubmitRun would produce; appends nothing. Raises PlanError/SourceError."""
         spec, intro, skip = await self._resolve(spec)
         plan, warnings = build_plan(spec, intro)
-        return (plan if skip is None else skip_plan(plan)), warnings
+        if skip is not None:
+            return skip_plan(plan), warnings
+        change = schema_drift(await self._baseline(spec.name), plan.schema)
+        if change is not None:
+            warnings.append(PlanWarning(rule="schema_drift", message=drift_message(change)))
+        return plan, warnings
 
     async def cancel(self, run_id: str, *, reason: str = "", requested_by: str = "") -> int:
         """Append CancelRequested. Raises InvalidRunId, RunNotFound, RunEnded."""
@@ -214,6 +223,16 @@ class Planner:
                 raise
             await self._fail(state, f"{type(exc).__name__}: {exc}")
             return
+        if skip is None:
+            # the schema gate comes before the plan: with policy fail, nothing is planned or read
+            change = schema_drift(await self._baseline(spec.name), plan.schema)
+            if change is not None:
+                await self._append(state, change)
+                for body in drift_outcome(spec, change, state, self._clock()):
+                    await self._append(state, body)
+                    if isinstance(body, RunCompleted):
+                        log.warning("%s", body.error_message, extra={"run_id": state.run_id})
+                        return
         for warning in warnings:
             await self._append(state, warning)
         appended = await self._append(state, plan)
@@ -250,6 +269,17 @@ class Planner:
         body = planning_failed(state, redact(message), self._clock())
         await self._append(state, body)
         log.warning("planning failed: %s", body.error_message, extra={"run_id": state.run_id})
+
+    async def _baseline(self, export_name: str) -> tuple[SchemaField, ...] | None:
+        """The schema of the export's last committed run (its plan's), if it has one."""
+        last = await self._log.last_commit(export_name)
+        if last is None:
+            return None
+        subject = self._log.names.run_subject(last.run_id, "plan_resolved")
+        found = await self._log.last_on_subject(subject)
+        if found is None or not isinstance(found[1].body, PlanResolved):
+            return None
+        return found[1].body.schema
 
     async def _skip(self, state: RunState, reason: str) -> None:
         await self._append(state, skipped(state, reason, self._clock()))

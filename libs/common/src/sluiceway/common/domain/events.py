@@ -84,6 +84,7 @@ class ExportSpec:
     add_exported_at: bool = False
     compression_profile: str = ""
     row_filter: RowFilter | None = None  # set by the planner for the run, never by a config
+    schema_policy: str = ""  # drift from the last committed run: warn | continue | fail
 
 
 @dataclass(frozen=True)

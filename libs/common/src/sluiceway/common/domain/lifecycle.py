@@ -26,6 +26,8 @@ RUN_TRANSITIONS: dict[tuple[RunStatus, str], RunStatus] = {
     (R.UNSPECIFIED, "requested"): R.REQUESTED,
     (R.REQUESTED, "plan_resolved"): R.PLANNING,
     (R.REQUESTED, "plan_warning"): R.REQUESTED,
+    # schema drift is decided before the plan: with policy fail, no plan and no chunk at all
+    (R.REQUESTED, "schema_changed"): R.REQUESTED,
     (R.PLANNING, "plan_warning"): R.PLANNING,
     (R.PLANNING, "schema_changed"): R.PLANNING,  # drift is checked before any chunk is read
     (R.PLANNING, "completed:SKIPPED"): R.SKIPPED,

@@ -18,6 +18,9 @@ from sluiceway.common.domain.events import (
     RowFilter,
     RunCompleted,
     RunStatus,
+    SchemaChanged,
+    SchemaField,
+    Warning,
 )
 from sluiceway.common.domain.run import RunState
 from sluiceway.common.sources.base import Introspection
@@ -327,3 +330,56 @@ def skipped(state: RunState, reason: str, now: datetime) -> RunCompleted:
     return RunCompleted(
         status=RunStatus.SKIPPED, skip_reason=reason, duration_ms=duration_ms(state, now)
     )
+
+
+# ---- schema drift against the export's last committed run -------------------------------------
+
+
+def schema_drift(
+    baseline: tuple[SchemaField, ...] | None, current: tuple[SchemaField, ...]
+) -> SchemaChanged | None:
+    """What changed since the last committed run's schema (None: no baseline yet, or none)."""
+    if baseline is None:
+        return None
+    before = {f.name: f.type for f in baseline}
+    now = {f.name: f.type for f in current}
+    change = SchemaChanged(
+        added=tuple(n for n in now if n not in before),
+        removed=tuple(n for n in before if n not in now),
+        type_changed=tuple(
+            f"{n}: {before[n]} -> {now[n]}" for n in now if n in before and before[n] != now[n]
+        ),
+    )
+    return change if change.added or change.removed or change.type_changed else None
+
+
+def drift_message(change: SchemaChanged) -> str:
+    parts = [
+        f"{label} {', '.join(names)}"
+        for label, names in (
+            ("added", change.added),
+            ("removed", change.removed),
+            ("type changed", change.type_changed),
+        )
+        if names
+    ]
+    return "schema drift since the last committed run: " + "; ".join(parts)
+
+
+def drift_outcome(
+    spec: ExportSpec, change: SchemaChanged, state: RunState, now: datetime
+) -> list[Warning | RunCompleted]:
+    """What follows a SchemaChanged under the export's policy: `warn` (the default) a Warning
+    and the run goes on; `continue` nothing more; `fail` the run fails before any read."""
+    policy = spec.schema_policy or "warn"
+    if policy == "fail":
+        return [
+            RunCompleted(
+                status=RunStatus.FAILED,
+                error_message=drift_message(change),
+                duration_ms=duration_ms(state, now),
+            )
+        ]
+    if policy == "warn":
+        return [Warning(context="schema", message=drift_message(change))]
+    return []

@@ -77,11 +77,11 @@ def failure_cause(state: RunState) -> str:
     chunk (the committer fails the run on it before any gate), validation, reconciliation."""
     if state.status is not ev.RunStatus.FAILED:
         return ""
+    drift = any(c.added or c.removed or c.type_changed for c in state.schema_changes)
+    if drift and state.started_at is None:  # drift is checked before the plan, so no chunk ran
+        return CAUSE_SCHEMA_DRIFT
     if state.plan is None:
         return CAUSE_PLANNING
-    drift = any(c.added or c.removed or c.type_changed for c in state.schema_changes)
-    if drift and state.started_at is None:  # drift is checked before any chunk is read
-        return CAUSE_SCHEMA_DRIFT
     failed = state.failed_chunks()
     if failed:
         if all(c.error.startswith(RETRIES_SPENT_PREFIX) for c in failed):
