@@ -239,3 +239,68 @@ async def test_schema_drift_fails_before_any_read_or_warns_and_goes_on(
     history = [e.body for _, e in await bus.history(warned.run_id)]
     assert any(isinstance(b, ev.Warning) and b.context == "schema" for b in history)
     assert warned.total_rows == 200
+
+
+QUALITY = """
+sources:
+  shop: {{engine: postgres, url_env: ROWS_PG_URL}}
+exports:
+  - name: checked
+    source: shop
+    table: public.checked
+    mode: chunked
+    chunk_column: id
+    chunk_size: 40
+    quality: {rules}
+    destination: {dest}
+"""
+
+
+async def test_quality_rules_warn_or_fail_the_run_before_the_manifest(
+    stubs: tuple[control_pb2_grpc.ControlStub, tracker_pb2_grpc.TrackerStub],
+    tables: LocalPostgres,
+    bus: Bus,
+    dest: Path,
+) -> None:
+    tables.psql_admin(
+        "DROP TABLE IF EXISTS checked;"
+        "CREATE TABLE checked (id bigint PRIMARY KEY, email text, team int);"
+        "INSERT INTO checked SELECT g, CASE WHEN g % 10 = 0 THEN NULL ELSE 'u' || g END, g % 7"
+        " FROM generate_series(1, 100) AS g"
+    )
+    control, tracker = stubs
+
+    async def run(rules: str) -> tracker_pb2.RunSummary:
+        text = QUALITY.format(rules=rules, dest=dest)
+        spec = load_text(text, env={"ROWS_PG_URL": tables.url})["checked"]
+        message = events_pb2.ExportSpec()
+        codec.to_message(spec, message)
+        reply = await control.SubmitRun(control_pb2.SubmitRunRequest(spec=message))
+        return await eventually(
+            lambda: terminal_run(tracker, reply.run_id), timeout_s=90, what="checked run ended"
+        )
+
+    # 10% NULL emails against a 5% limit, and a team column that repeats: warnings only
+    warned = await run(
+        "{null_ratio_max: {email: 0.05}, unique_columns: [id, team], on_violation: warn}"
+    )
+    assert warned.status == events_pb2.RUN_STATUS_SUCCEEDED, warned.error_message
+    assert warned.quality_passed  # warnings do not fail the run
+    issues = [
+        e.body for _, e in await bus.history(warned.run_id) if isinstance(e.body, ev.QualityIssue)
+    ]
+    assert sorted((i.severity, i.rule) for i in issues) == [
+        (ev.Severity.WARN, "null_ratio_max"),
+        (ev.Severity.WARN, "unique_columns"),
+    ]
+    assert "'team': 93 repeated value(s)" in next(i.message for i in issues if "team" in i.message)
+    assert layout.manifest_path(str(dest), "checked", warned.run_id).exists()
+
+    # a failing rule: the run fails before the manifest, and the exit code says data (3)
+    failed = await run("{row_count_min: 1000}")
+    assert failed.status == events_pb2.RUN_STATUS_FAILED
+    assert failed.failure_cause == "quality" and not failed.quality_passed
+    assert "row_count_min" in failed.error_message
+    assert not layout.manifest_path(str(dest), "checked", failed.run_id).exists()
+    latest = json.loads(layout.latest_pointer_path(str(dest), "checked").read_bytes())
+    assert latest["run_id"] == warned.run_id

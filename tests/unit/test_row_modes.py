@@ -208,3 +208,58 @@ def test_a_run_failed_by_drift_maps_to_the_schema_drift_cause() -> None:
     h.add(ev.RunCompleted(status=ev.RunStatus.FAILED, error_message="schema drift"))
     state = fold(h.events)
     assert state.anomalies == [] and failure_cause(state) == "schema_drift"
+
+
+# ---- quality rules -----------------------------------------------------------------------------
+
+
+def test_each_broken_quality_rule_is_one_issue_with_the_rules_severity() -> None:
+    from sluiceway.committer.domain.gates import QualityObserved, quality_issues
+
+    rules = ev.QualityRules(
+        row_count_min=10,
+        row_count_max=1000,
+        null_ratio_max={"email": 0.1, "name": 0.5},
+        unique_columns=("id", "email"),
+    )
+    seen = QualityObserved(rows=8, nulls={"email": 1, "name": 4}, duplicates={"id": 0, "email": 2})
+    issues = quality_issues(rules, seen)
+    assert [(i.severity, i.rule) for i in issues] == [
+        (ev.Severity.FAIL, "row_count_min"),
+        (ev.Severity.FAIL, "null_ratio_max"),
+        (ev.Severity.FAIL, "unique_columns"),
+    ]
+    assert "'email': 12.5000% of rows are NULL" in issues[1].message
+    assert "'email': 2 repeated value(s)" in issues[2].message
+    warned = quality_issues(replace(rules, on_violation="warn"), seen)
+    assert {i.severity for i in warned} == {ev.Severity.WARN}
+    ok = QualityObserved(rows=10, nulls={"email": 1, "name": 5}, duplicates={"id": 0, "email": 0})
+    assert quality_issues(rules, ok) == []
+
+
+def test_a_failed_quality_rule_fails_the_run_and_maps_to_exit_code_3() -> None:
+    from sluiceway.committer.domain.decide import Fail, decide
+    from sluiceway.tracker.domain.summary import failure_cause
+
+    h = History().planned(1).chunk_done(0)
+    h.add(ev.ValidationResult(passed=True))
+    h.add(ev.QualityIssue(ev.Severity.FAIL, "row_count_min", "8 row(s), at least 10 required"))
+    decision = decide(fold(h.events))
+    assert isinstance(decision, Fail) and "row_count_min" in decision.error_message
+    h.add(ev.RunCompleted(status=ev.RunStatus.FAILED, error_message=decision.error_message))
+    assert failure_cause(fold(h.events)) == "quality"
+
+
+@pytest.mark.parametrize(
+    ("extra", "field"),
+    [
+        ("    quality: {row_count_min: 5, row_count_max: 4}", "quality.row_count_min"),
+        ("    quality: {null_ratio_max: {email: 1.5}}", "quality.null_ratio_max.email"),
+        ("    quality: {unique_columns: ['a b']}", "quality.unique_columns"),
+        ("    quality: {on_violation: ignore}", "quality.on_violation"),
+    ],
+)
+def test_quality_rules_are_checked_by_name(extra: str, field: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        _load(extra)
+    assert err.value.field == field

@@ -242,7 +242,9 @@ def exit_for(summary: tracker_pb2.RunSummary) -> int:
     if status != events_pb2.RUN_STATUS_FAILED:
         return EXIT_RETRYABLE  # not ended in time: the tracker lags or cannot be reached
     cause = summary.failure_cause
-    if cause in ("validation", "reconciliation") or summary.manifest_verification == "failed":
+    if cause in ("validation", "quality", "reconciliation") or (
+        summary.manifest_verification == "failed"
+    ):
         return EXIT_DATA
     if cause == "schema_drift":
         return EXIT_SCHEMA

@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sluiceway.common import fileopts
-from sluiceway.common.domain.events import ExportSpec, SourceSpec
+from sluiceway.common.domain.events import ExportSpec, QualityRules, SourceSpec
 
 MODES = ("full", "chunked", "incremental", "time_window")
 SCHEMA_POLICIES = ("warn", "continue", "fail")
@@ -89,6 +89,14 @@ class _Source(_Strict):
     path: str = ""
 
 
+class _Quality(_Strict):
+    row_count_min: int = Field(default=0, ge=0)
+    row_count_max: int = Field(default=0, ge=0)
+    null_ratio_max: dict[str, float] = Field(default_factory=dict)
+    unique_columns: list[str] = Field(default_factory=list)
+    on_violation: str = "fail"
+
+
 class _Export(_Strict):
     name: str
     source: str | _Source
@@ -104,6 +112,7 @@ class _Export(_Strict):
     time_column: str = ""
     days_window: int = Field(default=0, ge=0)
     schema_policy: str | None = None
+    quality: _Quality | None = None
     query_file: str = ""
     format: str | None = None
     compression: str | None = None
@@ -131,6 +140,7 @@ class _Defaults(_Strict):
     row_group_mb: int | None = Field(default=None, gt=0, le=fileopts.MAX_ROW_GROUP_MB)
     add_exported_at: bool | None = None
     schema_policy: str | None = None
+    quality: _Quality | None = None
 
 
 class _Document(_Strict):
@@ -233,6 +243,7 @@ def load_text(
             time_column=item.time_column,
             days_window=item.days_window,
             schema_policy=pick("schema_policy") or "warn",
+            quality=_quality_rules(pick("quality")),
             format=pick("format"),
             compression=pick("compression") or "",
             compression_level=pick("compression_level"),
@@ -473,6 +484,7 @@ def check_spec(
     elif spec.chunk_column or spec.chunk_size or spec.chunk_count or spec.chunk_by_days:
         raise fail("mode", "chunk_column/chunk_size/chunk_count/chunk_by_days need mode 'chunked'")
     _check_row_modes(spec, fail)
+    _check_quality(spec, fail)
     if spec.schema_policy not in ("", *SCHEMA_POLICIES):
         raise fail(
             "schema_policy",
@@ -519,6 +531,42 @@ def check_spec(
     if not Path(spec.destination).is_absolute():
         raise fail("destination", "must be an absolute path")
     return spec
+
+
+def _quality_rules(q: _Quality | None) -> QualityRules | None:
+    if q is None:
+        return None
+    return QualityRules(
+        row_count_min=q.row_count_min,
+        row_count_max=q.row_count_max,
+        null_ratio_max=dict(q.null_ratio_max),
+        unique_columns=tuple(q.unique_columns),
+        on_violation=q.on_violation,
+    )
+
+
+def _check_quality(spec: ExportSpec, fail: Callable[[str, str], ConfigError]) -> None:
+    q = spec.quality
+    if q is None:
+        return
+    if q.on_violation not in ("", "fail", "warn"):
+        raise fail("quality.on_violation", f"{_show(q.on_violation)}: expected 'fail' or 'warn'")
+    for name in ("row_count_min", "row_count_max"):
+        value = getattr(q, name)
+        if not 0 <= value <= INT64_MAX:
+            raise fail(f"quality.{name}", "must be an integer from 0")
+    if q.row_count_max and q.row_count_min > q.row_count_max:
+        raise fail("quality.row_count_min", "is above quality.row_count_max")
+    for column, ratio in q.null_ratio_max.items():
+        if not IDENT.fullmatch(column) or "." in column:
+            raise fail("quality.null_ratio_max", f"{_show(column)} is not a column name")
+        if not (isinstance(ratio, float | int) and 0.0 <= ratio <= 1.0):
+            raise fail(f"quality.null_ratio_max.{column}", "must be a share from 0 to 1")
+    for column in q.unique_columns:
+        if not IDENT.fullmatch(column) or "." in column:
+            raise fail("quality.unique_columns", f"{_show(column)} is not a column name")
+    if len(q.null_ratio_max) + len(q.unique_columns) > 256:
+        raise fail("quality", "at most 256 column rules")
 
 
 def _check_row_modes(spec: ExportSpec, fail: Callable[[str, str], ConfigError]) -> None:

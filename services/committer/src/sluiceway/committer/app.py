@@ -20,13 +20,17 @@ from sluiceway.committer.domain.decide import (
     Nothing,
     completed,
     decide,
+    quality_message,
     reconciliation_message,
     set_aside_warning,
     validation_message,
 )
 from sluiceway.committer.domain.gates import (
+    QualityObserved,
     count_ranges,
     mismatched_chunks,
+    quality_columns,
+    quality_issues,
     reconcile,
     safe_relative,
     snapshot_reconciliation,
@@ -178,6 +182,21 @@ class Committer:
         if not state.validation.passed:
             await self._complete(state, RunStatus.FAILED, validation_message(state))
             return "terminal"
+
+        # gate: quality rules, over the validated parts. Computed again after a restart (the
+        # same parts give the same issues, stored once by their ids).
+        rules = spec.quality
+        if rules is not None and rules.any:
+            nulls, unique = quality_columns(rules)
+            paths = [run_dir / f.file_name for f in committed if safe_relative(f.file_name)]
+            rows, null_counts, repeats = await asyncio.to_thread(
+                files.observe_quality, paths, plan.format or spec.format, nulls, unique
+            )
+            for issue in quality_issues(rules, QualityObserved(rows, null_counts, repeats)):
+                await self._append(state, issue)
+            if not state.quality_passed:
+                await self._complete(state, RunStatus.FAILED, quality_message(state))
+                return "terminal"
 
         # gate: reconciliation
         if state.reconciliation is None:

@@ -58,6 +58,23 @@ class RowFilter:
 
 
 @dataclass(frozen=True)
+class QualityRules:
+    """Checked by the committer over the parts before the manifest; 0 / empty = no rule."""
+
+    row_count_min: int = 0
+    row_count_max: int = 0
+    null_ratio_max: dict[str, float] = field(default_factory=dict)
+    unique_columns: tuple[str, ...] = ()
+    on_violation: str = ""  # "fail" (default) | "warn"
+
+    @property
+    def any(self) -> bool:
+        return bool(
+            self.row_count_min or self.row_count_max or self.null_ratio_max or self.unique_columns
+        )
+
+
+@dataclass(frozen=True)
 class ExportSpec:
     name: str = ""
     source: SourceSpec = field(default_factory=SourceSpec)
@@ -85,6 +102,7 @@ class ExportSpec:
     compression_profile: str = ""
     row_filter: RowFilter | None = None  # set by the planner for the run, never by a config
     schema_policy: str = ""  # drift from the last committed run: warn | continue | fail
+    quality: QualityRules | None = None
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,8 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
+import duckdb
+
 from sluiceway.common import fingerprint, layout
 from sluiceway.common.parts import fsync_dir
 
@@ -32,3 +34,35 @@ def write_atomic(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
     os.replace(tmp, path)
     fsync_dir(path.parent)
+
+
+def observe_quality(
+    paths: list[Path], fmt: str, nulls: list[str], unique: list[str]
+) -> tuple[int, dict[str, int], dict[str, int]]:
+    """Rows, NULLs per column and repeated (non-NULL) values per column over every part, in one
+    DuckDB scan. Blocking. Column names are validated identifiers (config.check_spec)."""
+    if not paths:
+        return 0, dict.fromkeys(nulls, 0), dict.fromkeys(unique, 0)
+    terms = ["count(*)"]
+    terms += [f"count(*) - count({_quoted(c)})" for c in nulls]
+    terms += [f"count({_quoted(c)}) - count(DISTINCT {_quoted(c)})" for c in unique]
+    reader = "read_parquet(?)" if fmt == "parquet" else "read_csv(?, header = true)"
+    con = duckdb.connect(config={"threads": 1})
+    try:
+        row = con.execute(
+            f"SELECT {', '.join(terms)} FROM {reader}", [[str(p) for p in paths]]
+        ).fetchone()
+    finally:
+        con.close()
+    assert row is not None
+    values = [int(v) for v in row]
+    rows, rest = values[0], values[1:]
+    return (
+        rows,
+        dict(zip(nulls, rest[: len(nulls)], strict=True)),
+        dict(zip(unique, rest[len(nulls) :], strict=True)),
+    )
+
+
+def _quoted(column: str) -> str:
+    return '"' + column.replace('"', '""') + '"'

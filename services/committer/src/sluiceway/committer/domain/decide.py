@@ -9,6 +9,7 @@ from sluiceway.committer.domain.gates import mismatched_chunks
 from sluiceway.common.domain.events import (
     RunCompleted,
     RunStatus,
+    Severity,
     Warning,
 )
 from sluiceway.common.domain.run import RunState
@@ -56,6 +57,8 @@ def decide(state: RunState) -> Decision:
     # a gate verdict already in the log decides again the same way after a restart
     if state.validation is not None and not state.validation.passed:
         return Fail(validation_message(state))
+    if not state.quality_passed:
+        return Fail(quality_message(state))
     if state.reconciliation is not None and not state.reconciliation.matched:
         r = state.reconciliation
         return Fail(
@@ -103,3 +106,11 @@ def set_aside_warning(run_id: str, moved: list[str], shown: int = 5) -> Warning:
         context="quarantine",
         message=f"moved {len(moved)} file(s) no manifest lists to _quarantine/{run_id}/: {names}",
     )
+
+
+def quality_message(state: RunState) -> str:
+    failing = [q for q in state.quality_issues if q.severity is Severity.FAIL]
+    if not failing:
+        return "quality check failed"
+    more = f" (and {len(failing) - 1} more)" if len(failing) > 1 else ""
+    return f"quality check failed: {failing[0].rule}: {failing[0].message}{more}"

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from sluiceway.common.domain import verify
 from sluiceway.common.domain.events import (
     ChunkRange,
     FileWritten,
     PlanResolved,
+    QualityIssue,
+    QualityRules,
     ReconciliationResult,
+    Severity,
     ValidationResult,
 )
 from sluiceway.common.domain.run import RunState
@@ -87,3 +91,62 @@ def reconcile(source_count: int, exported_rows: int) -> ReconciliationResult:
         exported_rows=exported_rows,
         matched=source_count == exported_rows,
     )
+
+
+# ---- quality rules ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class QualityObserved:
+    """What the parts hold, for the quality rules: rows, NULLs and repeated values per column."""
+
+    rows: int
+    nulls: Mapping[str, int]
+    duplicates: Mapping[str, int]
+
+
+def quality_columns(rules: QualityRules) -> tuple[list[str], list[str]]:
+    """The columns to count NULLs of, and those to count repeated values of."""
+    return sorted(rules.null_ratio_max), sorted(set(rules.unique_columns))
+
+
+def quality_issues(rules: QualityRules, seen: QualityObserved) -> list[QualityIssue]:
+    """One QualityIssue per broken rule, FAIL unless the rules say `on_violation: warn`."""
+    severity = Severity.WARN if rules.on_violation == "warn" else Severity.FAIL
+    out: list[QualityIssue] = []
+    if rules.row_count_min and seen.rows < rules.row_count_min:
+        out.append(
+            QualityIssue(
+                severity,
+                "row_count_min",
+                f"{seen.rows} row(s), at least {rules.row_count_min} required",
+            )
+        )
+    if rules.row_count_max and seen.rows > rules.row_count_max:
+        out.append(
+            QualityIssue(
+                severity,
+                "row_count_max",
+                f"{seen.rows} row(s), at most {rules.row_count_max} allowed",
+            )
+        )
+    for column, limit in sorted(rules.null_ratio_max.items()):
+        ratio = seen.nulls[column] / seen.rows if seen.rows else 0.0
+        if ratio > limit:
+            out.append(
+                QualityIssue(
+                    severity,
+                    "null_ratio_max",
+                    f"column {column!r}: {ratio:.4%} of rows are NULL, at most {limit:.4%}",
+                )
+            )
+    for column in sorted(set(rules.unique_columns)):
+        if seen.duplicates[column]:
+            out.append(
+                QualityIssue(
+                    severity,
+                    "unique_columns",
+                    f"column {column!r}: {seen.duplicates[column]} repeated value(s)",
+                )
+            )
+    return out

@@ -98,6 +98,15 @@ def build_plan(spec: ExportSpec, intro: Introspection) -> tuple[PlanResolved, li
                 f"add_exported_at: the source already has a column {fileopts.EXPORTED_AT!r}"
             )
         schema = (*schema, fileopts.EXPORTED_AT_FIELD)
+    if spec.quality is not None:
+        names = {f.name for f in schema}
+        unknown = sorted(
+            c
+            for c in (*spec.quality.null_ratio_max, *spec.quality.unique_columns)
+            if c not in names
+        )
+        if unknown:
+            raise PlanError(f"quality: unknown column(s) {', '.join(unknown)}")
     plan = PlanResolved(
         strategy=spec.mode,
         chunks=chunks,

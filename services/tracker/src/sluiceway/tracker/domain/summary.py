@@ -63,6 +63,7 @@ CAUSE_SCHEMA_DRIFT = "schema_drift"
 CAUSE_CHUNK = "chunk"
 CAUSE_CHUNK_RETRIES_SPENT = "chunk_retries_spent"
 CAUSE_VALIDATION = "validation"
+CAUSE_QUALITY = "quality"
 CAUSE_RECONCILIATION = "reconciliation"
 CAUSE_OTHER = "other"
 
@@ -89,6 +90,8 @@ def failure_cause(state: RunState) -> str:
         return CAUSE_CHUNK
     if state.validation is not None and not state.validation.passed:
         return CAUSE_VALIDATION
+    if not state.quality_passed:
+        return CAUSE_QUALITY
     if state.reconciliation is not None and not state.reconciliation.matched:
         return CAUSE_RECONCILIATION
     return CAUSE_OTHER
