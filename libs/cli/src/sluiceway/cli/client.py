@@ -91,8 +91,16 @@ class Client:
     # The CLI checks the config where it is and sends the resolved export: paths are absolute
     # and a query_file is already read into `query` (the planner never reads client files).
 
-    def submit(self, spec: ExportSpec, *, requested_by: str = "") -> control_pb2.SubmitRunResponse:
-        req = control_pb2.SubmitRunRequest(spec=_spec_pb(spec), requested_by=requested_by)
+    def submit(
+        self,
+        spec: ExportSpec,
+        *,
+        requested_by: str = "",
+        options: Mapping[str, str] | None = None,
+    ) -> control_pb2.SubmitRunResponse:
+        req = control_pb2.SubmitRunRequest(
+            spec=_spec_pb(spec), requested_by=requested_by, options=dict(options or {})
+        )
         return self.control.SubmitRun(req, timeout=CALL_TIMEOUT_S)
 
     def plan(self, spec: ExportSpec) -> control_pb2.PlanRunResponse:

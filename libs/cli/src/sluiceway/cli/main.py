@@ -11,15 +11,17 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
 import grpc
 from rich.console import Console
 
-from sluiceway.cli import render
+from sluiceway.cli import plans, render
 from sluiceway.cli import stack as stackmod
 from sluiceway.cli.client import TERMINAL, Client, NoStack, describe, resolve_endpoints
+from sluiceway.common import codec
 from sluiceway.common.config import ConfigError, load_file, select
 from sluiceway.common.domain.events import ExportSpec
 from sluiceway.v1 import events_pb2, tracker_pb2
@@ -100,6 +102,27 @@ def build_parser() -> argparse.ArgumentParser:
     plan = sub.add_parser("plan", parents=[common, remote], help="show the plan (dry run)")
     plan.add_argument("-c", "--config", required=True, help="YAML config file")
     plan.add_argument("--export", default="", help="export name (optional with one export)")
+    plan.add_argument("-o", "--output", default="", help="write a sealed plan file for `apply`")
+    plan.add_argument(
+        "--expires-in",
+        default=plans.DEFAULT_EXPIRES_IN,
+        help=f"the sealed plan's lifetime, e.g. 90s, 15m, 24h (default {plans.DEFAULT_EXPIRES_IN})",
+    )
+
+    apply = sub.add_parser(
+        "apply",
+        parents=[common, remote],
+        help="run a sealed plan (`plan -o`) and follow it; exits as `run --wait`",
+        epilog="A tampered plan is always refused; a stale one (past its expiry) or one whose "
+        "export cursor moved since planning only with --force (recorded in the run's "
+        "apply_context). A refused plan exits 1.\n\n" + EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    apply.add_argument("plan_file", metavar="PLAN", help="a plan file written by `plan -o`")
+    apply.add_argument(
+        "--force", action="store_true", help="apply a stale plan or one whose cursor moved"
+    )
+    apply.add_argument("--json", action="store_true", help="print the RunSummary as JSON")
 
     types = sub.add_parser(
         "types",
@@ -360,10 +383,61 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     spec = load_config(args.config, args.export)
+    try:
+        expires_in = plans.parse_duration(args.expires_in)
+    except ValueError as exc:
+        raise Failure(f"--expires-in: {exc}") from None
     with _client(args) as client:
         resp = client.plan(spec)
     print(render.plan_text(resp))
+    if args.output:
+        spec_pb = resp.spec if resp.spec.name else codec.to_message(spec, events_pb2.ExportSpec())
+        doc = plans.build(resp, spec_pb, now=_now(), expires_in=expires_in, key=_plan_key())
+        Path(args.output).write_text(plans.dumps(doc), encoding="utf-8")
+        print(
+            f"sealed plan {doc['plan_id']} written to {args.output} (expires {doc['expires_at']})"
+        )
     return EXIT_OK
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    """Run exactly a sealed plan: checks here (tamper, expiry, cursor via a dry run), then
+    SubmitRun pinned to the plan's id; the planner re-plans and refuses a run that plans
+    otherwise (the authority: it also covers what changes between this check and the run)."""
+    try:
+        text = Path(args.plan_file).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise Failure(f"error: cannot read plan {args.plan_file}: {exc}") from None
+    key = _plan_key()
+    try:
+        doc = plans.loads(text)
+        plans.verify_integrity(doc, key)  # before anything in the file is used
+        spec_pb = plans.spec_of(doc)
+        spec = codec.from_message(spec_pb, ExportSpec)
+        with _client(args) as client:
+            current = None
+            if spec.mode == "incremental":  # the cursor now (the planner reads Bus.last_commit)
+                current = plans.cursor_of(client.plan(spec).plan, spec.mode)
+            bypassed = plans.decide(
+                doc,
+                now=_now(),
+                current_cursor=current,
+                force=args.force,
+                key=key,
+            )
+            options = plans.submit_options(doc, force=args.force, bypassed=bypassed)
+            resp = client.submit(spec, requested_by=_user(), options=options)
+            if not args.json:
+                note = f", forced past: {', '.join(bypassed)}" if bypassed else ""
+                print(f"run {resp.run_id} ({resp.export_name}) applies plan {doc['plan_id']}{note}")
+            summary = follow(client, resp.run_id, min_seq=resp.stream_seq, console=_stderr())
+    except plans.PlanRefused as exc:
+        raise Failure(f"refused ({exc.reason}): {exc}") from None
+    if args.json:
+        print(render.summary_json(summary))
+    else:
+        render.print_card(summary, _stdout())
+    return exit_for(summary)
 
 
 def cmd_types(args: argparse.Namespace) -> int:
@@ -473,6 +547,7 @@ COMMANDS = {
     "down": cmd_down,
     "run": cmd_run,
     "plan": cmd_plan,
+    "apply": cmd_apply,
     "types": cmd_types,
     "runs": cmd_runs,
     "status": cmd_status,
@@ -482,6 +557,14 @@ COMMANDS = {
     "validate": cmd_validate,
     "rebuild-tracker": cmd_rebuild_tracker,
 }
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _plan_key() -> bytes | None:
+    return os.environ.get(plans.KEY_ENV, "").encode() or None
 
 
 def _user() -> str:

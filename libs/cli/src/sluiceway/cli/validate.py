@@ -1,4 +1,5 @@
-"""`sluiceway validate PATH`: check a committed run on disk against its manifest."""
+"""`sluiceway validate PATH`: check a committed run (on disk or in an s3:// object store) against
+its manifest."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any
 from sluiceway.common.verifier import CannotCheck, Report, verify_path
 
 EXIT_OK = 0
-EXIT_CANNOT_CHECK = 1  # PATH missing, not a manifest, unreadable JSON, permission, s3://
+EXIT_CANNOT_CHECK = 1  # PATH missing, not a manifest, unreadable JSON, permission, unreachable
 EXIT_DATA = 3  # the data is wrong: at least one failure code
 SHOWN = 20  # failures listed in the human report; --json lists every one
 

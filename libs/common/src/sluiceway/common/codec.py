@@ -107,7 +107,8 @@ def from_message(msg: Message, cls: type[T]) -> T:
         desc = fields_by_name.get(f.name)
         if desc is None:
             continue
-        if desc.message_type is not None and not desc.is_repeated:
+        # messages and proto3 `optional` scalars: unset stays the dataclass default (None)
+        if not desc.is_repeated and (desc.message_type is not None or desc.has_presence):
             if not msg.HasField(f.name):
                 continue
         kwargs[f.name] = _convert(getattr(msg, f.name), hints[f.name], desc)

@@ -17,7 +17,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from sluiceway.common import fileopts
+from sluiceway.common import fileopts, tuning
+from sluiceway.common.destination import is_object_store, url_problem
 from sluiceway.common.domain.events import ExportSpec, QualityRules, SourceSpec
 
 MODES = ("full", "chunked", "incremental", "time_window")
@@ -40,7 +41,6 @@ ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 DEFAULTS: dict[str, Any] = {
     "format": "parquet",
     "compression_level": 0,
-    "batch_size": 65_536,
     "max_attempts": 3,
     "row_group_rows": 262_144,
 }
@@ -125,6 +125,11 @@ class _Export(_Strict):
     max_file_size: int | str | None = None  # bytes, or "256MB" / "1GiB"
     row_group_mb: int | None = Field(default=None, gt=0, le=fileopts.MAX_ROW_GROUP_MB)
     add_exported_at: bool | None = None
+    tuning_profile: str | None = None
+    batch_size_memory_mb: int | None = Field(default=None, gt=0)
+    statement_timeout_s: int | None = Field(default=None, gt=0)
+    lock_timeout_s: int | None = Field(default=None, gt=0)
+    connect_timeout_s: int | None = Field(default=None, gt=0)
 
 
 class _Defaults(_Strict):
@@ -141,6 +146,11 @@ class _Defaults(_Strict):
     add_exported_at: bool | None = None
     schema_policy: str | None = None
     quality: _Quality | None = None
+    tuning_profile: str | None = None
+    batch_size_memory_mb: int | None = Field(default=None, gt=0)
+    statement_timeout_s: int | None = Field(default=None, gt=0)
+    lock_timeout_s: int | None = Field(default=None, gt=0)
+    connect_timeout_s: int | None = Field(default=None, gt=0)
 
 
 class _Document(_Strict):
@@ -247,14 +257,21 @@ def load_text(
             format=pick("format"),
             compression=pick("compression") or "",
             compression_level=pick("compression_level"),
-            destination=_absolute(base, destination, field="destination", **where),
-            batch_size=pick("batch_size"),
+            destination=destination
+            if is_object_store(destination)
+            else _absolute(base, destination, field="destination", **where),
+            batch_size=pick("batch_size") or 0,
             max_attempts=pick("max_attempts"),
             row_group_rows=pick("row_group_rows"),
             compression_profile=pick("compression_profile") or "",
             max_file_bytes=_file_bytes(pick("max_file_size"), **where),
             row_group_mb=_row_group_mb(item, doc.defaults, **where),
             add_exported_at=bool(pick("add_exported_at")),
+            tuning_profile=pick("tuning_profile") or "",
+            batch_size_memory_mb=pick("batch_size_memory_mb") or 0,
+            statement_timeout_s=pick("statement_timeout_s") or 0,
+            lock_timeout_s=pick("lock_timeout_s") or 0,
+            connect_timeout_s=pick("connect_timeout_s") or 0,
         )
         try:
             specs[item.name] = check_spec(spec, env=env, file_name=file_name)
@@ -421,6 +438,10 @@ def check_spec(
     if not spec.compression and not spec.compression_profile:
         fills["compression"] = "zstd" if spec.format in ("", "parquet") else "none"
     spec = replace(spec, **fills) if fills else spec
+    try:  # the profile fills what is unset; explicit keys win (sluiceway.common.tuning)
+        spec = tuning.resolve(spec)
+    except tuning.TuningError as exc:
+        raise fail(exc.field, str(exc)) from None
     for field, low, high in _INT_BOUNDS:
         value = getattr(spec, field)
         if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
@@ -528,8 +549,11 @@ def check_spec(
         raise fail("destination", "is required (here or under 'defaults')")
     if problem := _path_problem(spec.destination):
         raise fail("destination", problem)
-    if not Path(spec.destination).is_absolute():
-        raise fail("destination", "must be an absolute path")
+    if is_object_store(spec.destination):
+        if problem := url_problem(spec.destination):
+            raise fail("destination", problem)
+    elif not Path(spec.destination).is_absolute():
+        raise fail("destination", "must be an absolute path or s3://bucket/prefix")
     return spec
 
 

@@ -31,12 +31,17 @@ def temp_name(final_name: str) -> str:
 
 def attempt_files(run_dir: Path, chunk_index: int, attempt: int) -> list[str]:
     """Names of the files (parts and temporary parts) one chunk attempt has in `run_dir`."""
-    prefix = f"part-{chunk_index:05d}-"
-    suffix = f"-a{attempt}."
     try:
         names = sorted(p.name for p in run_dir.iterdir() if p.is_file())
     except FileNotFoundError:
         return []
+    return attempt_names(names, chunk_index, attempt)
+
+
+def attempt_names(names: list[str], chunk_index: int, attempt: int) -> list[str]:
+    """Of a run directory's file names, those of one chunk attempt (parts and temporaries)."""
+    prefix = f"part-{chunk_index:05d}-"
+    suffix = f"-a{attempt}."
     return [n for n in names if n.lstrip(".").startswith(prefix) and suffix in n]
 
 

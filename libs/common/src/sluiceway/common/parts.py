@@ -2,7 +2,8 @@
 
 Each part is written to a hidden temporary name in the run directory, fsynced, renamed to its
 final name (layout.part_name) and the directory fsynced: a reader never sees half a part, and a
-part that exists survived a crash. A chunk with zero rows produces no file at all.
+part that exists survived a crash. On an object store the part is spooled locally and uploaded
+under its final key once complete (destination.py). A chunk with zero rows produces no file.
 
 CSV is gzip-compressed when compression == "gzip" and plain otherwise (the other codecs are
 Parquet codecs; a .csv part is never zstd-compressed behind the reader's back).
@@ -16,7 +17,6 @@ a part closes within one small row group (+ footer) of the target.
 from __future__ import annotations
 
 import gzip
-import os
 import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -28,7 +28,15 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from sluiceway.common import crash, fingerprint, layout
+from sluiceway.common import layout
+from sluiceway.common.destination import (
+    Destination,
+    Local,
+    fsync_dir,
+    local_files,
+    make_dirs,
+    set_aside_local,
+)
 
 PARQUET_CODECS = {
     "zstd": "zstd",
@@ -49,24 +57,7 @@ class WrittenPart:
     content_fingerprint: str
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def make_dirs(path: Path) -> None:
-    """mkdir -p, making each new directory's entry durable (its parent fsynced): a part
-    reported as written must survive a power cut together with the folders that hold it."""
-    missing = []
-    while not path.exists():
-        missing.append(path)
-        path = path.parent
-    for d in reversed(missing):
-        d.mkdir(exist_ok=True)
-        fsync_dir(d.parent)
+__all__ = ["PartWriter", "WrittenPart", "fsync_dir", "make_dirs", "set_aside", "strays"]
 
 
 # A row group is at most 1/PART_SLACK of max_file_bytes, so a part overshoots its target by less
@@ -106,12 +97,12 @@ class _OpenPart:
 
     def __init__(self, owner: PartWriter, part_index: int) -> None:
         self.part_index = part_index
-        self.final = owner.run_dir / layout.part_name(
+        self.name = layout.part_name(
             owner.chunk_index, part_index, owner.attempt, owner.fmt, owner.compression
         )
-        self.temp = owner.run_dir / layout.temp_name(self.final.name)
         self.rows = 0
-        self._file: BinaryIO = open(self.temp, "wb")
+        self._sink = owner.destination.open_part(str(owner.run_dir), self.name)
+        self._file: BinaryIO = self._sink.file
         self._stream: Any = None
         self._writer: Any
         if owner.fmt == "parquet":
@@ -160,26 +151,19 @@ class _OpenPart:
         self._writer.close()
         if self._stream is not None:
             self._stream.close()  # the gzip trailer; the file itself stays open
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-        os.replace(self.temp, self.final)
-        fsync_dir(self.final.parent)
-        crash.point("worker.after_rename")
-        digest, size = fingerprint.of_file(self.final)
-        return WrittenPart(self.final.name, self.rows, size, self.part_index, digest)
+        digest, size = self._sink.commit()
+        return WrittenPart(self.name, self.rows, size, self.part_index, digest)
 
     def discard(self, *, keep: bool = False) -> None:
         """Close and delete the temporary file; with `keep`, close it (a Parquet footer makes
         it readable) and leave it for the caller to set aside."""
-        for closer in (getattr(self, "_writer", None), self._stream, self._file):
+        for closer in (getattr(self, "_writer", None), self._stream):
             try:
                 if closer is not None:
                     closer.close()
             except Exception:
                 pass
-        if not keep:
-            self.temp.unlink(missing_ok=True)
+        self._sink.discard(keep=keep)
 
 
 class PartWriter:
@@ -195,12 +179,13 @@ class PartWriter:
     then measured on the rows written), and never below MIN_ROW_GROUP_ROWS.
 
     `constants` are columns of the schema the batches do not carry, with one value for the
-    whole chunk (the `_exported_at` column).
+    whole chunk (the `_exported_at` column). `destination` is where `run_dir` is (a local
+    directory when None).
     """
 
     def __init__(
         self,
-        run_dir: Path,
+        run_dir: Path | str,
         chunk_index: int,
         attempt: int,
         fmt: str,
@@ -211,9 +196,11 @@ class PartWriter:
         max_file_bytes: int = 0,
         row_group_bytes: int = 0,
         constants: Mapping[str, object] | None = None,
+        destination: Destination | None = None,
     ) -> None:
         if fmt not in layout.EXTENSIONS:
             raise ValueError(f"unknown format {fmt!r}")
+        self.destination = destination or Local(str(run_dir))
         self.run_dir = Path(run_dir)
         self.chunk_index = chunk_index
         self.attempt = attempt
@@ -345,27 +332,16 @@ class PartWriter:
 def set_aside(run_dir: Path, target: Path, names: Iterable[str]) -> list[str]:
     """Move files of `run_dir` (losing or interrupted attempts) into `target`, never deleting
     them: they may help a post-mortem. Returns the names moved; absent ones are skipped."""
-    moved: list[str] = []
-    for name in names:
-        src = run_dir / name
-        if not src.is_file():
-            continue
-        dst = target / name
-        make_dirs(dst.parent)
-        os.replace(src, dst)
-        moved.append(name)
-    if moved:
-        fsync_dir(target)
-        fsync_dir(run_dir)
-    return moved
+    return set_aside_local(run_dir, target, names)
 
 
 def strays(run_dir: Path, keep: Iterable[str]) -> list[str]:
     """Files of a run directory that no manifest lists: parts of losing attempts, parts renamed
     by an attempt that died before FileWritten, temporary files of interrupted writes."""
+    return stray_names(local_files(run_dir), keep)
+
+
+def stray_names(entries: Iterable[str], keep: Iterable[str]) -> list[str]:
+    """Of a run directory's file names, those no manifest lists (see strays)."""
     kept = {*keep, "manifest.json", "_SUCCESS"}
-    try:
-        entries = sorted(p.name for p in run_dir.iterdir() if p.is_file())
-    except FileNotFoundError:
-        return []
     return [name for name in entries if name not in kept]

@@ -1,5 +1,6 @@
-"""Read a committed run back from a local destination and verify it (sluiceway.common.domain.verify
-decides; this module only reads files). Blocking."""
+"""Read a committed run back from a local destination or an object store (s3://, through
+sluiceway.common.destination) and verify it (sluiceway.common.domain.verify decides; this module
+only reads files). Blocking."""
 
 from __future__ import annotations
 
@@ -7,15 +8,18 @@ import csv
 import gzip
 import io
 import json
+import posixpath
 import sys
 from dataclasses import dataclass
+from dataclasses import replace as dataclass_replace
 from pathlib import Path
 from typing import IO, Any
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from sluiceway.common import fingerprint
+from sluiceway.common import destination, fingerprint
 from sluiceway.common.domain import verify
 from sluiceway.common.domain.events import ValidationFailure
 
@@ -25,7 +29,7 @@ SUCCESS = "_SUCCESS"
 
 class CannotCheck(Exception):
     """The path cannot be checked at all: missing, not a manifest, unreadable JSON, no
-    permission, an object-store URL. Says nothing about the data."""
+    permission, an object store out of reach. Says nothing about the data."""
 
 
 @dataclass(frozen=True)
@@ -69,7 +73,7 @@ def locate(given: str) -> Path:
     if "://" in given:
         scheme = given.split("://", 1)[0]
         raise CannotCheck(
-            f"{scheme}:// paths are not supported yet (object stores come later): "
+            f"{scheme}:// paths are not supported (only s3:// object stores): "
             "validate a local copy of the run directory"
         )
     p = Path(given)
@@ -91,6 +95,8 @@ def _is_latest_pointer(manifest: Path) -> bool:
 
 
 def verify_path(given: str) -> Report:
+    if destination.is_object_store(given):
+        return verify_object_store(given)
     manifest = locate(given)
     data = _read(manifest)
     if data is None:
@@ -220,6 +226,138 @@ def csv_rows(path: Path, *, gzip_csv: bool = False) -> int:
                     records = _records(unzipped)
             else:
                 records = _records(raw)
+    finally:
+        csv.field_size_limit(limit)
+    return max(0, records - 1)
+
+
+# ---- object stores ---------------------------------------------------------------------------
+
+
+def verify_object_store(given: str, env: dict[str, str] | None = None) -> Report:
+    """The same checks as verify_path for s3://bucket/key (a run prefix, a manifest.json or an
+    export prefix's latest pointer), with the endpoint and credentials from the environment."""
+    url = given.rstrip("/")
+    if problem := destination.url_problem(url):
+        raise CannotCheck(f"{given}: {problem}")
+    store = destination.ObjectStore(url, env)
+    base = url[len("s3://") :]
+    manifest = base if base.endswith(".json") else posixpath.join(base, MANIFEST)
+    data = _read_store(store, manifest)
+    if data is None:
+        raise CannotCheck(f"{given}: no {MANIFEST} there")
+    doc = _parse(data, Path(manifest))
+    if not verify.is_manifest(doc):
+        raise CannotCheck(f"{manifest} is not a Sluiceway manifest (no manifest_version/parts)")
+
+    failures: list[ValidationFailure] = []
+    kind = "run"
+    run_dir = posixpath.dirname(manifest)
+    checked = manifest
+    if _store_is_latest_pointer(store, run_dir):
+        kind = "latest"
+        run_id = doc.get("run_id")
+        if not isinstance(run_id, str) or not verify.safe_relative(run_id) or "/" in run_id:
+            failures.append(
+                ValidationFailure(
+                    verify.MANIFEST_FIELDS, "", f"run_id {run_id!r} cannot name a run directory"
+                )
+            )
+            return _report(given, kind, Path(manifest), Path(run_dir), doc, failures)
+        run_dir = posixpath.join(run_dir, "runs", run_id)
+        checked = posixpath.join(run_dir, MANIFEST)
+        run_data = _read_store(store, checked)
+        failures.extend(verify.check_pointer(data, run_data))
+        if run_data is not None:
+            try:
+                run_doc = json.loads(run_data)
+            except (UnicodeDecodeError, ValueError):
+                run_doc = None
+            if verify.is_manifest(run_doc):
+                data, doc = run_data, run_doc
+
+    success = _read_store(store, posixpath.join(run_dir, SUCCESS))
+    failures.extend(
+        verify.check_success(
+            fingerprint.of_bytes(data),
+            None if success is None else success.decode("utf-8", errors="replace"),
+        )
+    )
+    shape_failures, claims = verify.check_manifest(doc)
+    failures.extend(shape_failures)
+    fmt = doc.get("format") if doc.get("format") in verify.FORMATS else ""
+    gz = doc.get("compression") == "gzip"
+    observed = {
+        c.path: observe_store(store, run_dir, c.path, str(fmt), gzip_csv=gz)
+        for c in claims
+        if verify.safe_relative(c.path)
+    }
+    failures.extend(verify.check_parts(claims, observed))
+    report = _report(given, kind, Path(checked), Path(run_dir), doc, failures)
+    return dataclass_replace(report, manifest=f"s3://{checked}", run_dir=f"s3://{run_dir}")
+
+
+def _read_store(store: destination.ObjectStore, key: str) -> bytes | None:
+    try:
+        return store.read_bytes(key)
+    except OSError as exc:
+        raise CannotCheck(f"cannot read s3://{key}: {exc}") from None
+
+
+def _store_is_latest_pointer(store: destination.ObjectStore, directory: str) -> bool:
+    try:
+        fs = store.arrow()
+        if posixpath.basename(posixpath.dirname(directory)) == "runs":
+            return False
+        if fs.get_file_info(posixpath.join(directory, SUCCESS)).type == pafs.FileType.File:
+            return False
+        return bool(store.files(posixpath.join(directory, "runs")) or _has_dirs(fs, directory))
+    except OSError as exc:
+        raise CannotCheck(f"cannot list s3://{directory}: {exc}") from None
+
+
+def _has_dirs(fs: pafs.FileSystem, directory: str) -> bool:
+    selector = pafs.FileSelector(posixpath.join(directory, "runs"), allow_not_found=True)
+    return any(i.type == pafs.FileType.Directory for i in fs.get_file_info(selector))
+
+
+def observe_store(
+    store: destination.ObjectStore, run_dir: str, name: str, fmt: str, *, gzip_csv: bool = False
+) -> verify.PartSeen | None:
+    """What the object store holds under `name`: bytes, fingerprint and rows."""
+    key = posixpath.join(run_dir, name)
+    try:
+        seen = store.fingerprint(key)
+    except OSError as exc:
+        raise CannotCheck(f"cannot read s3://{key}: {exc}") from None
+    if seen is None:
+        return None
+    digest, size = seen
+    rows: int | None = None
+    unreadable = ""
+    if fmt:
+        fs = store.arrow()
+        try:
+            if fmt == "parquet":
+                with fs.open_input_file(key) as f:
+                    rows = int(pq.ParquetFile(f).metadata.num_rows)
+            else:
+                with fs.open_input_stream(key) as f:
+                    rows = _csv_rows_of(io.BytesIO(f.read()), gzip_csv=gzip_csv)
+        except (pa.ArrowException, OSError, ValueError, EOFError, csv.Error) as exc:
+            unreadable = f"cannot read it as {fmt}: {exc}"
+    return verify.PartSeen(fingerprint=digest, size=size, rows=rows, unreadable=unreadable)
+
+
+def _csv_rows_of(raw: IO[bytes], *, gzip_csv: bool) -> int:
+    limit = csv.field_size_limit()
+    csv.field_size_limit(sys.maxsize)
+    try:
+        if gzip_csv:
+            with gzip.GzipFile(fileobj=raw, mode="rb") as unzipped:
+                records = _records(unzipped)
+        else:
+            records = _records(raw)
     finally:
         csv.field_size_limit(limit)
     return max(0, records - 1)

@@ -68,7 +68,7 @@ class SourceSpec(_message.Message):
     def __init__(self, engine: _Optional[str] = ..., url_env: _Optional[str] = ..., path: _Optional[str] = ...) -> None: ...
 
 class ExportSpec(_message.Message):
-    __slots__ = ("name", "source", "table", "query", "mode", "chunk_column", "chunk_size", "chunk_count", "format", "compression", "compression_level", "destination", "batch_size", "max_attempts", "row_group_rows", "columns", "cursor_column", "time_column", "days_window", "chunk_by_days", "max_file_bytes", "row_group_mb", "add_exported_at", "compression_profile", "row_filter", "schema_policy", "quality")
+    __slots__ = ("name", "source", "table", "query", "mode", "chunk_column", "chunk_size", "chunk_count", "format", "compression", "compression_level", "destination", "batch_size", "max_attempts", "row_group_rows", "columns", "cursor_column", "time_column", "days_window", "chunk_by_days", "max_file_bytes", "row_group_mb", "add_exported_at", "compression_profile", "row_filter", "schema_policy", "quality", "tuning_profile", "batch_size_memory_mb", "statement_timeout_s", "lock_timeout_s", "connect_timeout_s")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     TABLE_FIELD_NUMBER: _ClassVar[int]
@@ -96,6 +96,11 @@ class ExportSpec(_message.Message):
     ROW_FILTER_FIELD_NUMBER: _ClassVar[int]
     SCHEMA_POLICY_FIELD_NUMBER: _ClassVar[int]
     QUALITY_FIELD_NUMBER: _ClassVar[int]
+    TUNING_PROFILE_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_MEMORY_MB_FIELD_NUMBER: _ClassVar[int]
+    STATEMENT_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    LOCK_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    CONNECT_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
     name: str
     source: SourceSpec
     table: str
@@ -123,7 +128,12 @@ class ExportSpec(_message.Message):
     row_filter: RowFilter
     schema_policy: str
     quality: QualityRules
-    def __init__(self, name: _Optional[str] = ..., source: _Optional[_Union[SourceSpec, _Mapping]] = ..., table: _Optional[str] = ..., query: _Optional[str] = ..., mode: _Optional[str] = ..., chunk_column: _Optional[str] = ..., chunk_size: _Optional[int] = ..., chunk_count: _Optional[int] = ..., format: _Optional[str] = ..., compression: _Optional[str] = ..., compression_level: _Optional[int] = ..., destination: _Optional[str] = ..., batch_size: _Optional[int] = ..., max_attempts: _Optional[int] = ..., row_group_rows: _Optional[int] = ..., columns: _Optional[_Iterable[str]] = ..., cursor_column: _Optional[str] = ..., time_column: _Optional[str] = ..., days_window: _Optional[int] = ..., chunk_by_days: _Optional[int] = ..., max_file_bytes: _Optional[int] = ..., row_group_mb: _Optional[int] = ..., add_exported_at: _Optional[bool] = ..., compression_profile: _Optional[str] = ..., row_filter: _Optional[_Union[RowFilter, _Mapping]] = ..., schema_policy: _Optional[str] = ..., quality: _Optional[_Union[QualityRules, _Mapping]] = ...) -> None: ...
+    tuning_profile: str
+    batch_size_memory_mb: int
+    statement_timeout_s: int
+    lock_timeout_s: int
+    connect_timeout_s: int
+    def __init__(self, name: _Optional[str] = ..., source: _Optional[_Union[SourceSpec, _Mapping]] = ..., table: _Optional[str] = ..., query: _Optional[str] = ..., mode: _Optional[str] = ..., chunk_column: _Optional[str] = ..., chunk_size: _Optional[int] = ..., chunk_count: _Optional[int] = ..., format: _Optional[str] = ..., compression: _Optional[str] = ..., compression_level: _Optional[int] = ..., destination: _Optional[str] = ..., batch_size: _Optional[int] = ..., max_attempts: _Optional[int] = ..., row_group_rows: _Optional[int] = ..., columns: _Optional[_Iterable[str]] = ..., cursor_column: _Optional[str] = ..., time_column: _Optional[str] = ..., days_window: _Optional[int] = ..., chunk_by_days: _Optional[int] = ..., max_file_bytes: _Optional[int] = ..., row_group_mb: _Optional[int] = ..., add_exported_at: _Optional[bool] = ..., compression_profile: _Optional[str] = ..., row_filter: _Optional[_Union[RowFilter, _Mapping]] = ..., schema_policy: _Optional[str] = ..., quality: _Optional[_Union[QualityRules, _Mapping]] = ..., tuning_profile: _Optional[str] = ..., batch_size_memory_mb: _Optional[int] = ..., statement_timeout_s: _Optional[int] = ..., lock_timeout_s: _Optional[int] = ..., connect_timeout_s: _Optional[int] = ...) -> None: ...
 
 class QualityRules(_message.Message):
     __slots__ = ("row_count_min", "row_count_max", "null_ratio_max", "unique_columns", "on_violation")
@@ -244,7 +254,7 @@ class RunRequested(_message.Message):
     def __init__(self, spec: _Optional[_Union[ExportSpec, _Mapping]] = ..., requested_by: _Optional[str] = ..., plan_id: _Optional[str] = ..., options: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class PlanResolved(_message.Message):
-    __slots__ = ("plan_id", "strategy", "chunks", "format", "compression", "compression_level", "batch_size", "batch_size_memory_mb", "tuning_profile", "schema", "schema_fingerprint", "row_estimate", "chunk_column", "key_low", "key_high", "source_engine", "source_table", "query_fingerprint", "row_filter")
+    __slots__ = ("plan_id", "strategy", "chunks", "format", "compression", "compression_level", "batch_size", "batch_size_memory_mb", "tuning_profile", "schema", "schema_fingerprint", "row_estimate", "chunk_column", "key_low", "key_high", "source_engine", "source_table", "query_fingerprint", "row_filter", "temp_bytes_at_plan")
     PLAN_ID_FIELD_NUMBER: _ClassVar[int]
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
     CHUNKS_FIELD_NUMBER: _ClassVar[int]
@@ -264,6 +274,7 @@ class PlanResolved(_message.Message):
     SOURCE_TABLE_FIELD_NUMBER: _ClassVar[int]
     QUERY_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     ROW_FILTER_FIELD_NUMBER: _ClassVar[int]
+    TEMP_BYTES_AT_PLAN_FIELD_NUMBER: _ClassVar[int]
     plan_id: str
     strategy: str
     chunks: _containers.RepeatedCompositeFieldContainer[ChunkRange]
@@ -283,7 +294,8 @@ class PlanResolved(_message.Message):
     source_table: str
     query_fingerprint: str
     row_filter: RowFilter
-    def __init__(self, plan_id: _Optional[str] = ..., strategy: _Optional[str] = ..., chunks: _Optional[_Iterable[_Union[ChunkRange, _Mapping]]] = ..., format: _Optional[str] = ..., compression: _Optional[str] = ..., compression_level: _Optional[int] = ..., batch_size: _Optional[int] = ..., batch_size_memory_mb: _Optional[int] = ..., tuning_profile: _Optional[str] = ..., schema: _Optional[_Iterable[_Union[SchemaField, _Mapping]]] = ..., schema_fingerprint: _Optional[str] = ..., row_estimate: _Optional[int] = ..., chunk_column: _Optional[str] = ..., key_low: _Optional[str] = ..., key_high: _Optional[str] = ..., source_engine: _Optional[str] = ..., source_table: _Optional[str] = ..., query_fingerprint: _Optional[str] = ..., row_filter: _Optional[_Union[RowFilter, _Mapping]] = ...) -> None: ...
+    temp_bytes_at_plan: int
+    def __init__(self, plan_id: _Optional[str] = ..., strategy: _Optional[str] = ..., chunks: _Optional[_Iterable[_Union[ChunkRange, _Mapping]]] = ..., format: _Optional[str] = ..., compression: _Optional[str] = ..., compression_level: _Optional[int] = ..., batch_size: _Optional[int] = ..., batch_size_memory_mb: _Optional[int] = ..., tuning_profile: _Optional[str] = ..., schema: _Optional[_Iterable[_Union[SchemaField, _Mapping]]] = ..., schema_fingerprint: _Optional[str] = ..., row_estimate: _Optional[int] = ..., chunk_column: _Optional[str] = ..., key_low: _Optional[str] = ..., key_high: _Optional[str] = ..., source_engine: _Optional[str] = ..., source_table: _Optional[str] = ..., query_fingerprint: _Optional[str] = ..., row_filter: _Optional[_Union[RowFilter, _Mapping]] = ..., temp_bytes_at_plan: _Optional[int] = ...) -> None: ...
 
 class PlanWarning(_message.Message):
     __slots__ = ("rule", "message")
@@ -420,7 +432,7 @@ class ReconciliationResult(_message.Message):
     def __init__(self, source_count: _Optional[int] = ..., exported_rows: _Optional[int] = ..., matched: _Optional[bool] = ...) -> None: ...
 
 class ManifestCommitted(_message.Message):
-    __slots__ = ("manifest_uri", "fingerprint", "row_count", "part_count", "cursor_low", "cursor_high", "bytes", "cursor_column")
+    __slots__ = ("manifest_uri", "fingerprint", "row_count", "part_count", "cursor_low", "cursor_high", "bytes", "cursor_column", "temp_bytes_at_end")
     MANIFEST_URI_FIELD_NUMBER: _ClassVar[int]
     FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     ROW_COUNT_FIELD_NUMBER: _ClassVar[int]
@@ -429,6 +441,7 @@ class ManifestCommitted(_message.Message):
     CURSOR_HIGH_FIELD_NUMBER: _ClassVar[int]
     BYTES_FIELD_NUMBER: _ClassVar[int]
     CURSOR_COLUMN_FIELD_NUMBER: _ClassVar[int]
+    TEMP_BYTES_AT_END_FIELD_NUMBER: _ClassVar[int]
     manifest_uri: str
     fingerprint: str
     row_count: int
@@ -437,7 +450,8 @@ class ManifestCommitted(_message.Message):
     cursor_high: str
     bytes: int
     cursor_column: str
-    def __init__(self, manifest_uri: _Optional[str] = ..., fingerprint: _Optional[str] = ..., row_count: _Optional[int] = ..., part_count: _Optional[int] = ..., cursor_low: _Optional[str] = ..., cursor_high: _Optional[str] = ..., bytes: _Optional[int] = ..., cursor_column: _Optional[str] = ...) -> None: ...
+    temp_bytes_at_end: int
+    def __init__(self, manifest_uri: _Optional[str] = ..., fingerprint: _Optional[str] = ..., row_count: _Optional[int] = ..., part_count: _Optional[int] = ..., cursor_low: _Optional[str] = ..., cursor_high: _Optional[str] = ..., bytes: _Optional[int] = ..., cursor_column: _Optional[str] = ..., temp_bytes_at_end: _Optional[int] = ...) -> None: ...
 
 class RunCompleted(_message.Message):
     __slots__ = ("status", "error_message", "duration_ms", "skip_reason")

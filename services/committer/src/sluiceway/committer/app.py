@@ -37,8 +37,9 @@ from sluiceway.committer.domain.gates import (
     validate_parts,
 )
 from sluiceway.committer.domain.manifest import build_manifest, serialize, total_bytes
-from sluiceway.common import crash, fingerprint, layout, parts
+from sluiceway.common import crash, destination, fingerprint, parts
 from sluiceway.common.bus import Appended
+from sluiceway.common.destination import open_destination
 from sluiceway.common.domain import ids
 from sluiceway.common.domain.events import (
     Body,
@@ -51,6 +52,7 @@ from sluiceway.common.domain.events import (
 from sluiceway.common.domain.events import Producer as ProducerInfo
 from sluiceway.common.domain.run import RunState, evolve, fold
 from sluiceway.common.redact import redact
+from sluiceway.common.sources import temp_bytes_of
 from sluiceway.common.sources.base import Source, SourceError
 
 log = logging.getLogger(__name__)
@@ -169,14 +171,15 @@ class Committer:
     async def _commit(self, state: RunState, delivered: int) -> str:
         spec, plan = state.spec, state.plan
         assert spec is not None and plan is not None
-        run_dir = layout.run_dir(spec.destination, state.export_name, state.run_id)
+        dest = destination.open_destination(spec.destination)
+        run_dir = destination.run_dir(dest, state.export_name, state.run_id)
         committed = state.committed_files()
 
         # gate: validation. A verdict already in the log is reused so that a restart decides
         # the same way and appends nothing new.
         if state.validation is None:
             names = [f.file_name for f in committed if safe_relative(f.file_name)]
-            observed = await asyncio.to_thread(files.observe_parts, run_dir, names)
+            observed = await asyncio.to_thread(files.observe_parts, run_dir, names, dest)
             await self._append(state, validate_parts(committed, observed))
         assert state.validation is not None
         if not state.validation.passed:
@@ -188,9 +191,13 @@ class Committer:
         rules = spec.quality
         if rules is not None and rules.any:
             nulls, unique = quality_columns(rules)
-            paths = [run_dir / f.file_name for f in committed if safe_relative(f.file_name)]
+            paths = [
+                dest.path(state.export_name, "runs", state.run_id, f.file_name)
+                for f in committed
+                if safe_relative(f.file_name)
+            ]
             rows, null_counts, repeats = await asyncio.to_thread(
-                files.observe_quality, paths, plan.format or spec.format, nulls, unique
+                files.observe_quality, paths, plan.format or spec.format, nulls, unique, dest
             )
             for issue in quality_issues(rules, QualityObserved(rows, null_counts, repeats)):
                 await self._append(state, issue)
@@ -227,20 +234,22 @@ class Committer:
         manifest = build_manifest(state)
         data = serialize(manifest)
         digest = fingerprint.of_bytes(data)
-        mpath = layout.manifest_path(spec.destination, state.export_name, state.run_id)
-        spath = layout.success_path(spec.destination, state.export_name, state.run_id)
+        mpath = dest.path(state.export_name, "runs", state.run_id, "manifest.json")
+        spath = dest.path(state.export_name, "runs", state.run_id, "_SUCCESS")
         crash.point("committer.before_manifest")
-        await asyncio.to_thread(files.write_atomic, mpath, data)
+        await asyncio.to_thread(dest.put, mpath, data)
         crash.point("committer.after_manifest")
-        await asyncio.to_thread(files.write_atomic, spath, digest.encode())
+        await asyncio.to_thread(dest.put, spath, digest.encode())
         crash.point("committer.after_success")
+        temp_bytes = await self._temp_bytes(spec)
         body = ManifestCommitted(
-            manifest_uri=mpath.resolve().as_uri(),
+            manifest_uri=dest.uri(mpath),
             fingerprint=digest,
             row_count=manifest["row_count"],
             part_count=manifest["part_count"],
             bytes=total_bytes(manifest),
             **cursor_of(spec, plan),
+            temp_bytes_at_end=temp_bytes,
         )
         appended = await self._append(state, body)
         crash.point("committer.after_manifest_committed")
@@ -254,6 +263,26 @@ class Committer:
         )
         await self._finish(state, data)
         return "terminal"
+
+    async def _temp_bytes(self, spec: ExportSpec) -> int | None:
+        """The source's pg_stat_database.temp_bytes now (None: no source, not PostgreSQL, or
+        unreadable): with the plan's reading, RunSummary.pg_temp_bytes_delta. A measurement:
+        it never fails or delays the commit beyond one short query."""
+        if self._open is None:
+            return None
+        opener = self._open
+
+        def measure() -> int | None:
+            try:
+                source = opener(spec)
+            except SourceError:
+                return None
+            try:
+                return temp_bytes_of(source)
+            finally:
+                source.close()
+
+        return await asyncio.to_thread(measure)
 
     async def _source_count(self, state: RunState, spec: ExportSpec, plan: PlanResolved) -> int:
         if self._open is None:
@@ -277,12 +306,15 @@ class Committer:
         _quarantine/<run_id>/, and say so with a Warning."""
         spec = state.spec
         assert spec is not None
-        run_dir = layout.run_dir(spec.destination, state.export_name, state.run_id)
-        target = layout.quarantine_dir(spec.destination, state.export_name, state.run_id)
+        dest = destination.open_destination(spec.destination)
+        run_dir = destination.run_dir(dest, state.export_name, state.run_id)
+        target = destination.quarantine_dir(dest, state.export_name, state.run_id)
         keep = [f.file_name for f in state.committed_files()]
         try:
             moved = await asyncio.to_thread(
-                lambda: parts.set_aside(run_dir, target, parts.strays(run_dir, keep))
+                lambda: dest.set_aside(
+                    run_dir, target, parts.stray_names(dest.files(run_dir), keep)
+                )
             )
         except OSError as exc:  # they are in no manifest either way
             log.warning("cannot move stray files aside: %s", exc, extra={"run_id": state.run_id})
@@ -297,10 +329,10 @@ class Committer:
         spec = state.spec
         assert spec is not None
         if data is None:
-            mpath = layout.manifest_path(spec.destination, state.export_name, state.run_id)
-            try:
-                data = await asyncio.to_thread(mpath.read_bytes)
-            except FileNotFoundError:
+            dest = destination.open_destination(spec.destination)
+            mpath = dest.path(state.export_name, "runs", state.run_id, "manifest.json")
+            data = await asyncio.to_thread(dest.read_bytes, mpath)
+            if data is None:
                 data = serialize(build_manifest(state))
         await self._point_at_latest(state, spec.destination, data)
         await self._set_aside_strays(state)
@@ -311,18 +343,19 @@ class Committer:
         stream order (its last ManifestCommitted, one direct get): a late finish of an older
         run never moves it back. A newer commit landing while this one writes is checked
         once more, and its manifest written instead."""
-        pointer = layout.latest_pointer_path(destination, state.export_name)
+        dest = open_destination(destination)
+        pointer = dest.path(state.export_name, "manifest.json")
         for _ in range(5):
             last = await self._log.last_commit(state.export_name)
             latest = state.run_id if last is None else last.run_id
             body = data
             if latest != state.run_id:
-                path = layout.manifest_path(destination, state.export_name, latest)
-                try:
-                    body = await asyncio.to_thread(path.read_bytes)
-                except FileNotFoundError:  # another destination: that run's committer points
+                path = dest.path(state.export_name, "runs", latest, "manifest.json")
+                found = await asyncio.to_thread(dest.read_bytes, path)
+                if found is None:  # another destination: that run's committer points
                     return
-            await asyncio.to_thread(files.write_atomic, pointer, body)
+                body = found
+            await asyncio.to_thread(dest.put, pointer, body)
             again = await self._log.last_commit(state.export_name)
             if (state.run_id if again is None else again.run_id) == latest:
                 return

@@ -40,12 +40,13 @@ from sluiceway.planner.domain.plan import (
     SkipRun,
     bound_incremental,
     build_plan,
-    check_pinned_plan,
+    check_applied_plan,
     decide_cancel,
     decide_request,
     drift_message,
     drift_outcome,
     incremental_filter,
+    pinned_high,
     planning_failed,
     row_column_type,
     schema_drift,
@@ -135,7 +136,12 @@ class Planner:
         only the *name* of the variable with the URL, never a secret."""
         now = self._clock()
         run_id = ids.new_run_id(now, self._entropy(4))
-        body = RunRequested(spec=spec, requested_by=requested_by, options=dict(options or {}))
+        opts = dict(options or {})
+        # `sluiceway apply` pins the run to a sealed plan: SubmitRunRequest has no plan_id field,
+        # so it travels in options and becomes RunRequested.plan_id (checked when planning)
+        body = RunRequested(
+            spec=spec, requested_by=requested_by, plan_id=opts.get("plan_id", ""), options=opts
+        )
         appended = await self._log.append(self._event(run_id, spec.name, body, now))
         log.info("run requested", extra={"run_id": run_id})
         return run_id, appended.seq
@@ -205,11 +211,11 @@ class Planner:
         assert state.requested is not None
         spec = state.requested.spec
         try:
-            spec, intro, skip = await self._resolve(spec)
+            spec, intro, skip = await self._resolve(spec, state.requested.options)
             plan, warnings = build_plan(spec, intro)
             if skip is not None:
                 plan = skip_plan(plan)
-            check_pinned_plan(state.requested.plan_id, plan)
+            check_applied_plan(state.requested, plan)
         except (PlanError, config.ConfigError) as exc:
             await self._fail(state, str(exc))
             return
@@ -285,7 +291,9 @@ class Planner:
         await self._append(state, skipped(state, reason, self._clock()))
         log.info("run skipped: %s", reason, extra={"run_id": state.run_id})
 
-    async def _resolve(self, spec: ExportSpec) -> tuple[ExportSpec, Introspection, Skip | None]:
+    async def _resolve(
+        self, spec: ExportSpec, options: Mapping[str, str] | None = None
+    ) -> tuple[ExportSpec, Introspection, Skip | None]:
         """The run's rows: the spec with its row filter (incremental: after the committed
         cursor; time_window: since the window's start), the source introspected over them, and
         whether there is nothing to export."""
@@ -294,10 +302,16 @@ class Planner:
             last = await self._log.last_commit(spec.name)
             if last is not None and isinstance(last.body, ManifestCommitted):
                 committed = last.body
-        return await asyncio.to_thread(self._resolve_rows, spec, committed, self._clock())
+        return await asyncio.to_thread(
+            self._resolve_rows, spec, committed, self._clock(), options or {}
+        )
 
     def _resolve_rows(
-        self, spec: ExportSpec, committed: ManifestCommitted | None, now: datetime
+        self,
+        spec: ExportSpec,
+        committed: ManifestCommitted | None,
+        now: datetime,
+        options: Mapping[str, str],
     ) -> tuple[ExportSpec, Introspection, Skip | None]:
         source = self._open(spec)
         try:
@@ -305,7 +319,7 @@ class Planner:
             if spec.mode == "incremental":
                 key_type = row_column_type(spec, intro, spec.cursor_column, "cursor_column")
                 after = incremental_filter(spec, key_type, committed)
-                high = source.max_of(
+                high = pinned_high(after, options) or source.max_of(
                     replace(spec, row_filter=after),
                     spec.cursor_column,
                     temporal=bool(temporal_kind(key_type)),

@@ -103,6 +103,11 @@ class ExportSpec:
     row_filter: RowFilter | None = None  # set by the planner for the run, never by a config
     schema_policy: str = ""  # drift from the last committed run: warn | continue | fail
     quality: QualityRules | None = None
+    tuning_profile: str = ""  # fast | balanced | safe (sluiceway.common.tuning)
+    batch_size_memory_mb: int = 0  # PostgreSQL batch byte hint; 0 = batch_size x row width
+    statement_timeout_s: int = 0
+    lock_timeout_s: int = 0
+    connect_timeout_s: int = 0
 
 
 @dataclass(frozen=True)
@@ -187,6 +192,7 @@ class PlanResolved:
     source_table: str = ""
     query_fingerprint: str = ""
     row_filter: RowFilter | None = None
+    temp_bytes_at_plan: int | None = None  # pg_stat_database.temp_bytes; None: not measured
 
 
 @dataclass(frozen=True)
@@ -286,6 +292,7 @@ class ManifestCommitted:
     cursor_high: str = ""
     bytes: int = 0
     cursor_column: str = ""
+    temp_bytes_at_end: int | None = None  # pg_stat_database.temp_bytes; None: not measured
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,15 @@ from .base import Introspection, Source, SourceError
 if TYPE_CHECKING:
     import pyarrow as pa
 
-__all__ = ["Introspection", "Source", "SourceError", "arrow_schema", "arrow_type", "open_source"]
+__all__ = [
+    "Introspection",
+    "Source",
+    "SourceError",
+    "arrow_schema",
+    "arrow_type",
+    "open_source",
+    "temp_bytes_of",
+]
 
 _DECIMAL = re.compile(r"^decimal(128|256)\((\d+),\s*(-?\d+)\)$")
 # list<item: T> and list<item: T not null> (str() of a pyarrow list type); T may be a list
@@ -105,5 +113,20 @@ def open_source(spec: ExportSpec, env: Mapping[str, str] | None = None) -> Sourc
                 f"export {spec.name!r}: environment variable {name or '<url_env>'!r} is not set",
                 retryable=False,
             )
-        return PostgresSource(url)
+        from sluiceway.common import tuning
+
+        statement_ms, lock_ms = tuning.session_timeouts_ms(spec)
+        return PostgresSource(
+            url,
+            statement_timeout_ms=statement_ms,
+            lock_timeout_ms=lock_ms,
+            connect_timeout_s=tuning.connect_timeout_s(spec),
+        )
     raise SourceError(f"export {spec.name!r}: unknown source engine {engine!r}", retryable=False)
+
+
+def temp_bytes_of(source: Source) -> int | None:
+    """The source database's cumulative temporary-file bytes (PostgreSQL's
+    pg_stat_database.temp_bytes, every session's), or None where there is no such figure."""
+    measure = getattr(source, "temp_bytes", None)
+    return measure() if callable(measure) else None

@@ -33,6 +33,8 @@ class Introspection:
     # the table's primary key (Arrow types), looked up only for a chunked `table:` export with
     # no chunk_column; the key bounds above are then those of a single-column primary key
     primary_key: tuple[SchemaField, ...] = ()
+    # PostgreSQL: pg_stat_database.temp_bytes when introspected (PlanResolved.temp_bytes_at_plan)
+    temp_bytes: int | None = None
 
 
 class Source(Protocol):

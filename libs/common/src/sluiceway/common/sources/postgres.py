@@ -2,8 +2,12 @@
 
 Why ADBC and how (measured in docs/pg-readers.md):
 - Each chunk runs in a short READ ONLY transaction on a session with statement_timeout,
-  lock_timeout and TIME ZONE 'UTC' set. Batches come from `cursor.fetch_record_batch()` with
-  `adbc.postgresql.batch_size_hint_bytes`, so memory stays bounded whatever the chunk size.
+  lock_timeout (the export's, from its tuning profile) and TIME ZONE 'UTC' set; both connections
+  carry libpq's connect_timeout, so a host that drops packets fails the attempt (retryably)
+  instead of hanging. Batches come from `cursor.fetch_record_batch()` with
+  `adbc.postgresql.batch_size_hint_bytes` (tuning.batch_hint_bytes: batch_size_memory_mb, or
+  batch_size x the row width measured on the export's earlier batches, which then also caps
+  each batch at batch_size rows), so memory stays bounded whatever the chunk size.
 - Range keys cannot be bound: ADBC runs a query with bind parameters as a prepared statement
   whose whole result is materialised. They are written as integer literals after int() parsed
   them (digits and a sign only), which also keeps the key comparison an index condition.
@@ -33,6 +37,7 @@ import adbc_driver_postgresql.dbapi as pgdb
 import psycopg
 import pyarrow as pa
 
+from sluiceway.common import tuning
 from sluiceway.common.domain.events import ChunkRange, ExportSpec, SchemaField
 from sluiceway.common.redact import redact
 
@@ -42,6 +47,17 @@ from .sql import bounds_sql, count_sql, dollar, quote_ident, relation, spec_pred
 
 log = logging.getLogger(__name__)
 BATCH_HINT_BYTES = 16 << 20
+TEMP_BYTES_SQL = "SELECT temp_bytes FROM pg_stat_database WHERE datname = current_database()"
+
+
+def with_connect_timeout(url: str, seconds: int) -> str:
+    """`url` with libpq's connect_timeout, unless it names one already (a URI or a key=value
+    string). ADBC has no connect option of its own: it hands the URI to libpq."""
+    if "connect_timeout" in url:
+        return url
+    if url.startswith(("postgresql://", "postgres://")):
+        return f"{url}{'&' if '?' in url else '?'}connect_timeout={int(seconds)}"
+    return f"{url} connect_timeout={int(seconds)}"
 
 
 def sqlstate_of(exc: BaseException) -> str:
@@ -81,24 +97,32 @@ class PostgresSource:
         *,
         statement_timeout_ms: int = 3_600_000,
         lock_timeout_ms: int = 10_000,
-        batch_size_hint_bytes: int = BATCH_HINT_BYTES,
+        batch_size_hint_bytes: int | None = None,
         connect_timeout_s: int = 10,
     ) -> None:
         self._url = url
         self.statement_timeout_ms = statement_timeout_ms
         self.lock_timeout_ms = lock_timeout_ms
+        # None: from each export's spec (tuning.batch_hint_bytes); a number: always that
         self.batch_size_hint_bytes = batch_size_hint_bytes
         self.connect_timeout_s = connect_timeout_s
         self._reader: Any = None
         self._meta: Any = None
+        self._flush_stats = False  # pg_stat_force_next_flush() exists (PostgreSQL 15+)
+        self._row_bytes: dict[str, float] = {}  # export name -> measured Arrow bytes per row
 
     def _reading_connection(self) -> Any:
         if self._reader is None:
             try:
-                con = pgdb.connect(self._url, autocommit=True)
+                con = pgdb.connect(
+                    with_connect_timeout(self._url, self.connect_timeout_s), autocommit=True
+                )
                 with con.cursor() as cur:
                     for stmt in self._session_sql():
                         cur.execute(stmt)
+                    cur.execute("SELECT current_setting('server_version_num')::int >= 150000")
+                    row = cur.fetchone()
+                    self._flush_stats = bool(row and row[0])
             except Exception as exc:
                 raise classify(exc) from exc
             self._reader = con
@@ -216,8 +240,13 @@ class PostgresSource:
             if not column and spec.mode == "chunked" and spec.table and not spec.query:
                 pk = self._primary_key(cur, spec)  # the `table:` shortcut; the planner decides
                 column = pk[0].name if len(pk) == 1 else ""
+            cur.execute(TEMP_BYTES_SQL)
+            row = cur.fetchone()
+            temp = int(row[0]) if row and row[0] is not None else None
             if not column:
-                return Introspection(schema=schema, row_estimate=estimate, primary_key=pk)
+                return Introspection(
+                    schema=schema, row_estimate=estimate, primary_key=pk, temp_bytes=temp
+                )
             cur.execute(bounds_sql(spec, column))
             low, high, has_null = cur.fetchone()
             kf = next((f for f in (*pk, *schema) if f.name == column), None)
@@ -231,6 +260,7 @@ class PostgresSource:
             key_type=kf.type,
             key_nullable=bool(has_null),
             primary_key=pk,
+            temp_bytes=temp,
         )
 
     @staticmethod
@@ -286,9 +316,15 @@ class PostgresSource:
             if counted
             else "BEGIN TRANSACTION READ ONLY"
         )
+        hint = self.batch_size_hint_bytes or tuning.batch_hint_bytes(
+            spec, self._row_bytes.get(spec.name)
+        )
+        # rows mode (no memory hint): batches of exactly batch_size rows; the hint only brings
+        # the driver's batches near that size
+        rows_mode = spec.batch_size_memory_mb <= 0 and spec.batch_size > 0
         done = False
         try:
-            cur = self._begin(begin)
+            cur = self._begin(begin, hint)
             try:
                 if counted:
                     cur.execute(f"SELECT COUNT(*) FROM {rel}{where}")
@@ -298,9 +334,19 @@ class PostgresSource:
                 else:
                     yield -1
                 cur.execute(f"SELECT {select} FROM {rel}{where}")
-                for batch in _record_batches(cur):
-                    yield pgtypes.conform(batch, target)
+                measured = [0, 0]  # rows, bytes of the driver's batches
+                batches = (
+                    pgtypes.conform(b, target) for b in _measured(_record_batches(cur), measured)
+                )
+                yield from _rebatch(batches, spec.batch_size) if rows_mode else batches
+                if measured[0]:
+                    self._row_bytes[spec.name] = measured[1] / measured[0]
                 cur.execute("COMMIT")
+                if self._flush_stats:
+                    # this session's counters (temp_bytes among them) reach pg_stat_database
+                    # when it next goes idle, not up to 10 s later: the committer reads them
+                    cur.execute("SELECT pg_stat_force_next_flush()")
+                    cur.fetchall()
             finally:
                 with contextlib.suppress(Exception):
                     cur.close()
@@ -313,7 +359,7 @@ class PostgresSource:
             if not done:  # an error, or the consumer stopped early: the session state is unknown
                 self._drop_reading_connection()
 
-    def _begin(self, begin: str) -> Any:
+    def _begin(self, begin: str, hint: int) -> Any:
         """A cursor on the reading connection, inside a transaction opened by `begin`.
 
         A kept connection whose session ended while it sat idle between chunks (a restart or
@@ -326,7 +372,7 @@ class PostgresSource:
             cur = con.cursor()
             try:
                 cur.adbc_statement.set_options(
-                    **{"adbc.postgresql.batch_size_hint_bytes": str(self.batch_size_hint_bytes)}
+                    **{"adbc.postgresql.batch_size_hint_bytes": str(hint)}
                 )
                 cur.execute(begin)
                 return cur
@@ -340,6 +386,18 @@ class PostgresSource:
                 log.warning("reading session lost while idle, reconnecting: %s", error)
                 kept = False
 
+    def temp_bytes(self) -> int | None:
+        """pg_stat_database.temp_bytes of this database: every session's temporary-file bytes
+        since the statistics were last reset (other sessions' included), or None when the
+        statistics cannot be read. Never raises: a measurement must not fail a run."""
+        try:
+            with self._cursor() as cur:
+                row = cur.execute(TEMP_BYTES_SQL).fetchone()
+        except SourceError as exc:
+            log.warning("cannot read pg_stat_database.temp_bytes: %s", exc)
+            return None
+        return int(row[0]) if row and row[0] is not None else None
+
     def count(self, spec: ExportSpec, rng: ChunkRange | None) -> int:
         where, params = spec_predicate(spec, rng, lambda n: "%s")
         with self._cursor() as cur:
@@ -352,6 +410,36 @@ class PostgresSource:
         if meta is not None:
             with contextlib.suppress(Exception):
                 meta.close()
+
+
+def _measured(batches: Iterable[pa.RecordBatch], into: list[int]) -> Iterator[pa.RecordBatch]:
+    """`batches`, adding their rows and bytes to `into` ([rows, bytes]) as they pass."""
+    for batch in batches:
+        into[0] += batch.num_rows
+        into[1] += batch.nbytes
+        yield batch
+
+
+def _rebatch(batches: Iterable[pa.RecordBatch], size: int) -> Iterator[pa.RecordBatch]:
+    """The same rows in batches of exactly `size` rows (the last one fewer). Whole slices pass
+    without a copy; a batch pieced together from two driver batches is copied once."""
+    pending: list[pa.RecordBatch] = []
+    have, rows, first = 0, 0, None
+    for batch in batches:
+        first = batch if first is None else first
+        rows += batch.num_rows
+        while batch.num_rows:
+            take = min(size - have, batch.num_rows)
+            pending.append(batch.slice(0, take))
+            have += take
+            batch = batch.slice(take)
+            if have == size:
+                yield pending[0] if len(pending) == 1 else pa.concat_batches(pending)
+                pending, have = [], 0
+    if have:
+        yield pending[0] if len(pending) == 1 else pa.concat_batches(pending)
+    elif not rows and first is not None:  # no rows at all: still one (empty) batch
+        yield first
 
 
 def _record_batches(cur: Any) -> Iterable[pa.RecordBatch]:

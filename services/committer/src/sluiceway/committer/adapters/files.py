@@ -1,57 +1,70 @@
-"""The destination directory: reading parts back, and crash-safe writes (temp, fsync, rename)."""
+"""The destination (a directory or an object store): reading parts back, crash-safe writes."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from pathlib import Path
 
 import duckdb
+import pyarrow.csv as pacsv
+import pyarrow.dataset as pads
 
-from sluiceway.common import fingerprint, layout
-from sluiceway.common.parts import fsync_dir
+from sluiceway.common import destination
+from sluiceway.common.destination import Destination, Local
 
 
-def observe_parts(run_dir: Path, names: Iterable[str]) -> dict[str, tuple[str, int] | None]:
-    """(fingerprint, size) of each part as it is on disk now; None when absent. Blocking."""
-    out: dict[str, tuple[str, int] | None] = {}
-    for name in names:
-        path = run_dir / name
-        try:
-            out[name] = fingerprint.of_file(path) if path.is_file() else None
-        except FileNotFoundError:
-            out[name] = None
-    return out
+def observe_parts(
+    run_dir: Path | str, names: Iterable[str], dest: Destination | None = None
+) -> dict[str, tuple[str, int] | None]:
+    """(fingerprint, size) of each part as it is stored now; None when absent. Blocking."""
+    where = dest or Local(str(run_dir))
+    return {name: where.fingerprint(where_join(where, run_dir, name)) for name in names}
+
+
+def where_join(dest: Destination, directory: Path | str, name: str) -> str:
+    if isinstance(dest, Local):
+        return str(Path(directory) / name)
+    return f"{str(directory).rstrip('/')}/{name}"
 
 
 def write_atomic(path: Path, data: bytes) -> None:
     """Readers see the old file or the whole new one, never a torn one, even after a crash."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / layout.temp_name(path.name)
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    destination.write_atomic(path, data)
 
 
 def observe_quality(
-    paths: list[Path], fmt: str, nulls: list[str], unique: list[str]
+    paths: list[Path] | list[str],
+    fmt: str,
+    nulls: list[str],
+    unique: list[str],
+    dest: Destination | None = None,
 ) -> tuple[int, dict[str, int], dict[str, int]]:
     """Rows, NULLs per column and repeated (non-NULL) values per column over every part, in one
-    DuckDB scan. Blocking. Column names are validated identifiers (config.check_spec)."""
+    DuckDB scan (of the files, or of a pyarrow dataset over an object store: DuckDB's httpfs
+    is not there offline). Blocking. Column names are validated identifiers (config.check_spec)."""
     if not paths:
         return 0, dict.fromkeys(nulls, 0), dict.fromkeys(unique, 0)
     terms = ["count(*)"]
     terms += [f"count(*) - count({_quoted(c)})" for c in nulls]
     terms += [f"count({_quoted(c)}) - count(DISTINCT {_quoted(c)})" for c in unique]
-    reader = "read_parquet(?)" if fmt == "parquet" else "read_csv(?, header = true)"
     con = duckdb.connect(config={"threads": 1})
     try:
-        row = con.execute(
-            f"SELECT {', '.join(terms)} FROM {reader}", [[str(p) for p in paths]]
-        ).fetchone()
+        if dest is None or isinstance(dest, Local):
+            reader = "read_parquet(?)" if fmt == "parquet" else "read_csv(?, header = true)"
+            row = con.execute(
+                f"SELECT {', '.join(terms)} FROM {reader}", [[str(p) for p in paths]]
+            ).fetchone()
+        else:
+            file_format: pads.FileFormat | str = "parquet"
+            if fmt != "parquet":
+                file_format = pads.CsvFileFormat(
+                    convert_options=pacsv.ConvertOptions(strings_can_be_null=True)
+                )
+            parts = pads.dataset(
+                [str(p) for p in paths], filesystem=dest.arrow(), format=file_format
+            )
+            con.register("parts", parts)
+            row = con.execute(f"SELECT {', '.join(terms)} FROM parts").fetchone()
     finally:
         con.close()
     assert row is not None

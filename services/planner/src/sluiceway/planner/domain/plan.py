@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -17,6 +18,7 @@ from sluiceway.common.domain.events import (
     PlanWarning,
     RowFilter,
     RunCompleted,
+    RunRequested,
     RunStatus,
     SchemaChanged,
     SchemaField,
@@ -36,7 +38,7 @@ from .chunks import (
     temporal_kind,
 )
 
-TUNING_PROFILE = "default"
+TUNING_PROFILE = "balanced"  # a spec that never went through config.check_spec
 
 
 def plan_id_of(plan: PlanResolved) -> str:
@@ -44,7 +46,9 @@ def plan_id_of(plan: PlanResolved) -> str:
     drifts with table statistics): a PlanRun dry run and the SubmitRun that follows it give the
     same id while the source's shape and key bounds are unchanged, so RunRequested.plan_id can
     pin a reviewed plan."""
-    content = dataclasses.asdict(dataclasses.replace(plan, plan_id="", row_estimate=0))
+    content = dataclasses.asdict(
+        dataclasses.replace(plan, plan_id="", row_estimate=0, temp_bytes_at_plan=None)
+    )
     text = json.dumps(content, sort_keys=True, separators=(",", ":"), default=str)
     return "plan-" + fingerprint.of_bytes(text.encode()).removeprefix("xxh3:")
 
@@ -114,7 +118,8 @@ def build_plan(spec: ExportSpec, intro: Introspection) -> tuple[PlanResolved, li
         compression=spec.compression,
         compression_level=spec.compression_level,
         batch_size=spec.batch_size,
-        tuning_profile=TUNING_PROFILE,
+        batch_size_memory_mb=spec.batch_size_memory_mb,
+        tuning_profile=spec.tuning_profile or TUNING_PROFILE,
         schema=schema,
         schema_fingerprint=fingerprint.of_schema(schema),
         row_estimate=intro.row_estimate,
@@ -125,6 +130,7 @@ def build_plan(spec: ExportSpec, intro: Introspection) -> tuple[PlanResolved, li
         source_table=spec.table,
         query_fingerprint=fingerprint.of_bytes(spec.query.encode()) if spec.query else "",
         row_filter=spec.row_filter,
+        temp_bytes_at_plan=intro.temp_bytes,
     )
     return dataclasses.replace(plan, plan_id=plan_id_of(plan)), warnings
 
@@ -155,6 +161,54 @@ def check_pinned_plan(requested_plan_id: str, plan: PlanResolved) -> None:
             f"the source changed since plan {requested_plan_id} was made (it now plans as "
             f"{plan.plan_id}): review the plan again"
         )
+
+
+# ---- applied plans (`sluiceway apply`): RunRequested.options carry the sealed plan's facts ----
+
+
+def applied_cursor(options: Mapping[str, str]) -> tuple[str, str] | None:
+    """The sealed cursor snapshot (low, high) of an applied incremental plan, if any."""
+    if "cursor_low" not in options and "cursor_high" not in options:
+        return None
+    return options.get("cursor_low", ""), options.get("cursor_high", "")
+
+
+def bypassed(options: Mapping[str, str]) -> frozenset[str]:
+    return frozenset(b.strip() for b in options.get("bypass", "").split(",") if b.strip())
+
+
+def pinned_high(after: RowFilter, options: Mapping[str, str]) -> str:
+    """An applied plan whose cursor has not moved reads exactly its sealed range: the high end
+    is the sealed one, not today's maximum (rows that arrived since are the next run's), so a
+    live table does not make the plan differ. "" = not pinned: bound at the maximum now."""
+    cursor = applied_cursor(options)
+    if cursor is None or cursor[0] != after.low:
+        return ""
+    return cursor[1]
+
+
+def check_applied_plan(requested: RunRequested, plan: PlanResolved) -> None:
+    """check_pinned_plan for a run with a pinned plan_id. One relaxation: when the export's
+    cursor moved since the plan was sealed and the apply was forced past it (bypass
+    cursor_moved), the run reads from the current cursor, and the plan must match the sealed
+    one in everything but its row filter (nothing left to read: the run skips)."""
+    pinned = requested.plan_id
+    if not pinned or pinned == plan.plan_id:
+        return
+    cursor = applied_cursor(requested.options)
+    rf = plan.row_filter
+    if cursor is not None and rf is not None and rf.low != cursor[0]:
+        if "cursor_moved" not in bypassed(requested.options):
+            raise PlanError(
+                f"the export's cursor moved since plan {pinned} was made (planned after "
+                f"{cursor[0] or '(start)'}, now after {rf.low or '(start)'}): plan again"
+            )
+        if not plan.chunks:
+            return  # a skip plan: nothing after the current cursor
+        sealed = dataclasses.replace(rf, low=cursor[0], high=cursor[1])
+        if plan_id_of(dataclasses.replace(plan, row_filter=sealed)) == pinned:
+            return
+    check_pinned_plan(pinned, plan)
 
 
 # ---- decisions ------------------------------------------------------------------------------

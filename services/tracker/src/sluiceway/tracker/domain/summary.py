@@ -118,6 +118,17 @@ def _verification(state: RunState) -> str:
     return "verified" if state.manifest is not None else ""
 
 
+def _temp_bytes_delta(state: RunState) -> int:
+    """pg_stat_database.temp_bytes at commit minus at plan: temporary-file bytes written in the
+    source database during the run, by every session (other clients' too on a busy server).
+    0 when either end is unknown (no commit, not PostgreSQL) or the statistics were reset."""
+    start = state.plan.temp_bytes_at_plan if state.plan else None
+    end = state.manifest.temp_bytes_at_end if state.manifest else None
+    if start is None or end is None:
+        return 0
+    return max(0, end - start)
+
+
 def summarize(state: RunState, last_seq: int = 0) -> Summary:
     """The read model's row for one run; `last_seq` is the stream seq of its latest event."""
     spec = state.spec or ev.ExportSpec()
@@ -149,7 +160,7 @@ def summarize(state: RunState, last_seq: int = 0) -> Summary:
         format=(plan.format if plan and plan.format else spec.format),
         mode=spec.mode,
         compression=(plan.compression if plan and plan.compression else spec.compression),
-        pg_temp_bytes_delta=0,  # no event carries it yet
+        pg_temp_bytes_delta=_temp_bytes_delta(state),
         skip_reason=completion.skip_reason if completion is not None else "",
         source_count=state.reconciliation.source_count if state.reconciliation else 0,
         reconciled=bool(state.reconciliation and state.reconciliation.matched),

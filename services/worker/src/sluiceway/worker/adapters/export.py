@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping
-from pathlib import Path
 
-from sluiceway.common import crash, fileopts, layout
+from sluiceway.common import crash, destination, fileopts, layout
 from sluiceway.common.domain.events import ChunkTask, ExportSpec
-from sluiceway.common.parts import PartWriter, make_dirs, set_aside
+from sluiceway.common.parts import PartWriter
 from sluiceway.common.sources import Source, arrow_schema, open_source
 from sluiceway.worker.domain.decide import ChunkExport, Part, Stopped
 
@@ -26,10 +25,19 @@ class FileExporter:
         self._env = env
         self._open = opener
         # one open source per database, reused by the next chunks (a worker runs one at a time)
-        self._sources: dict[tuple[str, str, str], Source] = {}
+        self._sources: dict[tuple[object, ...], Source] = {}
 
     def _source(self, spec: ExportSpec) -> Source:
-        key = (spec.source.engine, spec.source.url_env, spec.source.path)
+        # the session's settings are the export's (tuning): a different one gets its own session
+        key = (
+            spec.source.engine,
+            spec.source.url_env,
+            spec.source.path,
+            spec.tuning_profile,
+            spec.statement_timeout_s,
+            spec.lock_timeout_s,
+            spec.connect_timeout_s,
+        )
         if key not in self._sources:
             self._sources[key] = self._open(spec, self._env)
         return self._sources[key]
@@ -43,10 +51,11 @@ class FileExporter:
         """Move every file of this chunk attempt (parts and temporary files) to the run's
         quarantine folder."""
         spec = task.spec
-        run_dir = layout.run_dir(spec.destination, spec.name, task.run_id)
-        mine = layout.attempt_files(run_dir, task.range.index, attempt)
-        target = layout.quarantine_dir(spec.destination, spec.name, task.run_id)
-        return set_aside(run_dir, target, mine)
+        dest = destination.open_destination(spec.destination, self._env)
+        run_dir = destination.run_dir(dest, spec.name, task.run_id)
+        mine = layout.attempt_names(dest.files(run_dir), task.range.index, attempt)
+        target = destination.quarantine_dir(dest, spec.name, task.run_id)
+        return dest.set_aside(run_dir, target, mine)
 
     def export(self, task: ChunkTask, attempt: int, stop: threading.Event) -> ChunkExport:
         spec = task.spec
@@ -59,10 +68,11 @@ class FileExporter:
             if spec.add_exported_at:
                 fields = (*read, fileopts.EXPORTED_AT_FIELD)
                 constants[fileopts.EXPORTED_AT] = fileopts.exported_at_of(task.run_id)
-            run_dir = layout.run_dir(spec.destination, spec.name, task.run_id)
-            make_dirs(run_dir)
+            dest = destination.open_destination(spec.destination, self._env)
+            run_dir = destination.run_dir(dest, spec.name, task.run_id)
+            dest.make_dirs(run_dir)
             writer = PartWriter(
-                Path(run_dir),
+                run_dir,
                 task.range.index,
                 attempt,
                 spec.format or "parquet",
@@ -73,6 +83,7 @@ class FileExporter:
                 max_file_bytes=spec.max_file_bytes,
                 row_group_bytes=spec.row_group_mb * 2**20,
                 constants=constants,
+                destination=dest,
             )
             # full mode (no chunk column): the one chunk is every row
             rng = task.range if spec.chunk_column else None

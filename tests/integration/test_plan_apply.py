@@ -1,0 +1,161 @@
+"""`plan -o` and `apply` through the CLI against a real stack (SQLite, incremental exports):
+a fresh plan applies exactly its sealed range; a tampered plan is refused even with --force; a
+stale plan and one whose cursor moved are refused, and apply with --force (recorded in the
+run's apply_context); a schema that drifted after planning fails the pinned run."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.test_cli import cli
+
+pytestmark = pytest.mark.integration
+
+CONFIG = """
+version: 1
+exports:
+"""
+EXPORT = """
+  - name: {name}
+    source: {{engine: sqlite, path: events.db}}
+    table: {table}
+    mode: incremental
+    cursor_column: id
+    destination: out
+"""
+
+
+def _insert(db: Path, table: str, ids: range) -> None:
+    con = sqlite3.connect(db)
+    con.executemany(f"INSERT INTO {table} VALUES (?, ?)", [(i, f"event {i}") for i in ids])
+    con.commit()
+    con.close()
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    root = tmp_path_factory.mktemp("plan_apply")
+    db = root / "events.db"
+    con = sqlite3.connect(db)
+    for table in ("events", "drifty"):
+        con.execute(f"CREATE TABLE {table} (id INTEGER PRIMARY KEY, name TEXT)")
+    con.commit()
+    con.close()
+    _insert(db, "events", range(1, 301))
+    _insert(db, "drifty", range(1, 51))
+    cfg = root / "exports.yaml"
+    names = [("fresh", "events"), ("stale", "events"), ("moved", "events"), ("drift", "drifty")]
+    cfg.write_text(CONFIG + "".join(EXPORT.format(name=n, table=t) for n, t in names))
+    sd = ["--state-dir", str(root / "state")]
+    up = cli("up", "--detach", "--workers", "2", *sd)
+    assert up.returncode == 0, up.stderr
+    try:
+        yield {"root": root, "db": db, "cfg": cfg, "sd": sd}
+    finally:
+        down = cli("down", *sd, timeout=60)
+        assert down.returncode == 0, down.stderr
+
+
+def _plan(env: dict[str, Any], export: str, *extra: str) -> tuple[Path, dict[str, Any]]:
+    out = env["root"] / f"{export}-{time.monotonic_ns()}.plan.json"
+    res = cli("plan", "-c", str(env["cfg"]), "--export", export, "-o", str(out), *extra, *env["sd"])
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(out.read_text())
+    assert f"sealed plan {doc['plan_id']} written to {out}" in res.stdout
+    return out, doc
+
+
+def _apply(env: dict[str, Any], path: Path, *extra: str) -> tuple[int, dict[str, Any], str]:
+    res = cli("apply", str(path), "--json", *extra, *env["sd"], timeout=180)
+    summary = json.loads(res.stdout) if res.returncode != 1 or res.stdout.strip() else {}
+    return res.returncode, summary, res.stderr
+
+
+def test_a_fresh_plan_applies_exactly_its_sealed_range(env: dict[str, Any]) -> None:
+    path, doc = _plan(env, "fresh")
+    assert doc["cursor"] == {"column": "id", "low": "", "high": "300"}
+    assert doc["spec"]["source"] == {"engine": "sqlite", "path": str(env["root"] / "events.db")}
+    _insert(env["db"], "events", range(301, 306))  # arrive after planning: the next run's
+    code, summary, err = _apply(env, path)
+    assert code == 0, err
+    assert summary["status"] == "RUN_STATUS_SUCCEEDED"
+    assert int(summary["total_rows"]) == 300
+    assert summary["plan_id"] == doc["plan_id"]
+    assert summary["apply_context"] == {"plan_id": doc["plan_id"]}  # force false, nothing bypassed
+
+
+def test_a_tampered_plan_is_refused_even_with_force(env: dict[str, Any]) -> None:
+    path, doc = _plan(env, "stale")
+    doc["cursor"]["high"] = "999999"
+    path.write_text(json.dumps(doc))
+    for extra in ((), ("--force",)):
+        code, _, err = _apply(env, path, *extra)
+        assert code == 1
+        assert err.count("\n") == 1 and err.startswith("refused (tampered): "), err
+    path.write_bytes(b"\x00garbage")
+    code, _, err = _apply(env, path, "--force")
+    assert code == 1 and err.count("\n") == 1
+
+
+def test_a_stale_plan_is_refused_and_applies_with_force(env: dict[str, Any]) -> None:
+    path, doc = _plan(env, "stale", "--expires-in", "1s")
+    time.sleep(1.2)
+    code, _, err = _apply(env, path)
+    assert code == 1 and err.count("\n") == 1 and err.startswith("refused (stale): "), err
+    code, summary, err = _apply(env, path, "--force")
+    assert code == 0, err
+    assert summary["apply_context"] == {
+        "plan_id": doc["plan_id"],
+        "force": True,
+        "bypassed": ["stale"],
+    }
+    assert int(summary["total_rows"]) == int(doc["cursor"]["high"])
+
+
+def test_a_plan_whose_cursor_moved_is_refused_and_applies_from_the_current_cursor_with_force(
+    env: dict[str, Any],
+) -> None:
+    path, doc = _plan(env, "moved")
+    low_then = doc["cursor"]["high"]
+    run = cli("run", "-c", str(env["cfg"]), "--export", "moved", "--wait", "--json", *env["sd"])
+    assert run.returncode == 0, run.stderr  # another run commits: the cursor moves
+    code, _, err = _apply(env, path)
+    assert code == 1 and err.count("\n") == 1 and err.startswith("refused (cursor_moved): "), err
+    assert f"now after {low_then}" in err
+    _insert(env["db"], "events", range(1001, 1011))
+    code, summary, err = _apply(env, path, "--force")
+    assert code == 0, err
+    # forced: the sealed plan re-based on the current cursor (nothing exported twice, the
+    # cursor never goes back); the run's own plan_id says so
+    assert int(summary["total_rows"]) == 10
+    assert summary["plan_id"] != doc["plan_id"]
+    assert summary["apply_context"] == {
+        "plan_id": doc["plan_id"],
+        "force": True,
+        "bypassed": ["cursor_moved"],
+    }
+
+
+def test_a_schema_that_drifted_after_planning_fails_the_pinned_run(env: dict[str, Any]) -> None:
+    path, doc = _plan(env, "drift")
+    con = sqlite3.connect(env["db"])
+    con.execute("ALTER TABLE drifty ADD COLUMN note TEXT")
+    con.commit()
+    con.close()
+    # neither stale nor moved: the CLI submits; the planner re-plans, the plan id differs and
+    # the run fails at planning (exit 1) before anything is read; --force changes nothing
+    for extra in ((), ("--force",)):
+        code, summary, err = _apply(env, path, *extra)
+        assert code == 1, err
+        assert summary["status"] == "RUN_STATUS_FAILED"
+        assert summary["failure_cause"] == "planning"
+        assert f"the source changed since plan {doc['plan_id']}" in summary["error_message"]
+        assert summary["apply_context"]["plan_id"] == doc["plan_id"]
+        assert int(summary.get("total_rows", 0)) == 0
