@@ -10,8 +10,8 @@ import io
 import json
 import posixpath
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
-from dataclasses import replace as dataclass_replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -98,18 +98,43 @@ def verify_path(given: str) -> Report:
     if destination.is_object_store(given):
         return verify_object_store(given)
     manifest = locate(given)
-    data = _read(manifest)
-    if data is None:
+    if _read(manifest) is None:
         raise CannotCheck(f"{manifest}: no such file")
-    doc = _parse(data, manifest)
+    tree = _Tree(
+        read=lambda key: _read(Path(key)),
+        is_latest_pointer=lambda key: _is_latest_pointer(Path(key)),
+        observe=lambda run_dir, name, fmt, gz: observe(Path(run_dir), name, fmt, gzip_csv=gz),
+        join=lambda *parts: str(Path(*parts)),
+        dirname=lambda key: str(Path(key).parent),
+    )
+    return _verify(given, str(manifest), tree)
+
+
+@dataclass(frozen=True)
+class _Tree:
+    """Where a run is read from: a local folder or an object store, as keys and functions."""
+
+    read: Callable[[str], bytes | None]
+    is_latest_pointer: Callable[[str], bool]  # given the manifest's key
+    observe: Callable[[str, str, str, bool], verify.PartSeen | None]
+    join: Callable[..., str]
+    dirname: Callable[[str], str]
+
+
+def _verify(given: str, manifest: str, tree: _Tree, scheme: str = "") -> Report:
+    """Every check of a committed run, the same for any tree; verify.* decides."""
+    data = tree.read(manifest)
+    if data is None:
+        raise CannotCheck(f"{given}: no {MANIFEST} there")
+    doc = _parse(data, Path(manifest))
     if not verify.is_manifest(doc):
         raise CannotCheck(f"{manifest} is not a Sluiceway manifest (no manifest_version/parts)")
 
     failures: list[ValidationFailure] = []
     kind = "run"
-    run_dir = manifest.parent
+    run_dir = tree.dirname(manifest)
     checked = manifest
-    if _is_latest_pointer(manifest):
+    if tree.is_latest_pointer(manifest):
         kind = "latest"
         run_id = doc.get("run_id")
         if not isinstance(run_id, str) or not verify.safe_relative(run_id) or "/" in run_id:
@@ -118,10 +143,10 @@ def verify_path(given: str) -> Report:
                     verify.MANIFEST_FIELDS, "", f"run_id {run_id!r} cannot name a run directory"
                 )
             )
-            return _report(given, kind, manifest, run_dir, doc, failures)
-        run_dir = manifest.parent / "runs" / run_id
-        checked = run_dir / MANIFEST
-        run_data = _read(checked)
+            return _report(given, kind, scheme + manifest, scheme + run_dir, doc, failures)
+        run_dir = tree.join(run_dir, "runs", run_id)
+        checked = tree.join(run_dir, MANIFEST)
+        run_data = tree.read(checked)
         failures.extend(verify.check_pointer(data, run_data))
         if run_data is not None:
             try:
@@ -131,7 +156,7 @@ def verify_path(given: str) -> Report:
             if verify.is_manifest(run_doc):  # else: the pointer's copy is checked instead
                 data, doc = run_data, run_doc
 
-    success = _read(run_dir / SUCCESS)
+    success = tree.read(tree.join(run_dir, SUCCESS))
     failures.extend(
         verify.check_success(
             fingerprint.of_bytes(data),
@@ -143,19 +168,19 @@ def verify_path(given: str) -> Report:
     fmt = doc.get("format") if doc.get("format") in verify.FORMATS else ""
     gz = doc.get("compression") == "gzip"
     observed = {
-        c.path: observe(run_dir, c.path, str(fmt), gzip_csv=gz)
+        c.path: tree.observe(run_dir, c.path, str(fmt), gz)
         for c in claims
         if verify.safe_relative(c.path)
     }
     failures.extend(verify.check_parts(claims, observed))
-    return _report(given, kind, checked, run_dir, doc, failures)
+    return _report(given, kind, scheme + checked, scheme + run_dir, doc, failures)
 
 
 def _report(
     given: str,
     kind: str,
-    manifest: Path,
-    run_dir: Path,
+    manifest: str,
+    run_dir: str,
     doc: dict[str, Any],
     failures: list[ValidationFailure],
 ) -> Report:
@@ -163,8 +188,8 @@ def _report(
     return Report(
         path=given,
         kind=kind,
-        manifest=str(manifest),
-        run_dir=str(run_dir),
+        manifest=manifest,
+        run_dir=run_dir,
         run_id=str(doc.get("run_id", "")),
         export_name=str(doc.get("export_name", "")),
         format=str(doc.get("format", "")),
@@ -243,58 +268,16 @@ def verify_object_store(given: str, env: dict[str, str] | None = None) -> Report
     store = destination.ObjectStore(url, env)
     base = url[len("s3://") :]
     manifest = base if base.endswith(".json") else posixpath.join(base, MANIFEST)
-    data = _read_store(store, manifest)
-    if data is None:
-        raise CannotCheck(f"{given}: no {MANIFEST} there")
-    doc = _parse(data, Path(manifest))
-    if not verify.is_manifest(doc):
-        raise CannotCheck(f"{manifest} is not a Sluiceway manifest (no manifest_version/parts)")
-
-    failures: list[ValidationFailure] = []
-    kind = "run"
-    run_dir = posixpath.dirname(manifest)
-    checked = manifest
-    if _store_is_latest_pointer(store, run_dir):
-        kind = "latest"
-        run_id = doc.get("run_id")
-        if not isinstance(run_id, str) or not verify.safe_relative(run_id) or "/" in run_id:
-            failures.append(
-                ValidationFailure(
-                    verify.MANIFEST_FIELDS, "", f"run_id {run_id!r} cannot name a run directory"
-                )
-            )
-            return _report(given, kind, Path(manifest), Path(run_dir), doc, failures)
-        run_dir = posixpath.join(run_dir, "runs", run_id)
-        checked = posixpath.join(run_dir, MANIFEST)
-        run_data = _read_store(store, checked)
-        failures.extend(verify.check_pointer(data, run_data))
-        if run_data is not None:
-            try:
-                run_doc = json.loads(run_data)
-            except (UnicodeDecodeError, ValueError):
-                run_doc = None
-            if verify.is_manifest(run_doc):
-                data, doc = run_data, run_doc
-
-    success = _read_store(store, posixpath.join(run_dir, SUCCESS))
-    failures.extend(
-        verify.check_success(
-            fingerprint.of_bytes(data),
-            None if success is None else success.decode("utf-8", errors="replace"),
-        )
+    tree = _Tree(
+        read=lambda key: _read_store(store, key),
+        is_latest_pointer=lambda key: _store_is_latest_pointer(store, posixpath.dirname(key)),
+        observe=lambda run_dir, name, fmt, gz: observe_store(
+            store, run_dir, name, fmt, gzip_csv=gz
+        ),
+        join=posixpath.join,
+        dirname=posixpath.dirname,
     )
-    shape_failures, claims = verify.check_manifest(doc)
-    failures.extend(shape_failures)
-    fmt = doc.get("format") if doc.get("format") in verify.FORMATS else ""
-    gz = doc.get("compression") == "gzip"
-    observed = {
-        c.path: observe_store(store, run_dir, c.path, str(fmt), gzip_csv=gz)
-        for c in claims
-        if verify.safe_relative(c.path)
-    }
-    failures.extend(verify.check_parts(claims, observed))
-    report = _report(given, kind, Path(checked), Path(run_dir), doc, failures)
-    return dataclass_replace(report, manifest=f"s3://{checked}", run_dir=f"s3://{run_dir}")
+    return _verify(given, manifest, tree, scheme="s3://")
 
 
 def _read_store(store: destination.ObjectStore, key: str) -> bytes | None:
