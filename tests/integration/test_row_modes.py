@@ -304,3 +304,64 @@ async def test_quality_rules_warn_or_fail_the_run_before_the_manifest(
     assert not layout.manifest_path(str(dest), "checked", failed.run_id).exists()
     latest = json.loads(layout.latest_pointer_path(str(dest), "checked").read_bytes())
     assert latest["run_id"] == warned.run_id
+
+
+CHUNKED_INCREMENTAL = """
+sources:
+  shop: {{engine: postgres, url_env: ROWS_PG_URL}}
+exports:
+  - name: chunky
+    source: shop
+    table: public.chunky
+    mode: incremental
+    cursor_column: updated_at
+    chunk_column: id
+    chunk_size: 50
+    destination: {dest}
+"""
+
+
+async def test_an_incremental_run_can_split_its_new_rows_into_key_ranges(
+    stubs: tuple[control_pb2_grpc.ControlStub, tracker_pb2_grpc.TrackerStub],
+    tables: LocalPostgres,
+    bus: Bus,
+    dest: Path,
+) -> None:
+    tables.psql_admin(
+        "DROP TABLE IF EXISTS chunky;"
+        "CREATE TABLE chunky (id bigint PRIMARY KEY, updated_at timestamptz NOT NULL);"
+        "INSERT INTO chunky SELECT g, timestamptz '2026-01-01 00:00:00+00' + g * interval '1 s'"
+        " FROM generate_series(1, 300) AS g"
+    )
+    control, tracker = stubs
+
+    async def run() -> tracker_pb2.RunSummary:
+        text = CHUNKED_INCREMENTAL.format(dest=dest)
+        spec = load_text(text, env={"ROWS_PG_URL": tables.url})["chunky"]
+        message = events_pb2.ExportSpec()
+        codec.to_message(spec, message)
+        reply = await control.SubmitRun(control_pb2.SubmitRunRequest(spec=message))
+        return await eventually(
+            lambda: terminal_run(tracker, reply.run_id), timeout_s=90, what="chunky run ended"
+        )
+
+    async def chunks_of(run_id: str) -> list[ev.ChunkRange]:
+        plan = next(
+            e.body for _, e in await bus.history(run_id) if isinstance(e.body, ev.PlanResolved)
+        )
+        return list(plan.chunks)
+
+    first = await run()
+    assert first.status == events_pb2.RUN_STATUS_SUCCEEDED, first.error_message
+    assert len(await chunks_of(first.run_id)) == 6 and first.total_rows == 300
+    tables.psql_admin(
+        "INSERT INTO chunky SELECT g, timestamptz '2026-02-01 00:00:00+00' + g * interval '1 s'"
+        " FROM generate_series(301, 420) AS g"
+    )
+    second = await run()
+    assert second.status == events_pb2.RUN_STATUS_SUCCEEDED, second.error_message
+    # the key ranges cover the new rows' keys only: 301..420 in ranges of 50
+    chunks = await chunks_of(second.run_id)
+    assert (chunks[0].start_key, chunks[-1].end_key) == ("301", "420") and len(chunks) == 3
+    assert _ids(dest, "chunky", second.run_id) == list(range(301, 421))
+    assert second.reconciled and second.source_count == 120

@@ -263,3 +263,19 @@ def test_quality_rules_are_checked_by_name(extra: str, field: str) -> None:
     with pytest.raises(ConfigError) as err:
         _load(extra)
     assert err.value.field == field
+
+
+def test_incremental_and_window_rows_may_be_chunked_on_a_named_column() -> None:
+    spec = _load(
+        "    mode: incremental\n    cursor_column: u\n    chunk_column: id\n    chunk_size: 10"
+    )
+    assert ev.is_chunked(spec) and spec.chunk_size == 10
+    assert not ev.is_chunked(_load("    mode: incremental\n    cursor_column: u"))
+    with pytest.raises(ConfigError) as err:  # a full export has no key ranges
+        _load("    mode: full\n    chunk_column: id\n    chunk_size: 10")
+    assert err.value.field == "mode"
+    with pytest.raises(ConfigError) as err:  # chunked rows need exactly one way to cut them
+        _load(
+            "    mode: time_window\n    time_column: at\n    days_window: 2\n    chunk_column: id"
+        )
+    assert err.value.field == "chunk_size"

@@ -19,9 +19,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sluiceway.common import fileopts, tuning
 from sluiceway.common.destination import is_object_store, url_problem
-from sluiceway.common.domain.events import ExportSpec, QualityRules, SourceSpec
+from sluiceway.common.domain.events import ExportSpec, QualityRules, SourceSpec, is_chunked
 
 MODES = ("full", "chunked", "incremental", "time_window")
+
+
 SCHEMA_POLICIES = ("warn", "continue", "fail")
 MAX_DAYS = 36_600
 FORMATS = ("parquet", "csv")
@@ -481,7 +483,7 @@ def check_spec(
             raise fail("columns", f"{_show(col)} is not a column name")
     if spec.mode not in MODES:
         raise fail("mode", f"unknown mode {_show(spec.mode)} (expected one of: {', '.join(MODES)})")
-    if spec.mode == "chunked":
+    if is_chunked(spec):
         if not spec.chunk_column and (spec.query or spec.chunk_by_days):
             raise fail(
                 "chunk_column",
@@ -503,7 +505,11 @@ def check_spec(
         if spec.chunk_count > 100_000:
             raise fail("chunk_count", "at most 100000 chunks")
     elif spec.chunk_column or spec.chunk_size or spec.chunk_count or spec.chunk_by_days:
-        raise fail("mode", "chunk_column/chunk_size/chunk_count/chunk_by_days need mode 'chunked'")
+        raise fail(
+            "mode",
+            "chunk_column/chunk_size/chunk_count/chunk_by_days need mode 'chunked' (or, with "
+            "chunk_column, mode 'incremental' or 'time_window')",
+        )
     _check_row_modes(spec, fail)
     _check_quality(spec, fail)
     if spec.schema_policy not in ("", *SCHEMA_POLICIES):

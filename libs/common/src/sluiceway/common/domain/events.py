@@ -110,6 +110,15 @@ class ExportSpec:
     connect_timeout_s: int = 0
 
 
+ROW_MODES = ("incremental", "time_window")  # their rows may be chunked too, on a chunk_column
+
+
+def is_chunked(spec: ExportSpec) -> bool:
+    """Read in key ranges: mode chunked, or an incremental/time-window export that names a
+    chunk_column (its new rows, or its window, split into ranges)."""
+    return spec.mode == "chunked" or (spec.mode in ROW_MODES and bool(spec.chunk_column))
+
+
 @dataclass(frozen=True)
 class ChunkRange:
     index: int = 0

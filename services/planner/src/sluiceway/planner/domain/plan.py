@@ -23,6 +23,7 @@ from sluiceway.common.domain.events import (
     SchemaChanged,
     SchemaField,
     Warning,
+    is_chunked,
 )
 from sluiceway.common.domain.run import RunState
 from sluiceway.common.sources.base import Introspection
@@ -64,7 +65,8 @@ def build_plan(spec: ExportSpec, intro: Introspection) -> tuple[PlanResolved, li
             raise PlanError(f"unknown column(s): {', '.join(missing)}")
     warnings: list[PlanWarning] = []
     key_column, key_kind = "", ""
-    if spec.mode == "chunked":
+    chunked = is_chunked(spec)
+    if chunked:
         key_column = spec.chunk_column or primary_key_column(spec, intro)
         # with a column projection the chunk key may be read without being exported
         if not spec.columns and key_column not in {f.name for f in intro.schema}:
@@ -85,14 +87,14 @@ def build_plan(spec: ExportSpec, intro: Introspection) -> tuple[PlanResolved, li
                 )
             )
     chunks = plan_chunks(
-        spec.mode,
-        key_low=intro.key_low if spec.mode == "chunked" else None,
-        key_high=intro.key_high if spec.mode == "chunked" else None,
+        "chunked" if chunked else spec.mode,
+        key_low=intro.key_low if chunked else None,
+        key_high=intro.key_high if chunked else None,
         chunk_size=spec.chunk_size,
         chunk_count=spec.chunk_count,
         chunk_by_days=spec.chunk_by_days,
         key_kind=key_kind,
-        null_keys=spec.mode == "chunked" and intro.key_nullable,
+        null_keys=chunked and intro.key_nullable,
     )
     schema = intro.schema
     if spec.add_exported_at:
@@ -124,8 +126,8 @@ def build_plan(spec: ExportSpec, intro: Introspection) -> tuple[PlanResolved, li
         schema_fingerprint=fingerprint.of_schema(schema),
         row_estimate=intro.row_estimate,
         chunk_column=key_column,
-        key_low=(intro.key_low or "") if spec.mode == "chunked" else "",
-        key_high=(intro.key_high or "") if spec.mode == "chunked" else "",
+        key_low=(intro.key_low or "") if chunked else "",
+        key_high=(intro.key_high or "") if chunked else "",
         source_engine=spec.source.engine,
         source_table=spec.table,
         query_fingerprint=fingerprint.of_bytes(spec.query.encode()) if spec.query else "",
