@@ -94,9 +94,12 @@ async def _run(
     dest: Path,
     export: str,
     url: str,
+    text: str = "",
 ) -> tracker_pb2.RunSummary:
+    """Resolve `export` of the config `text` (default CONFIG) as the CLI does, submit it, and
+    wait for the run to end."""
     control, tracker = stubs
-    spec = load_text(CONFIG.format(dest=dest), env={"ROWS_PG_URL": url})[export]
+    spec = load_text(text or CONFIG.format(dest=dest), env={"ROWS_PG_URL": url})[export]
     message = events_pb2.ExportSpec()
     codec.to_message(spec, message)
     reply = await control.SubmitRun(control_pb2.SubmitRunRequest(spec=message))
@@ -211,16 +214,10 @@ async def test_schema_drift_fails_before_any_read_or_warns_and_goes_on(
         "CREATE TABLE drifty (id bigint PRIMARY KEY, v text);"
         "INSERT INTO drifty SELECT g, 'v' || g FROM generate_series(1, 200) AS g"
     )
-    control, tracker = stubs
 
     async def run(policy: str) -> tracker_pb2.RunSummary:
-        spec = load_text(DRIFT.format(policy=policy, dest=dest), env={"ROWS_PG_URL": tables.url})
-        message = events_pb2.ExportSpec()
-        codec.to_message(spec["drifty"], message)
-        reply = await control.SubmitRun(control_pb2.SubmitRunRequest(spec=message))
-        return await eventually(
-            lambda: terminal_run(tracker, reply.run_id), timeout_s=90, what="drifty run ended"
-        )
+        text = DRIFT.format(policy=policy, dest=dest)
+        return await _run(stubs, dest, "drifty", tables.url, text)
 
     baseline = await run("fail")  # no committed run yet: no baseline, no drift
     assert baseline.status == events_pb2.RUN_STATUS_SUCCEEDED and not baseline.schema_changed
@@ -268,17 +265,10 @@ async def test_quality_rules_warn_or_fail_the_run_before_the_manifest(
         "INSERT INTO checked SELECT g, CASE WHEN g % 10 = 0 THEN NULL ELSE 'u' || g END, g % 7"
         " FROM generate_series(1, 100) AS g"
     )
-    control, tracker = stubs
 
     async def run(rules: str) -> tracker_pb2.RunSummary:
         text = QUALITY.format(rules=rules, dest=dest)
-        spec = load_text(text, env={"ROWS_PG_URL": tables.url})["checked"]
-        message = events_pb2.ExportSpec()
-        codec.to_message(spec, message)
-        reply = await control.SubmitRun(control_pb2.SubmitRunRequest(spec=message))
-        return await eventually(
-            lambda: terminal_run(tracker, reply.run_id), timeout_s=90, what="checked run ended"
-        )
+        return await _run(stubs, dest, "checked", tables.url, text)
 
     # 10% NULL emails against a 5% limit, and a team column that repeats: warnings only
     warned = await run(
@@ -333,17 +323,10 @@ async def test_an_incremental_run_can_split_its_new_rows_into_key_ranges(
         "INSERT INTO chunky SELECT g, timestamptz '2026-01-01 00:00:00+00' + g * interval '1 s'"
         " FROM generate_series(1, 300) AS g"
     )
-    control, tracker = stubs
 
     async def run() -> tracker_pb2.RunSummary:
         text = CHUNKED_INCREMENTAL.format(dest=dest)
-        spec = load_text(text, env={"ROWS_PG_URL": tables.url})["chunky"]
-        message = events_pb2.ExportSpec()
-        codec.to_message(spec, message)
-        reply = await control.SubmitRun(control_pb2.SubmitRunRequest(spec=message))
-        return await eventually(
-            lambda: terminal_run(tracker, reply.run_id), timeout_s=90, what="chunky run ended"
-        )
+        return await _run(stubs, dest, "chunky", tables.url, text)
 
     async def chunks_of(run_id: str) -> list[ev.ChunkRange]:
         plan = next(

@@ -245,17 +245,11 @@ class ChunkWorker:
     ) -> Outcome:
         """Another attempt of this chunk completed first: set this attempt's files aside."""
         moved = await asyncio.to_thread(self._exporter.set_aside, task, attempt)
-        chunk = task.range.index
         message = (
-            f"attempt {attempt} of chunk {chunk} lost to attempt {winner}: "
+            f"attempt {attempt} of chunk {task.range.index} lost to attempt {winner}: "
             f"{len(moved)} file(s) moved to _quarantine/{task.run_id}/"
         )
-        await self._log.append(
-            self._event(task, Warning(context="fenced", message=message), attempt)
-        )
-        await delivery.ack()
-        log.warning("%s", message)
-        return Outcome("ack", error=message)
+        return await self._warn_and_ack(task, delivery, attempt, "fenced", message)
 
     async def _stopped(
         self, task: ChunkTask, delivery: Delivery, attempt: int, reason: str
@@ -266,11 +260,17 @@ class ChunkWorker:
             f"chunk {task.range.index} attempt {attempt} stopped at a batch boundary: {reason}"
             + (f"; {len(moved)} file(s) moved to _quarantine/{task.run_id}/" if moved else "")
         )
+        return await self._warn_and_ack(task, delivery, attempt, "stopped", message)
+
+    async def _warn_and_ack(
+        self, task: ChunkTask, delivery: Delivery, attempt: int, context: str, message: str
+    ) -> Outcome:
+        """Record why this attempt ends without a result, then settle the task."""
         await self._log.append(
-            self._event(task, Warning(context="stopped", message=message), attempt)
+            self._event(task, Warning(context=context, message=message), attempt)
         )
         await delivery.ack()
-        log.info("%s", message)
+        log.warning("%s", message)
         return Outcome("ack", error=message)
 
     async def _failed(
