@@ -161,6 +161,10 @@ class Planner:
         """Append CancelRequested. Raises InvalidRunId, RunNotFound, RunEnded."""
         ids.check_run_id(run_id)
         first = await self._log.last_on_subject(self._log.names.run_subject(run_id, "requested"))
+        if first is None:  # a scheduled occurrence that is not admitted yet
+            first = await self._log.last_on_subject(
+                self._log.names.run_subject(run_id, "scheduled") + ".*"
+            )
         if first is None:
             raise RunNotFound(f"run {run_id!r} not found")
         ended = await self._log.last_on_subject(self._log.names.run_subject(run_id, "completed"))

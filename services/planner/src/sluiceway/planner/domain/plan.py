@@ -25,6 +25,7 @@ from sluiceway.common.domain.events import (
     Warning,
     is_chunked,
 )
+from sluiceway.common.domain.lifecycle import WAITING_RUN
 from sluiceway.common.domain.run import RunState
 from sluiceway.common.sources.base import Introspection
 
@@ -265,8 +266,11 @@ def decide_request(state: RunState) -> RequestDecision:
 
 def decide_cancel(state: RunState, now: datetime) -> RunCompleted | None:
     """CancelRequested -> RunCompleted(CANCELED) unless the run has already ended, or its
-    manifest is committed (too late: the committer finishes the run)."""
-    if state.requested is None or state.terminal or state.manifest is not None:
+    manifest is committed (too late: the committer finishes the run). A scheduled run that was
+    not admitted yet (SCHEDULED, READY) is canceled too."""
+    if state.terminal or state.manifest is not None:
+        return None
+    if state.requested is None and state.status not in WAITING_RUN:
         return None
     reason = state.cancel.reason if state.cancel is not None else ""
     return RunCompleted(
