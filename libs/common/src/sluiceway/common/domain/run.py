@@ -58,6 +58,7 @@ class ChunkState:
     error: str = ""
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    priority: int = 0  # effective priority of the latest attempt when its task was taken
     # (attempt, part_index) -> the file that attempt wrote
     files: dict[tuple[int, int], FileWritten] = field(default_factory=dict)
 
@@ -235,6 +236,8 @@ def evolve(state: RunState, event: RunEvent) -> RunState:
         case ChunkStarted():
             assert chunk is not None and new_chunk_status is not None
             chunk.status = new_chunk_status
+            if body.attempt >= chunk.attempt:
+                chunk.priority = body.priority
             chunk.attempt = max(chunk.attempt, body.attempt)
             if chunk.started_at is None:
                 chunk.started_at = event.occurred_at

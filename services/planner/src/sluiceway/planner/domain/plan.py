@@ -295,9 +295,15 @@ def duration_ms(state: RunState, now: datetime) -> int:
 
 
 def tasks_for(
-    run_id: str, spec: ExportSpec, plan: PlanResolved, indexes: tuple[int, ...] | None = None
+    run_id: str,
+    spec: ExportSpec,
+    plan: PlanResolved,
+    indexes: tuple[int, ...] | None = None,
+    *,
+    priority: int = 0,
 ) -> list[ChunkTask]:
-    """One ChunkTask per chunk (or per chosen chunk), in chunk order."""
+    """One ChunkTask per chunk (or per chosen chunk), in chunk order, on the run's priority
+    lane."""
     wanted = None if indexes is None else set(indexes)
     if plan.strategy == "chunked" and not spec.chunk_column and plan.chunk_column:
         # a `table:` export chunked on its primary key: workers read the plan's key column
@@ -312,6 +318,7 @@ def tasks_for(
             range=rng,
             schema=plan.schema,
             chunk_count=len(plan.chunks),
+            priority=priority,
         )
         for rng in plan.chunks
         if wanted is None or rng.index in wanted
