@@ -7,13 +7,14 @@ import contextlib
 import logging
 
 from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
 from opentelemetry.trace import SpanKind
 
 from sluiceway.common import bus as busmod
 from sluiceway.common import service, sources, telemetry
 from sluiceway.common.settings import Settings
 from sluiceway.worker.adapters.export import FileExporter
-from sluiceway.worker.adapters.tasks import JetStreamDelivery
+from sluiceway.worker.adapters.tasks import JetStreamDelivery, LanePicker
 from sluiceway.worker.app import ChunkWorker
 
 log = logging.getLogger("sluiceway.worker")
@@ -28,7 +29,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     )
     if nc is None:
         return
-    sub = None
+    subs: dict[int, JetStreamContext.PullSubscription] = {}
     exporter: FileExporter | None = None
     try:
         bus = busmod.Bus(nc, settings.names)
@@ -36,8 +37,17 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         consumer = busmod.TaskConsumerSettings(
             ack_wait_s=settings.worker_ack_wait_s, max_deliver=settings.worker_max_deliver
         )
-        await bus.ensure_task_consumer(consumer)
-        sub = await bus.js.pull_subscribe_bind(consumer.durable, stream=settings.names.tasks_stream)
+        durables: dict[int, str] = {}
+        for lane in busmod.LANES:  # one shared consumer per priority lane
+            cfg = await bus.ensure_task_consumer(consumer, priority=lane)
+            assert cfg.durable_name is not None
+            durables[lane] = cfg.durable_name
+            subs[lane] = await bus.js.pull_subscribe_bind(
+                cfg.durable_name, stream=settings.names.tasks_stream
+            )
+        picker = LanePicker(
+            bus.js, settings.names, subs, durables, aging_s=settings.priority_aging_s
+        )
         exporter = FileExporter()
         worker = ChunkWorker(
             bus,
@@ -53,20 +63,21 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         log.info("worker ready: consumer %s on %s", consumer.durable, settings.names.tasks_stream)
         while not stop.is_set():
             try:
-                msgs = await sub.fetch(1, timeout=FETCH_TIMEOUT_S)
+                taken = await picker.next(FETCH_TIMEOUT_S)
             except NatsTimeoutError:
                 continue
             except Exception as exc:
                 log.warning("fetch failed: %s", exc)
                 await asyncio.sleep(BUS_ERROR_DELAY_S)
                 continue
-            for msg in msgs:
+            if taken is not None:
+                msg, priority = taken
                 delivery = JetStreamDelivery(msg)
                 try:
                     with telemetry.span(
                         "worker-chunks process", headers=msg.headers, kind=SpanKind.CONSUMER
                     ):
-                        await worker.handle(delivery)
+                        await worker.handle(delivery, priority=priority)
                 except Exception:  # the bus failed mid-flight: no verdict was recorded
                     log.exception("could not record a chunk outcome; the task will be redelivered")
                     try:
@@ -77,7 +88,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         if exporter is not None:
             exporter.close()
         log.info("worker stopping: draining NATS")
-        if sub is not None:
+        for sub in subs.values():
             # the pull inbox would hold drain() open; unsubscribing keeps the durable consumer
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
