@@ -4,6 +4,8 @@ a high-priority run overtaking a low-priority backfill on a saturated worker."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import sqlite3
 from collections.abc import AsyncIterator, Iterator
@@ -12,8 +14,8 @@ from pathlib import Path
 import grpc
 import pytest
 
+from sluiceway.cli.main import main as cli_main
 from sluiceway.cli.stack import Stack, start_stack
-from sluiceway.common import codec, config
 from sluiceway.common.domain import events as ev
 from sluiceway.common.localnats import LocalNats
 from sluiceway.v1 import control_pb2, control_pb2_grpc, events_pb2, tracker_pb2, tracker_pb2_grpc
@@ -95,23 +97,35 @@ async def _runs(
     return list(resp.runs)
 
 
+async def _cli(stack: Stack, capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    addrs = ["--control", stack.state.control_addr, "--tracker", stack.state.tracker_addr]
+    capsys.readouterr()
+    code = await asyncio.to_thread(cli_main, [*argv, *addrs])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    return out.out
+
+
 async def test_a_schedule_fires_on_time_and_runs_the_export(
     stubs: tuple[control_pb2_grpc.ControlStub, tracker_pb2_grpc.TrackerStub],
+    stack: Stack,
+    capsys: pytest.CaptureFixture[str],
     db: Path,
     dest: Path,
     clock: Path,
+    tmp_path: Path,
 ) -> None:
-    control, tracker = stubs
-    text = _text("hourly", db, dest, 10_000, schedule='"0 * * * *"', priority="high")
-    spec = config.load_text(text)["hourly"]
-    request = control_pb2.ApplySchedulesRequest(applied_by="test")
-    codec.to_message(spec, request.specs.add())
-    [info] = (await control.ApplySchedules(request)).schedules
-    assert info.change == "installed"
-    assert [t.ToJsonString() for t in info.next[:2]] == [
-        "2026-12-03T02:00:00Z",
-        "2026-12-03T03:00:00Z",
-    ]
+    _, tracker = stubs
+    cfg = tmp_path / "hourly.yaml"
+    cfg.write_text(_text("hourly", db, dest, 10_000, schedule='"0 * * * *"', priority="high"))
+    [info] = json.loads(await _cli(stack, capsys, "schedule", "apply", "-c", str(cfg), "--json"))
+    assert (info["export"], info["change"], info["cron"], info["priority"]) == (
+        "hourly",
+        "installed",
+        "0 * * * *",
+        "high",
+    )
+    assert info["next"][:2] == ["2026-12-03T02:00:00Z", "2026-12-03T03:00:00Z"]
 
     [upcoming] = await eventually(
         lambda: _runs(tracker, events_pb2.RUN_STATUS_SCHEDULED), timeout_s=30, what="scheduled"
@@ -119,6 +133,8 @@ async def test_a_schedule_fires_on_time_and_runs_the_export(
     assert upcoming.scheduled_at.ToJsonString() == "2026-12-03T02:00:00Z"
     assert upcoming.priority == ev.PRIORITY_HIGH
     assert upcoming.waiting_reason == "scheduled for 2026-12-03T02:00:00+00:00"
+    listed_upcoming = await _cli(stack, capsys, "runs", "--upcoming")
+    assert upcoming.run_id in listed_upcoming and "SCHEDULED" in listed_upcoming
 
     clock.write_text("2026-12-03T02:00:01+00:00")  # the occurrence's time comes
     run = await eventually(
@@ -134,11 +150,14 @@ async def test_a_schedule_fires_on_time_and_runs_the_export(
         lambda: _runs(tracker, events_pb2.RUN_STATUS_SCHEDULED), timeout_s=30, what="next"
     )
     assert following.scheduled_at.ToJsonString() == "2026-12-03T03:00:00Z"
-    listed = await control.ListSchedules(control_pb2.ListSchedulesRequest(upcoming=2))
-    assert [t.ToJsonString() for t in listed.schedules[0].next] == [
-        "2026-12-03T03:00:00Z",
-        "2026-12-03T04:00:00Z",
-    ]
+    [listed] = json.loads(await _cli(stack, capsys, "schedule", "list", "--next", "2", "--json"))
+    assert listed["next"] == ["2026-12-03T03:00:00Z", "2026-12-03T04:00:00Z"]
+    # an invalid schedule is refused by the CLI, naming the field
+    cfg.write_text(_text("hourly", db, dest, 10_000, schedule='"0 25 * * *"'))
+    code = await asyncio.to_thread(
+        cli_main, ["schedule", "apply", "-c", str(cfg), "--control", stack.state.control_addr]
+    )
+    assert code == 1 and "field 'schedule'" in capsys.readouterr().err
 
 
 async def test_a_high_priority_run_overtakes_a_low_priority_backfill(

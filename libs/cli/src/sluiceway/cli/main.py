@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 import grpc
 from rich.console import Console
 
-from sluiceway.cli import plans, render
+from sluiceway.cli import plans, render, schedule
 from sluiceway.cli import stack as stackmod
 from sluiceway.cli.client import TERMINAL, Client, NoStack, describe, resolve_endpoints
 from sluiceway.common import codec
@@ -141,6 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="only this status (repeatable), e.g. SUCCEEDED",
     )
     runs.add_argument("--limit", type=int, default=20, help="at most this many (default 20)")
+    runs.add_argument(
+        "--upcoming", action="store_true", help="scheduled and ready runs, soonest first"
+    )
+    schedule.add_parsers(sub, common, remote)
 
     status = sub.add_parser("status", parents=[common, remote], help="a run's summary")
     status.add_argument("run_id")
@@ -460,6 +464,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
     statuses = parse_statuses(args.status)
     if args.limit < 1:
         raise Failure("--limit must be at least 1")
+    if args.upcoming:
+        return schedule.cmd_upcoming(args, _client)
     with _client(args) as client:
         runs = client.list_runs(export_name=args.export, statuses=statuses, limit=args.limit)
     if not runs:
@@ -556,6 +562,7 @@ COMMANDS = {
     "cancel": cmd_cancel,
     "validate": cmd_validate,
     "rebuild-tracker": cmd_rebuild_tracker,
+    "schedule": lambda args: schedule.cmd_schedule(args, _client),
 }
 
 
