@@ -187,6 +187,10 @@ async def test_a_high_priority_run_overtakes_a_low_priority_backfill(
     back_run = await eventually(
         lambda: terminal_run(tracker, backfill.run_id), timeout_s=180, what="backfill ended"
     )
+    print(
+        f"priority: high run {hot_run.duration_ms} ms; backfill {back_run.duration_ms} ms, "
+        f"{at_hot_end.chunks_completed}/{back_run.chunks_total} chunks done when the high run ended"
+    )
     assert hot_run.status == back_run.status == events_pb2.RUN_STATUS_SUCCEEDED
     assert (hot_run.total_rows, back_run.total_rows) == (ROWS, ROWS)
     assert back_run.chunks_total == ROWS // 300
