@@ -4,6 +4,7 @@ validate against the Kubernetes JSON schemas, and agree with each other and with
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import re
 import subprocess
@@ -98,6 +99,7 @@ def _strict(schema: Any) -> Any:
     return schema
 
 
+@functools.cache
 def keda_schema() -> dict[str, Any]:
     """The ScaledObject schema of KEDA 2.16, from the models generated from KEDA's CRDs (the
     cloudcoil-models-keda package), made strict."""
