@@ -83,8 +83,9 @@ class AsyncClient:
 
     Answers are the API's protobuf messages (RunSummary, StoredEvent, ...), so fields added to
     the API reach callers without a client release. Failures raise `errors.SluicewayError`
-    subclasses. Channels open on first use; `close()` (or `async with`) closes them. Either
-    address may be empty when only the other API is used."""
+    subclasses. Channels open on first use, bound to that event loop: use one client per loop.
+    `close()` (or `async with`) closes them. Either address may be empty when only the other
+    API is used."""
 
     def __init__(
         self, control: str = "", tracker: str = "", options: ClientOptions | None = None
