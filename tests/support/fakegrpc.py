@@ -156,8 +156,14 @@ class FakeControl(control_pb2_grpc.ControlServicer):
 class Served:
     """A grpc.aio server for the fakes; `restart()` serves them again on the same port."""
 
-    def __init__(self, tracker: FakeTracker, control: FakeControl) -> None:
+    def __init__(
+        self,
+        tracker: FakeTracker,
+        control: FakeControl,
+        credentials: grpc.ServerCredentials | None = None,
+    ) -> None:
         self.tracker, self.control = tracker, control
+        self.credentials = credentials  # TLS when set
         self.port = 0
         self._server: grpc.aio.Server | None = None
 
@@ -169,7 +175,11 @@ class Served:
         server = grpc.aio.server()
         tracker_pb2_grpc.add_TrackerServicer_to_server(self.tracker, server)
         control_pb2_grpc.add_ControlServicer_to_server(self.control, server)
-        self.port = server.add_insecure_port(f"127.0.0.1:{self.port}")
+        addr = f"127.0.0.1:{self.port}"
+        if self.credentials is not None:
+            self.port = server.add_secure_port(addr, self.credentials)
+        else:
+            self.port = server.add_insecure_port(addr)
         assert self.port, "could not bind a loopback port"
         await server.start()
         self._server = server
@@ -186,9 +196,11 @@ class Served:
 
 @asynccontextmanager
 async def serve(
-    events: Sequence[tracker_pb2.StoredEvent], cuts: Sequence[Cut] = ()
+    events: Sequence[tracker_pb2.StoredEvent],
+    cuts: Sequence[Cut] = (),
+    credentials: grpc.ServerCredentials | None = None,
 ) -> AsyncIterator[Served]:
-    served = Served(FakeTracker(list(events), deque(cuts)), FakeControl())
+    served = Served(FakeTracker(list(events), deque(cuts)), FakeControl(), credentials)
     await served.start()
     try:
         yield served
