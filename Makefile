@@ -24,7 +24,7 @@ proto: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(PY) -m mypy libs/common/src/sluiceway/common services/*/src/sluiceway/*/domain
+	$(PY) -m mypy libs/common/src/sluiceway/common libs/client/src/sluiceway/client services/*/src/sluiceway/*/domain
 
 # lint + the whole suite (which includes the generated-code drift test)
 check: lint test

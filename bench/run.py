@@ -23,7 +23,7 @@ import psycopg
 from rich.console import Console
 
 from sluiceway.cli import stack as stackmod
-from sluiceway.cli.client import Client, Endpoints
+from sluiceway.cli.client import Endpoints, connect
 from sluiceway.cli.main import follow, load_config
 from sluiceway.v1 import events_pb2
 from tests.support.localpg import LocalPostgres
@@ -163,7 +163,7 @@ def main() -> int:
         # of either is noisy on a shared 2-core machine (checkpoints, autovacuum, hint bits).
         copies: list[tuple[float, int]] = []
         walls: list[float] = []
-        with Client(ep) as client, RssSampler(stack.state) as rss:
+        with connect(ep) as client, RssSampler(stack.state) as rss:
             for _ in range(EXPORT_RUNS):
                 copies.append(reference_copy(pg.url))
                 log(f"reference binary COPY: {copies[-1][0]:.2f}s")
