@@ -113,6 +113,21 @@ async def test_a_run_planned_by_another_replica_releases_this_replicas_snapshot(
     assert {t.snapshot_id for t in log.tasks.values()} == {first.hold.snapshot_id}
 
 
+async def test_a_bus_error_while_appending_the_plan_releases_the_snapshot() -> None:
+    class DownLog(FakeLog):
+        async def append(self, event: ev.RunEvent):  # type: ignore[no-untyped-def]
+            if isinstance(event.body, ev.PlanResolved):
+                raise ConnectionError("nats away")
+            return await super().append(event)
+
+    log, source, keeper = DownLog(), SnapshotSource(INTRO), RecordingKeeper()
+    requested = _e("r1", ev.RunRequested(spec=SNAP_SPEC))
+    await log.append(requested)
+    with pytest.raises(ConnectionError):  # the request is delivered again
+        await _with_keeper(log, source, keeper).handle(requested)
+    assert keeper.kept == {} and source.hold.released == 1
+
+
 async def test_without_a_keeper_a_consistent_snapshot_run_fails_to_plan() -> None:
     log = FakeLog()
     planner = _with_keeper(log, SnapshotSource(INTRO), None)

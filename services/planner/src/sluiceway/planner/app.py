@@ -226,39 +226,44 @@ class Planner:
                 await self._plan(state, delivered)
 
     async def _plan(self, state: RunState, delivered: int) -> None:
-        hold: SnapshotHold | None = None
+        owned: list[SnapshotHold] = []
         try:
-            hold = await self._plan_held(state, delivered)
+            await self._plan_holding(state, delivered, owned)
         finally:
-            if hold is not None:  # not handed to the keeper: no chunk of this run will read it
+            # not handed to the keeper (no plan stored, another replica's plan, an error that
+            # redelivers the request): no chunk of this run will import it
+            for hold in owned:
                 await asyncio.to_thread(hold.release)
 
-    async def _plan_held(self, state: RunState, delivered: int) -> SnapshotHold | None:
-        """Plan the run; returns the snapshot hold it still owns (None once kept or if none)."""
+    async def _plan_holding(
+        self, state: RunState, delivered: int, owned: list[SnapshotHold]
+    ) -> None:
+        """Plan the run. A snapshot it exports goes into `owned` until the keeper takes it."""
         assert state.requested is not None
         spec = state.requested.spec
-        hold: SnapshotHold | None = None
         try:
             spec, intro, skip, hold = await self._resolve(
                 spec, state.requested.options, run_id=state.run_id
             )
+            if hold is not None:
+                owned.append(hold)
             plan, warnings = build_plan(spec, intro)
             if skip is not None:
                 plan = skip_plan(plan)
             check_applied_plan(state.requested, plan)
         except (PlanError, config.ConfigError) as exc:
             await self._fail(state, str(exc))
-            return hold
+            return
         except SourceError as exc:
             if exc.retryable and delivered < self._plan_attempts:
                 raise
             await self._fail(state, str(exc))
-            return hold
+            return
         except Exception as exc:
             if delivered < self._plan_attempts:
                 raise
             await self._fail(state, f"{type(exc).__name__}: {exc}")
-            return hold
+            return
         if skip is None:
             # the schema gate comes before the plan: with policy fail, nothing is planned or read
             change = schema_drift(await self._baseline(spec.name), plan.schema)
@@ -268,7 +273,7 @@ class Planner:
                     await self._append(state, body)
                     if isinstance(body, RunCompleted):
                         log.warning("%s", body.error_message, extra={"run_id": state.run_id})
-                        return hold
+                        return
         for warning in warnings:
             await self._append(state, warning)
         appended = await self._append(state, plan)
@@ -280,15 +285,14 @@ class Planner:
                 await self._publish(theirs, decision.plan, decision.chunk_indexes)
             elif isinstance(decision, SkipRun):
                 await self._skip(theirs, decision.reason)
-            return hold
+            return
         if skip is not None:
             await self._skip(state, skip.reason)
-            return hold
-        if hold is not None:
+            return
+        if owned:
             assert self._keeper is not None  # _resolve holds nothing without a keeper
             # held before any task is published: no chunk can ask for the snapshot earlier
-            self._keeper.keep(state.run_id, hold)
-            hold = None
+            self._keeper.keep(state.run_id, owned.pop())
         log.info(
             "run planned: %d chunk(s), plan %s%s",
             len(plan.chunks),
@@ -298,7 +302,6 @@ class Planner:
         )
         crash.point("planner.after_plan")
         await self._publish(state, plan, tuple(r.index for r in plan.chunks))
-        return None
 
     async def _stored_is(self, state: RunState, plan: PlanResolved) -> bool:
         """Whether the run's stored plan is `plan`. A second replica's plan inside the
