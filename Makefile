@@ -7,7 +7,7 @@ UV := $(VENV)/bin/uv
 STAMP := $(VENV)/.installed
 
 .PHONY: install proto lint check test test-unit test-integration test-faults demo bench \
-	bench-durability up down clean
+	bench-durability bench-profiles up down clean
 
 install: $(STAMP)
 
@@ -62,3 +62,6 @@ clean:
 # (part file + directory), alternating, best of BENCH_ROUNDS (4); JSON report on stdout
 bench-durability: $(STAMP)
 	$(PY) -m bench.durability
+
+bench-profiles: $(STAMP)
+	$(PY) -m bench.profiles

@@ -132,6 +132,7 @@ class _Export(_Strict):
     statement_timeout_s: int | None = Field(default=None, gt=0)
     lock_timeout_s: int | None = Field(default=None, gt=0)
     connect_timeout_s: int | None = Field(default=None, gt=0)
+    consistent_snapshot: bool | None = None
 
 
 class _Defaults(_Strict):
@@ -153,6 +154,7 @@ class _Defaults(_Strict):
     statement_timeout_s: int | None = Field(default=None, gt=0)
     lock_timeout_s: int | None = Field(default=None, gt=0)
     connect_timeout_s: int | None = Field(default=None, gt=0)
+    consistent_snapshot: bool | None = None
 
 
 class _Document(_Strict):
@@ -274,6 +276,7 @@ def load_text(
             statement_timeout_s=pick("statement_timeout_s") or 0,
             lock_timeout_s=pick("lock_timeout_s") or 0,
             connect_timeout_s=pick("connect_timeout_s") or 0,
+            consistent_snapshot=bool(pick("consistent_snapshot")),
         )
         try:
             specs[item.name] = check_spec(spec, env=env, file_name=file_name)
@@ -465,6 +468,11 @@ def check_spec(
         if env is not None and not env.get(src.url_env):
             raise fail("source.url_env", f"environment variable {_cut(src.url_env)} is not set")
     if src.engine == "sqlite":
+        if spec.consistent_snapshot:
+            raise fail(
+                "consistent_snapshot",
+                "is PostgreSQL only (an SQLite file has no exported snapshots); remove it",
+            )
         if not src.path:
             raise fail("source.path", "is required for sqlite")
         if problem := _path_problem(src.path):

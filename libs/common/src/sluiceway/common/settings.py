@@ -53,6 +53,8 @@ class Settings:
     # ack_wait of the planner's and committer's run-event consumers: how soon a message whose
     # handler died (a crash) is delivered again
     consumer_ack_wait_s: float
+    # consistent_snapshot: the longest the planner holds a run's exported snapshot open
+    snapshot_max_hold_s: float = 6 * 3600.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -78,4 +80,5 @@ class Settings:
             worker_backoff_base_ms=_int(e, "SLUICEWAY_WORKER_BACKOFF_BASE_MS", 1_000),
             worker_backoff_max_ms=_int(e, "SLUICEWAY_WORKER_BACKOFF_MAX_MS", 60_000),
             consumer_ack_wait_s=_float(e, "SLUICEWAY_CONSUMER_ACK_WAIT_S", 30.0),
+            snapshot_max_hold_s=_float(e, "SLUICEWAY_SNAPSHOT_MAX_HOLD_S", 6 * 3600.0),
         )

@@ -19,6 +19,7 @@ from sluiceway.common.domain.events import Producer
 from sluiceway.common.settings import Settings
 from sluiceway.common.sources import open_source
 from sluiceway.planner.adapters.servicer import ControlServicer
+from sluiceway.planner.adapters.snapshots import SnapshotKeeper
 from sluiceway.planner.app import Planner, SourceFactory
 from sluiceway.v1 import control_pb2, control_pb2_grpc
 
@@ -43,15 +44,18 @@ async def serve(
         return
     server: grpc.aio.Server | None = None
     consumer: RunEventConsumer | None = None
+    keeper: SnapshotKeeper | None = None
     health_servicer = health.aio.HealthServicer()
     try:
         bus = busmod.Bus(nc, settings.names)
         await bus.ensure_streams(busmod.StreamSettings(replicas=settings.stream_replicas))
+        keeper = SnapshotKeeper(bus.run_stopped, max_hold_s=settings.snapshot_max_hold_s)
         planner = Planner(
             bus,
             producer=Producer(SERVICE, settings.instance),
             source_factory=source_factory or functools.partial(open_source, env=os.environ),
             env=os.environ,
+            keeper=keeper,
         )
         names = settings.names
         consumer = RunEventConsumer(
@@ -106,6 +110,8 @@ async def serve(
             await server.stop(GRACE_S)
         if consumer is not None:
             await consumer.stop()
+        if keeper is not None:  # before NATS goes: the snapshots' sessions end here
+            await keeper.close()
         with contextlib.suppress(Exception):
             await nc.drain()
         log.info("planner stopped")

@@ -108,6 +108,7 @@ class ExportSpec:
     statement_timeout_s: int = 0
     lock_timeout_s: int = 0
     connect_timeout_s: int = 0
+    consistent_snapshot: bool = False  # PostgreSQL: all chunks read the plan's snapshot
 
 
 ROW_MODES = ("incremental", "time_window")  # their rows may be chunked too, on a chunk_column
@@ -160,6 +161,7 @@ class ChunkTask:
     range: ChunkRange = field(default_factory=ChunkRange)
     schema: tuple[SchemaField, ...] = ()
     chunk_count: int = 0
+    snapshot_id: str = ""  # PlanResolved.snapshot_id: the chunk's transaction imports it
 
 
 @dataclass(frozen=True)
@@ -202,6 +204,7 @@ class PlanResolved:
     query_fingerprint: str = ""
     row_filter: RowFilter | None = None
     temp_bytes_at_plan: int | None = None  # pg_stat_database.temp_bytes; None: not measured
+    snapshot_id: str = ""  # consistent_snapshot: the exported snapshot every chunk imports
 
 
 @dataclass(frozen=True)
