@@ -92,6 +92,7 @@ class FakeDelivery:
     delivered: int = 1
     settled: list[tuple[str, float]] = field(default_factory=list)
     heartbeats: int = 0
+    headers: dict[str, str] | None = None
 
     @property
     def attempt(self) -> int:

@@ -34,6 +34,29 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         raise SettingsError(f"{name}={raw!r}: expected a number") from None
 
 
+def split_addr(raw: str, name: str = "address") -> tuple[str, int]:
+    """'host:port' (IPv6 in brackets: '[::]:9464') -> (host, port); port 0 means any free one."""
+    host, sep, port = raw.rpartition(":")
+    problem = f"{name}={raw!r}: expected host:port (e.g. 0.0.0.0:9464, [::]:9464)"
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise SettingsError(problem)
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise SettingsError(problem + "; put an IPv6 host in brackets")
+    if not host or any(c.isspace() for c in host):
+        raise SettingsError(problem)
+    return host, int(port)
+
+
+def _addr(env: Mapping[str, str], name: str) -> str:
+    """An optional listen address: '' (off) or a valid host:port."""
+    raw = env.get(name, "").strip()
+    if raw:
+        split_addr(raw, name)
+    return raw
+
+
 @dataclass(frozen=True)
 class Settings:
     nats_url: str
@@ -53,6 +76,10 @@ class Settings:
     # ack_wait of the planner's and committer's run-event consumers: how soon a message whose
     # handler died (a crash) is delivered again
     consumer_ack_wait_s: float
+    # the Prometheus /metrics endpoint ('' = off) and, for worker and committer (which have no
+    # gRPC API), a grpc.health.v1 server for probes ('' = off)
+    metrics_addr: str = ""
+    health_addr: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -78,4 +105,6 @@ class Settings:
             worker_backoff_base_ms=_int(e, "SLUICEWAY_WORKER_BACKOFF_BASE_MS", 1_000),
             worker_backoff_max_ms=_int(e, "SLUICEWAY_WORKER_BACKOFF_MAX_MS", 60_000),
             consumer_ack_wait_s=_float(e, "SLUICEWAY_CONSUMER_ACK_WAIT_S", 30.0),
+            metrics_addr=_addr(e, "SLUICEWAY_METRICS_ADDR"),
+            health_addr=_addr(e, "SLUICEWAY_HEALTH_ADDR"),
         )
