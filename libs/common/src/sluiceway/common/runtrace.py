@@ -111,7 +111,8 @@ class TracedRunLog:
         if isinstance(event.body, RunCompleted) and not (appended.duplicate or appended.conflict):
             if self._metrics is not None:
                 self._metrics.run_ended(event.body.status.value)
-            self._ended.append(event)
+            if telemetry.exporting():
+                self._ended.append(event)
         return appended
 
     async def history(self, run_id: str) -> list[tuple[int, RunEvent]]:

@@ -40,6 +40,9 @@ _pinned_var: ContextVar[tuple[int | None, int | None]] = ContextVar(
 )
 
 ATTR = "sluiceway."
+# whether this process exports spans (init_tracing): work done only for the viewer (reading a
+# run's history to emit its root span) is skipped otherwise
+_exporting = False
 
 
 class TracingConfigError(ValueError):
@@ -130,6 +133,7 @@ def init_tracing(service: str, env: Mapping[str, str] | None = None) -> TracerPr
     endpoint of the standard OTEL_EXPORTER_OTLP_* variables, and the gRPC servers and clients
     of this process are instrumented; otherwise spans are recorded nowhere.
     Raises TracingConfigError."""
+    global _exporting
     exporter = traces_exporter(env)
     provider = TracerProvider(
         resource=Resource.create({"service.name": f"sluiceway-{service}"}),
@@ -153,7 +157,13 @@ def init_tracing(service: str, env: Mapping[str, str] | None = None) -> TracerPr
         client = GrpcAioInstrumentorClient(filter_=quiet)  # type: ignore[no-untyped-call]
         client.instrument(tracer_provider=provider)
     trace.set_tracer_provider(provider)
+    _exporting = exporter != "none"
     return provider
+
+
+def exporting() -> bool:
+    """True once init_tracing configured an exporter in this process."""
+    return _exporting
 
 
 def flush(timeout_ms: int = 5_000) -> bool:
