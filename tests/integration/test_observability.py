@@ -62,7 +62,11 @@ def receiver() -> Iterator[OtlpReceiver]:
     rx.stop()
 
 
-def _env(namespace: str, source: LocalPostgres, receiver: OtlpReceiver) -> dict[str, str]:
+def _env(
+    namespace: str, source: LocalPostgres, receiver: OtlpReceiver, *, ack_wait_s: str = ""
+) -> dict[str, str]:
+    """The stack's environment; `ack_wait_s` shortens the chunk tasks' ack_wait (a task whose
+    worker died is handed out again after it)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_") and k != crash.ENV}
     env.update(
         {
@@ -72,11 +76,11 @@ def _env(namespace: str, source: LocalPostgres, receiver: OtlpReceiver) -> dict[
             "OTEL_BSP_SCHEDULE_DELAY": "200",
             "SLUICEWAY_METRICS_ADDR": "127.0.0.1:0",
             "SLUICEWAY_HEALTH_ADDR": "127.0.0.1:0",
-            "SLUICEWAY_WORKER_ACK_WAIT_S": "3",
-            "SLUICEWAY_WORKER_HEARTBEAT_S": "1",
-            "SLUICEWAY_CONSUMER_ACK_WAIT_S": "3",
         }
     )
+    if ack_wait_s:
+        env["SLUICEWAY_WORKER_ACK_WAIT_S"] = ack_wait_s
+        env["SLUICEWAY_WORKER_HEARTBEAT_S"] = "1"
     return env
 
 
@@ -355,7 +359,7 @@ async def test_a_chunk_whose_worker_died_shows_both_attempts_in_one_whole_trace(
         tmp_path / "state",
         workers=2,
         nats_url=nats_server.url,
-        env=_env(namespace, otel_source, receiver),
+        env=_env(namespace, otel_source, receiver, ack_wait_s="3"),
         instance_env={"worker-1": {crash.ENV: "worker.mid_read@1"}},
     )
     try:
