@@ -1,5 +1,6 @@
 """Fast checks of the observability seams: listen addresses, the exporter choice, the run's
-derived trace ids, dead attempts found in a history, and the metric names on /metrics."""
+derived trace ids, dead attempts found in a history, the metric names on /metrics, and which
+writer counts a run."""
 
 from __future__ import annotations
 
@@ -9,10 +10,11 @@ import pytest
 from prometheus_client import generate_latest
 
 from sluiceway.common import metrics, telemetry
+from sluiceway.common.bus import Appended
 from sluiceway.common.domain import events as ev
 from sluiceway.common.domain.events import Producer
 from sluiceway.common.domain.ids import new_event
-from sluiceway.common.runtrace import dead_attempts
+from sluiceway.common.runtrace import TracedRunLog, dead_attempts
 from sluiceway.common.settings import Settings, SettingsError, split_addr
 
 
@@ -129,3 +131,26 @@ def test_the_metrics_endpoint_shows_the_documented_names() -> None:
     ):
         assert line in text.splitlines(), line
     assert "_created" not in text
+
+
+class _Bus:
+    """A bus whose RunCompleted appends are stored, or refused as another writer's."""
+
+    def __init__(self, conflict: bool) -> None:
+        self.conflict = conflict
+
+    async def append(self, event: ev.RunEvent, headers: object = None, **_: object) -> Appended:
+        return Appended(seq=7, conflict=self.conflict)
+
+
+@pytest.mark.parametrize(("conflict", "counted"), [(False, 1.0), (True, 0.0)])
+async def test_a_run_is_counted_by_the_writer_whose_completion_was_stored(
+    conflict: bool, counted: float
+) -> None:
+    registry = metrics.new_registry()
+    log = TracedRunLog(_Bus(conflict), metrics.RunMetrics(registry))  # type: ignore[arg-type]
+    at = datetime(2026, 12, 3, 16, 0, tzinfo=UTC)
+    await log.append(_event(ev.RunCompleted(status=ev.RunStatus.SUCCEEDED), at))
+    await log.append(_event(ev.ChunkCompleted(chunk_index=0, attempt=1), at))
+    assert registry.get_sample_value("sluiceway_runs_total", {"status": "SUCCEEDED"}) == counted
+    assert registry.get_sample_value("sluiceway_runs_total", {"status": "FAILED"}) == 0.0
