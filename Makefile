@@ -7,7 +7,7 @@ UV := $(VENV)/bin/uv
 STAMP := $(VENV)/.installed
 
 .PHONY: install proto lint check test test-unit test-integration test-faults demo bench \
-	bench-durability bench-profiles up down clean
+	bench-durability bench-profiles bench-observability up down clean
 
 install: $(STAMP)
 
@@ -48,6 +48,10 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m bench.run
+
+# the same export with telemetry off and on (OTLP spans + scraped /metrics), alternating
+bench-observability: $(STAMP)
+	$(PY) -m bench.observability
 
 up: $(STAMP)
 	$(VENV)/bin/sluiceway up

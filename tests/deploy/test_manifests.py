@@ -19,11 +19,6 @@ from sluiceway.common.bus import Names, TaskConsumerSettings
 from tests.support import deploy
 from tests.support.deploy import BUILDS, KUBERNETES_VERSIONS, find, pod_specs, render
 
-# Variables the manifests set that the code reads only once parallel work on health and metrics
-# endpoints lands. test_the_pending_names_are_not_read_yet fails as soon as the code reads one:
-# then it must leave this set, and the check below is strict for it too.
-PENDING_NAMES = frozenset({"SLUICEWAY_HEALTH_ADDR", "SLUICEWAY_METRICS_ADDR"})
-
 # the trigger metadata of KEDA's nats-jetstream scaler (KEDA docs, scalers/nats-jetstream)
 NATS_JETSTREAM_METADATA = {
     "natsServerMonitoringEndpoint",
@@ -249,12 +244,6 @@ def _env_names(objects: tuple[dict[str, Any], ...], container: dict[str, Any]) -
     return names
 
 
-def test_the_pending_names_are_not_read_yet() -> None:
-    assert not PENDING_NAMES & deploy.names_read_by_the_code(), (
-        "the code reads these now: remove them from PENDING_NAMES"
-    )
-
-
 @pytest.mark.parametrize("build", BUILDS)
 def test_every_variable_given_to_a_service_is_one_it_reads(build: str) -> None:
     objects = render(build)
@@ -262,7 +251,6 @@ def test_every_variable_given_to_a_service_is_one_it_reads(build: str) -> None:
         deploy.names_read_by_the_code()
         | deploy.otel_names()
         | deploy.url_env_names()
-        | PENDING_NAMES
     )
     for workload, spec in pod_specs(objects):
         for container in spec["containers"]:
@@ -281,7 +269,7 @@ def test_every_variable_given_to_a_service_is_one_it_reads(build: str) -> None:
 
 
 def test_the_variable_check_refuses_a_misspelt_name() -> None:
-    known = deploy.names_read_by_the_code() | deploy.otel_names() | PENDING_NAMES
+    known = deploy.names_read_by_the_code() | deploy.otel_names()
     assert "SLUICEWAY_NATS_URL" in known and "SLUICEWAY_NATS_URLS" not in known
     assert "OTEL_EXPORTER_OTLP_ENDPOINT" in known and "OTEL_EXPORTER_OTLP_ENDPOIN" not in known
 

@@ -34,6 +34,29 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         raise SettingsError(f"{name}={raw!r}: expected a number") from None
 
 
+def split_addr(raw: str, name: str = "address") -> tuple[str, int]:
+    """'host:port' (IPv6 in brackets: '[::]:9464') -> (host, port); port 0 means any free one."""
+    host, sep, port = raw.rpartition(":")
+    problem = f"{name}={raw!r}: expected host:port (e.g. 0.0.0.0:9464, [::]:9464)"
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise SettingsError(problem)
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise SettingsError(problem + "; put an IPv6 host in brackets")
+    if not host or any(c.isspace() for c in host):
+        raise SettingsError(problem)
+    return host, int(port)
+
+
+def _addr(env: Mapping[str, str], name: str) -> str:
+    """An optional listen address: '' (off) or a valid host:port."""
+    raw = env.get(name, "").strip()
+    if raw:
+        split_addr(raw, name)
+    return raw
+
+
 @dataclass(frozen=True)
 class Settings:
     nats_url: str
@@ -55,6 +78,10 @@ class Settings:
     consumer_ack_wait_s: float
     # consistent_snapshot: the longest the planner holds a run's exported snapshot open
     snapshot_max_hold_s: float = 6 * 3600.0
+    # the Prometheus /metrics endpoint ('' = off) and, for worker and committer (which have no
+    # gRPC API), a grpc.health.v1 server for probes ('' = off)
+    metrics_addr: str = ""
+    health_addr: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -81,4 +108,6 @@ class Settings:
             worker_backoff_max_ms=_int(e, "SLUICEWAY_WORKER_BACKOFF_MAX_MS", 60_000),
             consumer_ack_wait_s=_float(e, "SLUICEWAY_CONSUMER_ACK_WAIT_S", 30.0),
             snapshot_max_hold_s=_float(e, "SLUICEWAY_SNAPSHOT_MAX_HOLD_S", 6 * 3600.0),
+            metrics_addr=_addr(e, "SLUICEWAY_METRICS_ADDR"),
+            health_addr=_addr(e, "SLUICEWAY_HEALTH_ADDR"),
         )

@@ -7,10 +7,9 @@ import contextlib
 import logging
 
 from nats.errors import TimeoutError as NatsTimeoutError
-from opentelemetry.trace import SpanKind
 
 from sluiceway.common import bus as busmod
-from sluiceway.common import service, sources, telemetry
+from sluiceway.common import metrics, service, sources, telemetry
 from sluiceway.common.settings import Settings
 from sluiceway.worker.adapters.export import FileExporter
 from sluiceway.worker.adapters.tasks import JetStreamDelivery
@@ -19,6 +18,7 @@ from sluiceway.worker.app import ChunkWorker
 log = logging.getLogger("sluiceway.worker")
 FETCH_TIMEOUT_S = 1.0
 BUS_ERROR_DELAY_S = 2.0
+GRACE_S = 5.0
 
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
@@ -30,6 +30,8 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         return
     sub = None
     exporter: FileExporter | None = None
+    metrics_server: metrics.MetricsServer | None = None
+    health = service.HealthServer()
     try:
         bus = busmod.Bus(nc, settings.names)
         await bus.ensure_streams(busmod.StreamSettings(replicas=settings.stream_replicas))
@@ -38,6 +40,15 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         )
         await bus.ensure_task_consumer(consumer)
         sub = await bus.js.pull_subscribe_bind(consumer.durable, stream=settings.names.tasks_stream)
+        registry = metrics.new_registry()
+
+        async def lag() -> float:
+            info = await bus.js.consumer_info(settings.names.tasks_stream, consumer.durable)
+            return float(info.num_pending or 0)
+
+        metrics.consumer_lag(registry).labels(consumer.durable).set_function(
+            metrics.loop_probe(asyncio.get_running_loop(), lag)
+        )
         exporter = FileExporter()
         worker = ChunkWorker(
             bus,
@@ -47,9 +58,20 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
             heartbeat_s=settings.worker_heartbeat_s,
             backoff_ms=(settings.worker_backoff_base_ms, settings.worker_backoff_max_ms),
             consumer_max_deliver=consumer.max_deliver,
+            metrics=metrics.WorkerMetrics(registry),
         )
+        metrics_server = service.start_metrics(settings, registry)
+        if settings.health_addr:
+            await health.start(settings.health_addr)
         await asyncio.to_thread(sources.preload)  # drivers imported before ready
-        service.write_ready_file(settings.ready_file, service="worker", instance=settings.instance)
+        await health.serving()
+        service.write_ready_file(
+            settings.ready_file,
+            service="worker",
+            instance=settings.instance,
+            metrics_addr=metrics_server.bound if metrics_server else "",
+            health_addr=health.bound,
+        )
         log.info("worker ready: consumer %s on %s", consumer.durable, settings.names.tasks_stream)
         while not stop.is_set():
             try:
@@ -63,10 +85,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
             for msg in msgs:
                 delivery = JetStreamDelivery(msg)
                 try:
-                    with telemetry.span(
-                        "worker-chunks process", headers=msg.headers, kind=SpanKind.CONSUMER
-                    ):
-                        await worker.handle(delivery)
+                    await worker.handle(delivery)
                 except Exception:  # the bus failed mid-flight: no verdict was recorded
                     log.exception("could not record a chunk outcome; the task will be redelivered")
                     try:
@@ -74,6 +93,9 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
                     except Exception as exc:
                         log.warning("nak failed (ack_wait will redeliver): %s", exc)
     finally:
+        # reverse order: health NOT_SERVING -> consumer -> NATS -> metrics (telemetry is
+        # flushed by service.run, last)
+        await health.stop(GRACE_S)
         if exporter is not None:
             exporter.close()
         log.info("worker stopping: draining NATS")
@@ -82,6 +104,8 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
         await nc.drain()
+        if metrics_server is not None:
+            metrics_server.stop()
 
 
 def main() -> None:

@@ -117,6 +117,7 @@ class FileExporter:
             source.close()
             raise
         parts = tuple(
-            Part(w.file_name, w.rows, w.bytes, w.part_index, w.content_fingerprint) for w in written
+            Part(w.file_name, w.rows, w.bytes, w.part_index, w.content_fingerprint, w.opened_ns)
+            for w in written
         )
         return ChunkExport(parts, source_rows)
