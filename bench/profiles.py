@@ -35,7 +35,8 @@ from bench.run import (
     timed_export,
 )
 from sluiceway.cli import stack as stackmod
-from sluiceway.cli.client import Client, Endpoints
+from sluiceway.cli.client import Endpoints, connect
+from sluiceway.client import Client
 from sluiceway.v1 import events_pb2
 from tests.support.localpg import LocalPostgres
 
@@ -157,7 +158,7 @@ def main() -> int:
         ep = Endpoints(stack.state.control_addr, stack.state.tracker_addr)
         copies: list[float] = []
         runs: dict[str, list[dict]] = {p: [] for p in PROFILES}
-        with Client(ep) as client:
+        with connect(ep) as client:
             for r in range(rounds):
                 copies.append(reference_copy(pg.url)[0])
                 log(f"round {r + 1}: reference binary COPY {copies[-1]:.2f}s")

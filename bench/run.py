@@ -26,6 +26,7 @@ from rich.console import Console
 from sluiceway.cli import stack as stackmod
 from sluiceway.cli.client import Endpoints, connect
 from sluiceway.cli.main import follow, load_config
+from sluiceway.client import Client
 from sluiceway.v1 import events_pb2
 from tests.support.localpg import LocalPostgres
 

@@ -247,11 +247,7 @@ def _env_names(objects: tuple[dict[str, Any], ...], container: dict[str, Any]) -
 @pytest.mark.parametrize("build", BUILDS)
 def test_every_variable_given_to_a_service_is_one_it_reads(build: str) -> None:
     objects = render(build)
-    known = (
-        deploy.names_read_by_the_code()
-        | deploy.otel_names()
-        | deploy.url_env_names()
-    )
+    known = deploy.names_read_by_the_code() | deploy.otel_names() | deploy.url_env_names()
     for workload, spec in pod_specs(objects):
         for container in spec["containers"]:
             if not deploy.is_sluiceway(container):
