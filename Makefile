@@ -7,7 +7,7 @@ UV := $(VENV)/bin/uv
 STAMP := $(VENV)/.installed
 
 .PHONY: install proto lint check test test-unit test-integration test-faults demo bench \
-	bench-durability up down clean
+	bench-durability bench-profiles bench-observability up down clean
 
 install: $(STAMP)
 
@@ -24,7 +24,7 @@ proto: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(PY) -m mypy libs/common/src/sluiceway/common services/*/src/sluiceway/*/domain
+	$(PY) -m mypy libs/common/src/sluiceway/common libs/client/src/sluiceway/client services/*/src/sluiceway/*/domain
 
 # lint + the whole suite (which includes the generated-code drift test)
 check: lint test
@@ -49,6 +49,10 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m bench.run
 
+# the same export with telemetry off and on (OTLP spans + scraped /metrics), alternating
+bench-observability: $(STAMP)
+	$(PY) -m bench.observability
+
 up: $(STAMP)
 	$(VENV)/bin/sluiceway up
 
@@ -62,3 +66,6 @@ clean:
 # (part file + directory), alternating, best of BENCH_ROUNDS (4); JSON report on stdout
 bench-durability: $(STAMP)
 	$(PY) -m bench.durability
+
+bench-profiles: $(STAMP)
+	$(PY) -m bench.profiles

@@ -17,14 +17,16 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 import psycopg
 from rich.console import Console
 
 from sluiceway.cli import stack as stackmod
-from sluiceway.cli.client import Client, Endpoints
+from sluiceway.cli.client import Endpoints, connect
 from sluiceway.cli.main import follow, load_config
+from sluiceway.client import Client
 from sluiceway.v1 import events_pb2
 from tests.support.localpg import LocalPostgres
 
@@ -36,7 +38,7 @@ EXPORT_RUNS = int(os.environ.get("BENCH_EXPORT_RUNS", "2"))
 CONFIG = """
 version: 1
 exports:
-  - name: bench
+  - name: {name}
     source: {{engine: postgres, url_env: {url_env}}}
     table: public.bench
     mode: chunked
@@ -45,7 +47,7 @@ exports:
     format: parquet
     compression: zstd
     destination: out
-"""
+{extra}"""
 
 
 def log(msg: str) -> None:
@@ -101,6 +103,26 @@ def reference_copy(url: str) -> tuple[float, int]:
         return time.perf_counter() - t0, n
 
 
+def bench_spec(work: Path, rows: int, chunks: int, name: str = "bench", extra: str = "") -> Any:
+    """The export of the bench table in `chunks` key ranges, resolved as the CLI does; `extra`
+    adds indented config lines to the export."""
+    cfg = work / f"{name}.yaml"
+    chunk_size = max(1, -(-rows // chunks))
+    cfg.write_text(CONFIG.format(name=name, url_env=URL_ENV, chunk_size=chunk_size, extra=extra))
+    return load_config(str(cfg), name)
+
+
+def timed_export(client: Client, spec: Any) -> tuple[float, Any, str]:
+    """Submit `spec`, follow the run to its end; (wall seconds, RunSummary, run_id)."""
+    with open(os.devnull, "w") as sink:
+        t0 = time.perf_counter()
+        resp = client.submit(spec, requested_by="bench")
+        summary = follow(
+            client, resp.run_id, min_seq=resp.stream_seq, console=Console(file=sink), quiet=True
+        )
+        return time.perf_counter() - t0, summary, resp.run_id
+
+
 class RssSampler:
     """Peak RSS (MB) per service, sampled every 0.2 s; workers are folded into one max."""
 
@@ -150,31 +172,24 @@ def main() -> int:
         t0 = time.perf_counter()
         create_table(pg.url, rows)
         log(f"table created in {time.perf_counter() - t0:.1f}s")
-        cfg = work / "bench.yaml"
-        cfg.write_text(CONFIG.format(url_env=URL_ENV, chunk_size=max(1, -(-rows // CHUNKS))))
-        spec = load_config(str(cfg), "bench")
+        spec = bench_spec(work, rows, CHUNKS)
 
         log("starting the stack (2 workers)")
         stack = stackmod.start_stack(work / "state", workers=2, env=dict(os.environ))
         ep = Endpoints(stack.state.control_addr, stack.state.tracker_addr)
-        quiet = Console(file=open(os.devnull, "w"))
 
         # The reference and the export alternate, and each reports its best time: one reading
         # of either is noisy on a shared 2-core machine (checkpoints, autovacuum, hint bits).
         copies: list[tuple[float, int]] = []
         walls: list[float] = []
-        with Client(ep) as client, RssSampler(stack.state) as rss:
+        with connect(ep) as client, RssSampler(stack.state) as rss:
             for _ in range(EXPORT_RUNS):
                 copies.append(reference_copy(pg.url))
                 log(f"reference binary COPY: {copies[-1][0]:.2f}s")
-                t0 = time.perf_counter()
-                resp = client.submit(spec, requested_by="bench")
-                summary = follow(
-                    client, resp.run_id, min_seq=resp.stream_seq, console=quiet, quiet=True
-                )
-                walls.append(time.perf_counter() - t0)
+                wall, summary, run_id = timed_export(client, spec)
+                walls.append(wall)
                 name = events_pb2.RunStatus.Name(summary.status)
-                log(f"run {resp.run_id}: {name} in {walls[-1]:.2f}s")
+                log(f"run {run_id}: {name} in {walls[-1]:.2f}s")
                 if summary.status != events_pb2.RUN_STATUS_SUCCEEDED:
                     break
             copies.append(reference_copy(pg.url))
@@ -182,7 +197,7 @@ def main() -> int:
         copy_s, copy_bytes = min(copies)
         wall_s = min(walls)
         ok = summary.status == events_pb2.RUN_STATUS_SUCCEEDED
-        log(f"run {resp.run_id}: {events_pb2.RunStatus.Name(summary.status)} in {wall_s:.2f}s")
+        log(f"run {run_id}: {events_pb2.RunStatus.Name(summary.status)} in {wall_s:.2f}s")
         peak = {k: round(v, 1) for k, v in sorted(rss.peak.items())}
         ratio = copy_s / wall_s if wall_s > 0 else 0.0
         report = {

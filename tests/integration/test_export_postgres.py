@@ -22,7 +22,7 @@ import psutil
 import pytest
 
 from sluiceway.cli.stack import Stack, start_stack
-from sluiceway.common import fingerprint
+from sluiceway.common import fingerprint, telemetry
 from sluiceway.common.bus import Bus, Names, connect
 from sluiceway.common.localnats import LocalNats
 from sluiceway.v1 import control_pb2, control_pb2_grpc, events_pb2, tracker_pb2, tracker_pb2_grpc
@@ -290,9 +290,9 @@ async def test_a_chunked_postgres_export_runs_end_to_end(
     assert MARKER.encode() not in blob
     assert "Ĉliento".encode() not in blob
     assert max(len(m) for m in raw) < 16 * 1024
-    # the run is one trace: every event carries a traceparent with the trace id of SubmitRun
+    # the run is one trace: every event carries a traceparent with the run's trace id
     trace_ids = {(m.headers or {}).get("traceparent", "-").split("-")[1] for m in stored}
-    assert len(trace_ids) == 1 and len(next(iter(trace_ids))) == 32
+    assert trace_ids == {f"{telemetry.run_trace_ids(run_id)[0]:032x}"}
 
     # nor do the services' logs or the manifest
     logs = b"".join(p.read_bytes() for p in (Path(stack.state.state_dir) / "logs").glob("*.log"))

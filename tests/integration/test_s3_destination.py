@@ -6,6 +6,7 @@ appear nowhere in what the stack persisted (the event streams, the logs) or wrot
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import sqlite3
@@ -14,11 +15,18 @@ import sys
 import uuid
 from pathlib import Path
 
+import grpc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 import xxhash
 
+from sluiceway.cli.stack import start_stack
+from sluiceway.common import crash
+from sluiceway.common.localnats import LocalNats
+from sluiceway.v1 import control_pb2, control_pb2_grpc, events_pb2, tracker_pb2_grpc
+from tests.support.eventually import eventually
+from tests.support.faults import terminal_run, wait_sigkilled
 from tests.support.s3server import LocalS3
 
 pytestmark = pytest.mark.integration
@@ -170,3 +178,107 @@ def test_an_export_to_s3_is_committed_verifiable_and_keeps_no_secret(
     for key in keys:
         blob = _read(fs, key)
         assert not [s for s in secrets if s in blob], key
+
+
+BIG_CONFIG = """
+version: 1
+exports:
+  - name: big
+    source: {{engine: sqlite, path: {db}}}
+    table: items
+    mode: chunked
+    chunk_column: id
+    chunk_size: {chunk_size}
+    compression: none
+    destination: s3://{bucket}/{prefix}
+"""
+BIG_ROWS = 600_000  # two chunks, each part ~22 MB of incompressible text: several MiB blocks
+
+
+async def test_a_worker_killed_mid_upload_leaves_no_torn_object_and_the_run_completes(
+    tmp_path: Path, s3_server: LocalS3, nats_server: LocalNats, namespace: str
+) -> None:
+    db = tmp_path / "big.db"
+    con = sqlite3.connect(db)
+    con.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, token TEXT NOT NULL)")
+    con.execute(
+        "WITH RECURSIVE g(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM g WHERE x < ?) "
+        "INSERT INTO items SELECT x, hex(randomblob(32)) FROM g",
+        (BIG_ROWS,),
+    )
+    con.commit()
+    con.close()
+    prefix = "crash/" + uuid.uuid4().hex[:8]
+    text = BIG_CONFIG.format(db=db, chunk_size=BIG_ROWS // 2, bucket=BUCKET, prefix=prefix)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLUICEWAY_", "AWS_"))}
+    env.update(s3_server.env)
+    env.update(
+        {
+            "SLUICEWAY_NAMESPACE": namespace,
+            "SLUICEWAY_WORKER_ACK_WAIT_S": "4",
+            "SLUICEWAY_WORKER_HEARTBEAT_S": "1",
+            "SLUICEWAY_SPOOL_DIR": str(tmp_path / "spool"),
+        }
+    )
+    stack = await asyncio.to_thread(
+        start_stack,
+        tmp_path / "state",
+        workers=1,
+        nats_url=nats_server.url,
+        env=env,
+        instance_env={"worker-1": {crash.ENV: "worker.mid_upload"}},
+    )
+    control_ch = grpc.aio.insecure_channel(stack.state.control_addr)
+    tracker_ch = grpc.aio.insecure_channel(stack.state.tracker_addr)
+    try:
+        reply = await control_pb2_grpc.ControlStub(control_ch).SubmitRun(
+            control_pb2.SubmitRunRequest(
+                config=control_pb2.ConfigDocument(text=text, base_dir=str(tmp_path))
+            ),
+            timeout=30,
+        )
+        run_id = reply.run_id
+        worker = stack.procs["worker-1"]
+        log = next(p.log for p in stack.state.processes if p.name == "worker-1")
+        await asyncio.to_thread(wait_sigkilled, worker, 120, log)
+        await asyncio.to_thread(stack.restart, "worker-1", drop_env=(crash.ENV,))
+        run = await eventually(
+            lambda: terminal_run(tracker_pb2_grpc.TrackerStub(tracker_ch), run_id),
+            timeout_s=180,
+            interval_s=0.2,
+            what="the run ends",
+        )
+        assert run.status == events_pb2.RUN_STATUS_SUCCEEDED, run.error_message
+    finally:
+        await control_ch.close()
+        await tracker_ch.close()
+        await asyncio.to_thread(stack.stop)
+
+    fs = s3_server.filesystem()
+    run_key = f"{BUCKET}/{prefix}/big/runs/{run_id}"
+    manifest_bytes = _read(fs, f"{run_key}/manifest.json")
+    manifest = json.loads(manifest_bytes)
+    assert manifest["row_count"] == BIG_ROWS and manifest["part_count"] == 2
+    for part in manifest["parts"]:
+        data = _read(fs, f"{run_key}/{part['path']}")
+        assert len(data) == part["size_bytes"] and _xxh3(data) == part["content_fingerprint"]
+        assert len(data) > 4 << 20  # the upload that was cut short spanned several blocks
+    assert _read(fs, f"{run_key}/_SUCCESS").decode() == _xxh3(manifest_bytes)
+    # the attempt killed mid-upload left no object behind, whole or torn, under any name
+    assert {p["attempt"] for p in manifest["parts"]} == {1, 2}, manifest["parts"]
+    killed = next(p for p in manifest["parts"] if p["attempt"] == 2)
+    torn = killed["path"].replace("-a2.", "-a1.")
+    keys = _all_keys(fs, f"{BUCKET}/{prefix}")
+    assert not [k for k in keys if k.endswith("/" + torn)], keys
+    names = {k.rsplit("/", 1)[1] for k in keys}
+    assert not [n for n in names if n.startswith(".") or n.endswith(".tmp")], keys
+    listed = {f"{run_key}/{p['path']}" for p in manifest["parts"]}
+    assert {k for k in keys if k.startswith(run_key + "/part-")} == listed
+    # and every row arrived once
+    ids: list[int] = []
+    for key in sorted(listed):
+        with fs.open_input_file(key) as f:
+            ids += pq.read_table(f, columns=["id"]).column("id").to_pylist()
+    assert sorted(ids) == list(range(1, BIG_ROWS + 1))
+    # nor on the worker's disk: the killed upload's spool file went with its process
+    assert list((tmp_path / "spool").iterdir()) == []

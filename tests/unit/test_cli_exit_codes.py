@@ -7,6 +7,7 @@ import grpc
 import pytest
 
 from sluiceway.cli import main as cli
+from sluiceway.client import errors
 from sluiceway.common.domain import events as ev
 from sluiceway.common.domain.run import fold
 from sluiceway.tracker.adapters.servicer import summary_to_pb
@@ -158,17 +159,6 @@ def test_an_older_tracker_without_failure_cause_still_gives_3_for_failed_validat
     assert cli.exit_for(tracker_pb2.RunSummary(status=events_pb2.RUN_STATUS_FAILED)) == 1
 
 
-class _Rpc(grpc.RpcError):
-    def __init__(self, code: grpc.StatusCode) -> None:
-        self._code = code
-
-    def code(self) -> grpc.StatusCode:
-        return self._code
-
-    def details(self) -> str:
-        return "x"
-
-
 @pytest.mark.parametrize(
     ("code", "expected"),
     [
@@ -178,4 +168,5 @@ class _Rpc(grpc.RpcError):
     ],
 )
 def test_unreachable_services_are_retryable(code: grpc.StatusCode, expected: int) -> None:
-    assert cli.grpc_failure(_Rpc(code)).code == expected
+    failure = cli.grpc_failure(errors.from_status(code, "x"))
+    assert (failure.code, str(failure)) == (expected, f"error: {code.name}: x")

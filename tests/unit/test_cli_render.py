@@ -118,3 +118,18 @@ def test_progress_counts_each_chunk_once() -> None:
         p.update(stored(4, chunk_completed=events_pb2.ChunkCompleted(chunk_index=2, rows=5)))
     assert (p.total, len(p.done), p.rows) == (3, 2, 15)
     assert buf.getvalue().splitlines()[-1] == "run r: running, chunks 2/3, rows 15"
+
+
+def test_a_plan_says_when_every_chunk_reads_one_snapshot() -> None:
+    from sluiceway.v1 import control_pb2
+
+    resp = control_pb2.PlanRunResponse()
+    resp.spec.name = "orders"
+    resp.plan.strategy = "chunked"
+    assert "snapshot" not in render.plan_text(resp)
+    resp.spec.consistent_snapshot = True
+    assert "one exported snapshot for every chunk" in render.plan_text(resp)
+    event = events_pb2.RunEvent()
+    event.plan_resolved.strategy = "chunked"
+    event.plan_resolved.snapshot_id = "00000003-0000001B-1"
+    assert render.event_message(event).endswith("snapshot 00000003-0000001B-1")

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from sluiceway.common import codec
+from sluiceway.common import codec, metrics
 from sluiceway.common.bus import Appended
 from sluiceway.common.domain import events as ev
 from sluiceway.common.domain.ids import new_event
@@ -92,6 +92,7 @@ class FakeDelivery:
     delivered: int = 1
     settled: list[tuple[str, float]] = field(default_factory=list)
     heartbeats: int = 0
+    headers: dict[str, str] | None = None
 
     @property
     def attempt(self) -> int:
@@ -358,3 +359,46 @@ async def test_an_attempt_claimed_by_another_execution_is_left_to_it() -> None:
     assert exporter.calls == 0 and outcome.action == "none"
     assert log.kinds == ["chunk_started"]  # the other execution's, not ours
     assert delivery.settled == []  # neither ack nor nak: its holder settles it
+
+
+async def test_only_the_attempt_whose_completion_was_stored_counts_rows_and_bytes() -> None:
+    registry = metrics.new_registry()
+    counted = metrics.WorkerMetrics(registry)
+
+    def worker(log: FakeLog, exporter: FakeExporter) -> ChunkWorker:
+        return ChunkWorker(
+            log,
+            exporter,
+            FakeProbe(),
+            instance="w-1",
+            heartbeat_s=10.0,
+            consumer_max_deliver=10,
+            clock=lambda: T,
+            metrics=counted,
+        )
+
+    await worker(FakeLog(), FakeExporter(ChunkExport(PARTS))).handle(
+        FakeDelivery(codec.encode_task(TASK))
+    )
+
+    class RacingLog(FakeLog):  # another attempt's ChunkCompleted is stored first
+        async def append(self, event: ev.RunEvent) -> Appended:
+            if event.kind == "chunk_completed" and event.attempt == 2:
+                self.add(ev.ChunkCompleted(chunk_index=4, rows=100, files=2, attempt=1), 1)
+            return await super().append(event)
+
+    await worker(RacingLog(), FakeExporter(ChunkExport(PARTS))).handle(
+        FakeDelivery(codec.encode_task(TASK), delivered=2)
+    )
+    await worker(FakeLog(), FakeExporter(SourceError("lost", retryable=True))).handle(
+        FakeDelivery(codec.encode_task(TASK))
+    )
+
+    def sample(name: str, **labels: str) -> float | None:
+        return registry.get_sample_value(name, labels)
+
+    assert sample("sluiceway_rows_exported_total") == 100
+    assert sample("sluiceway_bytes_written_total") == 1000
+    for outcome in ("completed", "lost", "retry"):
+        assert sample("sluiceway_chunk_duration_seconds_count", outcome=outcome) == 1, outcome
+    assert sample("sluiceway_chunk_duration_seconds_count", outcome="failed") == 0

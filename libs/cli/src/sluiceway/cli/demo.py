@@ -14,14 +14,14 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 import duckdb
-import grpc
 import pyarrow as pa
 from rich.console import Console
 
 from sluiceway.cli import demodata, render
 from sluiceway.cli import stack as stackmod
-from sluiceway.cli.client import Client, Endpoints
+from sluiceway.cli.client import Endpoints, connect
 from sluiceway.cli.main import Failure, follow, grpc_failure, load_config
+from sluiceway.client import SluicewayError
 from sluiceway.common import layout
 from sluiceway.v1 import events_pb2, tracker_pb2
 
@@ -230,7 +230,7 @@ def run_demo(console: Console, err: Console) -> int:
             f"tracker {stack.state.tracker_addr}",
             markup=False,
         )
-        with Client(Endpoints(stack.state.control_addr, stack.state.tracker_addr)) as client:
+        with connect(Endpoints(stack.state.control_addr, stack.state.tracker_addr)) as client:
             resp = client.submit(spec, requested_by="demo")
             err.print(f"run {resp.run_id}", markup=False)
             summary = follow(client, resp.run_id, min_seq=resp.stream_seq, console=err)
@@ -271,7 +271,7 @@ def main() -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:
-        if isinstance(exc, grpc.RpcError):
+        if isinstance(exc, SluicewayError):
             exc = grpc_failure(exc)
         if isinstance(exc, Failure):
             print(f"demo failed: {exc}", file=sys.stderr)

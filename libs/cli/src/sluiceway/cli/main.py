@@ -15,15 +15,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
-import grpc
 from rich.console import Console
 
 from sluiceway.cli import plans, render, schedule
 from sluiceway.cli import stack as stackmod
-from sluiceway.cli.client import TERMINAL, Client, NoStack, describe, resolve_endpoints
+from sluiceway.cli.client import NoStack, connect, resolve_endpoints
+from sluiceway.client import Client, SluicewayError
 from sluiceway.common import codec
 from sluiceway.common.config import ConfigError, load_file, select
-from sluiceway.common.domain.events import ExportSpec
+from sluiceway.common.domain.events import PRIORITIES, ExportSpec
 from sluiceway.v1 import events_pb2, tracker_pb2
 
 EXIT_OK = 0
@@ -98,6 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--export", default="", help="export name (optional with one export)")
     run.add_argument("--wait", action="store_true", help="follow the run to its end")
     run.add_argument("--json", action="store_true", help="print JSON instead of text")
+    run.add_argument(
+        "--priority",
+        choices=sorted(PRIORITIES),
+        help="this run's priority (default: the export's `priority:`, else normal)",
+    )
 
     plan = sub.add_parser("plan", parents=[common, remote], help="show the plan (dry run)")
     plan.add_argument("-c", "--config", required=True, help="YAML config file")
@@ -202,17 +207,19 @@ def _stderr() -> Console:
 
 def _client(args: argparse.Namespace) -> Client:
     try:
-        return Client(resolve_endpoints(args.state_dir, control=args.control, tracker=args.tracker))
+        return connect(
+            resolve_endpoints(args.state_dir, control=args.control, tracker=args.tracker)
+        )
     except NoStack as exc:
         raise Failure(str(exc), EXIT_ERROR) from None
     except stackmod.StackError as exc:
         raise Failure(str(exc), EXIT_ERROR) from None
 
 
-def grpc_failure(err: grpc.RpcError) -> Failure:
-    code = err.code() if hasattr(err, "code") else None
-    unreachable = code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
-    return Failure(f"error: {describe(err)}", EXIT_RETRYABLE if unreachable else EXIT_ERROR)
+def grpc_failure(err: SluicewayError) -> Failure:
+    """`error: <CODE>: <server's message>`; exit 2 when the services could not be reached."""
+    unreachable = err.code.name in ("UNAVAILABLE", "DEADLINE_EXCEEDED")
+    return Failure(f"error: {err}", EXIT_RETRYABLE if unreachable else EXIT_ERROR)
 
 
 def load_config(path: str, export: str) -> ExportSpec:
@@ -223,7 +230,7 @@ def load_config(path: str, export: str) -> ExportSpec:
     return select(specs, export or None, file_name=path)
 
 
-def parse_statuses(names: Sequence[str]) -> list[int]:
+def parse_statuses(names: Sequence[str]) -> list[events_pb2.RunStatus]:
     out = []
     for n in names:
         key = "RUN_STATUS_" + n.strip().upper().removeprefix("RUN_STATUS_")
@@ -240,23 +247,16 @@ def follow(
     client: Client, run_id: str, *, min_seq: int, console: Console, quiet: bool = False
 ) -> tracker_pb2.RunSummary:
     """Watch a run to its end with a progress display; return its final summary."""
-    # wait until the tracker has projected our RunRequested (read your own write)
-    client.get_run(run_id, min_seq=min_seq, wait_s=60.0)
-    last = 0
     if quiet:
-        for stored in client.watch(run_id):
+        return client.wait(run_id, min_seq=min_seq)
+    # wait until the tracker has projected our RunRequested (read your own write)
+    client.get(run_id, min_seq=min_seq, wait_s=60.0)
+    last = min_seq
+    with render.RunProgress(run_id, console) as progress:
+        for stored in client.watch(run_id):  # from the start: the display needs the plan
             last = stored.seq
-    else:
-        with render.RunProgress(run_id, console) as progress:
-            for stored in client.watch(run_id):
-                last = stored.seq
-                progress.update(stored)
-    summary = client.get_run(run_id, min_seq=max(last, min_seq), wait_s=30.0)
-    deadline = time.monotonic() + 30.0
-    while summary.status not in TERMINAL and time.monotonic() < deadline:
-        time.sleep(0.3)
-        summary = client.get_run(run_id, wait_s=10.0)
-    return summary
+            progress.update(stored)
+    return client.wait(run_id, min_seq=last)
 
 
 def exit_for(summary: tracker_pb2.RunSummary) -> int:
@@ -360,7 +360,8 @@ def cmd_down(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     spec = load_config(args.config, args.export)
     with _client(args) as client:
-        resp = client.submit(spec, requested_by=_user())
+        priority = PRIORITIES[args.priority] if args.priority else 0
+        resp = client.submit(spec, requested_by=_user(), priority=priority)
         if not args.wait:
             if args.json:
                 print(
@@ -467,7 +468,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
     if args.upcoming:
         return schedule.cmd_upcoming(args, _client)
     with _client(args) as client:
-        runs = client.list_runs(export_name=args.export, statuses=statuses, limit=args.limit)
+        runs = list(client.iter_runs(export_name=args.export, statuses=statuses, limit=args.limit))
     if not runs:
         print("no runs")
         return EXIT_OK
@@ -477,7 +478,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        summary = client.get_run(args.run_id)
+        summary = client.get(args.run_id)
     if args.json:
         print(render.summary_json(summary))
     else:
@@ -487,7 +488,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_events(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        for stored in client.events(args.run_id):
+        for stored in client.iter_events(args.run_id, page_size=1000):
             print(render.event_line(stored))
     return EXIT_OK
 
@@ -496,7 +497,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
     with _client(args) as client:
         for stored in client.watch(args.run_id):
             print(render.event_line(stored), flush=True)
-        summary = client.get_run(args.run_id, wait_s=10.0)
+        summary = client.get(args.run_id, wait_s=10.0)
     return exit_for(summary)
 
 
@@ -590,7 +591,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(str(exc), file=sys.stderr)
         return EXIT_ERROR
-    except grpc.RpcError as exc:
+    except SluicewayError as exc:
         f = grpc_failure(exc)
         print(str(f), file=sys.stderr)
         return f.code

@@ -186,6 +186,9 @@ def plan_text(resp: control_pb2.PlanRunResponse) -> str:
         f"estimate: {p.row_estimate:,} rows",
         f"chunks:   {len(p.chunks)}",
     ]
+    if resp.spec.consistent_snapshot:
+        # a dry run exports no snapshot: the run's planner takes it and holds it to the end
+        lines.append("snapshot: one exported snapshot for every chunk, taken when the run plans")
     for c in p.chunks:
         lines.append(f"  {c.index:>5}  {chunk_range(c)}")
     lines.append("schema:")
@@ -224,6 +227,7 @@ def event_message(ev: events_pb2.RunEvent) -> str:
             return (
                 f"{b.strategy}: {len(b.chunks)} chunks, ~{b.row_estimate:,} rows, "
                 f"{len(b.schema)} columns"
+                + (f", snapshot {b.snapshot_id}" if b.snapshot_id else "")
             )
         case "plan_warning":
             return f"[{b.rule}] {b.message}"

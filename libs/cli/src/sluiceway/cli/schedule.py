@@ -15,7 +15,6 @@ from rich.console import Console
 from rich.table import Table
 
 from sluiceway.cli.render import status_name
-from sluiceway.common import codec
 from sluiceway.common.config import load_file
 from sluiceway.common.domain.events import PRIORITIES
 from sluiceway.v1 import control_pb2, events_pb2, tracker_pb2
@@ -94,18 +93,14 @@ def cmd_schedule(
     if args.schedule_command == "apply":
         # resolved here, as `sluiceway run` does: paths absolute, query files read
         specs = load_file(args.config, env=os.environ)
-        request = control_pb2.ApplySchedulesRequest(applied_by="cli")
-        for spec in specs.values():
-            codec.to_message(spec, request.specs.add())
         with client_factory(args) as client:
-            infos = list(client.control.ApplySchedules(request, timeout=30.0).schedules)
+            infos = list(client.apply_schedules(specs.values(), applied_by="cli").schedules)
     else:
         if not 1 <= args.next <= 50:
             print("--next must be from 1 to 50", file=sys.stderr)
             return 1
         with client_factory(args) as client:
-            request = control_pb2.ListSchedulesRequest(upcoming=args.next)
-            infos = list(client.control.ListSchedules(request, timeout=30.0).schedules)
+            infos = list(client.list_schedules(upcoming=args.next).schedules)
     if args.json:
         print(json.dumps([_info_json(i) for i in infos], indent=2))
     elif not infos:
@@ -137,7 +132,9 @@ def cmd_upcoming(
 ) -> int:
     """Runs that are scheduled or ready, soonest first."""
     with client_factory(args) as client:
-        runs = client.list_runs(export_name=args.export, statuses=list(UPCOMING), limit=args.limit)
+        runs = client.list_runs(
+            export_name=args.export, statuses=list(UPCOMING), page_size=args.limit
+        ).runs
     if not runs:
         print("no upcoming runs")
         return 0

@@ -147,6 +147,7 @@ class _Export(_Strict):
     catch_up: str = ""
     overlap: str = ""
     priority: str | int | None = None
+    consistent_snapshot: bool | None = None
 
 
 class _Defaults(_Strict):
@@ -168,6 +169,7 @@ class _Defaults(_Strict):
     statement_timeout_s: int | None = Field(default=None, gt=0)
     lock_timeout_s: int | None = Field(default=None, gt=0)
     connect_timeout_s: int | None = Field(default=None, gt=0)
+    consistent_snapshot: bool | None = None
 
 
 class _Document(_Strict):
@@ -291,6 +293,7 @@ def load_text(
             connect_timeout_s=pick("connect_timeout_s") or 0,
             priority=_priority(item.priority, **where),
             schedule=_schedule(item, **where),
+            consistent_snapshot=bool(pick("consistent_snapshot")),
         )
         try:
             specs[item.name] = check_spec(spec, env=env, file_name=file_name)
@@ -512,6 +515,11 @@ def check_spec(
         if env is not None and not env.get(src.url_env):
             raise fail("source.url_env", f"environment variable {_cut(src.url_env)} is not set")
     if src.engine == "sqlite":
+        if spec.consistent_snapshot:
+            raise fail(
+                "consistent_snapshot",
+                "is PostgreSQL only (an SQLite file has no exported snapshots); remove it",
+            )
         if not src.path:
             raise fail("source.path", "is required for sqlite")
         if problem := _path_problem(src.path):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeoutError
@@ -20,6 +20,7 @@ from sluiceway.common.domain.events import RunEvent
 log = logging.getLogger(__name__)
 
 Handler = Callable[[RunEvent, int], Awaitable[None]]
+AfterMessage = Callable[[], Awaitable[None]]
 
 
 def backoff_s(delivered: int, *, base_s: float = 0.5, cap_s: float = 30.0) -> float:
@@ -28,7 +29,11 @@ def backoff_s(delivered: int, *, base_s: float = 0.5, cap_s: float = 30.0) -> fl
 
 class RunEventConsumer:
     """Feeds one durable consumer's messages, one at a time and in order, to `handler`.
-    An ack is sent only after the handler returned, i.e. after its effects are durable."""
+    An ack is sent only after the handler returned, i.e. after its effects are durable.
+
+    Each message is handled in its run's trace (`telemetry.consuming`); `spans` names the
+    event kinds whose handling is a span of its own (linked to the message's producer), and
+    `after_message` runs once each message is settled (the run's root span is emitted there)."""
 
     def __init__(
         self,
@@ -39,6 +44,8 @@ class RunEventConsumer:
         *,
         batch: int = 32,
         ack_wait_s: float = 30.0,
+        spans: Mapping[str, str] | None = None,
+        after_message: AfterMessage | None = None,
     ) -> None:
         self._bus = bus
         self._durable = durable
@@ -46,7 +53,18 @@ class RunEventConsumer:
         self._handler = handler
         self._batch = batch
         self._ack_wait_s = ack_wait_s
+        self._spans = dict(spans or {})
+        self._after = after_message
         self._sub: JetStreamContext.PullSubscription | None = None
+
+    @property
+    def durable(self) -> str:
+        return self._durable
+
+    async def pending(self) -> int:
+        """Messages not yet delivered to this consumer (its lag)."""
+        info = await self._bus.js.consumer_info(self._bus.names.runs_stream, self._durable)
+        return int(info.num_pending or 0)
 
     async def start(self) -> None:
         await self._bus.ensure_run_consumer(
@@ -94,16 +112,21 @@ class RunEventConsumer:
             with contextlib.suppress(Exception):
                 await msg.nak(delay=backoff_s(delivered))
             return
-        token = telemetry.run_id_var.set(event.run_id)
         heartbeat = asyncio.create_task(self._heartbeat(msg))
+        name = self._spans.get(event.kind)
         try:
-            with telemetry.span(
-                f"{self._durable} {event.kind}",
-                headers=msg.headers,
-                kind=trace.SpanKind.CONSUMER,
-                run_id=event.run_id,
-            ):
-                await self._handler(event, delivered)
+            with telemetry.consuming(event.run_id, msg.headers):
+                if name is None:
+                    await self._handler(event, delivered)
+                else:
+                    with telemetry.span(
+                        name,
+                        kind=trace.SpanKind.CONSUMER,
+                        link_producer=True,
+                        run_id=event.run_id,
+                        delivery=delivered,
+                    ):
+                        await self._handler(event, delivered)
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -126,7 +149,8 @@ class RunEventConsumer:
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await heartbeat
-            telemetry.run_id_var.reset(token)
+            if self._after is not None:
+                await self._after()
 
     async def _heartbeat(self, msg: Msg) -> None:
         """Long handlers (a commit re-reads every part) keep the message from redelivery."""

@@ -18,6 +18,7 @@ POINTS: dict[str, str] = {
     "planner.mid_tasks": "halfway through publishing the chunk tasks",
     "worker.mid_read": "in the middle of reading a chunk (after its first row group)",
     "worker.after_rename": "after a part's rename, before its FileWritten",
+    "worker.mid_upload": "halfway through uploading a part (over 2 MiB) to an object store",
     "worker.after_file_written": "after FileWritten, before ChunkCompleted",
     "worker.after_chunk_completed": "after ChunkCompleted, before the task's ack",
     "committer.before_manifest": "after the gates, before manifest.json",

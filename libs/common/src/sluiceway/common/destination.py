@@ -287,11 +287,14 @@ def _upload(fs: pafs.FileSystem, source: BinaryIO, key: str) -> tuple[str, int]:
     the bytes sent."""
     h = xxhash.xxh3_64()
     size = 0
+    halfway = os.fstat(source.fileno()).st_size // 2
     with fs.open_output_stream(key) as out:
         while block := source.read(_BLOCK):
             h.update(block)
-            size += len(block)
             out.write(block)
+            if size < halfway <= size + len(block) and size:  # parts over one block only
+                crash.point("worker.mid_upload")
+            size += len(block)
     return f"xxh3:{h.hexdigest()}", size
 
 
@@ -303,9 +306,9 @@ class _SpooledSink:
         spool = os.environ.get(SPOOL_ENV) or None
         if spool:
             Path(spool).mkdir(parents=True, exist_ok=True)
-        self.file: BinaryIO = tempfile.NamedTemporaryFile(  # type: ignore[assignment]
-            prefix=".sluiceway-part-", dir=spool, delete=True
-        )
+        # an unnamed file (O_TMPFILE on Linux, else unlinked at once): a worker killed while
+        # it spools or uploads leaves nothing on its disk
+        self.file: BinaryIO = tempfile.TemporaryFile(prefix=".sluiceway-part-", dir=spool)
 
     def _send(self, key: str) -> tuple[str, int]:
         self.file.flush()

@@ -17,6 +17,7 @@ a part closes within one small row group (+ footer) of the target.
 from __future__ import annotations
 
 import gzip
+import time
 import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -55,6 +56,7 @@ class WrittenPart:
     bytes: int
     part_index: int
     content_fingerprint: str
+    opened_ns: int = 0  # wall clock when the part was opened (its span's start)
 
 
 __all__ = ["PartWriter", "WrittenPart", "fsync_dir", "make_dirs", "set_aside", "strays"]
@@ -101,6 +103,7 @@ class _OpenPart:
             owner.chunk_index, part_index, owner.attempt, owner.fmt, owner.compression
         )
         self.rows = 0
+        self.opened_ns = time.time_ns()
         self._sink = owner.destination.open_part(str(owner.run_dir), self.name)
         self._file: BinaryIO = self._sink.file
         self._stream: Any = None
@@ -152,7 +155,7 @@ class _OpenPart:
         if self._stream is not None:
             self._stream.close()  # the gzip trailer; the file itself stays open
         digest, size = self._sink.commit()
-        return WrittenPart(self.name, self.rows, size, self.part_index, digest)
+        return WrittenPart(self.name, self.rows, size, self.part_index, digest, self.opened_ns)
 
     def discard(self, *, keep: bool = False) -> None:
         """Close and delete the temporary file; with `keep`, close it (a Parquet footer makes

@@ -52,6 +52,29 @@ def _switch(env: Mapping[str, str], name: str, default: bool) -> bool:
     raise SettingsError(f"{name}={raw!r}: expected on or off")
 
 
+def split_addr(raw: str, name: str = "address") -> tuple[str, int]:
+    """'host:port' (IPv6 in brackets: '[::]:9464') -> (host, port); port 0 means any free one."""
+    host, sep, port = raw.rpartition(":")
+    problem = f"{name}={raw!r}: expected host:port (e.g. 0.0.0.0:9464, [::]:9464)"
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise SettingsError(problem)
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise SettingsError(problem + "; put an IPv6 host in brackets")
+    if not host or any(c.isspace() for c in host):
+        raise SettingsError(problem)
+    return host, int(port)
+
+
+def _addr(env: Mapping[str, str], name: str) -> str:
+    """An optional listen address: '' (off) or a valid host:port."""
+    raw = env.get(name, "").strip()
+    if raw:
+        split_addr(raw, name)
+    return raw
+
+
 @dataclass(frozen=True)
 class Settings:
     nats_url: str
@@ -80,6 +103,12 @@ class Settings:
     clock_file: str = ""
     # how many seconds of waiting raise a queued chunk task's priority by one level
     priority_aging_s: float = 60.0
+    # consistent_snapshot: the longest the planner holds a run's exported snapshot open
+    snapshot_max_hold_s: float = 6 * 3600.0
+    # the Prometheus /metrics endpoint ('' = off) and, for worker and committer (which have no
+    # gRPC API), a grpc.health.v1 server for probes ('' = off)
+    metrics_addr: str = ""
+    health_addr: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -110,4 +139,7 @@ class Settings:
             scheduler_grace_s=_positive(e, "SLUICEWAY_SCHEDULER_GRACE_S", 60.0),
             clock_file=e.get("SLUICEWAY_CLOCK_FILE", ""),
             priority_aging_s=_positive(e, "SLUICEWAY_PRIORITY_AGING_S", 60.0),
+            snapshot_max_hold_s=_float(e, "SLUICEWAY_SNAPSHOT_MAX_HOLD_S", 6 * 3600.0),
+            metrics_addr=_addr(e, "SLUICEWAY_METRICS_ADDR"),
+            health_addr=_addr(e, "SLUICEWAY_HEALTH_ADDR"),
         )

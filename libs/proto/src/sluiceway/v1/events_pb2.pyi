@@ -72,7 +72,7 @@ class SourceSpec(_message.Message):
     def __init__(self, engine: _Optional[str] = ..., url_env: _Optional[str] = ..., path: _Optional[str] = ...) -> None: ...
 
 class ExportSpec(_message.Message):
-    __slots__ = ("name", "source", "table", "query", "mode", "chunk_column", "chunk_size", "chunk_count", "format", "compression", "compression_level", "destination", "batch_size", "max_attempts", "row_group_rows", "columns", "cursor_column", "time_column", "days_window", "chunk_by_days", "max_file_bytes", "row_group_mb", "add_exported_at", "compression_profile", "row_filter", "schema_policy", "quality", "tuning_profile", "batch_size_memory_mb", "statement_timeout_s", "lock_timeout_s", "connect_timeout_s", "priority", "schedule")
+    __slots__ = ("name", "source", "table", "query", "mode", "chunk_column", "chunk_size", "chunk_count", "format", "compression", "compression_level", "destination", "batch_size", "max_attempts", "row_group_rows", "columns", "cursor_column", "time_column", "days_window", "chunk_by_days", "max_file_bytes", "row_group_mb", "add_exported_at", "compression_profile", "row_filter", "schema_policy", "quality", "tuning_profile", "batch_size_memory_mb", "statement_timeout_s", "lock_timeout_s", "connect_timeout_s", "consistent_snapshot", "priority", "schedule")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     TABLE_FIELD_NUMBER: _ClassVar[int]
@@ -105,6 +105,7 @@ class ExportSpec(_message.Message):
     STATEMENT_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
     LOCK_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
     CONNECT_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    CONSISTENT_SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     SCHEDULE_FIELD_NUMBER: _ClassVar[int]
     name: str
@@ -139,9 +140,10 @@ class ExportSpec(_message.Message):
     statement_timeout_s: int
     lock_timeout_s: int
     connect_timeout_s: int
+    consistent_snapshot: bool
     priority: int
     schedule: ScheduleSpec
-    def __init__(self, name: _Optional[str] = ..., source: _Optional[_Union[SourceSpec, _Mapping]] = ..., table: _Optional[str] = ..., query: _Optional[str] = ..., mode: _Optional[str] = ..., chunk_column: _Optional[str] = ..., chunk_size: _Optional[int] = ..., chunk_count: _Optional[int] = ..., format: _Optional[str] = ..., compression: _Optional[str] = ..., compression_level: _Optional[int] = ..., destination: _Optional[str] = ..., batch_size: _Optional[int] = ..., max_attempts: _Optional[int] = ..., row_group_rows: _Optional[int] = ..., columns: _Optional[_Iterable[str]] = ..., cursor_column: _Optional[str] = ..., time_column: _Optional[str] = ..., days_window: _Optional[int] = ..., chunk_by_days: _Optional[int] = ..., max_file_bytes: _Optional[int] = ..., row_group_mb: _Optional[int] = ..., add_exported_at: _Optional[bool] = ..., compression_profile: _Optional[str] = ..., row_filter: _Optional[_Union[RowFilter, _Mapping]] = ..., schema_policy: _Optional[str] = ..., quality: _Optional[_Union[QualityRules, _Mapping]] = ..., tuning_profile: _Optional[str] = ..., batch_size_memory_mb: _Optional[int] = ..., statement_timeout_s: _Optional[int] = ..., lock_timeout_s: _Optional[int] = ..., connect_timeout_s: _Optional[int] = ..., priority: _Optional[int] = ..., schedule: _Optional[_Union[ScheduleSpec, _Mapping]] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., source: _Optional[_Union[SourceSpec, _Mapping]] = ..., table: _Optional[str] = ..., query: _Optional[str] = ..., mode: _Optional[str] = ..., chunk_column: _Optional[str] = ..., chunk_size: _Optional[int] = ..., chunk_count: _Optional[int] = ..., format: _Optional[str] = ..., compression: _Optional[str] = ..., compression_level: _Optional[int] = ..., destination: _Optional[str] = ..., batch_size: _Optional[int] = ..., max_attempts: _Optional[int] = ..., row_group_rows: _Optional[int] = ..., columns: _Optional[_Iterable[str]] = ..., cursor_column: _Optional[str] = ..., time_column: _Optional[str] = ..., days_window: _Optional[int] = ..., chunk_by_days: _Optional[int] = ..., max_file_bytes: _Optional[int] = ..., row_group_mb: _Optional[int] = ..., add_exported_at: _Optional[bool] = ..., compression_profile: _Optional[str] = ..., row_filter: _Optional[_Union[RowFilter, _Mapping]] = ..., schema_policy: _Optional[str] = ..., quality: _Optional[_Union[QualityRules, _Mapping]] = ..., tuning_profile: _Optional[str] = ..., batch_size_memory_mb: _Optional[int] = ..., statement_timeout_s: _Optional[int] = ..., lock_timeout_s: _Optional[int] = ..., connect_timeout_s: _Optional[int] = ..., consistent_snapshot: _Optional[bool] = ..., priority: _Optional[int] = ..., schedule: _Optional[_Union[ScheduleSpec, _Mapping]] = ...) -> None: ...
 
 class ScheduleSpec(_message.Message):
     __slots__ = ("cron", "timezone", "enabled", "catch_up", "overlap")
@@ -241,13 +243,14 @@ class RowFilter(_message.Message):
     def __init__(self, column: _Optional[str] = ..., key_type: _Optional[str] = ..., low: _Optional[str] = ..., low_inclusive: _Optional[bool] = ..., high: _Optional[str] = ..., high_inclusive: _Optional[bool] = ...) -> None: ...
 
 class ChunkTask(_message.Message):
-    __slots__ = ("run_id", "plan_id", "spec", "range", "schema", "chunk_count", "priority")
+    __slots__ = ("run_id", "plan_id", "spec", "range", "schema", "chunk_count", "snapshot_id", "priority")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     PLAN_ID_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     RANGE_FIELD_NUMBER: _ClassVar[int]
     SCHEMA_FIELD_NUMBER: _ClassVar[int]
     CHUNK_COUNT_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_ID_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     plan_id: str
@@ -255,8 +258,9 @@ class ChunkTask(_message.Message):
     range: ChunkRange
     schema: _containers.RepeatedCompositeFieldContainer[SchemaField]
     chunk_count: int
+    snapshot_id: str
     priority: int
-    def __init__(self, run_id: _Optional[str] = ..., plan_id: _Optional[str] = ..., spec: _Optional[_Union[ExportSpec, _Mapping]] = ..., range: _Optional[_Union[ChunkRange, _Mapping]] = ..., schema: _Optional[_Iterable[_Union[SchemaField, _Mapping]]] = ..., chunk_count: _Optional[int] = ..., priority: _Optional[int] = ...) -> None: ...
+    def __init__(self, run_id: _Optional[str] = ..., plan_id: _Optional[str] = ..., spec: _Optional[_Union[ExportSpec, _Mapping]] = ..., range: _Optional[_Union[ChunkRange, _Mapping]] = ..., schema: _Optional[_Iterable[_Union[SchemaField, _Mapping]]] = ..., chunk_count: _Optional[int] = ..., snapshot_id: _Optional[str] = ..., priority: _Optional[int] = ...) -> None: ...
 
 class RunRequested(_message.Message):
     __slots__ = ("spec", "requested_by", "plan_id", "options", "priority")
@@ -280,7 +284,7 @@ class RunRequested(_message.Message):
     def __init__(self, spec: _Optional[_Union[ExportSpec, _Mapping]] = ..., requested_by: _Optional[str] = ..., plan_id: _Optional[str] = ..., options: _Optional[_Mapping[str, str]] = ..., priority: _Optional[int] = ...) -> None: ...
 
 class PlanResolved(_message.Message):
-    __slots__ = ("plan_id", "strategy", "chunks", "format", "compression", "compression_level", "batch_size", "batch_size_memory_mb", "tuning_profile", "schema", "schema_fingerprint", "row_estimate", "chunk_column", "key_low", "key_high", "source_engine", "source_table", "query_fingerprint", "row_filter", "temp_bytes_at_plan")
+    __slots__ = ("plan_id", "strategy", "chunks", "format", "compression", "compression_level", "batch_size", "batch_size_memory_mb", "tuning_profile", "schema", "schema_fingerprint", "row_estimate", "chunk_column", "key_low", "key_high", "source_engine", "source_table", "query_fingerprint", "row_filter", "temp_bytes_at_plan", "snapshot_id")
     PLAN_ID_FIELD_NUMBER: _ClassVar[int]
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
     CHUNKS_FIELD_NUMBER: _ClassVar[int]
@@ -301,6 +305,7 @@ class PlanResolved(_message.Message):
     QUERY_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     ROW_FILTER_FIELD_NUMBER: _ClassVar[int]
     TEMP_BYTES_AT_PLAN_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_ID_FIELD_NUMBER: _ClassVar[int]
     plan_id: str
     strategy: str
     chunks: _containers.RepeatedCompositeFieldContainer[ChunkRange]
@@ -321,7 +326,8 @@ class PlanResolved(_message.Message):
     query_fingerprint: str
     row_filter: RowFilter
     temp_bytes_at_plan: int
-    def __init__(self, plan_id: _Optional[str] = ..., strategy: _Optional[str] = ..., chunks: _Optional[_Iterable[_Union[ChunkRange, _Mapping]]] = ..., format: _Optional[str] = ..., compression: _Optional[str] = ..., compression_level: _Optional[int] = ..., batch_size: _Optional[int] = ..., batch_size_memory_mb: _Optional[int] = ..., tuning_profile: _Optional[str] = ..., schema: _Optional[_Iterable[_Union[SchemaField, _Mapping]]] = ..., schema_fingerprint: _Optional[str] = ..., row_estimate: _Optional[int] = ..., chunk_column: _Optional[str] = ..., key_low: _Optional[str] = ..., key_high: _Optional[str] = ..., source_engine: _Optional[str] = ..., source_table: _Optional[str] = ..., query_fingerprint: _Optional[str] = ..., row_filter: _Optional[_Union[RowFilter, _Mapping]] = ..., temp_bytes_at_plan: _Optional[int] = ...) -> None: ...
+    snapshot_id: str
+    def __init__(self, plan_id: _Optional[str] = ..., strategy: _Optional[str] = ..., chunks: _Optional[_Iterable[_Union[ChunkRange, _Mapping]]] = ..., format: _Optional[str] = ..., compression: _Optional[str] = ..., compression_level: _Optional[int] = ..., batch_size: _Optional[int] = ..., batch_size_memory_mb: _Optional[int] = ..., tuning_profile: _Optional[str] = ..., schema: _Optional[_Iterable[_Union[SchemaField, _Mapping]]] = ..., schema_fingerprint: _Optional[str] = ..., row_estimate: _Optional[int] = ..., chunk_column: _Optional[str] = ..., key_low: _Optional[str] = ..., key_high: _Optional[str] = ..., source_engine: _Optional[str] = ..., source_table: _Optional[str] = ..., query_fingerprint: _Optional[str] = ..., row_filter: _Optional[_Union[RowFilter, _Mapping]] = ..., temp_bytes_at_plan: _Optional[int] = ..., snapshot_id: _Optional[str] = ...) -> None: ...
 
 class PlanWarning(_message.Message):
     __slots__ = ("rule", "message")

@@ -37,7 +37,7 @@ from sluiceway.committer.domain.gates import (
     validate_parts,
 )
 from sluiceway.committer.domain.manifest import build_manifest, serialize, total_bytes
-from sluiceway.common import crash, destination, fingerprint, parts
+from sluiceway.common import crash, destination, fingerprint, parts, telemetry
 from sluiceway.common.bus import Appended
 from sluiceway.common.destination import open_destination
 from sluiceway.common.domain import ids
@@ -156,13 +156,18 @@ class Committer:
             case Nothing():
                 return ""
             case Fail(message):
-                await self._complete(state, RunStatus.FAILED, message)
+                with telemetry.span("fail run", link_producer=True, run_id=state.run_id):
+                    await self._complete(state, RunStatus.FAILED, message)
                 return "terminal"
             case Finish():
-                await self._finish(state, None)
+                with telemetry.span("finish commit", link_producer=True, run_id=state.run_id):
+                    await self._finish(state, None)
                 return "terminal"
             case Commit():
-                return await self._commit(state, delivered)
+                with telemetry.span(
+                    "commit run", link_producer=True, run_id=state.run_id, delivery=delivered
+                ):
+                    return await self._commit(state, delivered)
             case _:
                 assert_never(decision)
 
@@ -178,9 +183,10 @@ class Committer:
         # gate: validation. A verdict already in the log is reused so that a restart decides
         # the same way and appends nothing new.
         if state.validation is None:
-            names = [f.file_name for f in committed if safe_relative(f.file_name)]
-            observed = await asyncio.to_thread(files.observe_parts, run_dir, names, dest)
-            await self._append(state, validate_parts(committed, observed))
+            with telemetry.span("validate parts", parts=len(committed)):
+                names = [f.file_name for f in committed if safe_relative(f.file_name)]
+                observed = await asyncio.to_thread(files.observe_parts, run_dir, names, dest)
+                await self._append(state, validate_parts(committed, observed))
         assert state.validation is not None
         if not state.validation.passed:
             await self._complete(state, RunStatus.FAILED, validation_message(state))
@@ -196,9 +202,10 @@ class Committer:
                 for f in committed
                 if safe_relative(f.file_name)
             ]
-            rows, null_counts, repeats = await asyncio.to_thread(
-                files.observe_quality, paths, plan.format or spec.format, nulls, unique, dest
-            )
+            with telemetry.span("quality gate", parts=len(paths)):
+                rows, null_counts, repeats = await asyncio.to_thread(
+                    files.observe_quality, paths, plan.format or spec.format, nulls, unique, dest
+                )
             for issue in quality_issues(rules, QualityObserved(rows, null_counts, repeats)):
                 await self._append(state, issue)
             if not state.quality_passed:
@@ -237,10 +244,11 @@ class Committer:
         mpath = dest.path(state.export_name, "runs", state.run_id, "manifest.json")
         spath = dest.path(state.export_name, "runs", state.run_id, "_SUCCESS")
         crash.point("committer.before_manifest")
-        await asyncio.to_thread(dest.put, mpath, data)
-        crash.point("committer.after_manifest")
-        await asyncio.to_thread(dest.put, spath, digest.encode())
-        crash.point("committer.after_success")
+        with telemetry.span("write manifest", parts=manifest["part_count"]):
+            await asyncio.to_thread(dest.put, mpath, data)
+            crash.point("committer.after_manifest")
+            await asyncio.to_thread(dest.put, spath, digest.encode())
+            crash.point("committer.after_success")
         temp_bytes = await self._temp_bytes(spec)
         body = ManifestCommitted(
             manifest_uri=dest.uri(mpath),

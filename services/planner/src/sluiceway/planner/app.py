@@ -78,6 +78,22 @@ class RunLog(Protocol):
     async def last_commit(self, export_name: str) -> RunEvent | None: ...
 
 
+class SnapshotHold(Protocol):
+    """A source transaction held open so that a run's chunks can import its snapshot."""
+
+    snapshot_id: str
+
+    def alive(self) -> bool: ...
+
+    def release(self) -> None: ...
+
+
+class Keeper(Protocol):
+    """Holds a run's snapshot until the run ends (adapters.snapshots.SnapshotKeeper)."""
+
+    def keep(self, run_id: str, hold: SnapshotHold) -> None: ...
+
+
 class RunNotFound(LookupError):
     pass
 
@@ -103,6 +119,7 @@ class Planner:
         clock: Callable[[], datetime] = utcnow,
         entropy: Callable[[int], bytes] = os.urandom,
         plan_attempts: int = 3,
+        keeper: Keeper | None = None,
     ) -> None:
         self._log = log_
         self._producer = producer
@@ -111,6 +128,7 @@ class Planner:
         self._clock = clock
         self._entropy = entropy
         self._plan_attempts = plan_attempts
+        self._keeper = keeper  # None: consistent_snapshot runs fail to plan
 
     # ---- validation (Control) ---------------------------------------------------------------
 
@@ -157,7 +175,7 @@ class Planner:
 
     async def dry_run(self, spec: ExportSpec) -> tuple[PlanResolved, list[PlanWarning]]:
         """The plan SubmitRun would produce; appends nothing. Raises PlanError/SourceError."""
-        spec, intro, skip = await self._resolve(spec)
+        spec, intro, skip, _ = await self._resolve(spec)
         plan, warnings = build_plan(spec, intro)
         if skip is not None:
             return skip_plan(plan), warnings
@@ -221,10 +239,27 @@ class Planner:
                 await self._plan(state, delivered)
 
     async def _plan(self, state: RunState, delivered: int) -> None:
+        owned: list[SnapshotHold] = []
+        try:
+            await self._plan_holding(state, delivered, owned)
+        finally:
+            # not handed to the keeper (no plan stored, another replica's plan, an error that
+            # redelivers the request): no chunk of this run will import it
+            for hold in owned:
+                await asyncio.to_thread(hold.release)
+
+    async def _plan_holding(
+        self, state: RunState, delivered: int, owned: list[SnapshotHold]
+    ) -> None:
+        """Plan the run. A snapshot it exports goes into `owned` until the keeper takes it."""
         assert state.requested is not None
         spec = state.requested.spec
         try:
-            spec, intro, skip = await self._resolve(spec, state.requested.options)
+            spec, intro, skip, hold = await self._resolve(
+                spec, state.requested.options, run_id=state.run_id
+            )
+            if hold is not None:
+                owned.append(hold)
             plan, warnings = build_plan(spec, intro)
             if skip is not None:
                 plan = skip_plan(plan)
@@ -255,8 +290,8 @@ class Planner:
         for warning in warnings:
             await self._append(state, warning)
         appended = await self._append(state, plan)
-        if appended.conflict:
-            # another replica planned first: its plan is the run's plan
+        if appended.conflict or (appended.duplicate and not await self._stored_is(state, plan)):
+            # another replica planned first: its plan (and its snapshot) is the run's plan
             theirs = await self._load(state.run_id)
             decision = decide_request(theirs)
             if isinstance(decision, PublishTasks):
@@ -267,14 +302,27 @@ class Planner:
         if skip is not None:
             await self._skip(state, skip.reason)
             return
+        if owned:
+            assert self._keeper is not None  # _resolve holds nothing without a keeper
+            # held before any task is published: no chunk can ask for the snapshot earlier
+            self._keeper.keep(state.run_id, owned.pop())
         log.info(
-            "run planned: %d chunk(s), plan %s",
+            "run planned: %d chunk(s), plan %s%s",
             len(plan.chunks),
             plan.plan_id,
+            f", snapshot {plan.snapshot_id}" if plan.snapshot_id else "",
             extra={"run_id": state.run_id},
         )
         crash.point("planner.after_plan")
         await self._publish(state, plan, tuple(r.index for r in plan.chunks))
+
+    async def _stored_is(self, state: RunState, plan: PlanResolved) -> bool:
+        """Whether the run's stored plan is `plan`. A second replica's plan inside the
+        duplicate window is acknowledged as a duplicate of the first (same event id): it is
+        ours only if it is the same plan, snapshot included."""
+        subject = self._log.names.run_subject(state.run_id, "plan_resolved")
+        found = await self._log.last_on_subject(subject)
+        return found is not None and found[1].body == plan
 
     async def _publish(self, state: RunState, plan: PlanResolved, indexes: tuple[int, ...]) -> None:
         assert state.requested is not None
@@ -307,18 +355,27 @@ class Planner:
         log.info("run skipped: %s", reason, extra={"run_id": state.run_id})
 
     async def _resolve(
-        self, spec: ExportSpec, options: Mapping[str, str] | None = None
-    ) -> tuple[ExportSpec, Introspection, Skip | None]:
+        self, spec: ExportSpec, options: Mapping[str, str] | None = None, *, run_id: str = ""
+    ) -> tuple[ExportSpec, Introspection, Skip | None, SnapshotHold | None]:
         """The run's rows: the spec with its row filter (incremental: after the committed
-        cursor; time_window: since the window's start), the source introspected over them, and
-        whether there is nothing to export."""
+        cursor; time_window: since the window's start), the source introspected over them,
+        whether there is nothing to export, and (consistent_snapshot, for a run: `run_id`) the
+        hold of the snapshot all of that was read in, which the caller must keep or release."""
         committed: ManifestCommitted | None = None
         if spec.mode == "incremental":
             last = await self._log.last_commit(spec.name)
             if last is not None and isinstance(last.body, ManifestCommitted):
                 committed = last.body
+        holding = bool(run_id) and spec.consistent_snapshot
+        if holding and self._keeper is None:
+            raise PlanError("consistent_snapshot: this planner cannot hold snapshots")
         return await asyncio.to_thread(
-            self._resolve_rows, spec, committed, self._clock(), options or {}
+            self._resolve_rows,
+            spec,
+            committed,
+            self._clock(),
+            options or {},
+            f"sluiceway-snapshot {run_id}" if holding else "",
         )
 
     def _resolve_rows(
@@ -327,31 +384,56 @@ class Planner:
         committed: ManifestCommitted | None,
         now: datetime,
         options: Mapping[str, str],
-    ) -> tuple[ExportSpec, Introspection, Skip | None]:
+        snapshot_label: str = "",
+    ) -> tuple[ExportSpec, Introspection, Skip | None, SnapshotHold | None]:
         source = self._open(spec)
         try:
-            intro = source.introspect(spec)
-            if spec.mode == "incremental":
-                key_type = row_column_type(spec, intro, spec.cursor_column, "cursor_column")
-                after = incremental_filter(spec, key_type, committed)
-                high = pinned_high(after, options) or source.max_of(
-                    replace(spec, row_filter=after),
-                    spec.cursor_column,
-                    temporal=bool(temporal_kind(key_type)),
-                )
-                bounded = bound_incremental(after, high)
-                if isinstance(bounded, Skip):
-                    return replace(spec, row_filter=after), intro, bounded
-                rows = bounded
-            elif spec.mode == "time_window":
-                key_type = row_column_type(spec, intro, spec.time_column, "time_column")
-                rows = window_filter(spec, key_type, now)
-            else:
-                return spec, intro, None
-            spec = replace(spec, row_filter=rows)
-            return spec, source.introspect(spec), None  # the estimate over the run's rows
+            snapshot_id = ""
+            if snapshot_label:
+                export = getattr(source, "export_snapshot", None)
+                if export is None:
+                    raise PlanError(
+                        f"consistent_snapshot: a {spec.source.engine} source has no snapshots"
+                    )
+                # bounds, counts and the cursor's high-water mark below all read this snapshot
+                snapshot_id = export(snapshot_label)
+            spec, intro, skip = self._rows_of(source, spec, committed, now, options)
+            hold: SnapshotHold | None = None
+            if snapshot_id:
+                hold = source.hold_snapshot()  # type: ignore[attr-defined]
+                intro = replace(intro, snapshot_id=snapshot_id)
+            return spec, intro, skip, hold
         finally:
-            source.close()
+            source.close()  # a snapshot not handed over ends with its session here
+
+    def _rows_of(
+        self,
+        source: Source,
+        spec: ExportSpec,
+        committed: ManifestCommitted | None,
+        now: datetime,
+        options: Mapping[str, str],
+    ) -> tuple[ExportSpec, Introspection, Skip | None]:
+        intro = source.introspect(spec)
+        if spec.mode == "incremental":
+            key_type = row_column_type(spec, intro, spec.cursor_column, "cursor_column")
+            after = incremental_filter(spec, key_type, committed)
+            high = pinned_high(after, options) or source.max_of(
+                replace(spec, row_filter=after),
+                spec.cursor_column,
+                temporal=bool(temporal_kind(key_type)),
+            )
+            bounded = bound_incremental(after, high)
+            if isinstance(bounded, Skip):
+                return replace(spec, row_filter=after), intro, bounded
+            rows = bounded
+        elif spec.mode == "time_window":
+            key_type = row_column_type(spec, intro, spec.time_column, "time_column")
+            rows = window_filter(spec, key_type, now)
+        else:
+            return spec, intro, None
+        spec = replace(spec, row_filter=rows)
+        return spec, source.introspect(spec), None  # the estimate over the run's rows
 
     async def _append(self, state: RunState, body: Body) -> Appended:
         return await self._log.append(self._event(state.run_id, state.export_name, body))

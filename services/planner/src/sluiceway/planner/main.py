@@ -14,14 +14,16 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from sluiceway.common import bus as busmod
-from sluiceway.common import service, sources
+from sluiceway.common import metrics, service, sources
 from sluiceway.common.consumer import RunEventConsumer
 from sluiceway.common.domain.events import Producer
+from sluiceway.common.runtrace import TracedRunLog
 from sluiceway.common.settings import Settings
 from sluiceway.common.sources import open_source
 from sluiceway.planner.adapters.runfeed import JetStreamRunFeed
 from sluiceway.planner.adapters.schedules import ScheduleBucket
 from sluiceway.planner.adapters.servicer import ControlServicer
+from sluiceway.planner.adapters.snapshots import SnapshotKeeper
 from sluiceway.planner.app import Planner, SourceFactory
 from sluiceway.planner.scheduler import FileClock, Scheduler, feed_subjects, utcnow
 from sluiceway.v1 import control_pb2, control_pb2_grpc
@@ -49,15 +51,21 @@ async def serve(
     consumer: RunEventConsumer | None = None
     scheduler: Scheduler | None = None
     feed: JetStreamRunFeed | None = None
+    keeper: SnapshotKeeper | None = None
+    metrics_server: metrics.MetricsServer | None = None
     health_servicer = health.aio.HealthServicer()
     try:
         bus = busmod.Bus(nc, settings.names)
         await bus.ensure_streams(busmod.StreamSettings(replicas=settings.stream_replicas))
+        keeper = SnapshotKeeper(bus.run_stopped, max_hold_s=settings.snapshot_max_hold_s)
+        registry = metrics.new_registry()
+        run_log = TracedRunLog(bus, metrics.RunMetrics(registry))
         planner = Planner(
-            bus,
+            run_log,
             producer=Producer(SERVICE, settings.instance),
             source_factory=source_factory or functools.partial(open_source, env=os.environ),
             env=os.environ,
+            keeper=keeper,
         )
         names = settings.names
         if settings.scheduler:
@@ -81,8 +89,14 @@ async def serve(
             [names.runs_of_kind("requested"), names.runs_of_kind("cancel_requested")],
             planner.handle,
             ack_wait_s=settings.consumer_ack_wait_s,
+            spans={"requested": "plan run", "cancel_requested": "cancel run"},
+            after_message=run_log.after_message,
         )
         await consumer.start()
+        metrics.consumer_lag(registry).labels(consumer.durable).set_function(
+            metrics.loop_probe(asyncio.get_running_loop(), consumer.pending)
+        )
+        metrics_server = service.start_metrics(settings, registry)
 
         server = grpc.aio.server()
         control_pb2_grpc.add_ControlServicer_to_server(  # type: ignore[no-untyped-call]
@@ -108,7 +122,12 @@ async def serve(
         await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
         await health_servicer.set(CONTROL, health_pb2.HealthCheckResponse.SERVING)
         await asyncio.to_thread(sources.preload)  # drivers imported before ready
-        service.write_ready_file(settings.ready_file, service=SERVICE, control_addr=bound)
+        service.write_ready_file(
+            settings.ready_file,
+            service=SERVICE,
+            control_addr=bound,
+            metrics_addr=metrics_server.bound if metrics_server else "",
+        )
         log.info("planner serving Control on %s", bound)
 
         consuming = asyncio.create_task(consumer.run(stop))
@@ -133,8 +152,12 @@ async def serve(
             await consumer.stop()
         if scheduler is not None:
             await scheduler.close()
+        if keeper is not None:  # before NATS goes: the snapshots' sessions end here
+            await keeper.close()
         with contextlib.suppress(Exception):
             await nc.drain()
+        if metrics_server is not None:
+            metrics_server.stop()
         log.info("planner stopped")
 
 

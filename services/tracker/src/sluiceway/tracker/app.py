@@ -13,6 +13,7 @@ import nats.errors
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from sluiceway.common.bus import Bus
+from sluiceway.common.metrics import ProjectionMetrics
 from sluiceway.tracker.adapters.projection import RawMessage, TrackerStore
 
 log = logging.getLogger(__name__)
@@ -47,9 +48,16 @@ class Projection:
     offset + 1 (no durable state in NATS: the offset lives in DuckDB with the rows)."""
 
     def __init__(
-        self, bus: Bus, db: Db, *, batch_size: int = 1000, batch_wait_s: float = 0.2
+        self,
+        bus: Bus,
+        db: Db,
+        *,
+        batch_size: int = 1000,
+        batch_wait_s: float = 0.2,
+        metrics: ProjectionMetrics | None = None,
     ) -> None:
         self._bus = bus
+        self._metrics = metrics
         self._db = db
         self._batch_size = batch_size
         self._batch_wait_s = batch_wait_s
@@ -130,5 +138,12 @@ class Projection:
     async def _apply(self, batch: list[RawMessage]) -> None:
         if not batch:
             return
+        before = self.applied_seq
         self.applied_seq = await self._db.call(self._db.store.apply, batch)
+        if self._metrics is not None:
+            self._metrics.applied(sum(1 for m in batch if before < m.seq <= self.applied_seq))
         self._notify()
+
+    async def lag(self) -> float:
+        """The run stream's last sequence minus the last one applied here."""
+        return float(max(0, await self._bus.stream_last_seq() - self.applied_seq))

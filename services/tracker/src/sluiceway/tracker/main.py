@@ -15,7 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from sluiceway.common import bus as busmod
-from sluiceway.common import service, telemetry
+from sluiceway.common import metrics, service, telemetry
 from sluiceway.common.settings import Settings, SettingsError
 from sluiceway.tracker.adapters.projection import TrackerStore
 from sluiceway.tracker.adapters.servicer import TrackerServicer
@@ -40,7 +40,12 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
 
     store = await asyncio.to_thread(TrackerStore, settings.tracker_db)
     db = Db(store)
-    projection = Projection(bus, db)
+    registry = metrics.new_registry()
+    projection_metrics = metrics.ProjectionMetrics(registry)
+    projection = Projection(bus, db, metrics=projection_metrics)
+    projection_metrics.lag.set_function(
+        metrics.loop_probe(asyncio.get_running_loop(), projection.lag)
+    )
     await projection.start()
     projection_task = asyncio.create_task(projection.run(), name="tracker-projection")
 
@@ -62,7 +67,13 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         host = "127.0.0.1"
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    service.write_ready_file(settings.ready_file, service="tracker", tracker_addr=f"{host}:{port}")
+    metrics_server = service.start_metrics(settings, registry)
+    service.write_ready_file(
+        settings.ready_file,
+        service="tracker",
+        tracker_addr=f"{host}:{port}",
+        metrics_addr=metrics_server.bound if metrics_server else "",
+    )
     log.info("tracker serving on %s:%d, db %s", host, port, settings.tracker_db)
     try:
         await stop.wait()
@@ -77,6 +88,8 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         with contextlib.suppress(Exception):
             await nc.drain()
         await db.close()
+        if metrics_server is not None:
+            metrics_server.stop()
         log.info("tracker stopped")
 
 

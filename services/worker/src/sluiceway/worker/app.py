@@ -6,12 +6,15 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
-from sluiceway.common import codec, crash
+from opentelemetry.trace import SpanKind
+
+from sluiceway.common import codec, crash, telemetry
 from sluiceway.common.bus import Appended
 from sluiceway.common.domain import ids
 from sluiceway.common.domain.events import (
@@ -22,9 +25,10 @@ from sluiceway.common.domain.events import (
     RunEvent,
     Warning,
 )
+from sluiceway.common.metrics import WorkerMetrics
 from sluiceway.common.redact import redact
+from sluiceway.common.runtrace import ATTEMPT_SPAN, ns
 from sluiceway.common.sources.base import SourceError
-from sluiceway.common.telemetry import run_id_var
 from sluiceway.worker.domain.decide import (
     BASE_BACKOFF_MS,
     MAX_BACKOFF_MS,
@@ -74,6 +78,11 @@ class Delivery(Protocol):
 
     @property
     def attempt(self) -> int: ...
+    @property
+    def headers(self) -> Mapping[str, str] | None:
+        """The message's headers (its producer's traceparent)."""
+        ...
+
     async def ack(self) -> None: ...
     async def nak(self, delay_s: float) -> None: ...
     async def term(self) -> None: ...
@@ -93,6 +102,8 @@ class Outcome:
     rows: int = 0
     files: int = 0
     error: str = ""
+    # how a claimed attempt ended (metrics.CHUNK_OUTCOMES); "" when no attempt was claimed
+    result: str = ""
 
 
 class ChunkWorker:
@@ -108,6 +119,7 @@ class ChunkWorker:
         stop_poll_s: float = 1.0,
         backoff_ms: tuple[int, int] = (BASE_BACKOFF_MS, MAX_BACKOFF_MS),
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        metrics: WorkerMetrics | None = None,
     ) -> None:
         self._log = log_
         self._exporter = exporter
@@ -118,6 +130,7 @@ class ChunkWorker:
         self._stop_poll_s = stop_poll_s
         self._backoff_ms = backoff_ms  # (base, cap) of the capped exponential backoff
         self._clock = clock
+        self._metrics = metrics
 
     def _event(
         self, task: ChunkTask, body: Body, attempt: int, resources: ResourceUsage | None = None
@@ -142,11 +155,8 @@ class ChunkWorker:
             log.error("poison chunk task terminated: %s", exc)
             await delivery.term()
             return Outcome("term", error=str(exc))
-        token = run_id_var.set(task.run_id)
-        try:
+        with telemetry.consuming(task.run_id, delivery.headers):
             return await self._handle(task, delivery, priority)
-        finally:
-            run_id_var.reset(token)
 
     async def _handle(self, task: ChunkTask, delivery: Delivery, priority: int = 0) -> Outcome:
         chunk = task.range.index
@@ -184,7 +194,51 @@ class ChunkWorker:
             # heartbeats keep it) and ack_wait hands it out again should that one die
             log.warning("chunk %d: attempt %d was claimed by another execution", chunk, attempt)
             return Outcome("none", error=f"attempt {attempt} claimed by another execution")
-        log.info("chunk %d attempt %d/%d started", chunk, attempt, budget)
+        return await self._attempt(task, delivery, attempt, budget, before, started)
+
+    async def _attempt(
+        self,
+        task: ChunkTask,
+        delivery: Delivery,
+        attempt: int,
+        budget: int,
+        before: tuple[float, float],
+        started: RunEvent,
+    ) -> Outcome:
+        """One claimed attempt, in its span: a child of the run's root with an id derived from
+        (run, chunk, attempt), so that the committer can stand in for it should this process
+        die before the span ends (runtrace.dead_attempts)."""
+        chunk = task.range.index
+        began = time.monotonic()
+        with telemetry.span(
+            ATTEMPT_SPAN,
+            kind=SpanKind.CONSUMER,
+            link_producer=True,
+            start_time_ns=ns(started.occurred_at),
+            span_id=telemetry.attempt_span_id(task.run_id, chunk, attempt),
+            run_id=task.run_id,
+            chunk=chunk,
+            attempt=attempt,
+        ) as current:
+            log.info("chunk %d attempt %d/%d started", chunk, attempt, budget)
+            outcome = await self._read_and_settle(task, delivery, attempt, budget, before)
+            current.set_attribute("sluiceway.outcome", outcome.result)
+            current.set_attribute("sluiceway.rows", outcome.rows)
+            if outcome.result in ("retry", "failed"):
+                telemetry.set_error(current, outcome.error)
+        if self._metrics is not None and outcome.result:
+            self._metrics.attempt_ended(outcome.result, time.monotonic() - began)
+        return outcome
+
+    async def _read_and_settle(
+        self,
+        task: ChunkTask,
+        delivery: Delivery,
+        attempt: int,
+        budget: int,
+        before: tuple[float, float],
+    ) -> Outcome:
+        chunk = task.range.index
         stop = threading.Event()
         heartbeat = asyncio.create_task(self._heartbeat(delivery))
         watch = asyncio.create_task(self._watch_run(task.run_id, stop))
@@ -220,8 +274,19 @@ class ChunkWorker:
             return await self._lost(task, delivery, attempt, winner)
         done = decide_on_success(chunk, attempt, exported.parts, exported.source_rows)
         # every FileWritten must be stored before ChunkCompleted (the commit protocol)
+        opened = {p.part_index: p.opened_ns for p in exported.parts}
         for body in done.files:
-            await self._log.append(self._event(task, body, attempt))
+            # a span per part, from the part's opening to its fact being stored
+            with telemetry.span(
+                "part written",
+                kind=SpanKind.PRODUCER,
+                start_time_ns=opened.get(body.part_index) or None,
+                file=body.file_name,
+                part=body.part_index,
+                rows=body.rows,
+                bytes=body.bytes,
+            ):
+                await self._log.append(self._event(task, body, attempt))
         crash.point("worker.after_file_written")
         appended = await self._log.append(
             self._event(task, done.completed, attempt, self._probe.usage(before))
@@ -230,6 +295,8 @@ class ChunkWorker:
             winner = await self._log.chunk_winner(task.run_id, chunk)
             if winner is not None and winner != attempt:
                 return await self._lost(task, delivery, attempt, winner)
+        if self._metrics is not None:
+            self._metrics.chunk_completed(done.completed.rows, sum(f.bytes for f in done.files))
         crash.point("worker.after_chunk_completed")
         await delivery.ack()
         log.info(
@@ -239,7 +306,9 @@ class ChunkWorker:
             done.completed.rows,
             done.completed.files,
         )
-        return Outcome("ack", rows=done.completed.rows, files=done.completed.files)
+        return Outcome(
+            "ack", rows=done.completed.rows, files=done.completed.files, result="completed"
+        )
 
     async def _lost(
         self, task: ChunkTask, delivery: Delivery, attempt: int, winner: int
@@ -272,7 +341,7 @@ class ChunkWorker:
         )
         await delivery.ack()
         log.warning("%s", message)
-        return Outcome("ack", error=message)
+        return Outcome("ack", error=message, result="lost" if context == "fenced" else "stopped")
 
     async def _failed(
         self,
@@ -309,10 +378,10 @@ class ChunkWorker:
                 decision.backoff_ms,
                 error,
             )
-            return Outcome("nak", error=error)
+            return Outcome("nak", error=error, result="retry")
         await delivery.term()
         log.error("chunk %d failed for good: %s", task.range.index, decision.failed.error)
-        return Outcome("term", error=decision.failed.error)
+        return Outcome("term", error=decision.failed.error, result="failed")
 
     async def _watch_run(self, run_id: str, stop: threading.Event) -> str:
         """Tell the reader to stop at its next batch boundary once the run has ended; returns

@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
-from opentelemetry.trace import SpanKind
 
 from sluiceway.common import bus as busmod
-from sluiceway.common import service, sources, telemetry
+from sluiceway.common import metrics, service, sources, telemetry
 from sluiceway.common.settings import Settings
 from sluiceway.worker.adapters.export import FileExporter
 from sluiceway.worker.adapters.tasks import JetStreamDelivery, LanePicker
@@ -20,6 +20,7 @@ from sluiceway.worker.app import ChunkWorker
 log = logging.getLogger("sluiceway.worker")
 FETCH_TIMEOUT_S = 1.0
 BUS_ERROR_DELAY_S = 2.0
+GRACE_S = 5.0
 
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
@@ -31,6 +32,8 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         return
     subs: dict[int, JetStreamContext.PullSubscription] = {}
     exporter: FileExporter | None = None
+    metrics_server: metrics.MetricsServer | None = None
+    health = service.HealthServer()
     try:
         bus = busmod.Bus(nc, settings.names)
         await bus.ensure_streams(busmod.StreamSettings(replicas=settings.stream_replicas))
@@ -48,6 +51,20 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         picker = LanePicker(
             bus.js, settings.names, subs, durables, aging_s=settings.priority_aging_s
         )
+        registry = metrics.new_registry()
+
+        def lag_of(durable: str) -> Callable[[], Awaitable[float]]:
+            async def lag() -> float:
+                info = await bus.js.consumer_info(settings.names.tasks_stream, durable)
+                return float(info.num_pending or 0)
+
+            return lag
+
+        lag_gauge = metrics.consumer_lag(registry)
+        for durable in durables.values():  # one series per priority lane's consumer
+            lag_gauge.labels(durable).set_function(
+                metrics.loop_probe(asyncio.get_running_loop(), lag_of(durable))
+            )
         exporter = FileExporter()
         worker = ChunkWorker(
             bus,
@@ -57,9 +74,20 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
             heartbeat_s=settings.worker_heartbeat_s,
             backoff_ms=(settings.worker_backoff_base_ms, settings.worker_backoff_max_ms),
             consumer_max_deliver=consumer.max_deliver,
+            metrics=metrics.WorkerMetrics(registry),
         )
+        metrics_server = service.start_metrics(settings, registry)
+        if settings.health_addr:
+            await health.start(settings.health_addr)
         await asyncio.to_thread(sources.preload)  # drivers imported before ready
-        service.write_ready_file(settings.ready_file, service="worker", instance=settings.instance)
+        await health.serving()
+        service.write_ready_file(
+            settings.ready_file,
+            service="worker",
+            instance=settings.instance,
+            metrics_addr=metrics_server.bound if metrics_server else "",
+            health_addr=health.bound,
+        )
         log.info("worker ready: consumer %s on %s", consumer.durable, settings.names.tasks_stream)
         while not stop.is_set():
             try:
@@ -74,10 +102,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
                 msg, priority = taken
                 delivery = JetStreamDelivery(msg)
                 try:
-                    with telemetry.span(
-                        "worker-chunks process", headers=msg.headers, kind=SpanKind.CONSUMER
-                    ):
-                        await worker.handle(delivery, priority=priority)
+                    await worker.handle(delivery, priority=priority)
                 except Exception:  # the bus failed mid-flight: no verdict was recorded
                     log.exception("could not record a chunk outcome; the task will be redelivered")
                     try:
@@ -85,6 +110,9 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
                     except Exception as exc:
                         log.warning("nak failed (ack_wait will redeliver): %s", exc)
     finally:
+        # reverse order: health NOT_SERVING -> consumer -> NATS -> metrics (telemetry is
+        # flushed by service.run, last)
+        await health.stop(GRACE_S)
         if exporter is not None:
             exporter.close()
         log.info("worker stopping: draining NATS")
@@ -93,6 +121,8 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
         await nc.drain()
+        if metrics_server is not None:
+            metrics_server.stop()
 
 
 def main() -> None:

@@ -135,6 +135,7 @@ class ExportSpec:
     connect_timeout_s: int = 0
     priority: int = 0  # 0 = normal; PRIORITY_LOW | PRIORITY_NORMAL | PRIORITY_HIGH
     schedule: ScheduleSpec | None = None
+    consistent_snapshot: bool = False  # PostgreSQL: all chunks read the plan's snapshot
 
 
 ROW_MODES = ("incremental", "time_window")  # their rows may be chunked too, on a chunk_column
@@ -188,6 +189,7 @@ class ChunkTask:
     schema: tuple[SchemaField, ...] = ()
     chunk_count: int = 0
     priority: int = 0  # the run's priority: the lane the task is queued on
+    snapshot_id: str = ""  # PlanResolved.snapshot_id: the chunk's transaction imports it
 
 
 @dataclass(frozen=True)
@@ -231,6 +233,7 @@ class PlanResolved:
     query_fingerprint: str = ""
     row_filter: RowFilter | None = None
     temp_bytes_at_plan: int | None = None  # pg_stat_database.temp_bytes; None: not measured
+    snapshot_id: str = ""  # consistent_snapshot: the exported snapshot every chunk imports
 
 
 @dataclass(frozen=True)

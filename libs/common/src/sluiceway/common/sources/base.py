@@ -21,6 +21,22 @@ class SourceError(Exception):
         self.retryable = retryable
 
 
+class SnapshotLost(SourceError):
+    """consistent_snapshot: the plan's exported snapshot can no longer be imported (the
+    planner session that held it ended: a restart, a kill, the maximum hold time). Permanent:
+    reading another snapshot would break the consistent cut; re-running the export is the
+    remedy."""
+
+    def __init__(self, snapshot_id: str, detail: str = "") -> None:
+        super().__init__(
+            f"snapshot lost: the run's exported snapshot {snapshot_id!r} can no longer be "
+            "imported (the planner session holding it ended); re-run the export"
+            + (f" ({detail})" if detail else ""),
+            retryable=False,
+        )
+        self.snapshot_id = snapshot_id
+
+
 @dataclass(frozen=True)
 class Introspection:
     schema: tuple[SchemaField, ...]
@@ -35,6 +51,8 @@ class Introspection:
     primary_key: tuple[SchemaField, ...] = ()
     # PostgreSQL: pg_stat_database.temp_bytes when introspected (PlanResolved.temp_bytes_at_plan)
     temp_bytes: int | None = None
+    # consistent_snapshot: the exported snapshot this introspection read (PlanResolved's)
+    snapshot_id: str = ""
 
 
 class Source(Protocol):
@@ -54,9 +72,15 @@ class Source(Protocol):
         ...
 
     def count_and_read(
-        self, spec: ExportSpec, rng: ChunkRange | None, schema: tuple[SchemaField, ...]
+        self,
+        spec: ExportSpec,
+        rng: ChunkRange | None,
+        schema: tuple[SchemaField, ...],
+        *,
+        snapshot: str = "",
     ) -> tuple[int, Iterator[pa.RecordBatch]]:
-        """COUNT(*) of `rng` and its batches, both from one snapshot (one transaction)."""
+        """COUNT(*) of `rng` and its batches, both from one snapshot (one transaction); with
+        `snapshot` (PostgreSQL), the exported snapshot of that id, or SnapshotLost."""
         ...
 
     def count(self, spec: ExportSpec, rng: ChunkRange | None) -> int:

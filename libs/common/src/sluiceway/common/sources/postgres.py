@@ -17,6 +17,11 @@ Why ADBC and how (measured in docs/pg-readers.md):
   to it (NUMERIC as ::text, cheaper than ADBC's binary numeric decoding), and checks what the
   driver cannot flag (infinite timestamps, multi-dimensional arrays): a value that has no
   faithful Arrow form fails the export, it is never changed.
+- consistent_snapshot: the planner's session exports its REPEATABLE READ snapshot
+  (`export_snapshot`), introspects inside it and keeps the transaction open (`hold_snapshot`,
+  idle_in_transaction_session_timeout = 0 for that session only) until the run ends; each
+  chunk's transaction imports it (`SET TRANSACTION SNAPSHOT`) before its count and rows. An id
+  PostgreSQL no longer knows (SQLSTATE 22023: the holder ended) is SnapshotLost, permanent.
 - Errors: retryable or permanent by the SQLSTATE table of `pgerrors` (connection lost, lock
   timeout, serialization failure, too many connections, shutdowns: retryable; syntax, undefined
   table/column, permission denied, bad values, statement timeout, unknown: permanent). The
@@ -29,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from typing import Any
@@ -42,12 +48,16 @@ from sluiceway.common.domain.events import ChunkRange, ExportSpec, SchemaField
 from sluiceway.common.redact import redact
 
 from . import arrow_schema, pgerrors, pgtypes
-from .base import Introspection, SourceError
+from .base import Introspection, SnapshotLost, SourceError
 from .sql import bounds_sql, count_sql, dollar, quote_ident, relation, spec_predicate, with_key
 
 log = logging.getLogger(__name__)
 BATCH_HINT_BYTES = 16 << 20
 TEMP_BYTES_SQL = "SELECT temp_bytes FROM pg_stat_database WHERE datname = current_database()"
+# pg_export_snapshot() ids are hex fields and dashes ("00000003-0000001B-1"); only such text
+# is ever written into SET TRANSACTION SNAPSHOT '...'
+SNAPSHOT_ID = re.compile(r"[0-9A-Fa-f]+(-[0-9A-Fa-f]+){1,3}")
+INVALID_PARAMETER_VALUE = "22023"  # what SET TRANSACTION SNAPSHOT answers for an unknown id
 
 
 def with_connect_timeout(url: str, seconds: int) -> str:
@@ -84,6 +94,34 @@ def classify(exc: BaseException) -> SourceError:
     return SourceError(redact(pgerrors.describe(verdict, text)), retryable=verdict.retryable)
 
 
+class SnapshotHold:
+    """The planner's open transaction whose snapshot the chunks of one run import. Holding it
+    keeps the snapshot importable; `release` ends it. Synchronous, and not thread-safe: call
+    it from one thread at a time."""
+
+    def __init__(self, con: Any, snapshot_id: str) -> None:
+        self._con = con
+        self.snapshot_id = snapshot_id
+
+    def alive(self) -> bool:
+        """The holding session is still in its transaction (as far as the client knows)."""
+        con = self._con
+        return (
+            con is not None
+            and not con.closed
+            and con.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
+        )
+
+    def release(self) -> None:
+        """End the transaction and the session; the snapshot can no longer be imported."""
+        con, self._con = self._con, None
+        if con is not None:
+            with contextlib.suppress(Exception):
+                con.rollback()
+            with contextlib.suppress(Exception):
+                con.close()
+
+
 class PostgresSource:
     """One PostgreSQL database. The ADBC reading connection is opened on first use and kept
     for the next chunks (connecting costs more than reading a small chunk: ADBC loads the type
@@ -110,6 +148,7 @@ class PostgresSource:
         self._meta: Any = None
         self._flush_stats = False  # pg_stat_force_next_flush() exists (PostgreSQL 15+)
         self._row_bytes: dict[str, float] = {}  # export name -> measured Arrow bytes per row
+        self._snapshot_id = ""  # exported by export_snapshot() on the metadata session
 
     def _reading_connection(self) -> Any:
         if self._reader is None:
@@ -276,6 +315,35 @@ class PostgresSource:
         )
         return tuple(pgtypes.field_of(n, oid, -1, False, t) for n, oid, t in cur.fetchall())
 
+    # ---- consistent_snapshot: the planner's side ------------------------------------------
+
+    def export_snapshot(self, label: str) -> str:
+        """Open a REPEATABLE READ READ ONLY transaction on the metadata session and export its
+        snapshot; the introspection that follows (schema, bounds, counts, cursor high-water
+        mark) reads that same snapshot. `label` becomes the session's application_name, so an
+        operator can see in pg_stat_activity which run holds it."""
+        with self._cursor() as cur:
+            cur.execute("SET idle_in_transaction_session_timeout = 0")  # this session only
+            cur.execute("SELECT set_config('application_name', %s, false)", (label[:63],))
+            cur.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            row = cur.execute("SELECT pg_export_snapshot()").fetchone()
+        snapshot_id = str(row[0]) if row else ""
+        if not SNAPSHOT_ID.fullmatch(snapshot_id):
+            raise SourceError(f"unexpected snapshot id {snapshot_id!r}", retryable=False)
+        self._snapshot_id = snapshot_id
+        return snapshot_id
+
+    def hold_snapshot(self) -> SnapshotHold:
+        """Hand the session holding the exported snapshot over to the caller: this source no
+        longer uses or closes it. Raises SnapshotLost when the transaction has ended (an error
+        during introspection drops the session, and the snapshot with it)."""
+        hold = SnapshotHold(self._meta, self._snapshot_id)
+        self._meta = None
+        if not self._snapshot_id or not hold.alive():
+            hold.release()
+            raise SnapshotLost(self._snapshot_id or "?", "its session ended while planning")
+        return hold
+
     # ---- reading (ADBC) ---------------------------------------------------------------------
 
     def read(
@@ -286,9 +354,14 @@ class PostgresSource:
         return stream
 
     def count_and_read(
-        self, spec: ExportSpec, rng: ChunkRange | None, schema: tuple[SchemaField, ...]
+        self,
+        spec: ExportSpec,
+        rng: ChunkRange | None,
+        schema: tuple[SchemaField, ...],
+        *,
+        snapshot: str = "",
     ) -> tuple[int, Iterator[pa.RecordBatch]]:
-        stream = self._stream(spec, rng, schema, counted=True)
+        stream = self._stream(spec, rng, schema, counted=True, snapshot=snapshot)
         count = next(stream)
         assert isinstance(count, int)
         return count, stream
@@ -300,9 +373,13 @@ class PostgresSource:
         schema: tuple[SchemaField, ...],
         *,
         counted: bool,
+        snapshot: str = "",
     ) -> Iterator[int | pa.RecordBatch]:
         """Yields the range's COUNT(*) first (-1 when not `counted`), then its batches, all in
-        one READ ONLY transaction (REPEATABLE READ when counted: one snapshot for both)."""
+        one READ ONLY transaction (REPEATABLE READ when counted: one snapshot for both; with
+        `snapshot`, the exported snapshot of that id, imported before anything is read)."""
+        if snapshot and not SNAPSHOT_ID.fullmatch(snapshot):
+            raise SourceError(f"malformed snapshot id {snapshot[:40]!r}", retryable=False)
         fields = schema or self.schema_of(spec)
         target = arrow_schema(fields)
         # keys inlined as integer literals: ADBC materialises a parameterised query's whole
@@ -313,7 +390,7 @@ class PostgresSource:
         rel = relation(spec)
         begin = (
             "BEGIN TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY"
-            if counted
+            if counted or snapshot
             else "BEGIN TRANSACTION READ ONLY"
         )
         hint = self.batch_size_hint_bytes or tuning.batch_hint_bytes(
@@ -326,6 +403,8 @@ class PostgresSource:
         try:
             cur = self._begin(begin, hint)
             try:
+                if snapshot:
+                    self._import_snapshot(cur, snapshot)
                 if counted:
                     cur.execute(f"SELECT COUNT(*) FROM {rel}{where}")
                     row = cur.fetchone()
@@ -358,6 +437,18 @@ class PostgresSource:
         finally:
             if not done:  # an error, or the consumer stopped early: the session state is unknown
                 self._drop_reading_connection()
+
+    @staticmethod
+    def _import_snapshot(cur: Any, snapshot: str) -> None:
+        """The transaction's first statement: read the plan's exported snapshot. PostgreSQL
+        answers 22023 (invalid snapshot identifier) once the exporting transaction has ended;
+        that is SnapshotLost, never a quiet read of another snapshot."""
+        try:
+            cur.execute(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
+        except Exception as exc:
+            if sqlstate_of(exc) == INVALID_PARAMETER_VALUE:
+                raise SnapshotLost(snapshot, "SQLSTATE 22023") from exc
+            raise
 
     def _begin(self, begin: str, hint: int) -> Any:
         """A cursor on the reading connection, inside a transaction opened by `begin`.

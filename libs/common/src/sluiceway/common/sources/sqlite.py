@@ -254,9 +254,16 @@ class SqliteSource:
         return self._batches(spec, rng, schema)
 
     def count_and_read(
-        self, spec: ExportSpec, rng: ChunkRange | None, schema: tuple[SchemaField, ...]
+        self,
+        spec: ExportSpec,
+        rng: ChunkRange | None,
+        schema: tuple[SchemaField, ...],
+        *,
+        snapshot: str = "",
     ) -> tuple[int, Iterator[pa.RecordBatch]]:
         """One read transaction: the count and the rows see the same database state."""
+        if snapshot:  # config.check_spec refuses consistent_snapshot for SQLite
+            raise SourceError("sqlite has no exported snapshots to import", retryable=False)
         try:
             self._con.execute("BEGIN")
         except sqlite3.Error as exc:

@@ -6,9 +6,8 @@ import logging
 
 import grpc
 import nats.errors
-from opentelemetry.trace import SpanKind
 
-from sluiceway.common import codec, telemetry
+from sluiceway.common import codec
 from sluiceway.common.config import ConfigError
 from sluiceway.common.domain.events import PRIORITIES, ExportSpec, RunRequested
 from sluiceway.common.domain.ids import InvalidRunId
@@ -126,14 +125,14 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         if problem := oversized_event(spec, request.WhichOneof("export") or "spec", request):
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, problem)
         try:
-            # the root of the run's trace: every event of the run descends from it
-            with telemetry.span("Control/SubmitRun", kind=SpanKind.SERVER, export=spec.name):
-                run_id, seq = await self._planner.submit(
-                    spec,
-                    requested_by=request.requested_by,
-                    options=dict(request.options),
-                    priority=request.priority,
-                )
+            # the run's trace ids follow from its run id (telemetry.run_trace_ids); the gRPC
+            # server span of this call is linked from the trace's "run requested" span
+            run_id, seq = await self._planner.submit(
+                spec,
+                requested_by=request.requested_by,
+                options=dict(request.options),
+                priority=request.priority,
+            )
         except (nats.errors.Error, TimeoutError) as exc:
             log.warning("SubmitRun: the run log is unavailable: %s", exc)
             await abort(context, grpc.StatusCode.UNAVAILABLE, "the run log is unavailable: retry")

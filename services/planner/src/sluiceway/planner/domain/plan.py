@@ -49,7 +49,9 @@ def plan_id_of(plan: PlanResolved) -> str:
     same id while the source's shape and key bounds are unchanged, so RunRequested.plan_id can
     pin a reviewed plan."""
     content = dataclasses.asdict(
-        dataclasses.replace(plan, plan_id="", row_estimate=0, temp_bytes_at_plan=None)
+        dataclasses.replace(
+            plan, plan_id="", row_estimate=0, temp_bytes_at_plan=None, snapshot_id=""
+        )
     )
     text = json.dumps(content, sort_keys=True, separators=(",", ":"), default=str)
     return "plan-" + fingerprint.of_bytes(text.encode()).removeprefix("xxh3:")
@@ -134,6 +136,7 @@ def build_plan(spec: ExportSpec, intro: Introspection) -> tuple[PlanResolved, li
         query_fingerprint=fingerprint.of_bytes(spec.query.encode()) if spec.query else "",
         row_filter=spec.row_filter,
         temp_bytes_at_plan=intro.temp_bytes,
+        snapshot_id=intro.snapshot_id,
     )
     return dataclasses.replace(plan, plan_id=plan_id_of(plan)), warnings
 
@@ -319,6 +322,7 @@ def tasks_for(
             schema=plan.schema,
             chunk_count=len(plan.chunks),
             priority=priority,
+            snapshot_id=plan.snapshot_id,
         )
         for rng in plan.chunks
         if wanted is None or rng.index in wanted

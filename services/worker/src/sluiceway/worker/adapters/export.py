@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping
 from sluiceway.common import crash, destination, fileopts, layout
 from sluiceway.common.domain.events import ChunkTask, ExportSpec
 from sluiceway.common.parts import PartWriter
-from sluiceway.common.sources import Source, arrow_schema, open_source
+from sluiceway.common.sources import Source, SourceError, arrow_schema, open_source
 from sluiceway.worker.domain.decide import ChunkExport, Part, Stopped
 
 
@@ -87,8 +87,17 @@ class FileExporter:
             )
             # full mode (no chunk column): the one chunk is every row
             rng = task.range if spec.chunk_column else None
+            if spec.consistent_snapshot and not task.snapshot_id:
+                # never a quiet read of another snapshot than the plan's
+                raise SourceError(
+                    "consistent_snapshot: the task carries no snapshot id (planned by a "
+                    "planner without consistent_snapshot); re-run the export",
+                    retryable=False,
+                )
             try:
-                source_rows, batches = source.count_and_read(spec, rng, read)
+                source_rows, batches = source.count_and_read(
+                    spec, rng, read, snapshot=task.snapshot_id
+                )
                 for n, batch in enumerate(batches):
                     if stop.is_set():
                         raise Stopped(f"chunk {task.range.index} attempt {attempt}")
@@ -108,6 +117,7 @@ class FileExporter:
             source.close()
             raise
         parts = tuple(
-            Part(w.file_name, w.rows, w.bytes, w.part_index, w.content_fingerprint) for w in written
+            Part(w.file_name, w.rows, w.bytes, w.part_index, w.content_fingerprint, w.opened_ns)
+            for w in written
         )
         return ChunkExport(parts, source_rows)

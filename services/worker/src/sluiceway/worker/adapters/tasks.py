@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 
 from nats.aio.msg import Msg
@@ -20,6 +21,10 @@ class JetStreamDelivery:
     def __init__(self, msg: Msg) -> None:
         self._msg = msg
         self.data = msg.data
+
+    @property
+    def headers(self) -> Mapping[str, str] | None:
+        return self._msg.headers
 
     @property
     def attempt(self) -> int:

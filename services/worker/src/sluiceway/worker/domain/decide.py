@@ -150,6 +150,7 @@ class Part:
     bytes: int
     part_index: int
     content_fingerprint: str
+    opened_ns: int = 0  # when the writer opened it (wall clock, ns): the start of its span
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,469 @@
+"""deploy/k8s: every resource file and the kustomize output of the base and the dev overlay
+validate against the Kubernetes JSON schemas, and agree with each other and with the code."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from sluiceway.common.bus import Names, TaskConsumerSettings
+from tests.support import deploy
+from tests.support.deploy import BUILDS, KUBERNETES_VERSIONS, find, pod_specs, render
+
+# the trigger metadata of KEDA's nats-jetstream scaler (KEDA docs, scalers/nats-jetstream)
+NATS_JETSTREAM_METADATA = {
+    "natsServerMonitoringEndpoint",
+    "account",
+    "stream",
+    "consumer",
+    "lagThreshold",
+    "activationLagThreshold",
+    "useHttps",
+}
+
+
+def validate(obj: dict[str, Any], version: str) -> None:
+    kubernetes_validate.validate(obj, version, strict=True)
+
+
+def test_kustomize_is_kubectls_built_in_kustomize_v5() -> None:
+    out = subprocess.run(
+        [deploy.tool("kubectl"), "version", "--client", "-o", "json"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    assert json.loads(out)["kustomizeVersion"].startswith("v5.")
+
+
+@pytest.mark.parametrize(
+    "path", deploy.resource_files(), ids=lambda p: str(p.relative_to(deploy.K8S))
+)
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_every_resource_file_validates(path: Path, version: str) -> None:
+    docs = deploy.load_file(path)
+    assert docs, f"{path} holds no object"
+    for doc in docs:
+        if doc["kind"] == "ScaledObject":
+            continue  # a CRD: test_the_scaled_object_validates_against_kedas_schema
+        validate(doc, version)
+
+
+@pytest.mark.parametrize("build", BUILDS)
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_the_kustomize_output_validates(build: str, version: str) -> None:
+    objects = render(build)
+    assert len(objects) > 15
+    for obj in objects:
+        if obj["kind"] == "ScaledObject":
+            continue
+        validate(obj, version)
+
+
+def test_the_validation_refuses_a_misspelt_field() -> None:
+    """The control: strict validation catches what a typo in a manifest would look like."""
+    planner = copy.deepcopy(find(render("base"), "Deployment", "planner"))
+    container = planner["spec"]["template"]["spec"]["containers"][0]
+    container["readinessProbe"]["grcp"] = container["readinessProbe"].pop("grpc")
+    with pytest.raises(kubernetes_validate.ValidationError):
+        validate(planner, KUBERNETES_VERSIONS[-1])
+
+
+# ---- KEDA -----------------------------------------------------------------------------------
+
+
+def _strict(schema: Any) -> Any:
+    """Refuse unknown fields wherever the schema lists an object's fields (as the API server's
+    structural-schema pruning would drop them silently)."""
+    if isinstance(schema, dict):
+        out = {k: _strict(v) for k, v in schema.items()}
+        if "properties" in out and "additionalProperties" not in out:
+            out["additionalProperties"] = False
+        return out
+    if isinstance(schema, list):
+        return [_strict(v) for v in schema]
+    return schema
+
+
+@functools.cache
+def keda_schema() -> dict[str, Any]:
+    """The ScaledObject schema of KEDA 2.16, from the models generated from KEDA's CRDs (the
+    cloudcoil-models-keda package), made strict."""
+    from cloudcoil.models.keda.v1alpha1 import ScaledObject
+
+    schema = ScaledObject.model_json_schema(by_alias=True, mode="validation")
+    return _strict(schema)  # type: ignore[no-any-return]
+
+
+def keda_errors(obj: dict[str, Any]) -> list[str]:
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(keda_schema())
+    return [f"{list(e.path)}: {e.message}" for e in validator.iter_errors(obj)]
+
+
+def test_the_scaled_object_validates_against_kedas_schema() -> None:
+    scaled = find(render("base"), "ScaledObject", "worker")
+    assert keda_errors(scaled) == []
+    assert keda_errors(deploy.load_file(deploy.K8S / "base" / "worker-scaledobject.yaml")[0]) == []
+
+    broken = copy.deepcopy(scaled)
+    broken["spec"]["minReplicas"] = broken["spec"].pop("minReplicaCount")
+    assert keda_errors(broken), "the schema must refuse an unknown field"
+
+
+def test_the_scaled_object_scales_the_workers_on_the_worker_consumer() -> None:
+    objects = render("base")
+    scaled = find(objects, "ScaledObject", "worker")
+    target = scaled["spec"]["scaleTargetRef"]
+    worker = find(objects, target["kind"], target["name"])
+    assert worker["spec"]["template"]["spec"]["containers"][0]["image"].startswith(
+        "sluiceway/worker"
+    )
+    assert "replicas" not in worker["spec"], "the autoscaler owns the worker count"
+
+    (trigger,) = scaled["spec"]["triggers"]
+    assert trigger["type"] == "nats-jetstream"
+    meta = trigger["metadata"]
+    assert set(meta) <= NATS_JETSTREAM_METADATA
+    assert all(isinstance(v, str) for v in meta.values())
+    config = find(objects, "ConfigMap", "sluiceway-config")["data"]
+    assert meta["stream"] == Names(config["SLUICEWAY_NAMESPACE"]).tasks_stream
+    assert meta["consumer"] == TaskConsumerSettings().durable
+    assert int(meta["lagThreshold"]) > 0
+
+    # KEDA asks a clustered consumer's leader at <server_name>.<endpoint>: the endpoint is the
+    # headless Service's FQDN with the monitoring port, and server_name is the pod name
+    host, port = meta["natsServerMonitoringEndpoint"].rsplit(":", 1)
+    nats = find(objects, "StatefulSet", "nats")
+    namespace = nats["metadata"]["namespace"]
+    assert host == f"{nats['spec']['serviceName']}.{namespace}.svc.cluster.local"
+    ports = {
+        p["name"]: p["containerPort"]
+        for p in nats["spec"]["template"]["spec"]["containers"][0]["ports"]
+    }
+    assert int(port) == ports["monitor"]
+    conf = find(objects, "ConfigMap", "nats-config")["data"]["nats.conf"]
+    assert re.search(r"^server_name: \$POD_NAME$", conf, re.M)
+
+
+def test_without_keda_an_hpa_scales_the_workers_instead() -> None:
+    dev = render("dev")
+    assert not [o for o in dev if o["kind"] == "ScaledObject"]
+    hpa = find(dev, "HorizontalPodAutoscaler", "worker")
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": "worker",
+    }
+    base_scaled = find(render("base"), "ScaledObject", "worker")["spec"]
+    assert hpa["spec"]["maxReplicas"] == base_scaled["maxReplicaCount"]
+    assert not [o for o in render("base") if o["kind"] == "HorizontalPodAutoscaler"]
+
+
+# ---- NATS -----------------------------------------------------------------------------------
+
+
+def test_nats_conf_is_accepted_by_nats_server(tmp_path: Path) -> None:
+    conf = tmp_path / "nats.conf"
+    conf.write_text(find(render("base"), "ConfigMap", "nats-config")["data"]["nats.conf"])
+    result = subprocess.run(
+        [deploy.tool("nats-server"), "-t", "-c", str(conf)],
+        env={"POD_NAME": "nats-0"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stderr
+
+    conf.write_text(conf.read_text().replace("store_dir", "store_dri"))
+    refused = subprocess.run(
+        [deploy.tool("nats-server"), "-t", "-c", str(conf)],
+        env={"POD_NAME": "nats-0"},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert refused.returncode != 0 and "store_dri" in refused.stderr
+
+
+@pytest.mark.parametrize("build", BUILDS)
+def test_the_nats_cluster_routes_clients_and_replicas_agree(build: str) -> None:
+    objects = render(build)
+    nats = find(objects, "StatefulSet", "nats")
+    replicas = nats["spec"]["replicas"]
+    assert replicas == 3
+    headless = find(objects, "Service", nats["spec"]["serviceName"])
+    assert headless["spec"]["clusterIP"] == "None" and headless["spec"]["publishNotReadyAddresses"]
+    container = nats["spec"]["template"]["spec"]["containers"][0]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    pods = [f"nats-{i}.{nats['spec']['serviceName']}" for i in range(replicas)]
+
+    conf = find(objects, "ConfigMap", "nats-config")["data"]["nats.conf"]
+    assert re.findall(r"nats://(\S+):(\d+)", conf) == [(p, str(ports["cluster"])) for p in pods]
+    assert f"listen: 0.0.0.0:{ports['client']}" in conf
+    assert f"http: 0.0.0.0:{ports['monitor']}" in conf
+    store = re.search(r"store_dir: (\S+)", conf)
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert store and store.group(1).startswith(mounts["data"] + "/")
+    assert [t["metadata"]["name"] for t in nats["spec"]["volumeClaimTemplates"]] == ["data"]
+
+    config = find(objects, "ConfigMap", "sluiceway-config")["data"]
+    assert config["SLUICEWAY_NATS_URL"].split(",") == [
+        f"nats://{p}:{ports['client']}" for p in pods
+    ]
+    assert int(config["SLUICEWAY_STREAM_REPLICAS"]) == replicas
+
+
+# ---- cross-checks ---------------------------------------------------------------------------
+
+
+def _env_names(objects: tuple[dict[str, Any], ...], container: dict[str, Any]) -> set[str]:
+    """Every variable the container gets: env entries and the keys of envFrom sources."""
+    names = {e["name"] for e in container.get("env", [])}
+    for source in container.get("envFrom", []):
+        if "configMapRef" in source:
+            names |= set(find(objects, "ConfigMap", source["configMapRef"]["name"]).get("data", {}))
+        if "secretRef" in source:
+            name = source["secretRef"]["name"]
+            try:
+                secret = find(objects, "Secret", name)
+            except LookupError:
+                assert name in deploy.EXTERNAL_SECRETS
+                continue
+            names |= set(secret.get("data", {})) | set(secret.get("stringData", {}))
+    return names
+
+
+@pytest.mark.parametrize("build", BUILDS)
+def test_every_variable_given_to_a_service_is_one_it_reads(build: str) -> None:
+    objects = render(build)
+    known = deploy.names_read_by_the_code() | deploy.otel_names() | deploy.url_env_names()
+    for workload, spec in pod_specs(objects):
+        for container in spec["containers"]:
+            if not deploy.is_sluiceway(container):
+                continue
+            names = _env_names(objects, container)
+            # a variable used only to build another one: $(POD_NAME) in SLUICEWAY_INSTANCE
+            expanded = {
+                ref
+                for e in container.get("env", [])
+                for ref in re.findall(r"\$\((\w+)\)", e.get("value", ""))
+            }
+            unknown = names - known - expanded
+            assert not unknown, f"{workload['metadata']['name']}: nothing reads {sorted(unknown)}"
+            assert "SLUICEWAY_CRASH_AT" not in names, "crash points are for the fault tests only"
+
+
+def test_the_variable_check_refuses_a_misspelt_name() -> None:
+    known = deploy.names_read_by_the_code() | deploy.otel_names()
+    assert "SLUICEWAY_NATS_URL" in known and "SLUICEWAY_NATS_URLS" not in known
+    assert "OTEL_EXPORTER_OTLP_ENDPOINT" in known and "OTEL_EXPORTER_OTLP_ENDPOIN" not in known
+
+
+@pytest.mark.parametrize("build", BUILDS)
+def test_probes_and_addresses_use_the_ports_the_containers_expose(build: str) -> None:
+    objects = render(build)
+    config = find(objects, "ConfigMap", "sluiceway-config")["data"]
+    # the address each service serves grpc.health.v1 on
+    health_addr = {
+        "planner": "SLUICEWAY_CONTROL_ADDR",
+        "tracker": "SLUICEWAY_TRACKER_ADDR",
+        "worker": "SLUICEWAY_HEALTH_ADDR",
+        "committer": "SLUICEWAY_HEALTH_ADDR",
+    }
+    seen = set()
+    for workload, spec in pod_specs(objects):
+        for container in spec["containers"]:
+            ports = {p.get("name"): p["containerPort"] for p in container.get("ports", [])}
+            for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+                probe = container.get(kind)
+                if kind == "startupProbe" and not deploy.is_sluiceway(container) and not probe:
+                    continue
+                assert probe, f"{workload['metadata']['name']}: no {kind}"
+                for handler in ("grpc", "httpGet", "tcpSocket"):
+                    if handler in probe:
+                        port = probe[handler]["port"]
+                        assert port in ports or port in ports.values(), (
+                            workload["metadata"]["name"],
+                            kind,
+                        )
+            if not deploy.is_sluiceway(container):
+                continue
+            service = container["image"].split("/", 1)[1].split(":", 1)[0]
+            seen.add(service)
+            grpc_port = deploy.port_of(config[health_addr[service]])
+            assert config[health_addr[service]].startswith("0.0.0.0:")
+            for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+                assert container[kind]["grpc"]["port"] == grpc_port
+            assert grpc_port in ports.values()
+            metrics = deploy.port_of(config["SLUICEWAY_METRICS_ADDR"])
+            assert ports["metrics"] == metrics
+            annotations = workload["spec"]["template"]["metadata"]["annotations"]
+            assert annotations["prometheus.io/scrape"] == "true"
+            assert int(annotations["prometheus.io/port"]) == metrics
+            assert annotations["prometheus.io/path"] == "/metrics"
+    assert seen == set(deploy.SERVICES)
+
+
+@pytest.mark.parametrize("build", BUILDS)
+def test_services_select_pods_and_target_their_named_ports(build: str) -> None:
+    objects = render(build)
+    for svc in (o for o in objects if o["kind"] == "Service"):
+        selector = svc["spec"]["selector"]
+        pods = [
+            spec
+            for workload, spec in pod_specs(objects)
+            if selector.items() <= workload["spec"]["template"]["metadata"]["labels"].items()
+        ]
+        assert pods, f"Service {svc['metadata']['name']} selects no pod"
+        for port in svc["spec"]["ports"]:
+            names = {p.get("name") for spec in pods for c in spec["containers"] for p in c["ports"]}
+            assert port["targetPort"] in names, (svc["metadata"]["name"], port)
+
+
+@pytest.mark.parametrize("build", BUILDS)
+def test_every_referenced_config_map_and_secret_exists(build: str) -> None:
+    objects = render(build)
+    missing: set[tuple[str, str]] = set()
+
+    def need(kind: str, name: str) -> None:
+        try:
+            find(objects, kind, name)
+        except LookupError:
+            missing.add((kind, name))
+
+    for _, spec in pod_specs(objects):
+        for container in spec["containers"]:
+            for source in container.get("envFrom", []):
+                if "configMapRef" in source:
+                    need("ConfigMap", source["configMapRef"]["name"])
+                if "secretRef" in source:
+                    need("Secret", source["secretRef"]["name"])
+            for e in container.get("env", []):
+                ref = e.get("valueFrom", {})
+                if "secretKeyRef" in ref:
+                    need("Secret", ref["secretKeyRef"]["name"])
+                    if (("Secret", ref["secretKeyRef"]["name"])) not in missing:
+                        secret = find(objects, "Secret", ref["secretKeyRef"]["name"])
+                        assert ref["secretKeyRef"]["key"] in secret["data"]
+                if "configMapKeyRef" in ref:
+                    need("ConfigMap", ref["configMapKeyRef"]["name"])
+        for volume in spec.get("volumes", []):
+            if "configMap" in volume:
+                need("ConfigMap", volume["configMap"]["name"])
+            if "secret" in volume:
+                need("Secret", volume["secret"]["secretName"])
+            if "persistentVolumeClaim" in volume:
+                need("PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"])
+        if spec.get("serviceAccountName"):
+            need("ServiceAccount", spec["serviceAccountName"])
+    if build == "base":
+        assert missing == {("Secret", name) for name in deploy.EXTERNAL_SECRETS}
+    else:
+        assert missing == set()
+
+
+@pytest.mark.parametrize("build", BUILDS)
+def test_every_pod_is_hardened_and_bounded(build: str) -> None:
+    objects = render(build)
+    dockerfile = deploy.parse_dockerfile(deploy.DOCKERFILE.read_text())
+    image_uid = int(str(dockerfile.last("worker", "USER")).split(":")[0])
+    for workload, spec in pod_specs(objects):
+        name = workload["metadata"]["name"]
+        pod = spec["securityContext"]
+        assert pod["runAsNonRoot"] is True, name
+        assert pod["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        assert isinstance(pod["runAsUser"], int) and pod["runAsUser"] > 0, name
+        assert isinstance(pod["runAsGroup"], int) and pod["runAsGroup"] > 0, name
+        assert spec["automountServiceAccountToken"] is False, name
+        for container in spec["containers"]:
+            sc = container["securityContext"]
+            assert sc["allowPrivilegeEscalation"] is False, name
+            assert sc["capabilities"]["drop"] == ["ALL"], name
+            assert "add" not in sc["capabilities"], name
+            if build == "base" or not deploy.is_sluiceway(container):
+                assert sc["readOnlyRootFilesystem"] is True, name
+            for bound in ("requests", "limits"):
+                assert set(container["resources"][bound]) >= {"cpu", "memory"}, (name, bound)
+            if deploy.is_sluiceway(container):
+                assert pod["runAsUser"] == image_uid, name
+                assert ":" in container["image"], f"{name}: untagged image"
+            assert not container["image"].endswith(":latest"), name
+
+
+@pytest.mark.parametrize("build", BUILDS)
+def test_every_workload_has_a_disruption_budget(build: str) -> None:
+    objects = render(build)
+    budgets = [o for o in objects if o["kind"] == "PodDisruptionBudget"]
+    for workload in deploy.workloads(objects):
+        labels = workload["spec"]["template"]["metadata"]["labels"]
+        matching = [
+            b for b in budgets if b["spec"]["selector"]["matchLabels"].items() <= labels.items()
+        ]
+        assert len(matching) == 1, workload["metadata"]["name"]
+        assert matching[0]["spec"]["maxUnavailable"] == 1
+
+
+@pytest.mark.parametrize("build", BUILDS)
+def test_every_object_carries_the_recommended_labels(build: str) -> None:
+    objects = render(build)
+    namespaces = {o["metadata"]["name"] for o in objects if o["kind"] == "Namespace"}
+    assert namespaces == {"sluiceway"}
+    for obj in objects:
+        labels = obj["metadata"].get("labels", {})
+        assert labels.get("app.kubernetes.io/part-of") == "sluiceway", obj["metadata"]["name"]
+        assert labels.get("app.kubernetes.io/managed-by") == "kustomize"
+        assert labels.get("app.kubernetes.io/name"), obj["metadata"]["name"]
+        if obj["kind"] != "Namespace":
+            assert obj["metadata"]["namespace"] == "sluiceway", obj["metadata"]["name"]
+    for workload in deploy.workloads(objects):
+        template = workload["spec"]["template"]["metadata"]["labels"]
+        assert {
+            "app.kubernetes.io/name",
+            "app.kubernetes.io/component",
+            "app.kubernetes.io/version",
+        } <= set(template)
+
+
+@pytest.mark.parametrize("build", BUILDS)
+def test_trackers_keep_their_projection_on_their_own_volume(build: str) -> None:
+    objects = render(build)
+    tracker = find(objects, "StatefulSet", "tracker")
+    config = find(objects, "ConfigMap", "sluiceway-config")["data"]
+    container = tracker["spec"]["template"]["spec"]["containers"][0]
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    claims = [t["metadata"]["name"] for t in tracker["spec"]["volumeClaimTemplates"]]
+    db = config["SLUICEWAY_TRACKER_DB"]
+    assert any(db.startswith(mounts[c] + "/") for c in claims)
+    assert find(objects, "Service", tracker["spec"]["serviceName"])["spec"]["clusterIP"] == "None"
+    for single in ("planner", "committer"):
+        assert find(objects, "Deployment", single)["spec"]["replicas"] == 1
+
+
+def test_the_dev_overlay_is_small_and_tagged_for_tilt() -> None:
+    dev = render("dev")
+    assert find(dev, "StatefulSet", "tracker")["spec"]["replicas"] == 1
+    images = {
+        c["image"]
+        for _, spec in pod_specs(dev)
+        for c in spec["containers"]
+        if deploy.is_sluiceway(c)
+    }
+    assert images == {f"sluiceway/{s}:dev" for s in deploy.SERVICES}
+    base_worker = find(render("base"), "Deployment", "worker")["spec"]["template"]["spec"][
+        "containers"
+    ][0]
+    dev_worker = find(dev, "Deployment", "worker")["spec"]["template"]["spec"]["containers"][0]
+    assert yaml.safe_dump(dev_worker["resources"]["requests"]) != yaml.safe_dump(
+        base_worker["resources"]["requests"]
+    )
