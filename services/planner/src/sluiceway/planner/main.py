@@ -71,7 +71,7 @@ async def serve(
         if settings.scheduler:
             feed = JetStreamRunFeed(bus, feed_subjects(names))
             scheduler = Scheduler(
-                bus,
+                run_log,
                 ScheduleBucket(
                     bus.js,
                     f"{names.namespace.upper()}_SCHEDULES",
@@ -82,6 +82,7 @@ async def serve(
                 clock=FileClock(settings.clock_file) if settings.clock_file else utcnow,
                 grace=timedelta(seconds=settings.scheduler_grace_s),
                 tick_s=settings.scheduler_tick_s,
+                after_tick=run_log.after_message,
             )
         consumer = RunEventConsumer(
             bus,

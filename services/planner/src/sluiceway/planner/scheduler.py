@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -151,6 +151,7 @@ class Scheduler:
         clock: Callable[[], datetime] = utcnow,
         grace: timedelta = timedelta(seconds=60),
         tick_s: float = 1.0,
+        after_tick: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._log = log_
         self._store = store
@@ -159,6 +160,8 @@ class Scheduler:
         self._clock = clock
         self._grace = grace
         self._tick_s = tick_s
+        # the run log's after_message: the root spans of the runs this tick ended (skipped)
+        self._after_tick = after_tick
         self.open = OpenRuns()
         self._ticking = asyncio.Lock()  # one tick at a time per replica
 
@@ -224,7 +227,11 @@ class Scheduler:
 
     async def tick(self) -> None:
         async with self._ticking:
-            await self._tick()
+            try:
+                await self._tick()
+            finally:
+                if self._after_tick is not None:
+                    await self._after_tick()
 
     async def _tick(self) -> None:
         for event in await self._feed.poll():
