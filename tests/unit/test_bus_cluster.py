@@ -7,7 +7,7 @@ import pytest
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js.api import RetentionPolicy, StorageType, StreamConfig
-from nats.js.errors import BadRequestError, ServiceUnavailableError
+from nats.js.errors import APIError, BadRequestError, ServiceUnavailableError
 
 from sluiceway.common import bus
 from sluiceway.common.settings import Settings, SettingsError
@@ -29,6 +29,13 @@ class Flaky:
 
 async def test_an_operation_that_meets_a_failover_is_tried_again_until_it_succeeds() -> None:
     op = Flaky(NatsTimeoutError(), NoRespondersError(), ServiceUnavailableError())
+    assert await bus.retrying(op, "appending", budget_s=10) == "stored"
+    assert op.calls == 4
+
+
+async def test_a_publish_repeated_while_the_first_is_replicated_waits_for_it() -> None:
+    in_process = APIError(code=409, err_code=10158, description="duplicate msg id in process")
+    op = Flaky(NatsTimeoutError(), in_process, in_process)
     assert await bus.retrying(op, "appending", budget_s=10) == "stored"
     assert op.calls == 4
 

@@ -69,6 +69,18 @@ TRANSIENT: tuple[type[Exception], ...] = (
     ServiceUnavailableError,
     ConnectionReconnectingError,
 )
+# The same publish sent again while the first is still being replicated (its leader has not
+# reached a quorum yet): the retry is answered once the first one is stored or dropped.
+ERR_DUPLICATE_IN_PROCESS = 10158
+
+
+def transient(exc: BaseException) -> bool:
+    """An error that a failover gives and that trying again later can cure."""
+    if isinstance(exc, TRANSIENT):
+        return True
+    return isinstance(exc, APIError) and exc.err_code == ERR_DUPLICATE_IN_PROCESS
+
+
 # How long one bus operation keeps trying: longer than a leader election (raft's election
 # timeout is 4-9 s, plus detecting the loss and reconnecting), short enough that a cluster
 # that has lost its quorum surfaces as an error the caller settles (nak, redelivery).
@@ -84,8 +96,8 @@ RETRY_MAX_DELAY_S = 2.0
 async def retrying(
     op: Callable[[], Awaitable[T]], what: str, *, budget_s: float = RETRY_BUDGET_S
 ) -> T:
-    """`op()`, tried again after a TRANSIENT error with a capped backoff until `budget_s` has
-    passed; then the last error is raised. Any other error is raised at once."""
+    """`op()`, tried again after a `transient` error with a capped backoff until `budget_s`
+    has passed; then the last error is raised. Any other error is raised at once."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + budget_s
     delay = 0.1
@@ -93,7 +105,9 @@ async def retrying(
     while True:
         try:
             result = await op()
-        except TRANSIENT as exc:
+        except Exception as exc:
+            if not transient(exc):
+                raise
             failures += 1
             if loop.time() + delay > deadline:
                 log.warning("%s failed %d times, giving up: %r", what, failures, exc)
