@@ -284,7 +284,7 @@ class Bus:
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream(timeout=request_timeout_s)
         self.names = names
-        # every request below is tried again on a TRANSIENT error for this long (see retrying)
+        # every request below is tried again after a transient error for this long (retrying)
         self.retry_budget_s = retry_budget_s
 
     # ---- declarations -------------------------------------------------------------------
