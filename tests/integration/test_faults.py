@@ -23,10 +23,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import grpc
-import nats
 import pytest
-from nats.aio.client import Client as NATS
-from nats.aio.msg import Msg
 
 from sluiceway.cli.stack import Stack, start_stack
 from sluiceway.common import crash, fingerprint
@@ -40,6 +37,7 @@ from tests.support.faults import (
     NATS_KILL,
     RESULTS,
     SCENARIOS,
+    ChunkCompletions,
     FaultResult,
     fresh_tracker,
     logs_tail,
@@ -167,32 +165,6 @@ def _env(namespace: str, source: LocalPostgres) -> dict[str, str]:
     return env
 
 
-class FirstChunkCompleted:
-    """A core NATS subscription to the namespace's ChunkCompleted subjects: JetStream publishes
-    reach plain subscribers too, so the harness learns of the first completed chunk within
-    milliseconds (the tracker's read model lags by a batch), while the other 7 are in flight."""
-
-    def __init__(self) -> None:
-        self.seen = asyncio.Event()
-        self._nc: NATS | None = None
-
-    async def start(self, url: str, names: Names) -> None:
-        self._nc = await nats.connect(url, name="test-faults-trigger", allow_reconnect=False)
-
-        async def on_msg(msg: Msg) -> None:
-            # <ns>.runs.<run_id>.<kind>[.<chunk>]: ChunkCompleted may carry a chunk token
-            if msg.subject.split(".")[3:4] == ["chunk_completed"]:
-                self.seen.set()
-
-        await self._nc.subscribe(names.runs_all, cb=on_msg)
-        await self._nc.flush()
-
-    async def close(self) -> None:
-        if self._nc is not None and not self._nc.is_closed:
-            with contextlib.suppress(Exception):
-                await self._nc.close()
-
-
 async def _tasks_settled(bus: Bus) -> bool:
     """No chunk task is waiting or in flight: the run's history is final (a redelivered task
     of a chunk that already won may still append after the run has ended)."""
@@ -242,7 +214,7 @@ async def test_a_run_recovers_from_a_sigkill_at(
         )
     )
 
-    trigger = FirstChunkCompleted()
+    trigger = ChunkCompletions()
     aclosing.append(trigger.close)
     if own_nats is not None:
         await trigger.start(nats_url, Names(namespace))

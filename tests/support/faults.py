@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -14,8 +15,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import grpc
+import nats
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 
 from sluiceway.cli.stack import log_tail
+from sluiceway.common.bus import Names, server_urls
 from sluiceway.v1 import events_pb2, tracker_pb2, tracker_pb2_grpc
 from tests.support.eventually import eventually
 
@@ -151,20 +156,25 @@ def logs_tail(state_dir: Path, lines: int = 12) -> str:
 
 @contextlib.contextmanager
 def fresh_tracker(
-    workdir: Path, env: Mapping[str, str], nats_url: str, timeout_s: float = 60.0
+    workdir: Path,
+    env: Mapping[str, str],
+    nats_url: str,
+    timeout_s: float = 60.0,
+    *,
+    instance: str = "tracker-rebuild",
 ) -> Iterator[str]:
     """A second tracker process with its own (empty) DuckDB file on the same namespace: it
     rebuilds its read model from the stream alone. Yields its gRPC address; always stopped."""
     workdir.mkdir(parents=True, exist_ok=True)
     ready = workdir / "ready.json"
-    log_path = workdir / "tracker-rebuild.log"
+    log_path = workdir / f"{instance}.log"
     child_env = {
         **env,
         "SLUICEWAY_NATS_URL": nats_url,
-        "SLUICEWAY_TRACKER_DB": str(workdir / "rebuild.duckdb"),
+        "SLUICEWAY_TRACKER_DB": str(workdir / f"{instance}.duckdb"),
         "SLUICEWAY_TRACKER_ADDR": "127.0.0.1:0",
         "SLUICEWAY_READY_FILE": str(ready),
-        "SLUICEWAY_INSTANCE": "tracker-rebuild",
+        "SLUICEWAY_INSTANCE": instance,
         "PYTHONUNBUFFERED": "1",
     }
     child_env.pop("SLUICEWAY_CRASH_AT", None)
@@ -183,13 +193,13 @@ def fresh_tracker(
         while not addr:
             if popen.poll() is not None:
                 raise AssertionError(
-                    f"the rebuild tracker exited with {popen.returncode}\n{log_tail(log_path)}"
+                    f"{instance} exited with {popen.returncode}\n{log_tail(log_path)}"
                 )
             with contextlib.suppress(FileNotFoundError, ValueError):
                 addr = str(json.loads(ready.read_text()).get("tracker_addr", ""))
             if not addr:
                 if time.monotonic() > deadline:
-                    raise AssertionError(f"the rebuild tracker was not ready in {timeout_s:.0f}s")
+                    raise AssertionError(f"{instance} was not ready in {timeout_s:.0f}s")
                 time.sleep(0.05)
         yield addr
     finally:
@@ -200,6 +210,41 @@ def fresh_tracker(
             except subprocess.TimeoutExpired:
                 popen.kill()
                 popen.wait(timeout=5)
+
+
+# ---- the stream, live ------------------------------------------------------------------------
+
+
+class ChunkCompletions:
+    """A core NATS subscription to the namespace's ChunkCompleted subjects: JetStream publishes
+    reach plain subscribers too, so the harness learns that `count` chunks have completed
+    within milliseconds (the tracker's read model lags by a batch), while others are in flight."""
+
+    def __init__(self, count: int = 1) -> None:
+        self.count = count
+        self.seen = asyncio.Event()
+        self._completed = 0
+        self._nc: NATS | None = None
+
+    async def start(self, url: str, names: Names) -> None:
+        self._nc = await nats.connect(
+            server_urls(url), name="test-chunk-completions", allow_reconnect=False
+        )
+
+        async def on_msg(msg: Msg) -> None:
+            # <ns>.runs.<run_id>.<kind>[.<chunk>]: ChunkCompleted may carry a chunk token
+            if msg.subject.split(".")[3:4] == ["chunk_completed"]:
+                self._completed += 1
+                if self._completed >= self.count:
+                    self.seen.set()
+
+        await self._nc.subscribe(names.runs_all, cb=on_msg)
+        await self._nc.flush()
+
+    async def close(self) -> None:
+        if self._nc is not None and not self._nc.is_closed:
+            with contextlib.suppress(Exception):
+                await self._nc.close()
 
 
 # ---- the Tracker API --------------------------------------------------------------------------

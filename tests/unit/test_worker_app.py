@@ -230,6 +230,21 @@ async def test_a_long_chunk_sends_heartbeats_while_it_reads() -> None:
     assert delivery.settled == [("ack", 0.0)]
 
 
+class SlowLog(FakeLog):
+    """A run stream whose reads wait, as they do while a cluster elects a stream leader."""
+
+    async def run_stopped(self, run_id: str) -> str:
+        await asyncio.sleep(0.35)
+        return await super().run_stopped(run_id)
+
+
+async def test_a_task_held_up_by_the_bus_before_its_read_still_sends_heartbeats() -> None:
+    log, delivery = SlowLog(), FakeDelivery(codec.encode_task(TASK))
+    await _worker(log, FakeExporter(ChunkExport(PARTS)), heartbeat_s=0.1).handle(delivery)
+    assert delivery.heartbeats >= 2
+    assert delivery.settled == [("ack", 0.0)]
+
+
 async def test_a_poison_task_is_terminated_without_an_event() -> None:
     log, delivery = FakeLog(), FakeDelivery(b"\xff\xfe not a task")
     outcome = await _worker(log, FakeExporter(ChunkExport(()))).handle(delivery)

@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, fields
+from typing import TypeVar
+from urllib.parse import urlsplit
 
 import nats
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.errors import NoServersError
+from nats.errors import ConnectionReconnectingError, NoRespondersError, NoServersError
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 from nats.js.api import (
@@ -23,7 +25,12 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import APIError, NotFoundError
+from nats.js.errors import (
+    APIError,
+    NoStreamResponseError,
+    NotFoundError,
+    ServiceUnavailableError,
+)
 
 from sluiceway.common import codec, telemetry
 from sluiceway.common.domain.events import (
@@ -42,15 +49,81 @@ from sluiceway.common.domain.events import (
     RunScheduled,
     priority_of,
 )
+from sluiceway.common.redact import redact
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # JetStream error code for a failed Nats-Expected-Last-Subject-Sequence check.
 ERR_WRONG_LAST_SEQUENCE = 10071
 DUPLICATE_WINDOW_S = 300.0
+URL_SCHEMES = ("nats", "tls", "ws", "wss")
 # Events are small, except PlanResolved, which lists every chunk range (about 30 bytes each):
 # 1 MiB (nats-server's default max_payload) holds a plan of MAX_CHUNKS chunks with room to spare.
 MAX_EVENT_BYTES = 1024 * 1024
+
+
+# What a JetStream request meets while a cluster node is lost, a stream (or the meta layer)
+# elects a new leader, or the client moves to another node: no answer in time, no responder,
+# "temporarily unavailable". Sending the same request again is safe: appends carry their dedup
+# id (one already stored is acknowledged as a duplicate), reads and declarations are idempotent.
+TRANSIENT: tuple[type[Exception], ...] = (
+    NatsTimeoutError,
+    NoRespondersError,
+    NoStreamResponseError,
+    ServiceUnavailableError,
+    ConnectionReconnectingError,
+)
+# The same publish sent again while the first is still being replicated (its leader has not
+# reached a quorum yet): the retry is answered once the first one is stored or dropped.
+ERR_DUPLICATE_IN_PROCESS = 10158
+
+
+def transient(exc: BaseException) -> bool:
+    """An error that a failover gives and that trying again later can cure."""
+    if isinstance(exc, TRANSIENT):
+        return True
+    return isinstance(exc, APIError) and exc.err_code == ERR_DUPLICATE_IN_PROCESS
+
+
+# How long one bus operation keeps trying: longer than a leader election (raft's election
+# timeout is 4-9 s, plus detecting the loss and reconnecting), short enough that a cluster
+# that has lost its quorum surfaces as an error the caller settles (nak, redelivery).
+RETRY_BUDGET_S = 60.0
+# One try of a JetStream request. A request in flight when its node dies, or sent while its
+# stream has no leader, is never answered: it costs this long before it is sent again. Short,
+# since a try that was merely slow is harmless to repeat; long beside a request's normal
+# milliseconds, even on a loaded machine.
+REQUEST_TIMEOUT_S = 3.0
+RETRY_MAX_DELAY_S = 2.0
+
+
+async def retrying(
+    op: Callable[[], Awaitable[T]], what: str, *, budget_s: float = RETRY_BUDGET_S
+) -> T:
+    """`op()`, tried again after a `transient` error with a capped backoff until `budget_s`
+    has passed; then the last error is raised. Any other error is raised at once."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + budget_s
+    delay = 0.1
+    failures = 0
+    while True:
+        try:
+            result = await op()
+        except Exception as exc:
+            if not transient(exc):
+                raise
+            failures += 1
+            if loop.time() + delay > deadline:
+                log.warning("%s failed %d times, giving up: %r", what, failures, exc)
+                raise
+            log.warning("%s failed (%r); trying again in %.1fs", what, exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_DELAY_S)
+        else:
+            if failures:
+                log.info("%s succeeded after %d failed tries", what, failures)
+            return result
 
 
 def export_token(export_name: str) -> str:
@@ -162,15 +235,41 @@ class TaskConsumerSettings:
     max_ack_pending: int = 1000
 
 
+def server_urls(url: str) -> list[str]:
+    """The servers named by a NATS URL setting: one URL, or several comma-separated (the nodes
+    of a cluster; the client connects to any and fails over to the others). Raises ValueError
+    naming the bad entry (credentials in a URL are never repeated)."""
+    servers = [u.strip() for u in url.split(",")]
+    if not url.strip() or any(not u for u in servers):
+        raise ValueError(
+            f"{redact(url)!r}: expected nats://host:port, or several separated by commas"
+        )
+    websocket = set()
+    for u in servers:
+        try:
+            parsed = urlsplit(u if "://" in u else f"nats://{u}")
+            parsed.port  # noqa: B018 - raises ValueError for a port that is not a number
+        except ValueError as exc:
+            raise ValueError(f"{redact(u)!r}: not a NATS URL ({exc})") from None
+        if parsed.scheme not in URL_SCHEMES or not parsed.hostname:
+            raise ValueError(f"{redact(u)!r}: expected nats://host:port (or tls://, ws://, wss://)")
+        websocket.add(parsed.scheme in ("ws", "wss"))
+    if len(websocket) > 1:
+        raise ValueError(f"{redact(url)!r}: websocket and plain NATS URLs cannot be mixed")
+    return servers
+
+
 async def connect(url: str, *, name: str, connect_timeout_s: float | None = None) -> NATS:
-    """Connect with unlimited reconnects. Waits for the server to appear (forever by default)."""
+    """Connect with unlimited reconnects. Waits for the server to appear (forever by default).
+    `url` may list several servers separated by commas (see `server_urls`)."""
+    servers = server_urls(url)
     loop = asyncio.get_running_loop()
     deadline = None if connect_timeout_s is None else loop.time() + connect_timeout_s
     delay = 0.2
     while True:
         try:
             return await nats.connect(
-                url,
+                servers,
                 name=name,
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=0.5,
@@ -179,8 +278,8 @@ async def connect(url: str, *, name: str, connect_timeout_s: float | None = None
             )
         except (NoServersError, OSError, NatsTimeoutError) as exc:
             if deadline is not None and loop.time() + delay > deadline:
-                raise ConnectionError(f"cannot reach NATS at {url}: {exc}") from exc
-            log.warning("waiting for NATS at %s: %s", url, exc)
+                raise ConnectionError(f"cannot reach NATS at {redact(url)}: {exc}") from exc
+            log.warning("waiting for NATS at %s: %s", redact(url), exc)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
 
@@ -203,10 +302,19 @@ async def connect_unless_stopped(url: str, *, name: str, stop: asyncio.Event) ->
 class Bus:
     """Typed access to the two streams. One per process; built from an open NATS connection."""
 
-    def __init__(self, nc: NATS, names: Names = Names()) -> None:
+    def __init__(
+        self,
+        nc: NATS,
+        names: Names = Names(),
+        *,
+        request_timeout_s: float = REQUEST_TIMEOUT_S,
+        retry_budget_s: float = RETRY_BUDGET_S,
+    ) -> None:
         self.nc = nc
-        self.js: JetStreamContext = nc.jetstream(timeout=10)
+        self.js: JetStreamContext = nc.jetstream(timeout=request_timeout_s)
         self.names = names
+        # every request below is tried again after a transient error for this long (retrying)
+        self.retry_budget_s = retry_budget_s
 
     # ---- declarations -------------------------------------------------------------------
 
@@ -241,12 +349,21 @@ class Bus:
             await self._upsert_stream(cfg)
 
     async def _upsert_stream(self, cfg: StreamConfig) -> None:
-        try:
-            await self.js.stream_info(cfg.name)  # type: ignore[arg-type]
-        except NotFoundError:
-            await self.js.add_stream(cfg)
-            return
-        await self.js.update_stream(cfg)
+        """Create the stream, or update it when a field this version sets differs. Several
+        services start at once: an unchanged stream is left alone (in a cluster, each update is
+        a proposal to every node), and a create raced by another service with the same config
+        succeeds."""
+
+        async def upsert() -> None:
+            try:
+                info = await self.js.stream_info(cfg.name)  # type: ignore[arg-type]
+            except NotFoundError:
+                await self.js.add_stream(cfg)
+                return
+            if config_differs(info.config, cfg):
+                await self.js.update_stream(cfg)
+
+        await retrying(upsert, f"declaring stream {cfg.name}", budget_s=self.retry_budget_s)
 
     async def ensure_task_consumer(
         self, settings: TaskConsumerSettings = TaskConsumerSettings(), priority: int = 0
@@ -262,7 +379,11 @@ class Bus:
             max_ack_pending=settings.max_ack_pending,
             filter_subject=self.names.task_lane(priority),
         )
-        await self.js.add_consumer(self.names.tasks_stream, cfg)
+        await retrying(
+            lambda: self.js.add_consumer(self.names.tasks_stream, cfg),
+            f"declaring consumer {settings.durable}",
+            budget_s=self.retry_budget_s,
+        )
         return cfg
 
     async def ensure_run_consumer(
@@ -278,7 +399,11 @@ class Bus:
             max_ack_pending=1000,
             filter_subjects=filter_subjects,
         )
-        await self.js.add_consumer(self.names.runs_stream, cfg)
+        await retrying(
+            lambda: self.js.add_consumer(self.names.runs_stream, cfg),
+            f"declaring consumer {durable}",
+            budget_s=self.retry_budget_s,
+        )
         return cfg
 
     # ---- appends --------------------------------------------------------------------------
@@ -301,8 +426,13 @@ class Bus:
         if expected_last_seq is not None:
             hdrs["Nats-Expected-Last-Subject-Sequence"] = str(expected_last_seq)
         subject = self.names.event_subject(event)
+        data = codec.encode(event)
         try:
-            ack = await self.js.publish(subject, codec.encode(event), headers=hdrs)
+            ack = await retrying(
+                lambda: self.js.publish(subject, data, headers=hdrs),
+                f"appending {event.event_id}",
+                budget_s=self.retry_budget_s,
+            )
         except APIError as exc:
             if exc.err_code == ERR_WRONG_LAST_SEQUENCE:
                 existing = await self.last_on_subject(subject)
@@ -313,8 +443,11 @@ class Bus:
     async def publish_task(self, task: ChunkTask, msg_id: str) -> Appended:
         hdrs = {"Nats-Msg-Id": msg_id}
         telemetry.inject(hdrs)
-        ack = await self.js.publish(
-            self.names.task_lane(task.priority), codec.encode_task(task), headers=hdrs
+        data = codec.encode_task(task)
+        ack = await retrying(
+            lambda: self.js.publish(self.names.task_lane(task.priority), data, headers=hdrs),
+            f"publishing task {msg_id}",
+            budget_s=self.retry_budget_s,
         )
         return Appended(seq=ack.seq, duplicate=bool(ack.duplicate))
 
@@ -322,7 +455,11 @@ class Bus:
 
     async def last_on_subject(self, subject: str) -> tuple[int, RunEvent] | None:
         try:
-            raw = await self.js.get_last_msg(self.names.runs_stream, subject)
+            raw = await retrying(
+                lambda: self.js.get_last_msg(self.names.runs_stream, subject),
+                f"reading the last message on {subject}",
+                budget_s=self.retry_budget_s,
+            )
         except NotFoundError:
             return None
         return raw.seq or 0, codec.decode(raw.data or b"")
@@ -366,7 +503,11 @@ class Bus:
         if not appended.duplicate and not appended.conflict:
             return True
         try:
-            raw = await self.js.get_msg(self.names.runs_stream, seq=appended.seq)
+            raw = await retrying(
+                lambda: self.js.get_msg(self.names.runs_stream, seq=appended.seq),
+                f"reading seq {appended.seq}",
+                budget_s=self.retry_budget_s,
+            )
         except NotFoundError:
             return False
         stored = codec.decode(raw.data or b"")
@@ -391,15 +532,20 @@ class Bus:
     ) -> list[tuple[int, RunEvent]]:
         """Decoded events on `subject`; a message this version cannot read (the tracker records
         it as an anomaly) is skipped, so that it never blocks the run's other readers."""
-        out: list[tuple[int, RunEvent]] = []
-        async for msg in self.iter_messages(subject, start_seq=start_seq, batch=batch):
-            assert msg.metadata.sequence is not None
-            seq = msg.metadata.sequence.stream
-            try:
-                out.append((seq, codec.decode(msg.data, subject=msg.subject)))
-            except codec.Poison as exc:
-                log.warning("skipping an unreadable message at seq %d: %s", seq, exc)
-        return out
+
+        async def read() -> list[tuple[int, RunEvent]]:
+            out: list[tuple[int, RunEvent]] = []
+            async for msg in self.iter_messages(subject, start_seq=start_seq, batch=batch):
+                assert msg.metadata.sequence is not None
+                seq = msg.metadata.sequence.stream
+                try:
+                    out.append((seq, codec.decode(msg.data, subject=msg.subject)))
+                except codec.Poison as exc:
+                    log.warning("skipping an unreadable message at seq %d: %s", seq, exc)
+            return out
+
+        # a read cut short (its ephemeral consumer lived on a node that died) starts over
+        return await retrying(read, f"reading {subject}", budget_s=self.retry_budget_s)
 
     async def iter_raw(
         self, subject: str, *, start_seq: int = 0, batch: int = 500
@@ -436,8 +582,21 @@ class Bus:
             await sub.unsubscribe()
 
     async def stream_last_seq(self) -> int:
-        info = await self.js.stream_info(self.names.runs_stream)
+        info = await retrying(
+            lambda: self.js.stream_info(self.names.runs_stream),
+            "reading the run stream's last sequence",
+            budget_s=self.retry_budget_s,
+        )
         return info.state.last_seq
+
+
+def config_differs(current: StreamConfig, wanted: StreamConfig) -> bool:
+    """True when a field that `wanted` sets (not None) has another value in `current`."""
+    for f in fields(wanted):
+        value = getattr(wanted, f.name)
+        if value is not None and getattr(current, f.name, None) != value:
+            return True
+    return False
 
 
 def msg_headers(msg: Msg) -> dict[str, str]:

@@ -14,7 +14,7 @@ from nats.js.client import JetStreamContext
 from opentelemetry import trace
 
 from sluiceway.common import codec, telemetry
-from sluiceway.common.bus import Bus
+from sluiceway.common.bus import TRANSIENT, Bus
 from sluiceway.common.domain.events import RunEvent
 
 log = logging.getLogger(__name__)
@@ -82,6 +82,10 @@ class RunEventConsumer:
             try:
                 msgs = await self._sub.fetch(self._batch, timeout=1.0)
             except (TimeoutError, NatsTimeoutError):
+                continue
+            except TRANSIENT as exc:  # a node lost, a leader being elected: it passes
+                log.warning("fetch from %s failed: %r", self._durable, exc)
+                await asyncio.sleep(0.5)
                 continue
             except Exception:  # connection hiccup: the client reconnects by itself
                 log.warning("fetch from %s failed", self._durable, exc_info=True)

@@ -33,7 +33,10 @@ def nats_server_binary() -> str:
 
 @dataclass
 class LocalNats:
-    """One nats-server process with JetStream. `cluster_*` make it one node of a cluster."""
+    """One nats-server process with JetStream. `cluster_name` and `routes` (the other nodes'
+    `route_url`s) make it one node of a cluster; `http_port` turns on the monitoring endpoint
+    (`/jsz`, `/healthz`). Ports left at 0 are chosen at the first start and kept, so that a
+    restarted node comes back where its peers and clients expect it, on the same store."""
 
     store_dir: Path
     host: str = "127.0.0.1"
@@ -42,16 +45,34 @@ class LocalNats:
     cluster_name: str = ""
     cluster_port: int = 0
     routes: tuple[str, ...] = ()
+    http_port: int | None = None  # None: no monitoring endpoint; 0: a free port
     log_file: Path | None = None
     proc: subprocess.Popen[bytes] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.port:
+            self.port = free_port(self.host)
+        if self.cluster_name and not self.cluster_port:
+            self.cluster_port = free_port(self.host)
+        if self.http_port == 0:
+            self.http_port = free_port(self.host)
 
     @property
     def url(self) -> str:
         return f"nats://{self.host}:{self.port}"
 
+    @property
+    def route_url(self) -> str:
+        """Where the other nodes of the cluster reach this one."""
+        return f"nats://{self.host}:{self.cluster_port}"
+
+    @property
+    def monitor_url(self) -> str:
+        if self.http_port is None:
+            raise ValueError(f"nats-server {self.name} has no monitoring port")
+        return f"http://{self.host}:{self.http_port}"
+
     def start(self, timeout_s: float = 15.0) -> LocalNats:
-        if not self.port:
-            self.port = free_port(self.host)
         self.store_dir.mkdir(parents=True, exist_ok=True)
         args = [
             nats_server_binary(),
@@ -65,15 +86,12 @@ class LocalNats:
             "-n",
             self.name,
         ]
+        if self.http_port is not None:
+            args += ["-m", str(self.http_port)]
         if self.cluster_name:
-            args += [
-                "--cluster_name",
-                self.cluster_name,
-                "--cluster",
-                f"nats://{self.host}:{self.cluster_port}",
-                "--routes",
-                ",".join(self.routes),
-            ]
+            args += ["--cluster_name", self.cluster_name, "--cluster", self.route_url]
+            if self.routes:
+                args += ["--routes", ",".join(self.routes)]
         log = open(self.log_file or self.store_dir / "nats-server.log", "ab")
         self.proc = subprocess.Popen(
             args, stdout=log, stderr=subprocess.STDOUT, start_new_session=True

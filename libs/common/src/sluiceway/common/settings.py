@@ -7,7 +7,7 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from sluiceway.common.bus import Names
+from sluiceway.common.bus import Names, server_urls
 
 
 class SettingsError(ValueError):
@@ -77,7 +77,7 @@ def _addr(env: Mapping[str, str], name: str) -> str:
 
 @dataclass(frozen=True)
 class Settings:
-    nats_url: str
+    nats_url: str  # one URL, or a cluster's nodes separated by commas
     names: Names
     stream_replicas: int
     instance: str
@@ -119,8 +119,13 @@ class Settings:
         ns = e.get("SLUICEWAY_NAMESPACE", "sluiceway")
         if not ns.replace("_", "").isalnum() or not ns.islower():
             raise SettingsError(f"SLUICEWAY_NAMESPACE={ns!r}: lower-case letters, digits and '_'")
+        nats_url = e.get("SLUICEWAY_NATS_URL", "nats://127.0.0.1:4222")
+        try:
+            server_urls(nats_url)
+        except ValueError as exc:
+            raise SettingsError(f"SLUICEWAY_NATS_URL: {exc}") from None
         return cls(
-            nats_url=e.get("SLUICEWAY_NATS_URL", "nats://127.0.0.1:4222"),
+            nats_url=nats_url,
             names=Names(ns),
             stream_replicas=replicas,
             instance=e.get("SLUICEWAY_INSTANCE", f"{socket.gethostname()}-{os.getpid()}"),

@@ -156,7 +156,16 @@ class ChunkWorker:
             await delivery.term()
             return Outcome("term", error=str(exc))
         with telemetry.consuming(task.run_id, delivery.headers):
-            return await self._handle(task, delivery, priority)
+            # the task stays ours from delivery to settlement, not only while it is read: reads
+            # and appends can wait seconds for a JetStream cluster to elect a leader (the bus
+            # retries), and a task whose ack_wait expired meanwhile would run twice
+            heartbeat = asyncio.create_task(self._heartbeat(delivery))
+            try:
+                return await self._handle(task, delivery, priority)
+            finally:
+                heartbeat.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await heartbeat
 
     async def _handle(self, task: ChunkTask, delivery: Delivery, priority: int = 0) -> Outcome:
         chunk = task.range.index
@@ -240,7 +249,6 @@ class ChunkWorker:
     ) -> Outcome:
         chunk = task.range.index
         stop = threading.Event()
-        heartbeat = asyncio.create_task(self._heartbeat(delivery))
         watch = asyncio.create_task(self._watch_run(task.run_id, stop))
         try:
             exported = await asyncio.to_thread(self._exporter.export, task, attempt, stop)
@@ -263,10 +271,9 @@ class ChunkWorker:
                 redact(f"{type(exc).__name__}: {exc}"),
             )
         finally:
-            for watcher in (heartbeat, watch):
-                watcher.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await watcher
+            watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watch
 
         # fenced: if another attempt completed meanwhile, this one's files are set aside
         winner = await self._log.chunk_winner(task.run_id, chunk)
