@@ -580,6 +580,16 @@ SPEC_FIELDS: dict[str, st.SearchStrategy[Any]] = {
     "source.engine": spec_strings,
     "source.url_env": spec_strings,
     "source.path": spec_strings,
+    "priority": int32s,
+    "schedule.cron": st.one_of(
+        st.sampled_from(["0 * * * *", "*/5 1-3 * * MON", "0 2 L * *"]), spec_strings
+    ),
+    "schedule.timezone": st.one_of(
+        st.sampled_from(["", "UTC", "Europe/Paris", "Nope/Nope"]), spec_strings
+    ),
+    "schedule.catch_up": st.one_of(st.sampled_from(["", "all", "latest", "none"]), spec_strings),
+    "schedule.overlap": st.one_of(st.sampled_from(["", "wait", "skip"]), spec_strings),
+    "schedule.enabled": st.booleans(),
 }
 
 
@@ -592,7 +602,7 @@ def _spec(env: ControlEnv, chunked: bool, changes: dict[str, Any]) -> Any:
         spec.mode, spec.chunk_column, spec.chunk_size = "chunked", "id", 7
     for key, value in changes.items():
         target, _, name = key.rpartition(".")
-        msg = spec.source if target == "source" else spec
+        msg = {"source": spec.source, "schedule": spec.schedule}.get(target, spec)
         if name == "columns":
             del spec.columns[:]
             spec.columns.extend(value)
@@ -656,10 +666,29 @@ options = st.one_of(
 
 @st.composite
 def control_calls(draw: st.DrawFn, env: ControlEnv) -> tuple[str, Any]:
-    method = draw(st.sampled_from(["SubmitRun", "SubmitRun", "PlanRun", "CancelRun"]))
+    method = draw(
+        st.sampled_from(
+            ["SubmitRun", "SubmitRun", "PlanRun", "CancelRun", "ApplySchedules", "ListSchedules"]
+        )
+    )
     if method == "SubmitRun":
-        req = cpb.SubmitRunRequest(requested_by=draw(requested_bys), options=draw(options))
+        req = cpb.SubmitRunRequest(
+            requested_by=draw(requested_bys),
+            options=draw(options),
+            priority=draw(st.one_of(st.sampled_from([0, 1, 2, 3]), int32s)),
+        )
         return method, _with_export(req, draw(exports(env)))
+    if method == "ApplySchedules":
+        specs = []
+        for _ in range(draw(st.integers(0, 3))):
+            kind, value = draw(exports(env))
+            if kind == "spec":
+                specs.append(value)
+        return method, cpb.ApplySchedulesRequest(specs=specs, applied_by=draw(requested_bys))
+    if method == "ListSchedules":
+        return method, cpb.ListSchedulesRequest(
+            upcoming=draw(st.one_of(st.integers(0, 60), int32s))
+        )
     if method == "PlanRun":
         return method, _with_export(cpb.PlanRunRequest(), draw(exports(env)))
     # a submitted run is picked by index when the call is made: strategies stay independent
@@ -713,9 +742,34 @@ def _check_control_call(env: ControlEnv, method: str, req: Any) -> grpc.StatusCo
             assert code is Code.NOT_FOUND, (code, details)
         return code
 
+    if method == "ListSchedules":
+        if 0 <= req.upcoming <= 50:
+            assert code is Code.OK and all(
+                len(i.next) <= (req.upcoming or 3) for i in response.schedules
+            )
+        else:
+            assert code is Code.INVALID_ARGUMENT and details.startswith("upcoming"), details
+        return code
+    if method == "ApplySchedules":
+        checked = [_local_check("spec", spec) for spec in req.specs]
+        bad = [i for i, c in enumerate(checked) if isinstance(c, ConfigError)]
+        if len(req.applied_by) > 256:
+            assert code is Code.INVALID_ARGUMENT and details.startswith("applied_by"), details
+        elif bad:
+            assert code is Code.INVALID_ARGUMENT, (code, details)
+            assert details.startswith(f"specs[{bad[0]}]"), details
+        elif len({c.name for c in checked if isinstance(c, ExportSpec)}) != len(checked):
+            assert code is Code.INVALID_ARGUMENT and "named twice" in details, details
+        else:
+            assert code is Code.OK, (code, details)
+            assert len(response.schedules) <= len(req.specs)
+        return code
     if method == "SubmitRun" and (problem := request_problem(req)):
         field_ = problem.split(":")[0].split("[")[0]
         assert code is Code.INVALID_ARGUMENT and details.startswith(field_), (code, details)
+        return code
+    if method == "SubmitRun" and req.priority not in (0, 1, 2, 3):
+        assert code is Code.INVALID_ARGUMENT and details.startswith("priority"), (code, details)
         return code
     kind = req.WhichOneof("export")
     if kind is None:
@@ -766,6 +820,10 @@ def test_every_control_request_gets_a_documented_answer(control: ControlEnv) -> 
         "CancelRun OK",
         "CancelRun NOT_FOUND",
         "CancelRun INVALID_ARGUMENT",
+        "ApplySchedules OK",
+        "ApplySchedules INVALID_ARGUMENT",
+        "ListSchedules OK",
+        "ListSchedules INVALID_ARGUMENT",
     ):
         assert seen[answer], (answer, seen)
     # the planner still serves: health, and a valid submission

@@ -7,6 +7,7 @@ import json
 import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
@@ -16,6 +17,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sluiceway.common import codec
 from sluiceway.common.bus import Bus
 from sluiceway.common.domain import events as ev
+from sluiceway.common.domain import ids
+from sluiceway.common.domain.run import fold
 from sluiceway.common.localnats import LocalNats
 from sluiceway.common.settings import Settings
 from sluiceway.planner.main import serve
@@ -212,3 +215,56 @@ async def test_a_missing_table_fails_the_run(
 
     done = await eventually(failed, timeout_s=30, what="RunCompleted(FAILED)")
     assert done.status is ev.RunStatus.FAILED and "planning failed" in done.error_message
+
+
+async def test_schedules_and_priorities_refuse_bad_input_naming_the_field(
+    planner: Running, shop: Path, dest: Path
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await planner.stub.SubmitRun(cpb.SubmitRunRequest(config=_config(shop, dest), priority=9))
+    assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details().startswith("priority:")
+
+    request = cpb.ApplySchedulesRequest()
+    spec = request.specs.add()
+    spec.CopyFrom((await planner.stub.PlanRun(cpb.PlanRunRequest(config=_config(shop, dest)))).spec)
+    spec.schedule.cron = "0 * * * *"
+    spec.schedule.timezone = "Mars/Olympus_Mons"
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await planner.stub.ApplySchedules(request)
+    assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "specs[0]" in err.value.details() and "field 'timezone'" in err.value.details()
+
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await planner.stub.ListSchedules(cpb.ListSchedulesRequest(upcoming=51))
+    assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert (await planner.stub.ListSchedules(cpb.ListSchedulesRequest())).schedules == []
+
+
+async def test_a_scheduled_run_is_canceled_before_it_is_requested(
+    planner: Running, bus: Bus, shop: Path, dest: Path
+) -> None:
+    spec = codec.from_message(
+        (await planner.stub.PlanRun(cpb.PlanRunRequest(config=_config(shop, dest)))).spec,
+        ev.ExportSpec,
+    )
+    when = datetime(2030, 1, 1, 2, 0, tzinfo=UTC)
+    run_id = ids.scheduled_run_id("orders", when)
+    await bus.append(
+        ids.new_event(
+            run_id,
+            "orders",
+            ev.RunScheduled(spec=spec, scheduled_at=when, cron="0 2 * * *"),
+            producer=ev.Producer("scheduler", "t"),
+            now=datetime.now(UTC),
+        )
+    )
+    await planner.stub.CancelRun(cpb.CancelRunRequest(run_id=run_id, reason="holiday"))
+
+    async def status() -> ev.RunStatus | None:
+        state = fold(await _run_events(bus, run_id), run_id)
+        return state.status if state.terminal else None
+
+    assert await eventually(status, timeout_s=30, what="canceled") is ev.RunStatus.CANCELED
+    kinds = [e.kind for e in await _run_events(bus, run_id)]
+    assert kinds == ["scheduled", "cancel_requested", "completed"]

@@ -53,6 +53,14 @@ SAMPLES: list[ev.Body] = [
     ev.ManifestCommitted("file:///m", "xxh3:1", 10, 1, "1", "9", 1000),
     ev.RunCompleted(ev.RunStatus.SKIPPED, "", 12, "no new rows"),
     ev.CancelRequested("user", "me"),
+    ev.RunScheduled(
+        spec=SPEC,
+        scheduled_at=datetime(2026, 11, 1, 2, 0, tzinfo=UTC),
+        priority=ev.PRIORITY_HIGH,
+        cron="0 2 * * *",
+        timezone="Europe/Paris",
+    ),
+    ev.RunReady("due", "20261101T010000Z-sabc"),
 ]
 
 

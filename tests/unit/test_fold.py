@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 from hypothesis import given, settings
@@ -11,7 +12,7 @@ from sluiceway.common.domain import events as ev
 from sluiceway.common.domain.lifecycle import CHUNK_TRANSITIONS, RUN_TRANSITIONS
 from sluiceway.common.domain.run import fold
 
-from .histories import History
+from .histories import SPEC, T0, History
 
 
 def test_a_whole_run_folds_to_succeeded_with_its_files() -> None:
@@ -168,3 +169,33 @@ def test_in_order_histories_never_record_anomalies() -> None:
         n = rnd.randint(1, 6)
         events = _full_history(n, {i for i in range(n) if rnd.random() < 0.3})
         assert fold(events).anomalies == []
+
+
+def test_a_scheduled_occurrence_folds_through_ready_to_requested() -> None:
+    h = History()
+    h.add(ev.RunScheduled(spec=SPEC, scheduled_at=T0, priority=ev.PRIORITY_HIGH, cron="0 * * * *"))
+    assert fold(h.events).status is ev.RunStatus.SCHEDULED
+    h.add(ev.RunReady(reason="due", waiting_for="r0"))
+    state = fold(h.events)
+    assert state.status is ev.RunStatus.READY
+    assert state.ready == ev.RunReady(reason="due", waiting_for="r0")
+    assert (state.scheduled_at, state.priority, state.spec) == (T0, ev.PRIORITY_HIGH, SPEC)
+    h.planned(1)
+    state = fold(h.events)
+    assert state.status is ev.RunStatus.PLANNING and not state.anomalies
+
+
+def test_a_submission_priority_wins_over_the_spec() -> None:
+    h = History()
+    h.add(ev.RunRequested(spec=dataclasses.replace(SPEC, priority=ev.PRIORITY_LOW), priority=3))
+    assert fold(h.events).priority == ev.PRIORITY_HIGH
+    assert fold(History().planned(1).events).priority == ev.PRIORITY_NORMAL
+
+
+def test_a_ready_run_cannot_skip_its_request() -> None:
+    h = History()
+    h.add(ev.RunScheduled(spec=SPEC, scheduled_at=T0))
+    h.add(ev.PlanResolved(plan_id="p1", strategy="full", chunks=(ev.ChunkRange(0),)))
+    state = fold(h.events)
+    assert state.status is ev.RunStatus.SCHEDULED
+    assert [a.kind for a in state.anomalies] == ["plan_resolved"]

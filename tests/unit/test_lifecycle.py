@@ -58,13 +58,47 @@ def test_a_run_succeeds_only_from_committing() -> None:
     assert sources == {RunStatus.COMMITTING}
 
 
-def test_skipped_only_from_planning() -> None:
-    assert next_run_status(RunStatus.PLANNING, "completed:SKIPPED") is RunStatus.SKIPPED
+def test_skipped_only_from_planning_or_before_admission() -> None:
+    sources = {
+        src
+        for (src, trigger), dst in RUN_TRANSITIONS.items()
+        if dst is RunStatus.SKIPPED and src is not dst
+    }
+    # nothing to export (PLANNING); a missed tick or an overlap skip (SCHEDULED, READY)
+    assert sources == {RunStatus.PLANNING, RunStatus.SCHEDULED, RunStatus.READY}
     assert next_run_status(RunStatus.RUNNING, "completed:SKIPPED") is None
 
 
+def test_a_scheduled_run_becomes_ready_then_requested_and_nothing_else() -> None:
+    assert next_run_status(RunStatus.UNSPECIFIED, "scheduled") is RunStatus.SCHEDULED
+    assert next_run_status(RunStatus.SCHEDULED, "ready") is RunStatus.READY
+    assert next_run_status(RunStatus.READY, "requested") is RunStatus.REQUESTED
+    # no shortcut: a scheduled run is requested only once its time came (READY)
+    assert next_run_status(RunStatus.SCHEDULED, "requested") is None
+    assert next_run_status(RunStatus.SCHEDULED, "plan_resolved") is None
+    assert next_run_status(RunStatus.READY, "plan_resolved") is None
+    # one occurrence per run: a second RunScheduled or RunReady is refused
+    assert next_run_status(RunStatus.SCHEDULED, "scheduled") is None
+    assert next_run_status(RunStatus.READY, "ready") is None
+    assert next_run_status(RunStatus.REQUESTED, "scheduled") is None
+
+
+def test_scheduled_and_ready_runs_can_be_canceled() -> None:
+    for s in (RunStatus.SCHEDULED, RunStatus.READY):
+        assert next_run_status(s, "cancel_requested") is s
+        assert next_run_status(s, "completed:CANCELED") is RunStatus.CANCELED
+        assert next_run_status(s, "completed:SUCCEEDED") is None
+
+
 def test_any_active_run_can_fail_or_be_canceled() -> None:
-    for s in (RunStatus.REQUESTED, RunStatus.PLANNING, RunStatus.RUNNING, RunStatus.COMMITTING):
+    for s in (
+        RunStatus.SCHEDULED,
+        RunStatus.READY,
+        RunStatus.REQUESTED,
+        RunStatus.PLANNING,
+        RunStatus.RUNNING,
+        RunStatus.COMMITTING,
+    ):
         assert next_run_status(s, "completed:FAILED") is RunStatus.FAILED
         assert next_run_status(s, "completed:CANCELED") is RunStatus.CANCELED
 

@@ -29,7 +29,7 @@ from sluiceway.common.domain.run import RunState, evolve, fold
 from sluiceway.tracker.adapters.projection import RawMessage, TrackerStore
 from sluiceway.tracker.adapters.tables import TABLES
 
-from .histories import History
+from .histories import SPEC, T0, History
 
 RUN = "r1"
 MAX_ATTEMPTS = 3
@@ -104,7 +104,23 @@ def run_histories(draw: st.DrawFn) -> list[ev.RunEvent]:
     """A run as the services append it: request, plan, chunk lanes interleaved as concurrent
     workers would, warnings anywhere, then an ending (commit, failure, cancel, or still open)."""
     chunks = draw(st.integers(1, 4))
-    h = History(RUN).planned(chunks)
+    h = History(RUN)
+    start = draw(st.sampled_from(["submitted", "scheduled", "never_admitted"]))
+    if start != "submitted":  # an occurrence of a schedule: SCHEDULED -> READY -> REQUESTED
+        h.add(
+            ev.RunScheduled(spec=SPEC, scheduled_at=T0, priority=ev.PRIORITY_LOW, cron="* * * * *")
+        )
+        if draw(st.booleans()) or start == "scheduled":
+            h.add(ev.RunReady(reason="due", waiting_for=draw(st.sampled_from(["", "r0"]))))
+    if start == "never_admitted":  # skipped (missed tick, overlap) or canceled before admission
+        if draw(st.booleans()):
+            h.add(ev.RunCompleted(status=ev.RunStatus.SKIPPED, skip_reason="run r0 in flight"))
+        else:
+            h.add(ev.CancelRequested(reason="user", requested_by="test"))
+            if draw(st.booleans()):
+                h.add(ev.RunCompleted(status=ev.RunStatus.CANCELED))
+        return h.events
+    h.planned(chunks)
     if draw(st.booleans()):
         h.add(ev.PlanWarning(rule="no_index", message="chunk column has no index"))
     lanes = [draw(_lane(c)) for c in range(chunks)]

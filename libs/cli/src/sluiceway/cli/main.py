@@ -17,13 +17,13 @@ from typing import Any, NoReturn
 
 from rich.console import Console
 
-from sluiceway.cli import plans, render
+from sluiceway.cli import plans, render, schedule
 from sluiceway.cli import stack as stackmod
 from sluiceway.cli.client import NoStack, connect, resolve_endpoints
 from sluiceway.client import Client, SluicewayError
 from sluiceway.common import codec
 from sluiceway.common.config import ConfigError, load_file, select
-from sluiceway.common.domain.events import ExportSpec
+from sluiceway.common.domain.events import PRIORITIES, ExportSpec
 from sluiceway.v1 import events_pb2, tracker_pb2
 
 EXIT_OK = 0
@@ -98,6 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--export", default="", help="export name (optional with one export)")
     run.add_argument("--wait", action="store_true", help="follow the run to its end")
     run.add_argument("--json", action="store_true", help="print JSON instead of text")
+    run.add_argument(
+        "--priority",
+        choices=sorted(PRIORITIES),
+        help="this run's priority (default: the export's `priority:`, else normal)",
+    )
 
     plan = sub.add_parser("plan", parents=[common, remote], help="show the plan (dry run)")
     plan.add_argument("-c", "--config", required=True, help="YAML config file")
@@ -141,6 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="only this status (repeatable), e.g. SUCCEEDED",
     )
     runs.add_argument("--limit", type=int, default=20, help="at most this many (default 20)")
+    runs.add_argument(
+        "--upcoming", action="store_true", help="scheduled and ready runs, soonest first"
+    )
+    schedule.add_parsers(sub, common, remote)
 
     status = sub.add_parser("status", parents=[common, remote], help="a run's summary")
     status.add_argument("run_id")
@@ -351,7 +360,8 @@ def cmd_down(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     spec = load_config(args.config, args.export)
     with _client(args) as client:
-        resp = client.submit(spec, requested_by=_user())
+        priority = PRIORITIES[args.priority] if args.priority else 0
+        resp = client.submit(spec, requested_by=_user(), priority=priority)
         if not args.wait:
             if args.json:
                 print(
@@ -455,6 +465,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
     statuses = parse_statuses(args.status)
     if args.limit < 1:
         raise Failure("--limit must be at least 1")
+    if args.upcoming:
+        return schedule.cmd_upcoming(args, _client)
     with _client(args) as client:
         runs = list(client.iter_runs(export_name=args.export, statuses=statuses, limit=args.limit))
     if not runs:
@@ -551,6 +563,7 @@ COMMANDS = {
     "cancel": cmd_cancel,
     "validate": cmd_validate,
     "rebuild-tracker": cmd_rebuild_tracker,
+    "schedule": lambda args: schedule.cmd_schedule(args, _client),
 }
 
 

@@ -110,6 +110,10 @@ def summary_rows(s: tracker_pb2.RunSummary) -> list[tuple[str, str]]:
         rows.append(("error", s.error_message))
     if s.skip_reason:
         rows.append(("skipped", s.skip_reason))
+    if s.HasField("scheduled_at"):
+        rows.append(("scheduled", s.scheduled_at.ToDatetime().strftime("%Y-%m-%d %H:%M:%S UTC")))
+    if s.waiting_reason:
+        rows.append(("waiting", s.waiting_reason))
     return rows
 
 
@@ -228,7 +232,8 @@ def event_message(ev: events_pb2.RunEvent) -> str:
         case "plan_warning":
             return f"[{b.rule}] {b.message}"
         case "chunk_started":
-            return f"chunk {b.chunk_index} attempt {b.attempt} [{b.start_key}, {b.end_key})"
+            prio = f" priority {b.priority}" if b.priority else ""
+            return f"chunk {b.chunk_index} attempt {b.attempt} [{b.start_key}, {b.end_key}){prio}"
         case "file_written":
             return f"{b.file_name}: {b.rows:,} rows, {human_bytes(b.bytes)}"
         case "chunk_completed":
@@ -268,6 +273,11 @@ def event_message(ev: events_pb2.RunEvent) -> str:
             return msg
         case "cancel_requested":
             return f"by {b.requested_by or '?'}: {b.reason}"
+        case "run_scheduled":
+            when = b.scheduled_at.ToJsonString()
+            return f"for {when} ({b.cron} {b.timezone}), priority {b.priority}"
+        case "run_ready":
+            return b.reason + (f" (run {b.waiting_for})" if b.waiting_for else "")
     return ""
 
 

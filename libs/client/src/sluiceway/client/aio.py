@@ -162,10 +162,14 @@ class AsyncClient:
         *,
         requested_by: str = "",
         options: Mapping[str, str] | None = None,
+        priority: int = 0,
         timeout_s: float | None = None,
     ) -> control_pb2.SubmitRunResponse:
-        """Start a run; the answer's `stream_seq` is the min_seq that reads this write back."""
-        request = control_pb2.SubmitRunRequest(requested_by=requested_by, options=options or {})
+        """Start a run; the answer's `stream_seq` is the min_seq that reads this write back.
+        `priority` (1 low, 2 normal, 3 high; 0 = the export's) overrides the export's."""
+        request = control_pb2.SubmitRunRequest(
+            requested_by=requested_by, options=options or {}, priority=priority
+        )
         _set_export(request, export)
         return await self._unary(self._control_stub.SubmitRun, request, timeout_s)
 
@@ -191,6 +195,31 @@ class AsyncClient:
             run_id=run_id, reason=reason, requested_by=requested_by
         )
         return await self._unary(self._control_stub.CancelRun, request, timeout_s)
+
+    async def apply_schedules(
+        self,
+        specs: Iterable[ExportSpec | events_pb2.ExportSpec],
+        *,
+        applied_by: str = "",
+        timeout_s: float | None = None,
+    ) -> control_pb2.ApplySchedulesResponse:
+        """Install or update the schedules of resolved specs (one without `schedule` removes
+        its export's installed schedule)."""
+        request = control_pb2.ApplySchedulesRequest(applied_by=applied_by)
+        for spec in specs:
+            target = request.specs.add()
+            if isinstance(spec, events_pb2.ExportSpec):
+                target.CopyFrom(spec)
+            else:
+                codec.to_message(spec, target)
+        return await self._unary(self._control_stub.ApplySchedules, request, timeout_s)
+
+    async def list_schedules(
+        self, *, upcoming: int = 3, timeout_s: float | None = None
+    ) -> control_pb2.ListSchedulesResponse:
+        """The installed schedules with their next `upcoming` occurrences."""
+        request = control_pb2.ListSchedulesRequest(upcoming=upcoming)
+        return await self._unary(self._control_stub.ListSchedules, request, timeout_s)
 
     # ---- Tracker -------------------------------------------------------------------------------
 

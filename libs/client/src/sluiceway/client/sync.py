@@ -14,7 +14,8 @@ from typing import Any, TypeVar
 
 from sluiceway.client.aio import AsyncClient, Export, Status
 from sluiceway.client.options import ClientOptions
-from sluiceway.v1 import control_pb2, tracker_pb2
+from sluiceway.common.domain.events import ExportSpec
+from sluiceway.v1 import control_pb2, events_pb2, tracker_pb2
 
 T = TypeVar("T")
 
@@ -103,12 +104,17 @@ class Client:
         *,
         requested_by: str = "",
         options: Mapping[str, str] | None = None,
+        priority: int = 0,
         timeout_s: float | None = None,
     ) -> control_pb2.SubmitRunResponse:
         """See AsyncClient.submit."""
         return self._run(
             self._aio.submit(
-                export, requested_by=requested_by, options=options, timeout_s=timeout_s
+                export,
+                requested_by=requested_by,
+                options=options,
+                priority=priority,
+                timeout_s=timeout_s,
             )
         )
 
@@ -130,6 +136,24 @@ class Client:
         return self._run(
             self._aio.cancel(run_id, reason=reason, requested_by=requested_by, timeout_s=timeout_s)
         )
+
+    def apply_schedules(
+        self,
+        specs: Iterable[ExportSpec | events_pb2.ExportSpec],
+        *,
+        applied_by: str = "",
+        timeout_s: float | None = None,
+    ) -> control_pb2.ApplySchedulesResponse:
+        """See AsyncClient.apply_schedules."""
+        return self._run(
+            self._aio.apply_schedules(specs, applied_by=applied_by, timeout_s=timeout_s)
+        )
+
+    def list_schedules(
+        self, *, upcoming: int = 3, timeout_s: float | None = None
+    ) -> control_pb2.ListSchedulesResponse:
+        """See AsyncClient.list_schedules."""
+        return self._run(self._aio.list_schedules(upcoming=upcoming, timeout_s=timeout_s))
 
     # ---- Tracker -------------------------------------------------------------------------------
 

@@ -37,12 +37,17 @@ from sluiceway.common.domain.events import (
     ONCE_PER_CHUNK,
     ONCE_PER_RUN,
     PER_CHUNK_SUBJECT,
+    PRIORITY_HIGH,
+    PRIORITY_LOW,
+    PRIORITY_NORMAL,
     ChunkCompleted,
     ChunkStarted,
     ChunkTask,
     ManifestCommitted,
     RunCompleted,
     RunEvent,
+    RunScheduled,
+    priority_of,
 )
 from sluiceway.common.redact import redact
 
@@ -154,9 +159,13 @@ class Names:
         subject = self.run_subject(event.run_id, event.kind)
         if type(event.body) in PER_CHUNK_SUBJECT:
             subject += f".{event.body.chunk_index}"  # type: ignore[union-attr]
-        elif isinstance(event.body, ManifestCommitted):
+        elif isinstance(event.body, ManifestCommitted | RunScheduled):
             subject += f".{export_token(event.export_name)}"
         return subject
+
+    def export_occurrences(self, export_name: str) -> str:
+        """Every RunScheduled of one export: the last one is its latest scheduled occurrence."""
+        return f"{self.namespace}.runs.*.scheduled.{export_token(export_name)}"
 
     def export_commits(self, export_name: str) -> str:
         """Every ManifestCommitted of one export, whatever the run: the export's state (its
@@ -174,7 +183,18 @@ class Names:
 
     @property
     def chunk_tasks(self) -> str:
+        """The normal-priority lane (the subject tasks had before there were lanes)."""
         return f"{self.namespace}.tasks.chunk"
+
+    def task_lane(self, priority: int) -> str:
+        """Chunk tasks are queued on one subject per priority: low and high have a token more
+        than normal, so no two lanes' filters overlap (a work queue requires it)."""
+        p = priority_of(priority)
+        if p <= PRIORITY_LOW:
+            return f"{self.chunk_tasks}.low"
+        if p >= PRIORITY_HIGH:
+            return f"{self.chunk_tasks}.high"
+        return self.chunk_tasks
 
     @staticmethod
     def run_id_of(subject: str) -> str:
@@ -194,6 +214,15 @@ class Appended:
 class StreamSettings:
     replicas: int = 1
     duplicate_window_s: float = DUPLICATE_WINDOW_S
+
+
+LANES: tuple[int, ...] = (PRIORITY_HIGH, PRIORITY_NORMAL, PRIORITY_LOW)
+
+
+def lane_durable(base: str, priority: int) -> str:
+    """worker-chunks (normal), worker-chunks-high, worker-chunks-low."""
+    p = priority_of(priority)
+    return base if p == PRIORITY_NORMAL else f"{base}-{'high' if p > PRIORITY_NORMAL else 'low'}"
 
 
 @dataclass(frozen=True)
@@ -337,17 +366,18 @@ class Bus:
         await retrying(upsert, f"declaring stream {cfg.name}", budget_s=self.retry_budget_s)
 
     async def ensure_task_consumer(
-        self, settings: TaskConsumerSettings = TaskConsumerSettings()
+        self, settings: TaskConsumerSettings = TaskConsumerSettings(), priority: int = 0
     ) -> ConsumerConfig:
+        """The shared consumer of one priority lane (normal when `priority` is 0)."""
         cfg = ConsumerConfig(
-            durable_name=settings.durable,
+            durable_name=lane_durable(settings.durable, priority),
             description="chunk tasks shared by every worker",
             deliver_policy=DeliverPolicy.ALL,
             ack_policy=AckPolicy.EXPLICIT,
             ack_wait=settings.ack_wait_s,
             max_deliver=settings.max_deliver,
             max_ack_pending=settings.max_ack_pending,
-            filter_subject=self.names.chunk_tasks,
+            filter_subject=self.names.task_lane(priority),
         )
         await retrying(
             lambda: self.js.add_consumer(self.names.tasks_stream, cfg),
@@ -415,7 +445,7 @@ class Bus:
         telemetry.inject(hdrs)
         data = codec.encode_task(task)
         ack = await retrying(
-            lambda: self.js.publish(self.names.chunk_tasks, data, headers=hdrs),
+            lambda: self.js.publish(self.names.task_lane(task.priority), data, headers=hdrs),
             f"publishing task {msg_id}",
             budget_s=self.retry_budget_s,
         )
@@ -455,6 +485,13 @@ class Bus:
         """The export's latest ManifestCommitted (one direct get over its commits), if any."""
         found = await self.last_on_subject(self.names.export_commits(export_name))
         if found is None or not isinstance(found[1].body, ManifestCommitted):
+            return None
+        return found[1]
+
+    async def last_scheduled(self, export_name: str) -> RunEvent | None:
+        """The export's latest RunScheduled (one direct get over its occurrences), if any."""
+        found = await self.last_on_subject(self.names.export_occurrences(export_name))
+        if found is None or not isinstance(found[1].body, RunScheduled):
             return None
         return found[1]
 

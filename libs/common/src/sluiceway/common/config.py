@@ -19,7 +19,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sluiceway.common import fileopts, tuning
 from sluiceway.common.destination import is_object_store, url_problem
-from sluiceway.common.domain.events import ExportSpec, QualityRules, SourceSpec, is_chunked
+from sluiceway.common.domain import schedule
+from sluiceway.common.domain.events import (
+    PRIORITIES,
+    ExportSpec,
+    QualityRules,
+    ScheduleSpec,
+    SourceSpec,
+    is_chunked,
+)
 
 MODES = ("full", "chunked", "incremental", "time_window")
 
@@ -132,6 +140,13 @@ class _Export(_Strict):
     statement_timeout_s: int | None = Field(default=None, gt=0)
     lock_timeout_s: int | None = Field(default=None, gt=0)
     connect_timeout_s: int | None = Field(default=None, gt=0)
+    # scheduling (docs/config.md "Schedules and priorities")
+    schedule: str | None = None
+    timezone: str = ""
+    enabled: bool = True
+    catch_up: str = ""
+    overlap: str = ""
+    priority: str | int | None = None
     consistent_snapshot: bool | None = None
 
 
@@ -276,6 +291,8 @@ def load_text(
             statement_timeout_s=pick("statement_timeout_s") or 0,
             lock_timeout_s=pick("lock_timeout_s") or 0,
             connect_timeout_s=pick("connect_timeout_s") or 0,
+            priority=_priority(item.priority, **where),
+            schedule=_schedule(item, **where),
             consistent_snapshot=bool(pick("consistent_snapshot")),
         )
         try:
@@ -285,6 +302,36 @@ def load_text(
                 raise
             raise ConfigError(exc.detail, field=exc.field, **where) from None
     return specs
+
+
+def _priority(value: str | int | None, *, file: str, export: str) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, str) and value in PRIORITIES:
+        return PRIORITIES[value]
+    if isinstance(value, int) and not isinstance(value, bool) and value in PRIORITIES.values():
+        return value
+    raise ConfigError(
+        f"{_show(value)}: expected low, normal or high (or 1, 2, 3)",
+        field="priority",
+        file=file,
+        export=export,
+    )
+
+
+def _schedule(item: _Export, *, file: str, export: str) -> ScheduleSpec | None:
+    if item.schedule is None:
+        for key in ("timezone", "catch_up", "overlap"):
+            if getattr(item, key):
+                raise ConfigError("needs 'schedule'", field=key, file=file, export=export)
+        return None
+    return ScheduleSpec(
+        cron=item.schedule,
+        timezone=item.timezone,
+        enabled=item.enabled,
+        catch_up=item.catch_up,
+        overlap=item.overlap,
+    )
 
 
 def _absolute(base: Path, value: str, *, field: str, file: str, export: str) -> str:
@@ -520,6 +567,13 @@ def check_spec(
         )
     _check_row_modes(spec, fail)
     _check_quality(spec, fail)
+    if spec.priority not in (0, *PRIORITIES.values()):
+        raise fail("priority", "expected low, normal or high (1, 2, 3)")
+    if spec.schedule is not None:
+        try:
+            spec = replace(spec, schedule=schedule.check_schedule(spec.schedule))
+        except schedule.ScheduleError as exc:
+            raise fail(exc.field, exc.detail) from None
     if spec.schema_policy not in ("", *SCHEMA_POLICIES):
         raise fail(
             "schema_policy",

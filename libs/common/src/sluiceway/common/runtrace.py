@@ -127,6 +127,9 @@ class TracedRunLog:
     async def publish_task(self, task: ChunkTask, msg_id: str) -> Appended:
         return await self._bus.publish_task(task, msg_id)
 
+    async def last_scheduled(self, export_name: str) -> RunEvent | None:
+        return await self._bus.last_scheduled(export_name)
+
     async def after_message(self) -> None:
         """Emit the root span of every run this process ended while handling the message."""
         while self._ended:

@@ -34,6 +34,24 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         raise SettingsError(f"{name}={raw!r}: expected a number") from None
 
 
+def _positive(env: Mapping[str, str], name: str, default: float) -> float:
+    value = _float(env, name, default)
+    if not value > 0:
+        raise SettingsError(f"{name}={value}: expected a number above 0")
+    return value
+
+
+def _switch(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw == "":
+        return default
+    if raw in ("1", "on", "true", "yes"):
+        return True
+    if raw in ("0", "off", "false", "no"):
+        return False
+    raise SettingsError(f"{name}={raw!r}: expected on or off")
+
+
 def split_addr(raw: str, name: str = "address") -> tuple[str, int]:
     """'host:port' (IPv6 in brackets: '[::]:9464') -> (host, port); port 0 means any free one."""
     host, sep, port = raw.rpartition(":")
@@ -76,6 +94,15 @@ class Settings:
     # ack_wait of the planner's and committer's run-event consumers: how soon a message whose
     # handler died (a crash) is delivered again
     consumer_ack_wait_s: float
+    # the scheduler (in the planner): on unless SLUICEWAY_SCHEDULER=off; how often it ticks;
+    # how late an occurrence may be and still count as on time (older: missed, see catch_up)
+    scheduler: bool = True
+    scheduler_tick_s: float = 1.0
+    scheduler_grace_s: float = 60.0
+    # tests only: the scheduler reads its time from this file (ISO-8601), not the system clock
+    clock_file: str = ""
+    # how many seconds of waiting raise a queued chunk task's priority by one level
+    priority_aging_s: float = 60.0
     # consistent_snapshot: the longest the planner holds a run's exported snapshot open
     snapshot_max_hold_s: float = 6 * 3600.0
     # the Prometheus /metrics endpoint ('' = off) and, for worker and committer (which have no
@@ -112,6 +139,11 @@ class Settings:
             worker_backoff_base_ms=_int(e, "SLUICEWAY_WORKER_BACKOFF_BASE_MS", 1_000),
             worker_backoff_max_ms=_int(e, "SLUICEWAY_WORKER_BACKOFF_MAX_MS", 60_000),
             consumer_ack_wait_s=_float(e, "SLUICEWAY_CONSUMER_ACK_WAIT_S", 30.0),
+            scheduler=_switch(e, "SLUICEWAY_SCHEDULER", True),
+            scheduler_tick_s=_positive(e, "SLUICEWAY_SCHEDULER_TICK_S", 1.0),
+            scheduler_grace_s=_positive(e, "SLUICEWAY_SCHEDULER_GRACE_S", 60.0),
+            clock_file=e.get("SLUICEWAY_CLOCK_FILE", ""),
+            priority_aging_s=_positive(e, "SLUICEWAY_PRIORITY_AGING_S", 60.0),
             snapshot_max_hold_s=_float(e, "SLUICEWAY_SNAPSHOT_MAX_HOLD_S", 6 * 3600.0),
             metrics_addr=_addr(e, "SLUICEWAY_METRICS_ADDR"),
             health_addr=_addr(e, "SLUICEWAY_HEALTH_ADDR"),

@@ -22,10 +22,11 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from sluiceway.v1 import events_pb2 as sluiceway_dot_v1_dot_events__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1asluiceway/v1/control.proto\x12\x0csluiceway.v1\x1a\x19sluiceway/v1/events.proto\"X\n\x0e\x43onfigDocument\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x13\n\x0b\x65xport_name\x18\x02 \x01(\t\x12\x10\n\x08\x62\x61se_dir\x18\x03 \x01(\t\x12\x11\n\tfile_name\x18\x04 \x01(\t\"\xfa\x01\n\x10SubmitRunRequest\x12(\n\x04spec\x18\x01 \x01(\x0b\x32\x18.sluiceway.v1.ExportSpecH\x00\x12.\n\x06\x63onfig\x18\x02 \x01(\x0b\x32\x1c.sluiceway.v1.ConfigDocumentH\x00\x12\x14\n\x0crequested_by\x18\x03 \x01(\t\x12<\n\x07options\x18\x04 \x03(\x0b\x32+.sluiceway.v1.SubmitRunRequest.OptionsEntry\x1a.\n\x0cOptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x08\n\x06\x65xport\"L\n\x11SubmitRunResponse\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x13\n\x0b\x65xport_name\x18\x02 \x01(\t\x12\x12\n\nstream_seq\x18\x03 \x01(\x04\"t\n\x0ePlanRunRequest\x12(\n\x04spec\x18\x01 \x01(\x0b\x32\x18.sluiceway.v1.ExportSpecH\x00\x12.\n\x06\x63onfig\x18\x02 \x01(\x0b\x32\x1c.sluiceway.v1.ConfigDocumentH\x00\x42\x08\n\x06\x65xport\"\x90\x01\n\x0fPlanRunResponse\x12(\n\x04plan\x18\x01 \x01(\x0b\x32\x1a.sluiceway.v1.PlanResolved\x12+\n\x08warnings\x18\x02 \x03(\x0b\x32\x19.sluiceway.v1.PlanWarning\x12&\n\x04spec\x18\x03 \x01(\x0b\x32\x18.sluiceway.v1.ExportSpec\"H\n\x10\x43\x61ncelRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x14\n\x0crequested_by\x18\x03 \x01(\t\"7\n\x11\x43\x61ncelRunResponse\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x12\n\nstream_seq\x18\x02 \x01(\x04\x32\xed\x01\n\x07\x43ontrol\x12L\n\tSubmitRun\x12\x1e.sluiceway.v1.SubmitRunRequest\x1a\x1f.sluiceway.v1.SubmitRunResponse\x12\x46\n\x07PlanRun\x12\x1c.sluiceway.v1.PlanRunRequest\x1a\x1d.sluiceway.v1.PlanRunResponse\x12L\n\tCancelRun\x12\x1e.sluiceway.v1.CancelRunRequest\x1a\x1f.sluiceway.v1.CancelRunResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1asluiceway/v1/control.proto\x12\x0csluiceway.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19sluiceway/v1/events.proto\"X\n\x0e\x43onfigDocument\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x13\n\x0b\x65xport_name\x18\x02 \x01(\t\x12\x10\n\x08\x62\x61se_dir\x18\x03 \x01(\t\x12\x11\n\tfile_name\x18\x04 \x01(\t\"\x8c\x02\n\x10SubmitRunRequest\x12(\n\x04spec\x18\x01 \x01(\x0b\x32\x18.sluiceway.v1.ExportSpecH\x00\x12.\n\x06\x63onfig\x18\x02 \x01(\x0b\x32\x1c.sluiceway.v1.ConfigDocumentH\x00\x12\x14\n\x0crequested_by\x18\x03 \x01(\t\x12<\n\x07options\x18\x04 \x03(\x0b\x32+.sluiceway.v1.SubmitRunRequest.OptionsEntry\x12\x10\n\x08priority\x18\x05 \x01(\x05\x1a.\n\x0cOptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x08\n\x06\x65xport\"L\n\x11SubmitRunResponse\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x13\n\x0b\x65xport_name\x18\x02 \x01(\t\x12\x12\n\nstream_seq\x18\x03 \x01(\x04\"t\n\x0ePlanRunRequest\x12(\n\x04spec\x18\x01 \x01(\x0b\x32\x18.sluiceway.v1.ExportSpecH\x00\x12.\n\x06\x63onfig\x18\x02 \x01(\x0b\x32\x1c.sluiceway.v1.ConfigDocumentH\x00\x42\x08\n\x06\x65xport\"\x90\x01\n\x0fPlanRunResponse\x12(\n\x04plan\x18\x01 \x01(\x0b\x32\x1a.sluiceway.v1.PlanResolved\x12+\n\x08warnings\x18\x02 \x03(\x0b\x32\x19.sluiceway.v1.PlanWarning\x12&\n\x04spec\x18\x03 \x01(\x0b\x32\x18.sluiceway.v1.ExportSpec\"H\n\x10\x43\x61ncelRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x14\n\x0crequested_by\x18\x03 \x01(\t\"7\n\x11\x43\x61ncelRunResponse\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x12\n\nstream_seq\x18\x02 \x01(\x04\"T\n\x15\x41pplySchedulesRequest\x12\'\n\x05specs\x18\x01 \x03(\x0b\x32\x18.sluiceway.v1.ExportSpec\x12\x12\n\napplied_by\x18\x02 \x01(\t\"\x82\x01\n\x0cScheduleInfo\x12&\n\x04spec\x18\x01 \x01(\x0b\x32\x18.sluiceway.v1.ExportSpec\x12\x10\n\x08revision\x18\x02 \x01(\x04\x12(\n\x04next\x18\x03 \x03(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06\x63hange\x18\x04 \x01(\t\"G\n\x16\x41pplySchedulesResponse\x12-\n\tschedules\x18\x01 \x03(\x0b\x32\x1a.sluiceway.v1.ScheduleInfo\"(\n\x14ListSchedulesRequest\x12\x10\n\x08upcoming\x18\x01 \x01(\x05\"F\n\x15ListSchedulesResponse\x12-\n\tschedules\x18\x01 \x03(\x0b\x32\x1a.sluiceway.v1.ScheduleInfo\"\x83\x01\n\x11InstalledSchedule\x12&\n\x04spec\x18\x01 \x01(\x0b\x32\x18.sluiceway.v1.ExportSpec\x12\x30\n\x0cinstalled_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cinstalled_by\x18\x03 \x01(\t2\xa4\x03\n\x07\x43ontrol\x12L\n\tSubmitRun\x12\x1e.sluiceway.v1.SubmitRunRequest\x1a\x1f.sluiceway.v1.SubmitRunResponse\x12\x46\n\x07PlanRun\x12\x1c.sluiceway.v1.PlanRunRequest\x1a\x1d.sluiceway.v1.PlanRunResponse\x12L\n\tCancelRun\x12\x1e.sluiceway.v1.CancelRunRequest\x1a\x1f.sluiceway.v1.CancelRunResponse\x12[\n\x0e\x41pplySchedules\x12#.sluiceway.v1.ApplySchedulesRequest\x1a$.sluiceway.v1.ApplySchedulesResponse\x12X\n\rListSchedules\x12\".sluiceway.v1.ListSchedulesRequest\x1a#.sluiceway.v1.ListSchedulesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,22 +35,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SUBMITRUNREQUEST_OPTIONSENTRY']._loaded_options = None
   _globals['_SUBMITRUNREQUEST_OPTIONSENTRY']._serialized_options = b'8\001'
-  _globals['_CONFIGDOCUMENT']._serialized_start=71
-  _globals['_CONFIGDOCUMENT']._serialized_end=159
-  _globals['_SUBMITRUNREQUEST']._serialized_start=162
-  _globals['_SUBMITRUNREQUEST']._serialized_end=412
-  _globals['_SUBMITRUNREQUEST_OPTIONSENTRY']._serialized_start=356
-  _globals['_SUBMITRUNREQUEST_OPTIONSENTRY']._serialized_end=402
-  _globals['_SUBMITRUNRESPONSE']._serialized_start=414
-  _globals['_SUBMITRUNRESPONSE']._serialized_end=490
-  _globals['_PLANRUNREQUEST']._serialized_start=492
-  _globals['_PLANRUNREQUEST']._serialized_end=608
-  _globals['_PLANRUNRESPONSE']._serialized_start=611
-  _globals['_PLANRUNRESPONSE']._serialized_end=755
-  _globals['_CANCELRUNREQUEST']._serialized_start=757
-  _globals['_CANCELRUNREQUEST']._serialized_end=829
-  _globals['_CANCELRUNRESPONSE']._serialized_start=831
-  _globals['_CANCELRUNRESPONSE']._serialized_end=886
-  _globals['_CONTROL']._serialized_start=889
-  _globals['_CONTROL']._serialized_end=1126
+  _globals['_CONFIGDOCUMENT']._serialized_start=104
+  _globals['_CONFIGDOCUMENT']._serialized_end=192
+  _globals['_SUBMITRUNREQUEST']._serialized_start=195
+  _globals['_SUBMITRUNREQUEST']._serialized_end=463
+  _globals['_SUBMITRUNREQUEST_OPTIONSENTRY']._serialized_start=407
+  _globals['_SUBMITRUNREQUEST_OPTIONSENTRY']._serialized_end=453
+  _globals['_SUBMITRUNRESPONSE']._serialized_start=465
+  _globals['_SUBMITRUNRESPONSE']._serialized_end=541
+  _globals['_PLANRUNREQUEST']._serialized_start=543
+  _globals['_PLANRUNREQUEST']._serialized_end=659
+  _globals['_PLANRUNRESPONSE']._serialized_start=662
+  _globals['_PLANRUNRESPONSE']._serialized_end=806
+  _globals['_CANCELRUNREQUEST']._serialized_start=808
+  _globals['_CANCELRUNREQUEST']._serialized_end=880
+  _globals['_CANCELRUNRESPONSE']._serialized_start=882
+  _globals['_CANCELRUNRESPONSE']._serialized_end=937
+  _globals['_APPLYSCHEDULESREQUEST']._serialized_start=939
+  _globals['_APPLYSCHEDULESREQUEST']._serialized_end=1023
+  _globals['_SCHEDULEINFO']._serialized_start=1026
+  _globals['_SCHEDULEINFO']._serialized_end=1156
+  _globals['_APPLYSCHEDULESRESPONSE']._serialized_start=1158
+  _globals['_APPLYSCHEDULESRESPONSE']._serialized_end=1229
+  _globals['_LISTSCHEDULESREQUEST']._serialized_start=1231
+  _globals['_LISTSCHEDULESREQUEST']._serialized_end=1271
+  _globals['_LISTSCHEDULESRESPONSE']._serialized_start=1273
+  _globals['_LISTSCHEDULESRESPONSE']._serialized_end=1343
+  _globals['_INSTALLEDSCHEDULE']._serialized_start=1346
+  _globals['_INSTALLEDSCHEDULE']._serialized_end=1477
+  _globals['_CONTROL']._serialized_start=1480
+  _globals['_CONTROL']._serialized_end=1900
 # @@protoc_insertion_point(module_scope)

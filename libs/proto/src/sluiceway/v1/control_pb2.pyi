@@ -1,3 +1,6 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from sluiceway.v1 import events_pb2 as _events_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
@@ -20,7 +23,7 @@ class ConfigDocument(_message.Message):
     def __init__(self, text: _Optional[str] = ..., export_name: _Optional[str] = ..., base_dir: _Optional[str] = ..., file_name: _Optional[str] = ...) -> None: ...
 
 class SubmitRunRequest(_message.Message):
-    __slots__ = ("spec", "config", "requested_by", "options")
+    __slots__ = ("spec", "config", "requested_by", "options", "priority")
     class OptionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -32,11 +35,13 @@ class SubmitRunRequest(_message.Message):
     CONFIG_FIELD_NUMBER: _ClassVar[int]
     REQUESTED_BY_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
     spec: _events_pb2.ExportSpec
     config: ConfigDocument
     requested_by: str
     options: _containers.ScalarMap[str, str]
-    def __init__(self, spec: _Optional[_Union[_events_pb2.ExportSpec, _Mapping]] = ..., config: _Optional[_Union[ConfigDocument, _Mapping]] = ..., requested_by: _Optional[str] = ..., options: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    priority: int
+    def __init__(self, spec: _Optional[_Union[_events_pb2.ExportSpec, _Mapping]] = ..., config: _Optional[_Union[ConfigDocument, _Mapping]] = ..., requested_by: _Optional[str] = ..., options: _Optional[_Mapping[str, str]] = ..., priority: _Optional[int] = ...) -> None: ...
 
 class SubmitRunResponse(_message.Message):
     __slots__ = ("run_id", "export_name", "stream_seq")
@@ -83,3 +88,51 @@ class CancelRunResponse(_message.Message):
     run_id: str
     stream_seq: int
     def __init__(self, run_id: _Optional[str] = ..., stream_seq: _Optional[int] = ...) -> None: ...
+
+class ApplySchedulesRequest(_message.Message):
+    __slots__ = ("specs", "applied_by")
+    SPECS_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_BY_FIELD_NUMBER: _ClassVar[int]
+    specs: _containers.RepeatedCompositeFieldContainer[_events_pb2.ExportSpec]
+    applied_by: str
+    def __init__(self, specs: _Optional[_Iterable[_Union[_events_pb2.ExportSpec, _Mapping]]] = ..., applied_by: _Optional[str] = ...) -> None: ...
+
+class ScheduleInfo(_message.Message):
+    __slots__ = ("spec", "revision", "next", "change")
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    NEXT_FIELD_NUMBER: _ClassVar[int]
+    CHANGE_FIELD_NUMBER: _ClassVar[int]
+    spec: _events_pb2.ExportSpec
+    revision: int
+    next: _containers.RepeatedCompositeFieldContainer[_timestamp_pb2.Timestamp]
+    change: str
+    def __init__(self, spec: _Optional[_Union[_events_pb2.ExportSpec, _Mapping]] = ..., revision: _Optional[int] = ..., next: _Optional[_Iterable[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]]] = ..., change: _Optional[str] = ...) -> None: ...
+
+class ApplySchedulesResponse(_message.Message):
+    __slots__ = ("schedules",)
+    SCHEDULES_FIELD_NUMBER: _ClassVar[int]
+    schedules: _containers.RepeatedCompositeFieldContainer[ScheduleInfo]
+    def __init__(self, schedules: _Optional[_Iterable[_Union[ScheduleInfo, _Mapping]]] = ...) -> None: ...
+
+class ListSchedulesRequest(_message.Message):
+    __slots__ = ("upcoming",)
+    UPCOMING_FIELD_NUMBER: _ClassVar[int]
+    upcoming: int
+    def __init__(self, upcoming: _Optional[int] = ...) -> None: ...
+
+class ListSchedulesResponse(_message.Message):
+    __slots__ = ("schedules",)
+    SCHEDULES_FIELD_NUMBER: _ClassVar[int]
+    schedules: _containers.RepeatedCompositeFieldContainer[ScheduleInfo]
+    def __init__(self, schedules: _Optional[_Iterable[_Union[ScheduleInfo, _Mapping]]] = ...) -> None: ...
+
+class InstalledSchedule(_message.Message):
+    __slots__ = ("spec", "installed_at", "installed_by")
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    INSTALLED_AT_FIELD_NUMBER: _ClassVar[int]
+    INSTALLED_BY_FIELD_NUMBER: _ClassVar[int]
+    spec: _events_pb2.ExportSpec
+    installed_at: _timestamp_pb2.Timestamp
+    installed_by: str
+    def __init__(self, spec: _Optional[_Union[_events_pb2.ExportSpec, _Mapping]] = ..., installed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., installed_by: _Optional[str] = ...) -> None: ...

@@ -49,6 +49,16 @@ class ControlStub:
                 request_serializer=sluiceway_dot_v1_dot_control__pb2.CancelRunRequest.SerializeToString,
                 response_deserializer=sluiceway_dot_v1_dot_control__pb2.CancelRunResponse.FromString,
                 _registered_method=True)
+        self.ApplySchedules = channel.unary_unary(
+                '/sluiceway.v1.Control/ApplySchedules',
+                request_serializer=sluiceway_dot_v1_dot_control__pb2.ApplySchedulesRequest.SerializeToString,
+                response_deserializer=sluiceway_dot_v1_dot_control__pb2.ApplySchedulesResponse.FromString,
+                _registered_method=True)
+        self.ListSchedules = channel.unary_unary(
+                '/sluiceway.v1.Control/ListSchedules',
+                request_serializer=sluiceway_dot_v1_dot_control__pb2.ListSchedulesRequest.SerializeToString,
+                response_deserializer=sluiceway_dot_v1_dot_control__pb2.ListSchedulesResponse.FromString,
+                _registered_method=True)
 
 
 class ControlServicer:
@@ -75,6 +85,21 @@ class ControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ApplySchedules(self, request, context):
+        """Installs or updates the schedules of a config's exports (an export without `schedule:`
+        has its installed schedule removed); the scheduler picks them up at its next tick.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListSchedules(self, request, context):
+        """The installed schedules and their next occurrences.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -92,6 +117,16 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.CancelRun,
                     request_deserializer=sluiceway_dot_v1_dot_control__pb2.CancelRunRequest.FromString,
                     response_serializer=sluiceway_dot_v1_dot_control__pb2.CancelRunResponse.SerializeToString,
+            ),
+            'ApplySchedules': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApplySchedules,
+                    request_deserializer=sluiceway_dot_v1_dot_control__pb2.ApplySchedulesRequest.FromString,
+                    response_serializer=sluiceway_dot_v1_dot_control__pb2.ApplySchedulesResponse.SerializeToString,
+            ),
+            'ListSchedules': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSchedules,
+                    request_deserializer=sluiceway_dot_v1_dot_control__pb2.ListSchedulesRequest.FromString,
+                    response_serializer=sluiceway_dot_v1_dot_control__pb2.ListSchedulesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -175,6 +210,60 @@ class Control:
             '/sluiceway.v1.Control/CancelRun',
             sluiceway_dot_v1_dot_control__pb2.CancelRunRequest.SerializeToString,
             sluiceway_dot_v1_dot_control__pb2.CancelRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApplySchedules(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sluiceway.v1.Control/ApplySchedules',
+            sluiceway_dot_v1_dot_control__pb2.ApplySchedulesRequest.SerializeToString,
+            sluiceway_dot_v1_dot_control__pb2.ApplySchedulesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSchedules(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/sluiceway.v1.Control/ListSchedules',
+            sluiceway_dot_v1_dot_control__pb2.ListSchedulesRequest.SerializeToString,
+            sluiceway_dot_v1_dot_control__pb2.ListSchedulesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -21,6 +21,8 @@ class RunStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     RUN_STATUS_FAILED: _ClassVar[RunStatus]
     RUN_STATUS_CANCELED: _ClassVar[RunStatus]
     RUN_STATUS_SKIPPED: _ClassVar[RunStatus]
+    RUN_STATUS_SCHEDULED: _ClassVar[RunStatus]
+    RUN_STATUS_READY: _ClassVar[RunStatus]
 
 class ChunkStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -46,6 +48,8 @@ RUN_STATUS_SUCCEEDED: RunStatus
 RUN_STATUS_FAILED: RunStatus
 RUN_STATUS_CANCELED: RunStatus
 RUN_STATUS_SKIPPED: RunStatus
+RUN_STATUS_SCHEDULED: RunStatus
+RUN_STATUS_READY: RunStatus
 CHUNK_STATUS_UNSPECIFIED: ChunkStatus
 CHUNK_STATUS_PENDING: ChunkStatus
 CHUNK_STATUS_RUNNING: ChunkStatus
@@ -68,7 +72,7 @@ class SourceSpec(_message.Message):
     def __init__(self, engine: _Optional[str] = ..., url_env: _Optional[str] = ..., path: _Optional[str] = ...) -> None: ...
 
 class ExportSpec(_message.Message):
-    __slots__ = ("name", "source", "table", "query", "mode", "chunk_column", "chunk_size", "chunk_count", "format", "compression", "compression_level", "destination", "batch_size", "max_attempts", "row_group_rows", "columns", "cursor_column", "time_column", "days_window", "chunk_by_days", "max_file_bytes", "row_group_mb", "add_exported_at", "compression_profile", "row_filter", "schema_policy", "quality", "tuning_profile", "batch_size_memory_mb", "statement_timeout_s", "lock_timeout_s", "connect_timeout_s", "consistent_snapshot")
+    __slots__ = ("name", "source", "table", "query", "mode", "chunk_column", "chunk_size", "chunk_count", "format", "compression", "compression_level", "destination", "batch_size", "max_attempts", "row_group_rows", "columns", "cursor_column", "time_column", "days_window", "chunk_by_days", "max_file_bytes", "row_group_mb", "add_exported_at", "compression_profile", "row_filter", "schema_policy", "quality", "tuning_profile", "batch_size_memory_mb", "statement_timeout_s", "lock_timeout_s", "connect_timeout_s", "consistent_snapshot", "priority", "schedule")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     TABLE_FIELD_NUMBER: _ClassVar[int]
@@ -102,6 +106,8 @@ class ExportSpec(_message.Message):
     LOCK_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
     CONNECT_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
     CONSISTENT_SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULE_FIELD_NUMBER: _ClassVar[int]
     name: str
     source: SourceSpec
     table: str
@@ -135,7 +141,23 @@ class ExportSpec(_message.Message):
     lock_timeout_s: int
     connect_timeout_s: int
     consistent_snapshot: bool
-    def __init__(self, name: _Optional[str] = ..., source: _Optional[_Union[SourceSpec, _Mapping]] = ..., table: _Optional[str] = ..., query: _Optional[str] = ..., mode: _Optional[str] = ..., chunk_column: _Optional[str] = ..., chunk_size: _Optional[int] = ..., chunk_count: _Optional[int] = ..., format: _Optional[str] = ..., compression: _Optional[str] = ..., compression_level: _Optional[int] = ..., destination: _Optional[str] = ..., batch_size: _Optional[int] = ..., max_attempts: _Optional[int] = ..., row_group_rows: _Optional[int] = ..., columns: _Optional[_Iterable[str]] = ..., cursor_column: _Optional[str] = ..., time_column: _Optional[str] = ..., days_window: _Optional[int] = ..., chunk_by_days: _Optional[int] = ..., max_file_bytes: _Optional[int] = ..., row_group_mb: _Optional[int] = ..., add_exported_at: _Optional[bool] = ..., compression_profile: _Optional[str] = ..., row_filter: _Optional[_Union[RowFilter, _Mapping]] = ..., schema_policy: _Optional[str] = ..., quality: _Optional[_Union[QualityRules, _Mapping]] = ..., tuning_profile: _Optional[str] = ..., batch_size_memory_mb: _Optional[int] = ..., statement_timeout_s: _Optional[int] = ..., lock_timeout_s: _Optional[int] = ..., connect_timeout_s: _Optional[int] = ..., consistent_snapshot: _Optional[bool] = ...) -> None: ...
+    priority: int
+    schedule: ScheduleSpec
+    def __init__(self, name: _Optional[str] = ..., source: _Optional[_Union[SourceSpec, _Mapping]] = ..., table: _Optional[str] = ..., query: _Optional[str] = ..., mode: _Optional[str] = ..., chunk_column: _Optional[str] = ..., chunk_size: _Optional[int] = ..., chunk_count: _Optional[int] = ..., format: _Optional[str] = ..., compression: _Optional[str] = ..., compression_level: _Optional[int] = ..., destination: _Optional[str] = ..., batch_size: _Optional[int] = ..., max_attempts: _Optional[int] = ..., row_group_rows: _Optional[int] = ..., columns: _Optional[_Iterable[str]] = ..., cursor_column: _Optional[str] = ..., time_column: _Optional[str] = ..., days_window: _Optional[int] = ..., chunk_by_days: _Optional[int] = ..., max_file_bytes: _Optional[int] = ..., row_group_mb: _Optional[int] = ..., add_exported_at: _Optional[bool] = ..., compression_profile: _Optional[str] = ..., row_filter: _Optional[_Union[RowFilter, _Mapping]] = ..., schema_policy: _Optional[str] = ..., quality: _Optional[_Union[QualityRules, _Mapping]] = ..., tuning_profile: _Optional[str] = ..., batch_size_memory_mb: _Optional[int] = ..., statement_timeout_s: _Optional[int] = ..., lock_timeout_s: _Optional[int] = ..., connect_timeout_s: _Optional[int] = ..., consistent_snapshot: _Optional[bool] = ..., priority: _Optional[int] = ..., schedule: _Optional[_Union[ScheduleSpec, _Mapping]] = ...) -> None: ...
+
+class ScheduleSpec(_message.Message):
+    __slots__ = ("cron", "timezone", "enabled", "catch_up", "overlap")
+    CRON_FIELD_NUMBER: _ClassVar[int]
+    TIMEZONE_FIELD_NUMBER: _ClassVar[int]
+    ENABLED_FIELD_NUMBER: _ClassVar[int]
+    CATCH_UP_FIELD_NUMBER: _ClassVar[int]
+    OVERLAP_FIELD_NUMBER: _ClassVar[int]
+    cron: str
+    timezone: str
+    enabled: bool
+    catch_up: str
+    overlap: str
+    def __init__(self, cron: _Optional[str] = ..., timezone: _Optional[str] = ..., enabled: _Optional[bool] = ..., catch_up: _Optional[str] = ..., overlap: _Optional[str] = ...) -> None: ...
 
 class QualityRules(_message.Message):
     __slots__ = ("row_count_min", "row_count_max", "null_ratio_max", "unique_columns", "on_violation")
@@ -221,7 +243,7 @@ class RowFilter(_message.Message):
     def __init__(self, column: _Optional[str] = ..., key_type: _Optional[str] = ..., low: _Optional[str] = ..., low_inclusive: _Optional[bool] = ..., high: _Optional[str] = ..., high_inclusive: _Optional[bool] = ...) -> None: ...
 
 class ChunkTask(_message.Message):
-    __slots__ = ("run_id", "plan_id", "spec", "range", "schema", "chunk_count", "snapshot_id")
+    __slots__ = ("run_id", "plan_id", "spec", "range", "schema", "chunk_count", "snapshot_id", "priority")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     PLAN_ID_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
@@ -229,6 +251,7 @@ class ChunkTask(_message.Message):
     SCHEMA_FIELD_NUMBER: _ClassVar[int]
     CHUNK_COUNT_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_ID_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     plan_id: str
     spec: ExportSpec
@@ -236,10 +259,11 @@ class ChunkTask(_message.Message):
     schema: _containers.RepeatedCompositeFieldContainer[SchemaField]
     chunk_count: int
     snapshot_id: str
-    def __init__(self, run_id: _Optional[str] = ..., plan_id: _Optional[str] = ..., spec: _Optional[_Union[ExportSpec, _Mapping]] = ..., range: _Optional[_Union[ChunkRange, _Mapping]] = ..., schema: _Optional[_Iterable[_Union[SchemaField, _Mapping]]] = ..., chunk_count: _Optional[int] = ..., snapshot_id: _Optional[str] = ...) -> None: ...
+    priority: int
+    def __init__(self, run_id: _Optional[str] = ..., plan_id: _Optional[str] = ..., spec: _Optional[_Union[ExportSpec, _Mapping]] = ..., range: _Optional[_Union[ChunkRange, _Mapping]] = ..., schema: _Optional[_Iterable[_Union[SchemaField, _Mapping]]] = ..., chunk_count: _Optional[int] = ..., snapshot_id: _Optional[str] = ..., priority: _Optional[int] = ...) -> None: ...
 
 class RunRequested(_message.Message):
-    __slots__ = ("spec", "requested_by", "plan_id", "options")
+    __slots__ = ("spec", "requested_by", "plan_id", "options", "priority")
     class OptionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -251,11 +275,13 @@ class RunRequested(_message.Message):
     REQUESTED_BY_FIELD_NUMBER: _ClassVar[int]
     PLAN_ID_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
     spec: ExportSpec
     requested_by: str
     plan_id: str
     options: _containers.ScalarMap[str, str]
-    def __init__(self, spec: _Optional[_Union[ExportSpec, _Mapping]] = ..., requested_by: _Optional[str] = ..., plan_id: _Optional[str] = ..., options: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    priority: int
+    def __init__(self, spec: _Optional[_Union[ExportSpec, _Mapping]] = ..., requested_by: _Optional[str] = ..., plan_id: _Optional[str] = ..., options: _Optional[_Mapping[str, str]] = ..., priority: _Optional[int] = ...) -> None: ...
 
 class PlanResolved(_message.Message):
     __slots__ = ("plan_id", "strategy", "chunks", "format", "compression", "compression_level", "batch_size", "batch_size_memory_mb", "tuning_profile", "schema", "schema_fingerprint", "row_estimate", "chunk_column", "key_low", "key_high", "source_engine", "source_table", "query_fingerprint", "row_filter", "temp_bytes_at_plan", "snapshot_id")
@@ -312,16 +338,18 @@ class PlanWarning(_message.Message):
     def __init__(self, rule: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class ChunkStarted(_message.Message):
-    __slots__ = ("chunk_index", "start_key", "end_key", "attempt")
+    __slots__ = ("chunk_index", "start_key", "end_key", "attempt", "priority")
     CHUNK_INDEX_FIELD_NUMBER: _ClassVar[int]
     START_KEY_FIELD_NUMBER: _ClassVar[int]
     END_KEY_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
     chunk_index: int
     start_key: str
     end_key: str
     attempt: int
-    def __init__(self, chunk_index: _Optional[int] = ..., start_key: _Optional[str] = ..., end_key: _Optional[str] = ..., attempt: _Optional[int] = ...) -> None: ...
+    priority: int
+    def __init__(self, chunk_index: _Optional[int] = ..., start_key: _Optional[str] = ..., end_key: _Optional[str] = ..., attempt: _Optional[int] = ..., priority: _Optional[int] = ...) -> None: ...
 
 class FileWritten(_message.Message):
     __slots__ = ("file_name", "rows", "bytes", "part_index", "chunk_index", "attempt", "content_fingerprint")
@@ -471,6 +499,28 @@ class RunCompleted(_message.Message):
     skip_reason: str
     def __init__(self, status: _Optional[_Union[RunStatus, str]] = ..., error_message: _Optional[str] = ..., duration_ms: _Optional[int] = ..., skip_reason: _Optional[str] = ...) -> None: ...
 
+class RunScheduled(_message.Message):
+    __slots__ = ("spec", "scheduled_at", "priority", "cron", "timezone")
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULED_AT_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    CRON_FIELD_NUMBER: _ClassVar[int]
+    TIMEZONE_FIELD_NUMBER: _ClassVar[int]
+    spec: ExportSpec
+    scheduled_at: _timestamp_pb2.Timestamp
+    priority: int
+    cron: str
+    timezone: str
+    def __init__(self, spec: _Optional[_Union[ExportSpec, _Mapping]] = ..., scheduled_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., priority: _Optional[int] = ..., cron: _Optional[str] = ..., timezone: _Optional[str] = ...) -> None: ...
+
+class RunReady(_message.Message):
+    __slots__ = ("reason", "waiting_for")
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    WAITING_FOR_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    waiting_for: str
+    def __init__(self, reason: _Optional[str] = ..., waiting_for: _Optional[str] = ...) -> None: ...
+
 class CancelRequested(_message.Message):
     __slots__ = ("reason", "requested_by")
     REASON_FIELD_NUMBER: _ClassVar[int]
@@ -480,7 +530,7 @@ class CancelRequested(_message.Message):
     def __init__(self, reason: _Optional[str] = ..., requested_by: _Optional[str] = ...) -> None: ...
 
 class RunEvent(_message.Message):
-    __slots__ = ("event_id", "run_id", "export_name", "occurred_at", "producer", "attempt", "resources", "event_version", "run_requested", "plan_resolved", "plan_warning", "chunk_started", "file_written", "chunk_completed", "chunk_failed", "retry_attempted", "quality_issue", "schema_changed", "warning", "validation_result", "reconciliation_result", "manifest_committed", "run_completed", "cancel_requested")
+    __slots__ = ("event_id", "run_id", "export_name", "occurred_at", "producer", "attempt", "resources", "event_version", "run_requested", "plan_resolved", "plan_warning", "chunk_started", "file_written", "chunk_completed", "chunk_failed", "retry_attempted", "quality_issue", "schema_changed", "warning", "validation_result", "reconciliation_result", "manifest_committed", "run_completed", "cancel_requested", "run_scheduled", "run_ready")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     EXPORT_NAME_FIELD_NUMBER: _ClassVar[int]
@@ -505,6 +555,8 @@ class RunEvent(_message.Message):
     MANIFEST_COMMITTED_FIELD_NUMBER: _ClassVar[int]
     RUN_COMPLETED_FIELD_NUMBER: _ClassVar[int]
     CANCEL_REQUESTED_FIELD_NUMBER: _ClassVar[int]
+    RUN_SCHEDULED_FIELD_NUMBER: _ClassVar[int]
+    RUN_READY_FIELD_NUMBER: _ClassVar[int]
     event_id: str
     run_id: str
     export_name: str
@@ -529,4 +581,6 @@ class RunEvent(_message.Message):
     manifest_committed: ManifestCommitted
     run_completed: RunCompleted
     cancel_requested: CancelRequested
-    def __init__(self, event_id: _Optional[str] = ..., run_id: _Optional[str] = ..., export_name: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., producer: _Optional[_Union[Producer, _Mapping]] = ..., attempt: _Optional[int] = ..., resources: _Optional[_Union[ResourceUsage, _Mapping]] = ..., event_version: _Optional[int] = ..., run_requested: _Optional[_Union[RunRequested, _Mapping]] = ..., plan_resolved: _Optional[_Union[PlanResolved, _Mapping]] = ..., plan_warning: _Optional[_Union[PlanWarning, _Mapping]] = ..., chunk_started: _Optional[_Union[ChunkStarted, _Mapping]] = ..., file_written: _Optional[_Union[FileWritten, _Mapping]] = ..., chunk_completed: _Optional[_Union[ChunkCompleted, _Mapping]] = ..., chunk_failed: _Optional[_Union[ChunkFailed, _Mapping]] = ..., retry_attempted: _Optional[_Union[RetryAttempted, _Mapping]] = ..., quality_issue: _Optional[_Union[QualityIssue, _Mapping]] = ..., schema_changed: _Optional[_Union[SchemaChanged, _Mapping]] = ..., warning: _Optional[_Union[Warning, _Mapping]] = ..., validation_result: _Optional[_Union[ValidationResult, _Mapping]] = ..., reconciliation_result: _Optional[_Union[ReconciliationResult, _Mapping]] = ..., manifest_committed: _Optional[_Union[ManifestCommitted, _Mapping]] = ..., run_completed: _Optional[_Union[RunCompleted, _Mapping]] = ..., cancel_requested: _Optional[_Union[CancelRequested, _Mapping]] = ...) -> None: ...
+    run_scheduled: RunScheduled
+    run_ready: RunReady
+    def __init__(self, event_id: _Optional[str] = ..., run_id: _Optional[str] = ..., export_name: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., producer: _Optional[_Union[Producer, _Mapping]] = ..., attempt: _Optional[int] = ..., resources: _Optional[_Union[ResourceUsage, _Mapping]] = ..., event_version: _Optional[int] = ..., run_requested: _Optional[_Union[RunRequested, _Mapping]] = ..., plan_resolved: _Optional[_Union[PlanResolved, _Mapping]] = ..., plan_warning: _Optional[_Union[PlanWarning, _Mapping]] = ..., chunk_started: _Optional[_Union[ChunkStarted, _Mapping]] = ..., file_written: _Optional[_Union[FileWritten, _Mapping]] = ..., chunk_completed: _Optional[_Union[ChunkCompleted, _Mapping]] = ..., chunk_failed: _Optional[_Union[ChunkFailed, _Mapping]] = ..., retry_attempted: _Optional[_Union[RetryAttempted, _Mapping]] = ..., quality_issue: _Optional[_Union[QualityIssue, _Mapping]] = ..., schema_changed: _Optional[_Union[SchemaChanged, _Mapping]] = ..., warning: _Optional[_Union[Warning, _Mapping]] = ..., validation_result: _Optional[_Union[ValidationResult, _Mapping]] = ..., reconciliation_result: _Optional[_Union[ReconciliationResult, _Mapping]] = ..., manifest_committed: _Optional[_Union[ManifestCommitted, _Mapping]] = ..., run_completed: _Optional[_Union[RunCompleted, _Mapping]] = ..., cancel_requested: _Optional[_Union[CancelRequested, _Mapping]] = ..., run_scheduled: _Optional[_Union[RunScheduled, _Mapping]] = ..., run_ready: _Optional[_Union[RunReady, _Mapping]] = ...) -> None: ...

@@ -33,7 +33,7 @@ class JournalEntry(_message.Message):
     def __init__(self, seq: _Optional[int] = ..., kind: _Optional[str] = ..., occurred_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., message: _Optional[str] = ...) -> None: ...
 
 class RunSummary(_message.Message):
-    __slots__ = ("run_id", "export_name", "status", "total_rows", "files_produced", "bytes_written", "files_committed", "duration_ms", "peak_rss_mb", "retries", "validated", "schema_changed", "quality_passed", "error_message", "tuning_profile", "batch_size", "batch_size_memory_mb", "format", "mode", "compression", "pg_temp_bytes_delta", "skip_reason", "source_count", "reconciled", "manifest_parts", "schema_fingerprint", "manifest_verification", "apply_context", "journal", "plan_id", "manifest_uri", "requested_at", "finished_at", "chunks_total", "chunks_completed", "chunks_failed", "row_estimate", "last_seq", "anomalies", "manifest_fingerprint", "failure_cause")
+    __slots__ = ("run_id", "export_name", "status", "total_rows", "files_produced", "bytes_written", "files_committed", "duration_ms", "peak_rss_mb", "retries", "validated", "schema_changed", "quality_passed", "error_message", "tuning_profile", "batch_size", "batch_size_memory_mb", "format", "mode", "compression", "pg_temp_bytes_delta", "skip_reason", "source_count", "reconciled", "manifest_parts", "schema_fingerprint", "manifest_verification", "apply_context", "journal", "plan_id", "manifest_uri", "requested_at", "finished_at", "chunks_total", "chunks_completed", "chunks_failed", "row_estimate", "last_seq", "anomalies", "manifest_fingerprint", "failure_cause", "scheduled_at", "priority", "waiting_reason")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     EXPORT_NAME_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -75,6 +75,9 @@ class RunSummary(_message.Message):
     ANOMALIES_FIELD_NUMBER: _ClassVar[int]
     MANIFEST_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     FAILURE_CAUSE_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULED_AT_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    WAITING_REASON_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     export_name: str
     status: _events_pb2.RunStatus
@@ -116,7 +119,10 @@ class RunSummary(_message.Message):
     anomalies: int
     manifest_fingerprint: str
     failure_cause: str
-    def __init__(self, run_id: _Optional[str] = ..., export_name: _Optional[str] = ..., status: _Optional[_Union[_events_pb2.RunStatus, str]] = ..., total_rows: _Optional[int] = ..., files_produced: _Optional[int] = ..., bytes_written: _Optional[int] = ..., files_committed: _Optional[int] = ..., duration_ms: _Optional[int] = ..., peak_rss_mb: _Optional[float] = ..., retries: _Optional[int] = ..., validated: _Optional[bool] = ..., schema_changed: _Optional[bool] = ..., quality_passed: _Optional[bool] = ..., error_message: _Optional[str] = ..., tuning_profile: _Optional[str] = ..., batch_size: _Optional[int] = ..., batch_size_memory_mb: _Optional[int] = ..., format: _Optional[str] = ..., mode: _Optional[str] = ..., compression: _Optional[str] = ..., pg_temp_bytes_delta: _Optional[int] = ..., skip_reason: _Optional[str] = ..., source_count: _Optional[int] = ..., reconciled: _Optional[bool] = ..., manifest_parts: _Optional[int] = ..., schema_fingerprint: _Optional[str] = ..., manifest_verification: _Optional[str] = ..., apply_context: _Optional[_Union[ApplyContext, _Mapping]] = ..., journal: _Optional[_Iterable[_Union[JournalEntry, _Mapping]]] = ..., plan_id: _Optional[str] = ..., manifest_uri: _Optional[str] = ..., requested_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., chunks_total: _Optional[int] = ..., chunks_completed: _Optional[int] = ..., chunks_failed: _Optional[int] = ..., row_estimate: _Optional[int] = ..., last_seq: _Optional[int] = ..., anomalies: _Optional[int] = ..., manifest_fingerprint: _Optional[str] = ..., failure_cause: _Optional[str] = ...) -> None: ...
+    scheduled_at: _timestamp_pb2.Timestamp
+    priority: int
+    waiting_reason: str
+    def __init__(self, run_id: _Optional[str] = ..., export_name: _Optional[str] = ..., status: _Optional[_Union[_events_pb2.RunStatus, str]] = ..., total_rows: _Optional[int] = ..., files_produced: _Optional[int] = ..., bytes_written: _Optional[int] = ..., files_committed: _Optional[int] = ..., duration_ms: _Optional[int] = ..., peak_rss_mb: _Optional[float] = ..., retries: _Optional[int] = ..., validated: _Optional[bool] = ..., schema_changed: _Optional[bool] = ..., quality_passed: _Optional[bool] = ..., error_message: _Optional[str] = ..., tuning_profile: _Optional[str] = ..., batch_size: _Optional[int] = ..., batch_size_memory_mb: _Optional[int] = ..., format: _Optional[str] = ..., mode: _Optional[str] = ..., compression: _Optional[str] = ..., pg_temp_bytes_delta: _Optional[int] = ..., skip_reason: _Optional[str] = ..., source_count: _Optional[int] = ..., reconciled: _Optional[bool] = ..., manifest_parts: _Optional[int] = ..., schema_fingerprint: _Optional[str] = ..., manifest_verification: _Optional[str] = ..., apply_context: _Optional[_Union[ApplyContext, _Mapping]] = ..., journal: _Optional[_Iterable[_Union[JournalEntry, _Mapping]]] = ..., plan_id: _Optional[str] = ..., manifest_uri: _Optional[str] = ..., requested_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., chunks_total: _Optional[int] = ..., chunks_completed: _Optional[int] = ..., chunks_failed: _Optional[int] = ..., row_estimate: _Optional[int] = ..., last_seq: _Optional[int] = ..., anomalies: _Optional[int] = ..., manifest_fingerprint: _Optional[str] = ..., failure_cause: _Optional[str] = ..., scheduled_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., priority: _Optional[int] = ..., waiting_reason: _Optional[str] = ...) -> None: ...
 
 class GetRunRequest(_message.Message):
     __slots__ = ("run_id", "min_seq")
@@ -151,7 +157,7 @@ class ListRunsResponse(_message.Message):
     def __init__(self, runs: _Optional[_Iterable[_Union[RunSummary, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class ChunkInfo(_message.Message):
-    __slots__ = ("chunk_index", "status", "start_key", "end_key", "attempt", "rows", "files", "error", "winning_attempt", "started_at", "finished_at")
+    __slots__ = ("chunk_index", "status", "start_key", "end_key", "attempt", "rows", "files", "error", "winning_attempt", "started_at", "finished_at", "priority")
     CHUNK_INDEX_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     START_KEY_FIELD_NUMBER: _ClassVar[int]
@@ -163,6 +169,7 @@ class ChunkInfo(_message.Message):
     WINNING_ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     STARTED_AT_FIELD_NUMBER: _ClassVar[int]
     FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
     chunk_index: int
     status: _events_pb2.ChunkStatus
     start_key: str
@@ -174,7 +181,8 @@ class ChunkInfo(_message.Message):
     winning_attempt: int
     started_at: _timestamp_pb2.Timestamp
     finished_at: _timestamp_pb2.Timestamp
-    def __init__(self, chunk_index: _Optional[int] = ..., status: _Optional[_Union[_events_pb2.ChunkStatus, str]] = ..., start_key: _Optional[str] = ..., end_key: _Optional[str] = ..., attempt: _Optional[int] = ..., rows: _Optional[int] = ..., files: _Optional[int] = ..., error: _Optional[str] = ..., winning_attempt: _Optional[int] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    priority: int
+    def __init__(self, chunk_index: _Optional[int] = ..., status: _Optional[_Union[_events_pb2.ChunkStatus, str]] = ..., start_key: _Optional[str] = ..., end_key: _Optional[str] = ..., attempt: _Optional[int] = ..., rows: _Optional[int] = ..., files: _Optional[int] = ..., error: _Optional[str] = ..., winning_attempt: _Optional[int] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., priority: _Optional[int] = ...) -> None: ...
 
 class ListChunksRequest(_message.Message):
     __slots__ = ("run_id",)

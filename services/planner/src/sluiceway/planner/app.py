@@ -148,7 +148,12 @@ class Planner:
     # ---- Control operations -----------------------------------------------------------------
 
     async def submit(
-        self, spec: ExportSpec, *, requested_by: str = "", options: Mapping[str, str] | None = None
+        self,
+        spec: ExportSpec,
+        *,
+        requested_by: str = "",
+        options: Mapping[str, str] | None = None,
+        priority: int = 0,
     ) -> tuple[str, int]:
         """Append RunRequested for a checked spec; returns (run_id, stream seq). The spec holds
         only the *name* of the variable with the URL, never a secret."""
@@ -158,7 +163,11 @@ class Planner:
         # `sluiceway apply` pins the run to a sealed plan: SubmitRunRequest has no plan_id field,
         # so it travels in options and becomes RunRequested.plan_id (checked when planning)
         body = RunRequested(
-            spec=spec, requested_by=requested_by, plan_id=opts.get("plan_id", ""), options=opts
+            spec=spec,
+            requested_by=requested_by,
+            plan_id=opts.get("plan_id", ""),
+            options=opts,
+            priority=priority,
         )
         appended = await self._log.append(self._event(run_id, spec.name, body, now))
         log.info("run requested", extra={"run_id": run_id})
@@ -179,6 +188,10 @@ class Planner:
         """Append CancelRequested. Raises InvalidRunId, RunNotFound, RunEnded."""
         ids.check_run_id(run_id)
         first = await self._log.last_on_subject(self._log.names.run_subject(run_id, "requested"))
+        if first is None:  # a scheduled occurrence that is not admitted yet
+            first = await self._log.last_on_subject(
+                self._log.names.run_subject(run_id, "scheduled") + ".*"
+            )
         if first is None:
             raise RunNotFound(f"run {run_id!r} not found")
         ended = await self._log.last_on_subject(self._log.names.run_subject(run_id, "completed"))
@@ -313,7 +326,9 @@ class Planner:
 
     async def _publish(self, state: RunState, plan: PlanResolved, indexes: tuple[int, ...]) -> None:
         assert state.requested is not None
-        tasks = tasks_for(state.run_id, state.requested.spec, plan, indexes)
+        tasks = tasks_for(
+            state.run_id, state.requested.spec, plan, indexes, priority=state.priority
+        )
         for i, task in enumerate(tasks):
             if i == len(tasks) // 2:
                 crash.point("planner.mid_tasks")

@@ -7,6 +7,7 @@ import contextlib
 import functools
 import logging
 import os
+from datetime import timedelta
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -19,9 +20,12 @@ from sluiceway.common.domain.events import Producer
 from sluiceway.common.runtrace import TracedRunLog
 from sluiceway.common.settings import Settings
 from sluiceway.common.sources import open_source
+from sluiceway.planner.adapters.runfeed import JetStreamRunFeed
+from sluiceway.planner.adapters.schedules import ScheduleBucket
 from sluiceway.planner.adapters.servicer import ControlServicer
 from sluiceway.planner.adapters.snapshots import SnapshotKeeper
 from sluiceway.planner.app import Planner, SourceFactory
+from sluiceway.planner.scheduler import FileClock, Scheduler, feed_subjects, utcnow
 from sluiceway.v1 import control_pb2, control_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -45,6 +49,8 @@ async def serve(
         return
     server: grpc.aio.Server | None = None
     consumer: RunEventConsumer | None = None
+    scheduler: Scheduler | None = None
+    feed: JetStreamRunFeed | None = None
     keeper: SnapshotKeeper | None = None
     metrics_server: metrics.MetricsServer | None = None
     health_servicer = health.aio.HealthServicer()
@@ -62,6 +68,22 @@ async def serve(
             keeper=keeper,
         )
         names = settings.names
+        if settings.scheduler:
+            feed = JetStreamRunFeed(bus, feed_subjects(names))
+            scheduler = Scheduler(
+                run_log,
+                ScheduleBucket(
+                    bus.js,
+                    f"{names.namespace.upper()}_SCHEDULES",
+                    replicas=settings.stream_replicas,
+                ),
+                feed,
+                producer=Producer("scheduler", settings.instance),
+                clock=FileClock(settings.clock_file) if settings.clock_file else utcnow,
+                grace=timedelta(seconds=settings.scheduler_grace_s),
+                tick_s=settings.scheduler_tick_s,
+                after_tick=run_log.after_message,
+            )
         consumer = RunEventConsumer(
             bus,
             "planner-requests",
@@ -79,7 +101,7 @@ async def serve(
 
         server = grpc.aio.server()
         control_pb2_grpc.add_ControlServicer_to_server(  # type: ignore[no-untyped-call]
-            ControlServicer(planner), server
+            ControlServicer(planner, scheduler), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(
@@ -110,12 +132,16 @@ async def serve(
         log.info("planner serving Control on %s", bound)
 
         consuming = asyncio.create_task(consumer.run(stop))
+        loops = {consuming}
+        if scheduler is not None:
+            loops.add(asyncio.create_task(scheduler.run(stop)))
         stopped = asyncio.create_task(stop.wait())
-        done, _ = await asyncio.wait({consuming, stopped}, return_when=asyncio.FIRST_COMPLETED)
-        if consuming in done:
-            consuming.result()  # the consumer loop only returns on stop; surface a crash
+        done, _ = await asyncio.wait({*loops, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        for loop in loops & done:
+            loop.result()  # the loops only return on stop; surface a crash
         stop.set()
-        await consuming
+        for loop in loops:
+            await loop
         stopped.cancel()
     finally:
         # reverse order: health NOT_SERVING -> gRPC with grace -> consumers -> NATS
@@ -125,6 +151,8 @@ async def serve(
             await server.stop(GRACE_S)
         if consumer is not None:
             await consumer.stop()
+        if scheduler is not None:
+            await scheduler.close()
         if keeper is not None:  # before NATS goes: the snapshots' sessions end here
             await keeper.close()
         with contextlib.suppress(Exception):

@@ -145,9 +145,10 @@ class ChunkWorker:
             resources=resources,
         )
 
-    async def handle(self, delivery: Delivery) -> Outcome:
+    async def handle(self, delivery: Delivery, *, priority: int = 0) -> Outcome:
         """Settle one delivery. Never raises for a bad task or a failed read; an error while
-        appending (the bus is down) propagates so that the caller naks without a verdict."""
+        appending (the bus is down) propagates so that the caller naks without a verdict.
+        `priority`: the effective priority the task was taken with (see worker.domain.lanes)."""
         try:
             task = codec.decode_task(delivery.data)
         except codec.Poison as exc:
@@ -160,13 +161,13 @@ class ChunkWorker:
             # retries), and a task whose ack_wait expired meanwhile would run twice
             heartbeat = asyncio.create_task(self._heartbeat(delivery))
             try:
-                return await self._handle(task, delivery)
+                return await self._handle(task, delivery, priority)
             finally:
                 heartbeat.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await heartbeat
 
-    async def _handle(self, task: ChunkTask, delivery: Delivery) -> Outcome:
+    async def _handle(self, task: ChunkTask, delivery: Delivery, priority: int = 0) -> Outcome:
         chunk = task.range.index
         # guards, one direct get each: a task of a run that ended (canceled) never starts, and
         # a redelivery of a chunk already completed (its ack was lost) is not read again
@@ -187,7 +188,7 @@ class ChunkWorker:
         attempt = next_attempt(delivery.attempt, None if last is None else last[1])
         budget = attempt_budget(task.spec.max_attempts, self._max_deliver)
         before = self._probe.read()
-        decision = decide_on_delivery(task, attempt, budget)
+        decision = decide_on_delivery(task, attempt, budget, priority=priority)
         if isinstance(decision, Fail):
             await self._log.append(
                 self._event(task, decision.failed, attempt, self._probe.usage(before))

@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 
 from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
 
 from sluiceway.common import bus as busmod
 from sluiceway.common import metrics, service, sources, telemetry
 from sluiceway.common.settings import Settings
 from sluiceway.worker.adapters.export import FileExporter
-from sluiceway.worker.adapters.tasks import JetStreamDelivery
+from sluiceway.worker.adapters.tasks import JetStreamDelivery, LanePicker
 from sluiceway.worker.app import ChunkWorker
 
 log = logging.getLogger("sluiceway.worker")
@@ -28,7 +30,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     )
     if nc is None:
         return
-    sub = None
+    subs: dict[int, JetStreamContext.PullSubscription] = {}
     exporter: FileExporter | None = None
     metrics_server: metrics.MetricsServer | None = None
     health = service.HealthServer()
@@ -38,17 +40,31 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         consumer = busmod.TaskConsumerSettings(
             ack_wait_s=settings.worker_ack_wait_s, max_deliver=settings.worker_max_deliver
         )
-        await bus.ensure_task_consumer(consumer)
-        sub = await bus.js.pull_subscribe_bind(consumer.durable, stream=settings.names.tasks_stream)
+        durables: dict[int, str] = {}
+        for lane in busmod.LANES:  # one shared consumer per priority lane
+            cfg = await bus.ensure_task_consumer(consumer, priority=lane)
+            assert cfg.durable_name is not None
+            durables[lane] = cfg.durable_name
+            subs[lane] = await bus.js.pull_subscribe_bind(
+                cfg.durable_name, stream=settings.names.tasks_stream
+            )
+        picker = LanePicker(
+            bus.js, settings.names, subs, durables, aging_s=settings.priority_aging_s
+        )
         registry = metrics.new_registry()
 
-        async def lag() -> float:
-            info = await bus.js.consumer_info(settings.names.tasks_stream, consumer.durable)
-            return float(info.num_pending or 0)
+        def lag_of(durable: str) -> Callable[[], Awaitable[float]]:
+            async def lag() -> float:
+                info = await bus.js.consumer_info(settings.names.tasks_stream, durable)
+                return float(info.num_pending or 0)
 
-        metrics.consumer_lag(registry).labels(consumer.durable).set_function(
-            metrics.loop_probe(asyncio.get_running_loop(), lag)
-        )
+            return lag
+
+        lag_gauge = metrics.consumer_lag(registry)
+        for durable in durables.values():  # one series per priority lane's consumer
+            lag_gauge.labels(durable).set_function(
+                metrics.loop_probe(asyncio.get_running_loop(), lag_of(durable))
+            )
         exporter = FileExporter()
         worker = ChunkWorker(
             bus,
@@ -75,17 +91,18 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         log.info("worker ready: consumer %s on %s", consumer.durable, settings.names.tasks_stream)
         while not stop.is_set():
             try:
-                msgs = await sub.fetch(1, timeout=FETCH_TIMEOUT_S)
+                taken = await picker.next(FETCH_TIMEOUT_S)
             except NatsTimeoutError:
                 continue
             except Exception as exc:
                 log.warning("fetch failed: %s", exc)
                 await asyncio.sleep(BUS_ERROR_DELAY_S)
                 continue
-            for msg in msgs:
+            if taken is not None:
+                msg, priority = taken
                 delivery = JetStreamDelivery(msg)
                 try:
-                    await worker.handle(delivery)
+                    await worker.handle(delivery, priority=priority)
                 except Exception:  # the bus failed mid-flight: no verdict was recorded
                     log.exception("could not record a chunk outcome; the task will be redelivered")
                     try:
@@ -99,7 +116,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         if exporter is not None:
             exporter.close()
         log.info("worker stopping: draining NATS")
-        if sub is not None:
+        for sub in subs.values():
             # the pull inbox would hold drain() open; unsubscribing keeps the durable consumer
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()

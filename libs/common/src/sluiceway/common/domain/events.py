@@ -17,6 +17,8 @@ class RunStatus(StrEnum):
     FAILED = "FAILED"
     CANCELED = "CANCELED"
     SKIPPED = "SKIPPED"
+    SCHEDULED = "SCHEDULED"
+    READY = "READY"
 
 
 class ChunkStatus(StrEnum):
@@ -74,6 +76,29 @@ class QualityRules:
         )
 
 
+# Run priorities: 0 in an event or a spec means "not set" (normal).
+PRIORITY_LOW = 1
+PRIORITY_NORMAL = 2
+PRIORITY_HIGH = 3
+PRIORITIES: dict[str, int] = {"low": PRIORITY_LOW, "normal": PRIORITY_NORMAL, "high": PRIORITY_HIGH}
+
+
+def priority_of(*candidates: int) -> int:
+    """The first priority that is set (non-zero), else normal."""
+    return next((p for p in candidates if p), PRIORITY_NORMAL)
+
+
+@dataclass(frozen=True)
+class ScheduleSpec:
+    """When an export runs by itself (docs/config.md). An empty time zone is UTC."""
+
+    cron: str = ""
+    timezone: str = ""
+    enabled: bool = True
+    catch_up: str = ""  # all | latest (default) | none
+    overlap: str = ""  # wait (default) | skip
+
+
 @dataclass(frozen=True)
 class ExportSpec:
     name: str = ""
@@ -108,6 +133,8 @@ class ExportSpec:
     statement_timeout_s: int = 0
     lock_timeout_s: int = 0
     connect_timeout_s: int = 0
+    priority: int = 0  # 0 = normal; PRIORITY_LOW | PRIORITY_NORMAL | PRIORITY_HIGH
+    schedule: ScheduleSpec | None = None
     consistent_snapshot: bool = False  # PostgreSQL: all chunks read the plan's snapshot
 
 
@@ -161,6 +188,7 @@ class ChunkTask:
     range: ChunkRange = field(default_factory=ChunkRange)
     schema: tuple[SchemaField, ...] = ()
     chunk_count: int = 0
+    priority: int = 0  # the run's priority: the lane the task is queued on
     snapshot_id: str = ""  # PlanResolved.snapshot_id: the chunk's transaction imports it
 
 
@@ -180,6 +208,7 @@ class RunRequested:
     requested_by: str = ""
     plan_id: str = ""
     options: dict[str, str] = field(default_factory=dict)
+    priority: int = 0  # 0 = the spec's priority
 
 
 @dataclass(frozen=True)
@@ -219,6 +248,7 @@ class ChunkStarted:
     start_key: str = ""
     end_key: str = ""
     attempt: int = 0
+    priority: int = 0  # effective priority when the task was taken (0: not recorded)
 
 
 @dataclass(frozen=True)
@@ -316,6 +346,26 @@ class RunCompleted:
 
 
 @dataclass(frozen=True)
+class RunScheduled:
+    """One occurrence of a schedule, appended ahead of its time; the run id is derived from
+    (export, scheduled_at), so every replica names the occurrence the same."""
+
+    spec: ExportSpec = field(default_factory=ExportSpec)
+    scheduled_at: datetime | None = None
+    priority: int = 0
+    cron: str = ""
+    timezone: str = ""
+
+
+@dataclass(frozen=True)
+class RunReady:
+    """The occurrence's time has come; `waiting_for` names the export's run in flight."""
+
+    reason: str = ""
+    waiting_for: str = ""
+
+
+@dataclass(frozen=True)
 class CancelRequested:
     reason: str = ""
     requested_by: str = ""
@@ -338,6 +388,8 @@ Body = (
     | ManifestCommitted
     | RunCompleted
     | CancelRequested
+    | RunScheduled
+    | RunReady
 )
 
 # Subject kind of each body: sluiceway.runs.<run_id>.<kind>. Changing one breaks the log.
@@ -358,12 +410,16 @@ KINDS: dict[type[Body], str] = {
     ManifestCommitted: "manifest_committed",
     RunCompleted: "completed",
     CancelRequested: "cancel_requested",
+    RunScheduled: "scheduled",
+    RunReady: "ready",
 }
 BODY_BY_KIND: dict[str, type[Body]] = {kind: cls for cls, kind in KINDS.items()}
 
 # Facts that happen at most once per run: appended with an expected-last-subject-sequence of 0
 # on their own subject, so two racing replicas cannot both write them.
-ONCE_PER_RUN: frozenset[type[Body]] = frozenset({PlanResolved, ManifestCommitted, RunCompleted})
+ONCE_PER_RUN: frozenset[type[Body]] = frozenset(
+    {PlanResolved, ManifestCommitted, RunCompleted, RunScheduled, RunReady}
+)
 # Chunk facts stored on a subject of their own per chunk (one more token), so that the stream
 # can arbitrate them: the first ChunkCompleted wins (once only), and each ChunkStarted claims
 # the next attempt number (appended only if no other start came first).

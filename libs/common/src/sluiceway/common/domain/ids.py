@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 
 from .events import (
     Body,
@@ -43,6 +43,16 @@ def new_run_id(now: datetime, entropy: bytes) -> str:
 
 def _digest(*parts: str) -> str:
     return hashlib.blake2b("\x1f".join(parts).encode(), digest_size=6).hexdigest()
+
+
+def scheduled_run_id(export_name: str, scheduled_at: datetime) -> str:
+    """The run id of one occurrence of an export's schedule, the same on every replica:
+    20261203T020000Z-s<10 hex of the export name>. `scheduled_at` must be aware (it is
+    written in UTC); sortable by time like new_run_id, and one subject token."""
+    if scheduled_at.tzinfo is None:
+        raise ValueError("scheduled_at must be timezone-aware")
+    when = scheduled_at.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+    return f"{when}-s{_digest(export_name)[:10]}"
 
 
 def new_event(

@@ -12,7 +12,11 @@ TERMINAL_CHUNK: frozenset[ChunkStatus] = frozenset({C.COMPLETED, C.FAILED, C.CAN
 
 # Triggers are event kinds; a RunCompleted is keyed by its outcome ("completed:SUCCEEDED").
 # UNSPECIFIED stands for "no event seen yet".
-_ACTIVE = (R.REQUESTED, R.PLANNING, R.RUNNING, R.COMMITTING)
+_ACTIVE = (R.SCHEDULED, R.READY, R.REQUESTED, R.PLANNING, R.RUNNING, R.COMMITTING)
+# states of a run that has not been admitted yet (no RunRequested): cancelable, skippable
+WAITING_RUN: frozenset[RunStatus] = frozenset({R.SCHEDULED, R.READY})
+# admitted and not ended: the export's run in flight
+IN_FLIGHT_RUN: frozenset[RunStatus] = frozenset({R.REQUESTED, R.PLANNING, R.RUNNING, R.COMMITTING})
 _CHUNK_WORK = (
     "chunk_started",
     "file_written",
@@ -24,6 +28,13 @@ _GATES = ("quality_issue", "schema_changed", "validation_result", "reconciliatio
 
 RUN_TRANSITIONS: dict[tuple[RunStatus, str], RunStatus] = {
     (R.UNSPECIFIED, "requested"): R.REQUESTED,
+    # a scheduled occurrence: appended ahead of time, READY when its time comes, REQUESTED when
+    # the export has no other run in flight; a missed tick or overlap "skip" ends it SKIPPED
+    (R.UNSPECIFIED, "scheduled"): R.SCHEDULED,
+    (R.SCHEDULED, "ready"): R.READY,
+    (R.READY, "requested"): R.REQUESTED,
+    (R.SCHEDULED, "completed:SKIPPED"): R.SKIPPED,
+    (R.READY, "completed:SKIPPED"): R.SKIPPED,
     (R.REQUESTED, "plan_resolved"): R.PLANNING,
     (R.REQUESTED, "plan_warning"): R.REQUESTED,
     # schema drift is decided before the plan: with policy fail, no plan and no chunk at all

@@ -25,12 +25,15 @@ from .events import (
     RetryAttempted,
     RunCompleted,
     RunEvent,
+    RunReady,
     RunRequested,
+    RunScheduled,
     RunStatus,
     SchemaChanged,
     Severity,
     ValidationResult,
     Warning,
+    priority_of,
 )
 from .lifecycle import TERMINAL_RUN, next_chunk_status, next_run_status, run_trigger
 
@@ -55,6 +58,7 @@ class ChunkState:
     error: str = ""
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    priority: int = 0  # effective priority of the latest attempt when its task was taken
     # (attempt, part_index) -> the file that attempt wrote
     files: dict[tuple[int, int], FileWritten] = field(default_factory=dict)
 
@@ -81,6 +85,8 @@ class RunState:
     status: RunStatus = RunStatus.UNSPECIFIED
     spec: ExportSpec | None = None
     requested: RunRequested | None = None
+    scheduled: RunScheduled | None = None
+    ready: RunReady | None = None
     plan: PlanResolved | None = None
     chunks: dict[int, ChunkState] = field(default_factory=dict)
     requested_at: datetime | None = None
@@ -109,6 +115,19 @@ class RunState:
     @property
     def terminal(self) -> bool:
         return self.status in TERMINAL_RUN
+
+    @property
+    def scheduled_at(self) -> datetime | None:
+        return self.scheduled.scheduled_at if self.scheduled is not None else None
+
+    @property
+    def priority(self) -> int:
+        """The run's priority: the submission's, else the occurrence's, else the spec's."""
+        return priority_of(
+            self.requested.priority if self.requested is not None else 0,
+            self.scheduled.priority if self.scheduled is not None else 0,
+            self.spec.priority if self.spec is not None else 0,
+        )
 
     def all_chunks_completed(self) -> bool:
         return bool(self.chunks) and all(
@@ -200,6 +219,11 @@ def evolve(state: RunState, event: RunEvent) -> RunState:
         )
 
     match body:
+        case RunScheduled():
+            state.scheduled = body
+            state.spec = body.spec
+        case RunReady():
+            state.ready = body
         case RunRequested():
             state.requested = body
             state.spec = body.spec
@@ -212,6 +236,8 @@ def evolve(state: RunState, event: RunEvent) -> RunState:
         case ChunkStarted():
             assert chunk is not None and new_chunk_status is not None
             chunk.status = new_chunk_status
+            if body.attempt >= chunk.attempt:
+                chunk.priority = body.priority
             chunk.attempt = max(chunk.attempt, body.attempt)
             if chunk.started_at is None:
                 chunk.started_at = event.occurred_at

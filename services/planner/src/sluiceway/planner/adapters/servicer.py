@@ -9,13 +9,14 @@ import nats.errors
 
 from sluiceway.common import codec
 from sluiceway.common.config import ConfigError
-from sluiceway.common.domain.events import ExportSpec, RunRequested
+from sluiceway.common.domain.events import PRIORITIES, ExportSpec, RunRequested
 from sluiceway.common.domain.ids import InvalidRunId
 from sluiceway.common.redact import redact
 from sluiceway.common.rpc import abort
 from sluiceway.common.sources.base import SourceError
 from sluiceway.planner.app import Planner, RunEnded, RunNotFound
 from sluiceway.planner.domain.chunks import PlanError
+from sluiceway.planner.scheduler import Scheduler, ScheduleView
 from sluiceway.v1 import control_pb2 as cpb
 from sluiceway.v1 import control_pb2_grpc
 from sluiceway.v1 import events_pb2 as pb
@@ -69,9 +70,22 @@ def request_problem(request: cpb.SubmitRunRequest | cpb.CancelRunRequest) -> str
     return None
 
 
+MAX_SCHEDULE_SPECS = 1000
+MAX_UPCOMING = 50
+
+
+def schedule_info(view: ScheduleView) -> cpb.ScheduleInfo:
+    info = cpb.ScheduleInfo(revision=view.item.revision, change=view.change)
+    codec.to_message(view.item.spec, info.spec)
+    for t in view.next:
+        info.next.add().CopyFrom(codec.timestamp(t))
+    return info
+
+
 class ControlServicer(control_pb2_grpc.ControlServicer):
-    def __init__(self, planner: Planner) -> None:
+    def __init__(self, planner: Planner, scheduler: Scheduler | None = None) -> None:
         self._planner = planner
+        self._scheduler = scheduler
 
     async def _spec(
         self,
@@ -101,6 +115,12 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
     ) -> cpb.SubmitRunResponse:
         if problem := request_problem(request):
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, problem)
+        if request.priority not in (0, *PRIORITIES.values()):
+            await abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"priority: {request.priority} is not 1 (low), 2 (normal) or 3 (high)",
+            )
         spec = await self._spec(request, context)
         if problem := oversized_event(spec, request.WhichOneof("export") or "spec", request):
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, problem)
@@ -108,7 +128,10 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
             # the run's trace ids follow from its run id (telemetry.run_trace_ids); the gRPC
             # server span of this call is linked from the trace's "run requested" span
             run_id, seq = await self._planner.submit(
-                spec, requested_by=request.requested_by, options=dict(request.options)
+                spec,
+                requested_by=request.requested_by,
+                options=dict(request.options),
+                priority=request.priority,
             )
         except (nats.errors.Error, TimeoutError) as exc:
             log.warning("SubmitRun: the run log is unavailable: %s", exc)
@@ -159,3 +182,59 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
             log.warning("CancelRun: the run log is unavailable: %s", exc)
             await abort(context, grpc.StatusCode.UNAVAILABLE, "the run log is unavailable: retry")
         return cpb.CancelRunResponse(run_id=request.run_id, stream_seq=seq)
+
+    async def ApplySchedules(
+        self, request: cpb.ApplySchedulesRequest, context: grpc.aio.ServicerContext
+    ) -> cpb.ApplySchedulesResponse:
+        if self._scheduler is None:
+            await abort(
+                context, grpc.StatusCode.FAILED_PRECONDITION, "the scheduler is off in this planner"
+            )
+        if len(request.specs) > MAX_SCHEDULE_SPECS:
+            await abort(
+                context, grpc.StatusCode.INVALID_ARGUMENT, f"specs: at most {MAX_SCHEDULE_SPECS}"
+            )
+        if len(request.applied_by) > MAX_TEXT:
+            await abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"applied_by: at most {MAX_TEXT} characters",
+            )
+        specs: list[ExportSpec] = []
+        for i, msg in enumerate(request.specs):
+            try:
+                specs.append(self._planner.check_spec(codec.from_message(msg, ExportSpec)))
+            except ConfigError as exc:
+                await abort(context, grpc.StatusCode.INVALID_ARGUMENT, redact(f"specs[{i}]: {exc}"))
+        if len({s.name for s in specs}) != len(specs):
+            await abort(
+                context, grpc.StatusCode.INVALID_ARGUMENT, "specs: an export is named twice"
+            )
+        try:
+            views = await self._scheduler.apply(specs, by=request.applied_by)
+        except (nats.errors.Error, TimeoutError) as exc:
+            log.warning("ApplySchedules: the schedules bucket is unavailable: %s", exc)
+            await abort(
+                context, grpc.StatusCode.UNAVAILABLE, "the schedules are unavailable: retry"
+            )
+        return cpb.ApplySchedulesResponse(schedules=[schedule_info(v) for v in views])
+
+    async def ListSchedules(
+        self, request: cpb.ListSchedulesRequest, context: grpc.aio.ServicerContext
+    ) -> cpb.ListSchedulesResponse:
+        if self._scheduler is None:
+            await abort(
+                context, grpc.StatusCode.FAILED_PRECONDITION, "the scheduler is off in this planner"
+            )
+        if not 0 <= request.upcoming <= MAX_UPCOMING:
+            await abort(
+                context, grpc.StatusCode.INVALID_ARGUMENT, f"upcoming: from 0 to {MAX_UPCOMING}"
+            )
+        try:
+            views = await self._scheduler.list(request.upcoming or 3)
+        except (nats.errors.Error, TimeoutError) as exc:
+            log.warning("ListSchedules: the schedules bucket is unavailable: %s", exc)
+            await abort(
+                context, grpc.StatusCode.UNAVAILABLE, "the schedules are unavailable: retry"
+            )
+        return cpb.ListSchedulesResponse(schedules=[schedule_info(v) for v in views])

@@ -25,6 +25,7 @@ from sluiceway.common.domain.events import (
     Warning,
     is_chunked,
 )
+from sluiceway.common.domain.lifecycle import WAITING_RUN
 from sluiceway.common.domain.run import RunState
 from sluiceway.common.sources.base import Introspection
 
@@ -268,8 +269,11 @@ def decide_request(state: RunState) -> RequestDecision:
 
 def decide_cancel(state: RunState, now: datetime) -> RunCompleted | None:
     """CancelRequested -> RunCompleted(CANCELED) unless the run has already ended, or its
-    manifest is committed (too late: the committer finishes the run)."""
-    if state.requested is None or state.terminal or state.manifest is not None:
+    manifest is committed (too late: the committer finishes the run). A scheduled run that was
+    not admitted yet (SCHEDULED, READY) is canceled too."""
+    if state.terminal or state.manifest is not None:
+        return None
+    if state.requested is None and state.status not in WAITING_RUN:
         return None
     reason = state.cancel.reason if state.cancel is not None else ""
     return RunCompleted(
@@ -294,9 +298,15 @@ def duration_ms(state: RunState, now: datetime) -> int:
 
 
 def tasks_for(
-    run_id: str, spec: ExportSpec, plan: PlanResolved, indexes: tuple[int, ...] | None = None
+    run_id: str,
+    spec: ExportSpec,
+    plan: PlanResolved,
+    indexes: tuple[int, ...] | None = None,
+    *,
+    priority: int = 0,
 ) -> list[ChunkTask]:
-    """One ChunkTask per chunk (or per chosen chunk), in chunk order."""
+    """One ChunkTask per chunk (or per chosen chunk), in chunk order, on the run's priority
+    lane."""
     wanted = None if indexes is None else set(indexes)
     if plan.strategy == "chunked" and not spec.chunk_column and plan.chunk_column:
         # a `table:` export chunked on its primary key: workers read the plan's key column
@@ -311,6 +321,7 @@ def tasks_for(
             range=rng,
             schema=plan.schema,
             chunk_count=len(plan.chunks),
+            priority=priority,
             snapshot_id=plan.snapshot_id,
         )
         for rng in plan.chunks

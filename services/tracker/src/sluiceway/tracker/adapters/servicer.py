@@ -44,6 +44,7 @@ _SUMMARY_SKIP = {
     "apply_bypassed",
     "requested_at",
     "finished_at",
+    "scheduled_at",
     "status",
 }
 
@@ -73,6 +74,8 @@ def summary_to_pb(row: dict[str, Any], journal: list[dict[str, Any]] | None = No
         msg.requested_at.CopyFrom(_ts(row["requested_at"]))
     if row["finished_at"] is not None:
         msg.finished_at.CopyFrom(_ts(row["finished_at"]))
+    if row["scheduled_at"] is not None:
+        msg.scheduled_at.CopyFrom(_ts(row["scheduled_at"]))
     for j in journal or []:
         msg.journal.add(
             seq=j["seq"], kind=j["kind"], occurred_at=_ts(j["occurred_at"]), message=j["message"]
@@ -91,6 +94,7 @@ def chunk_to_pb(row: dict[str, Any]) -> Any:
         files=row["files"],
         error=row["error"],
         winning_attempt=row["winning_attempt"],
+        priority=row["priority"],
     )
     if row["started_at"] is not None:
         msg.started_at.CopyFrom(_ts(row["started_at"]))

@@ -46,6 +46,7 @@ TABLES: dict[str, list[tuple[str, str, pa.DataType]]] = {
             ("winning_attempt", "int"),
             ("started_at", "datetime | None"),
             ("finished_at", "datetime | None"),
+            ("priority", "int"),
         ]
     ),
     "parts": _columns(
@@ -109,6 +110,7 @@ def summary_row(summary: Summary) -> dict[str, Any]:
     row = dataclasses.asdict(summary)
     row["requested_at"] = naive_utc(summary.requested_at)
     row["finished_at"] = naive_utc(summary.finished_at)
+    row["scheduled_at"] = naive_utc(summary.scheduled_at)
     row["apply_bypassed"] = list(summary.apply_bypassed)
     return row
 
@@ -130,6 +132,7 @@ def chunk_rows(state: RunState) -> list[dict[str, Any]]:
             "winning_attempt": c.winning_attempt,
             "started_at": naive_utc(c.started_at),
             "finished_at": naive_utc(c.finished_at),
+            "priority": c.priority,
         }
         for _, c in sorted(state.chunks.items())
     ]

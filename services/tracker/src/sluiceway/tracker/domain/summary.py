@@ -7,6 +7,7 @@ from datetime import datetime
 
 from sluiceway.common.domain import events as ev
 from sluiceway.common.domain.run import RunState
+from sluiceway.common.domain.schedule import waiting_reason
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,9 @@ class Summary:
     anomalies: int = 0
     manifest_fingerprint: str = ""
     failure_cause: str = ""
+    scheduled_at: datetime | None = None
+    priority: int = 0
+    waiting_reason: str = ""
 
 
 # RunSummary.failure_cause: why a FAILED run failed (stable values, see tracker.proto)
@@ -186,6 +190,9 @@ def summarize(state: RunState, last_seq: int = 0) -> Summary:
         anomalies=len(state.anomalies),
         manifest_fingerprint=state.manifest.fingerprint if state.manifest else "",
         failure_cause=failure_cause(state),
+        scheduled_at=state.scheduled_at,
+        priority=state.priority,
+        waiting_reason=waiting_reason(state),
     )
 
 
@@ -240,4 +247,10 @@ def journal_message(event: ev.RunEvent) -> str:
             return f"run {b.status.value.lower()}" + (f": {detail}" if detail else "")
         case ev.CancelRequested():
             return f"cancel requested: {b.reason}" if b.reason else "cancel requested"
+        case ev.RunScheduled():
+            at = b.scheduled_at.isoformat() if b.scheduled_at else "?"
+            return f"scheduled for {at} ({b.cron} {b.timezone}, priority {b.priority})"
+        case ev.RunReady():
+            waiting = f", waiting for run {b.waiting_for}" if b.waiting_for else ""
+            return f"ready: {b.reason}{waiting}"
     return event.kind

@@ -85,9 +85,12 @@ class Complete:
     completed: ChunkCompleted
 
 
-def decide_on_delivery(task: ChunkTask, attempt: int, max_attempts: int) -> Run | Fail:
+def decide_on_delivery(
+    task: ChunkTask, attempt: int, max_attempts: int, *, priority: int = 0
+) -> Run | Fail:
     """A delivery beyond the budget (the previous attempt died without settling the task, e.g.
-    a crash before nak) is failed without reading."""
+    a crash before nak) is failed without reading. `priority` is the effective priority the
+    task was taken with (recorded on ChunkStarted)."""
     if attempt > max_attempts:
         return Fail(
             ChunkFailed(
@@ -104,6 +107,7 @@ def decide_on_delivery(task: ChunkTask, attempt: int, max_attempts: int) -> Run 
             start_key=task.range.start_key,
             end_key=task.range.end_key,
             attempt=attempt,
+            priority=priority,
         )
     )
 

@@ -1,0 +1,77 @@
+"""The scheduler's feed: an ephemeral pull consumer over the run facts it follows."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from sluiceway.common import codec
+from sluiceway.common.bus import Bus
+from sluiceway.common.domain.events import RunEvent
+
+log = logging.getLogger(__name__)
+
+MAX_PER_POLL = 5000
+
+
+class JetStreamRunFeed:
+    """Reads `subjects` from the start of the run stream, then whatever is new at each poll.
+    Each replica has its own (no acks, in memory); after an error it resumes after the last
+    sequence it returned."""
+
+    def __init__(self, bus: Bus, subjects: list[str]) -> None:
+        self._bus = bus
+        self._subjects = subjects
+        self._sub = None  # type: ignore[var-annotated]
+        self._last = 0
+
+    async def _subscribe(self):  # type: ignore[no-untyped-def]
+        cfg = ConsumerConfig(
+            ack_policy=AckPolicy.NONE,
+            deliver_policy=DeliverPolicy.BY_START_SEQUENCE if self._last else DeliverPolicy.ALL,
+            opt_start_seq=self._last + 1 if self._last else None,
+            inactive_threshold=60.0,
+            mem_storage=True,
+            filter_subjects=self._subjects,
+        )
+        return await self._bus.js.pull_subscribe("", stream=self._bus.names.runs_stream, config=cfg)
+
+    async def poll(self) -> list[RunEvent]:
+        out: list[RunEvent] = []
+        try:
+            if self._sub is None:
+                self._sub = await self._subscribe()
+            while len(out) < MAX_PER_POLL:
+                try:
+                    msgs = await self._sub.fetch(500, timeout=0.2)
+                except (TimeoutError, NatsTimeoutError):
+                    break
+                for msg in msgs:
+                    seq = msg.metadata.sequence.stream
+                    if seq <= self._last:
+                        continue
+                    self._last = seq
+                    try:
+                        out.append(codec.decode(msg.data, subject=msg.subject))
+                    except codec.Poison as exc:
+                        log.warning("scheduler feed: skipping seq %d: %s", seq, exc)
+                if msgs and msgs[-1].metadata.num_pending == 0:
+                    break
+        except Exception:
+            # resubscribe after the last seq returned; what was read so far is kept
+            if self._sub is not None:
+                with contextlib.suppress(Exception):
+                    await self._sub.unsubscribe()
+            self._sub = None
+            if not out:
+                raise
+        return out
+
+    async def close(self) -> None:
+        if self._sub is not None:
+            with contextlib.suppress(Exception):
+                await self._sub.unsubscribe()
+            self._sub = None

@@ -1,0 +1,323 @@
+"""The scheduler: installed schedules -> one RunScheduled per occurrence, READY when due,
+RunRequested when the export has no other run in flight. Decisions are in
+sluiceway.common.domain.schedule; this module loads, appends and keeps a small projection."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Protocol
+
+from sluiceway.common.bus import Appended, Names
+from sluiceway.common.domain import ids
+from sluiceway.common.domain.events import (
+    Body,
+    ExportSpec,
+    Producer,
+    RunCompleted,
+    RunEvent,
+    RunReady,
+    RunRequested,
+    RunScheduled,
+    RunStatus,
+    priority_of,
+)
+from sluiceway.common.domain.run import RunState, fold
+from sluiceway.common.domain.schedule import (
+    Admit,
+    MarkReady,
+    Schedule,
+    Skip,
+    decide_export,
+    due_occurrences,
+    occurrences,
+)
+from sluiceway.planner.adapters.schedules import Installed
+
+log = logging.getLogger(__name__)
+
+REQUESTED_BY = "scheduler"
+
+
+class SchedulerLog(Protocol):
+    names: Names
+
+    async def append(
+        self,
+        event: RunEvent,
+        headers: Mapping[str, str] | None = None,
+        *,
+        expected_last_seq: int | None = None,
+    ) -> Appended: ...
+
+    async def last_scheduled(self, export_name: str) -> RunEvent | None: ...
+
+
+class ScheduleStore(Protocol):
+    async def all(self) -> dict[str, Installed]: ...
+    async def put(self, item: Installed) -> int: ...
+    async def delete(self, export_name: str) -> None: ...
+
+
+class RunFeed(Protocol):
+    """The run facts the scheduler follows (scheduled, ready, requested, cancel_requested,
+    completed), from the start of the log, in stream order; each poll returns what is new."""
+
+    async def poll(self) -> list[RunEvent]: ...
+
+    async def close(self) -> None: ...
+
+
+# the subjects a RunFeed follows
+def feed_subjects(names: Names) -> list[str]:
+    return [
+        f"{names.namespace}.runs.*.scheduled.*",
+        names.runs_of_kind("ready"),
+        names.runs_of_kind("requested"),
+        names.runs_of_kind("cancel_requested"),
+        names.runs_of_kind("completed"),
+    ]
+
+
+class OpenRuns:
+    """Every run that has not ended, by export, with the facts that decide admission. A
+    RunCompleted removes the run (it is final and once-only), so the fold of what is kept
+    (scheduled, ready, requested, cancel) never leaves the transition table."""
+
+    def __init__(self) -> None:
+        self._runs: dict[str, dict[str, list[RunEvent]]] = {}
+        self._export_of: dict[str, str] = {}
+
+    def apply(self, event: RunEvent) -> None:
+        body = event.body
+        export = self._export_of.get(event.run_id)
+        if isinstance(body, RunCompleted):
+            if export is not None:
+                self._runs[export].pop(event.run_id, None)
+                del self._export_of[event.run_id]
+            return
+        if export is None:
+            if not isinstance(body, RunScheduled | RunRequested):
+                return  # a fact about a run that has ended (or that this feed never opened)
+            export = event.export_name
+            self._export_of[event.run_id] = export
+        events = self._runs.setdefault(export, {}).setdefault(event.run_id, [])
+        if all(e.event_id != event.event_id for e in events):
+            events.append(event)
+
+    def runs(self, export: str) -> list[RunState]:
+        return [fold(events, run_id) for run_id, events in self._runs.get(export, {}).items()]
+
+    def exports(self) -> set[str]:
+        return {name for name, runs in self._runs.items() if runs}
+
+
+@dataclass(frozen=True)
+class ScheduleView:
+    item: Installed
+    next: tuple[datetime, ...]
+    change: str = ""
+
+
+class FileClock:
+    """A clock read from a file holding an ISO-8601 time (SLUICEWAY_CLOCK_FILE): tests set
+    the scheduler's time with it. Never set in production; unset, the clock is the system's."""
+
+    def __init__(self, path: str) -> None:
+        self._path = Path(path)
+
+    def __call__(self) -> datetime:
+        text = self._path.read_text(encoding="utf-8").strip()
+        t = datetime.fromisoformat(text)
+        return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Scheduler:
+    def __init__(
+        self,
+        log_: SchedulerLog,
+        store: ScheduleStore,
+        feed: RunFeed,
+        *,
+        producer: Producer,
+        clock: Callable[[], datetime] = utcnow,
+        grace: timedelta = timedelta(seconds=60),
+        tick_s: float = 1.0,
+        after_tick: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self._log = log_
+        self._store = store
+        self._feed = feed
+        self._producer = producer
+        self._clock = clock
+        self._grace = grace
+        self._tick_s = tick_s
+        # the run log's after_message: the root spans of the runs this tick ended (skipped)
+        self._after_tick = after_tick
+        self.open = OpenRuns()
+        self._ticking = asyncio.Lock()  # one tick at a time per replica
+
+    # ---- Control: schedule apply / list ----------------------------------------------------
+
+    async def apply(self, specs: Iterable[ExportSpec], *, by: str = "") -> list[ScheduleView]:
+        """Install or update the schedules of checked specs; a spec without a schedule removes
+        the export's installed one. An unchanged spec keeps its installation time (that time
+        is where a new schedule starts counting occurrences)."""
+        installed = await self._store.all()
+        now = self._clock()
+        out: list[ScheduleView] = []
+        for spec in specs:
+            old = installed.get(spec.name)
+            if spec.schedule is None:
+                if old is not None:
+                    await self._store.delete(spec.name)
+                    out.append(ScheduleView(old, (), "removed"))
+                continue
+            if old is not None and old.spec == spec:
+                out.append(ScheduleView(old, self._next(old, now), "unchanged"))
+                continue
+            item = Installed(spec=spec, installed_at=now, installed_by=by)
+            item = replace(item, revision=await self._store.put(item))
+            out.append(ScheduleView(item, self._next(item, now), "updated" if old else "installed"))
+            log.info("schedule %s: %s", "updated" if old else "installed", spec.name)
+        return out
+
+    async def list(self, upcoming: int = 3) -> list[ScheduleView]:
+        now = self._clock()
+        items = await self._store.all()
+        return [
+            ScheduleView(items[name], self._next(items[name], now, upcoming))
+            for name in sorted(items)
+        ]
+
+    @staticmethod
+    def _next(item: Installed, now: datetime, count: int = 3) -> tuple[datetime, ...]:
+        s = item.spec.schedule
+        if s is None or not s.enabled:
+            return ()
+        return tuple(occurrences(s, now, limit=count))
+
+    async def close(self) -> None:
+        await self._feed.close()
+
+    # ---- the loop ------------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Tick until `stop`. A failed tick (the bus is down) is logged and retried next tick:
+        every append is once-only, so a tick repeated after a partial failure is harmless."""
+        while not stop.is_set():
+            try:
+                await self.tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("scheduler tick failed; retrying", exc_info=True)
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=self._tick_s)
+            except TimeoutError:
+                pass
+
+    async def tick(self) -> None:
+        async with self._ticking:
+            try:
+                await self._tick()
+            finally:
+                if self._after_tick is not None:
+                    await self._after_tick()
+
+    async def _tick(self) -> None:
+        for event in await self._feed.poll():
+            self.open.apply(event)
+        now = self._clock()
+        installed = await self._store.all()
+        for name in sorted(installed):
+            await self._schedule_ahead(installed[name], now)
+        for export in sorted(self.open.exports() | set(installed)):
+            item = installed.get(export)
+            schedule = item.spec.schedule if item is not None else None
+            for action in decide_export(
+                schedule, self.open.runs(export), now=now, grace=self._grace
+            ):
+                await self._do(export, action, now)
+
+    async def _schedule_ahead(self, item: Installed, now: datetime) -> None:
+        s = item.spec.schedule
+        if s is None or not s.enabled:
+            return
+        last = await self._log.last_scheduled(item.spec.name)
+        anchor = item.installed_at
+        if last is not None and isinstance(last.body, RunScheduled) and last.body.scheduled_at:
+            anchor = max(anchor, last.body.scheduled_at)
+        for at in due_occurrences(s, anchor=anchor, now=now, grace=self._grace):
+            await self._do(item.spec.name, Schedule(at), now, spec=item.spec)
+
+    async def _do(
+        self,
+        export: str,
+        action: Schedule | MarkReady | Admit | Skip,
+        now: datetime,
+        *,
+        spec: ExportSpec | None = None,
+    ) -> None:
+        match action:
+            case Schedule(at):
+                assert spec is not None and spec.schedule is not None
+                run_id = ids.scheduled_run_id(export, at)
+                body: Body = RunScheduled(
+                    spec=spec,
+                    scheduled_at=at,
+                    priority=priority_of(spec.priority),
+                    cron=spec.schedule.cron,
+                    timezone=spec.schedule.timezone,
+                )
+                appended = await self._append(run_id, export, body, now)
+                if not appended.conflict and not appended.duplicate:
+                    log.info(
+                        "scheduled %s for %s", export, at.isoformat(), extra={"run_id": run_id}
+                    )
+            case MarkReady(run_id, reason, waiting_for):
+                await self._append(run_id, export, RunReady(reason, waiting_for), now)
+            case Admit(run_id):
+                state = next((r for r in self.open.runs(export) if r.run_id == run_id), None)
+                if state is None or state.scheduled is None:
+                    return
+                request = RunRequested(
+                    spec=state.scheduled.spec,
+                    requested_by=REQUESTED_BY,
+                    options={"scheduled_at": _iso(state.scheduled_at)},
+                    priority=state.scheduled.priority,
+                )
+                # once only: two replicas admitting the same run store one request
+                await self._append(run_id, export, request, now, expected_last_seq=0)
+                log.info("run admitted", extra={"run_id": run_id})
+            case Skip(run_id, reason):
+                skipped = RunCompleted(status=RunStatus.SKIPPED, skip_reason=reason)
+                await self._append(run_id, export, skipped, now)
+                log.info("occurrence skipped: %s", reason, extra={"run_id": run_id})
+
+    async def _append(
+        self,
+        run_id: str,
+        export: str,
+        body: Body,
+        now: datetime,
+        *,
+        expected_last_seq: int | None = None,
+    ) -> Appended:
+        event = ids.new_event(run_id, export, body, producer=self._producer, now=now)
+        appended = await self._log.append(event, expected_last_seq=expected_last_seq)
+        if not appended.conflict:
+            self.open.apply(event)  # seen by this tick's next decisions, before the feed has it
+        return appended
+
+
+def _iso(t: datetime | None) -> str:
+    return t.isoformat() if t is not None else ""

@@ -1,0 +1,262 @@
+"""The scheduler against a real nats-server: its schedules bucket, its run feed and its
+once-only appends, with a controllable clock. Each Scheduler object is one replica (or one
+restart: a new object rebuilds its projection from the stream)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections import Counter
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from sluiceway.common.bus import Bus
+from sluiceway.common.domain import events as ev
+from sluiceway.common.domain import ids
+from sluiceway.common.domain.run import RunState, fold
+from sluiceway.common.domain.schedule import check_schedule
+from sluiceway.planner.adapters.runfeed import JetStreamRunFeed
+from sluiceway.planner.adapters.schedules import ScheduleBucket
+from sluiceway.planner.scheduler import Scheduler, feed_subjects
+
+pytestmark = pytest.mark.integration
+
+GRACE = timedelta(seconds=60)
+
+
+class Clock:
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def at(hour: int, minute: int = 0, second: int = 0) -> datetime:
+    return datetime(2026, 12, 3, hour, minute, second, tzinfo=UTC)
+
+
+def spec(name: str = "orders", **schedule: str) -> ev.ExportSpec:
+    s = check_schedule(ev.ScheduleSpec(cron=schedule.pop("cron", "0 * * * *"), **schedule))
+    return ev.ExportSpec(
+        name=name,
+        source=ev.SourceSpec(engine="sqlite", path="/tmp/none.db"),
+        table="orders",
+        mode="full",
+        format="parquet",
+        destination="/tmp/out",
+        priority=ev.PRIORITY_HIGH,
+        schedule=s,
+    )
+
+
+REPLICAS: list[Scheduler] = []
+
+
+@pytest.fixture(autouse=True)
+async def close_replicas(bus: Bus) -> AsyncIterator[None]:
+    yield
+    while REPLICAS:  # their feeds' subscriptions would hold the connection's drain open
+        await REPLICAS.pop().close()
+
+
+def replica(bus: Bus, clock: Clock, name: str = "s1") -> Scheduler:
+    s = Scheduler(
+        bus,
+        ScheduleBucket(bus.js, f"{bus.names.namespace.upper()}_SCHEDULES"),
+        JetStreamRunFeed(bus, feed_subjects(bus.names)),
+        producer=ev.Producer("scheduler", name),
+        clock=clock,
+        grace=GRACE,
+    )
+    REPLICAS.append(s)
+    return s
+
+
+async def runs_of(bus: Bus, kind: str = "scheduled.*") -> dict[str, RunState]:
+    """Every run with an event of `kind`, folded from its whole history on the stream."""
+    subject = f"{bus.names.namespace}.runs.*.{kind}"
+    run_ids = {e.run_id for _, e in await bus.read_range(subject)}
+    return {r: fold([e for _, e in await bus.history(r)], r) for r in sorted(run_ids)}
+
+
+def by_time(runs: dict[str, RunState]) -> dict[datetime, RunState]:
+    return {r.scheduled_at: r for r in runs.values() if r.scheduled_at is not None}
+
+
+async def end(bus: Bus, run_id: str) -> None:
+    """The run in flight ends (as the planner ends a canceled run)."""
+    for body in (ev.CancelRequested(reason="done"), ev.RunCompleted(status=ev.RunStatus.CANCELED)):
+        event = ids.new_event(run_id, "orders", body, producer=ev.Producer("t", "t"), now=at(0))
+        await bus.append(event)
+
+
+async def test_a_schedule_fires_on_time_and_the_next_occurrence_is_scheduled_ahead(
+    bus: Bus,
+) -> None:
+    clock = Clock(at(1, 50))
+    s = replica(bus, clock)
+    [view] = await s.apply([spec()], by="test")
+    assert (view.change, view.next[:2]) == ("installed", (at(2), at(3)))
+    await s.tick()
+    [run] = (await runs_of(bus)).values()
+    assert (run.status, run.scheduled_at, run.run_id) == (
+        ev.RunStatus.SCHEDULED,
+        at(2),
+        ids.scheduled_run_id("orders", at(2)),
+    )
+    assert run.priority == ev.PRIORITY_HIGH and run.spec == spec()
+    clock.now = at(1, 59, 59)
+    await s.tick()
+    assert [r.status for r in (await runs_of(bus)).values()] == [ev.RunStatus.SCHEDULED]
+    clock.now = at(2, 0, 1)
+    await s.tick()
+    runs = by_time(await runs_of(bus))
+    assert runs[at(2)].status is ev.RunStatus.REQUESTED
+    assert runs[at(2)].requested is not None and runs[at(2)].requested.requested_by == "scheduler"
+    assert runs[at(2)].requested.priority == ev.PRIORITY_HIGH
+    assert runs[at(3)].status is ev.RunStatus.SCHEDULED  # the next one, ahead of its time
+    # applying the same config again changes nothing
+    [again] = await s.apply([spec()], by="test")
+    assert again.change == "unchanged"
+
+
+async def test_two_replicas_append_exactly_one_run_per_tick(bus: Bus) -> None:
+    clock = Clock(at(1, 0, 30))
+    a, b = replica(bus, clock, "a"), replica(bus, clock, "b")
+    await a.apply([spec(cron="*/10 * * * *")])
+    admitted: list[str] = []
+    for minute in range(0, 60, 5):  # both replicas tick concurrently, every 5 minutes, 1 hour
+        clock.now = at(1, minute, 30)
+        await asyncio.gather(a.tick(), b.tick(), a.tick(), b.tick())
+        runs = await runs_of(bus)
+        for run in runs.values():  # each admitted run ends, so that the next one may start
+            if run.status is ev.RunStatus.REQUESTED and run.run_id not in admitted:
+                admitted.append(run.run_id)
+                await end(bus, run.run_id)
+    runs = await runs_of(bus)
+    times = sorted(by_time(runs))
+    assert times == [at(1, m) for m in range(10, 60, 10)] + [at(2)]
+    # one RunScheduled per occurrence and one RunRequested per run, whoever appended them
+    events = [e for _, e in await bus.read_range(f"{bus.names.namespace}.runs.>")]
+    counts = Counter((e.run_id, e.kind) for e in events)
+    assert all(n == 1 for n in counts.values()), counts
+    assert len(admitted) == 5 and all(not r.anomalies for r in runs.values())
+    producers = {e.producer.instance for e in events if e.kind == "scheduled"}
+    assert producers <= {"a", "b"}
+
+
+@pytest.mark.parametrize(
+    ("policy", "run_times", "skipped"),
+    [
+        ("all", [at(2), at(3), at(4), at(5)], []),
+        ("latest", [at(5)], [at(2)]),
+        ("none", [], [at(2)]),
+    ],
+)
+async def test_a_restart_after_downtime_follows_the_catch_up_policy(
+    bus: Bus, policy: str, run_times: list[datetime], skipped: list[datetime]
+) -> None:
+    clock = Clock(at(1, 30))
+    first = replica(bus, clock)
+    await first.apply([spec(catch_up=policy)])
+    await first.tick()  # 02:00 is scheduled ahead, then the scheduler is down until 05:30
+    clock.now = at(5, 30)
+    restarted = replica(bus, clock, "s1-restarted")
+    await restarted.tick()
+    await restarted.tick()
+    runs = by_time(await runs_of(bus))
+    assert at(6) in runs and runs[at(6)].status is ev.RunStatus.SCHEDULED
+    ran = sorted(
+        t for t, r in runs.items() if r.status in (ev.RunStatus.REQUESTED, ev.RunStatus.READY)
+    )
+    assert ran == run_times
+    # one at a time: the oldest kept occurrence is admitted, the others wait in READY
+    if run_times:
+        assert runs[run_times[0]].status is ev.RunStatus.REQUESTED
+        assert all(runs[t].status is ev.RunStatus.READY for t in run_times[1:])
+    gone = sorted(t for t, r in runs.items() if r.status is ev.RunStatus.SKIPPED)
+    assert gone == skipped
+    for t in gone:
+        completion = runs[t].completion
+        assert completion is not None and f"catch_up: {policy}" in completion.skip_reason
+    # occurrences the policy drops are never appended (no run at 03:00/04:00 unless "all")
+    assert (at(3) in runs) is (policy == "all")
+
+
+async def test_an_occurrence_waits_in_ready_while_the_previous_run_is_in_flight(
+    bus: Bus,
+) -> None:
+    clock = Clock(at(1, 59))
+    s = replica(bus, clock)
+    await s.apply([spec()])
+    await s.tick()
+    clock.now = at(2, 0, 5)
+    await s.tick()  # 02:00 admitted; it is still running at 03:00
+    clock.now = at(3, 0, 5)
+    await s.tick()
+    await s.tick()
+    runs = by_time(await runs_of(bus))
+    first, second = runs[at(2)], runs[at(3)]
+    assert (first.status, second.status) == (ev.RunStatus.REQUESTED, ev.RunStatus.READY)
+    assert second.ready is not None and second.ready.waiting_for == first.run_id
+    await end(bus, first.run_id)
+    clock.now = at(3, 20)
+    await s.tick()
+    runs = by_time(await runs_of(bus))
+    assert runs[at(3)].status is ev.RunStatus.REQUESTED
+    # the waiting run kept its identity: one RunReady, then one RunRequested
+    assert [e.kind for _, e in await bus.history(second.run_id)] == [
+        "scheduled",
+        "ready",
+        "requested",
+    ]
+
+
+async def test_with_overlap_skip_an_occurrence_is_skipped_naming_the_run_in_flight(
+    bus: Bus,
+) -> None:
+    clock = Clock(at(1, 59))
+    s = replica(bus, clock)
+    await s.apply([spec(overlap="skip")])
+    await s.tick()
+    clock.now = at(2, 0, 5)
+    await s.tick()
+    clock.now = at(3, 0, 5)
+    await s.tick()
+    runs = by_time(await runs_of(bus))
+    first, second = runs[at(2)], runs[at(3)]
+    assert first.status is ev.RunStatus.REQUESTED
+    assert second.status is ev.RunStatus.SKIPPED and second.completion is not None
+    assert second.completion.skip_reason == f"run {first.run_id} of the export is still in flight"
+
+
+async def test_a_manual_run_in_flight_holds_a_scheduled_one_and_a_cancel_ends_a_waiting_one(
+    bus: Bus,
+) -> None:
+    clock = Clock(at(1, 59))
+    s = replica(bus, clock)
+    await s.apply([spec()])
+    manual = ids.new_event(
+        "20261203T015900Z-manual01",
+        "orders",
+        ev.RunRequested(spec=dataclasses.replace(spec(), schedule=None), requested_by="me"),
+        producer=ev.Producer("planner", "p"),
+        now=at(1, 59),
+    )
+    await bus.append(manual)
+    await s.tick()
+    clock.now = at(2, 0, 5)
+    await s.tick()
+    run = by_time(await runs_of(bus))[at(2)]
+    assert run.status is ev.RunStatus.READY and run.ready is not None
+    assert run.ready.waiting_for == manual.run_id
+    # disabling the schedule: the next occurrence, when due, is skipped
+    await s.apply([spec(enabled=False)])  # type: ignore[arg-type]
+    clock.now = at(3, 0, 5)
+    await s.tick()
+    runs = by_time(await runs_of(bus))
+    assert runs[at(3)].status is ev.RunStatus.SKIPPED
+    assert at(4) not in runs  # nothing new is scheduled while disabled
