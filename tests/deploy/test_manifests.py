@@ -15,7 +15,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from sluiceway.common.bus import Names, TaskConsumerSettings
+from sluiceway.common.bus import LANES, Names, TaskConsumerSettings, lane_durable
 from tests.support import deploy
 from tests.support.deploy import BUILDS, KUBERNETES_VERSIONS, find, pod_specs, render
 
@@ -131,15 +131,23 @@ def test_the_scaled_object_scales_the_workers_on_the_worker_consumer() -> None:
     )
     assert "replicas" not in worker["spec"], "the autoscaler owns the worker count"
 
-    (trigger,) = scaled["spec"]["triggers"]
-    assert trigger["type"] == "nats-jetstream"
-    meta = trigger["metadata"]
-    assert set(meta) <= NATS_JETSTREAM_METADATA
-    assert all(isinstance(v, str) for v in meta.values())
+    triggers = scaled["spec"]["triggers"]
     config = find(objects, "ConfigMap", "sluiceway-config")["data"]
-    assert meta["stream"] == Names(config["SLUICEWAY_NAMESPACE"]).tasks_stream
-    assert meta["consumer"] == TaskConsumerSettings().durable
-    assert int(meta["lagThreshold"]) > 0
+    # one trigger per priority lane, named as the workers declare their consumers
+    base = TaskConsumerSettings().durable
+    assert sorted(trigger["metadata"]["consumer"] for trigger in triggers) == sorted(
+        lane_durable(base, lane) for lane in LANES
+    )
+    for trigger in triggers:
+        assert trigger["type"] == "nats-jetstream"
+        meta = trigger["metadata"]
+        assert set(meta) <= NATS_JETSTREAM_METADATA
+        assert all(isinstance(v, str) for v in meta.values())
+        assert meta["stream"] == Names(config["SLUICEWAY_NAMESPACE"]).tasks_stream
+        assert int(meta["lagThreshold"]) > 0
+    endpoints = {trigger["metadata"]["natsServerMonitoringEndpoint"] for trigger in triggers}
+    assert len(endpoints) == 1
+    meta = triggers[0]["metadata"]
 
     # KEDA asks a clustered consumer's leader at <server_name>.<endpoint>: the endpoint is the
     # headless Service's FQDN with the monitoring port, and server_name is the pod name
