@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -91,3 +92,13 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalS3]:
         raise
     yield server
     server.stop()
+
+
+@pytest.fixture
+async def aclosing() -> AsyncIterator[list[Callable[[], Awaitable[object]]]]:
+    """Async closers (gRPC channels, NATS connections), run at teardown in reverse order."""
+    closers: list[Callable[[], Awaitable[object]]] = []
+    yield closers
+    for close in reversed(closers):
+        with contextlib.suppress(Exception):
+            await close()

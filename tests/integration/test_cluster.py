@@ -18,7 +18,7 @@ import contextlib
 import itertools
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -37,6 +37,7 @@ from sluiceway.v1 import control_pb2, control_pb2_grpc, events_pb2, tracker_pb2_
 from tests.support.eventually import eventually
 from tests.support.faults import (
     ChunkCompletions,
+    chunked_pg_config,
     fresh_tracker,
     logs_tail,
     read_model,
@@ -88,32 +89,6 @@ def cluster(tmp_path: Path) -> Iterator[NatsCluster]:
         yield nodes
     finally:
         nodes.stop()
-
-
-@pytest.fixture
-async def aclosing() -> AsyncIterator[list[Callable[[], Awaitable[object]]]]:
-    """Async closers (gRPC channels, NATS connections), run at teardown."""
-    closers: list[Callable[[], Awaitable[object]]] = []
-    yield closers
-    for close in reversed(closers):
-        with contextlib.suppress(Exception):
-            await close()
-
-
-def _config(dest: Path) -> str:
-    return f"""
-sources:
-  src: {{engine: postgres, url_env: {URL_ENV}}}
-exports:
-  - name: clustered
-    source: src
-    table: public.{TABLE}
-    mode: chunked
-    chunk_column: id
-    chunk_size: {CHUNK_SIZE}
-    format: parquet
-    destination: {dest}
-"""
 
 
 def _new_leader(survivors: list[LocalNats], stream: str, old: str) -> str:
@@ -219,7 +194,9 @@ async def test_a_run_survives_the_loss_of_its_stream_leader(
         submitted = await control_pb2_grpc.ControlStub(control_ch).SubmitRun(
             control_pb2.SubmitRunRequest(
                 config=control_pb2.ConfigDocument(
-                    text=_config(dest), base_dir=str(tmp_path), file_name="cluster.yaml"
+                    text=chunked_pg_config("clustered", TABLE, CHUNK_SIZE, dest, URL_ENV),
+                    base_dir=str(tmp_path),
+                    file_name="cluster.yaml",
                 ),
                 requested_by="test_cluster",
             ),

@@ -19,7 +19,7 @@ import contextlib
 import json
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import grpc
@@ -39,6 +39,7 @@ from tests.support.faults import (
     SCENARIOS,
     ChunkCompletions,
     FaultResult,
+    chunked_pg_config,
     fresh_tracker,
     logs_tail,
     read_model,
@@ -125,32 +126,6 @@ def teardown() -> Iterator[Teardown]:
         td.close()
 
 
-@pytest.fixture
-async def aclosing() -> AsyncIterator[list[Callable[[], Awaitable[object]]]]:
-    """Async closers (gRPC channels, the trigger's NATS connection), run at teardown."""
-    closers: list[Callable[[], Awaitable[object]]] = []
-    yield closers
-    for close in reversed(closers):
-        with contextlib.suppress(Exception):
-            await close()
-
-
-def _config(dest: Path) -> str:
-    return f"""
-sources:
-  src: {{engine: postgres, url_env: {URL_ENV}}}
-exports:
-  - name: faults
-    source: src
-    table: public.{TABLE}
-    mode: chunked
-    chunk_column: id
-    chunk_size: {CHUNK_SIZE}
-    format: parquet
-    destination: {dest}
-"""
-
-
 def _env(namespace: str, source: LocalPostgres) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != crash.ENV}
     env.update(
@@ -226,7 +201,9 @@ async def test_a_run_recovers_from_a_sigkill_at(
     submitted = await control_pb2_grpc.ControlStub(control_ch).SubmitRun(
         control_pb2.SubmitRunRequest(
             config=control_pb2.ConfigDocument(
-                text=_config(dest), base_dir=str(tmp_path), file_name="faults.yaml"
+                text=chunked_pg_config("faults", TABLE, CHUNK_SIZE, dest, URL_ENV),
+                base_dir=str(tmp_path),
+                file_name="faults.yaml",
             ),
             requested_by="test_faults",
         ),

@@ -27,7 +27,7 @@ from sluiceway.common.bus import Bus, Names, connect
 from sluiceway.common.localnats import LocalNats
 from sluiceway.v1 import control_pb2, control_pb2_grpc, events_pb2, tracker_pb2_grpc
 from tests.support.eventually import eventually
-from tests.support.faults import logs_tail, terminal_run, wait_sigkilled
+from tests.support.faults import chunked_pg_config, logs_tail, terminal_run, wait_sigkilled
 from tests.support.localpg import LocalPostgres
 from tests.support.otlp import OtlpReceiver, ReceivedSpan
 
@@ -84,21 +84,6 @@ def _env(
     return env
 
 
-def _config(dest: Path) -> str:
-    return f"""
-sources:
-  src: {{engine: postgres, url_env: {URL_ENV}}}
-exports:
-  - name: otel
-    source: src
-    table: public.{TABLE}
-    mode: chunked
-    chunk_column: id
-    chunk_size: {CHUNK_SIZE}
-    destination: {dest}
-"""
-
-
 def _ready(stack: Stack, instance: str) -> dict[str, str]:
     path = Path(stack.state.state_dir) / "run" / f"{instance}.json"
     return dict(json.loads(path.read_text()))
@@ -109,7 +94,9 @@ async def _submit(stack: Stack, dest: Path) -> str:
         submitted = await control_pb2_grpc.ControlStub(channel).SubmitRun(
             control_pb2.SubmitRunRequest(
                 config=control_pb2.ConfigDocument(
-                    text=_config(dest), base_dir=str(dest.parent), file_name="otel.yaml"
+                    text=chunked_pg_config("otel", TABLE, CHUNK_SIZE, dest, URL_ENV),
+                    base_dir=str(dest.parent),
+                    file_name="otel.yaml",
                 ),
                 requested_by="test_observability",
             ),

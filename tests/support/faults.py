@@ -326,3 +326,21 @@ async def read_model(addr: str, run_id: str, min_seq: int, timeout_s: float) -> 
         return ReadModel(run, chunks, parts, events)
     finally:
         await channel.close()
+
+
+def chunked_pg_config(name: str, table: str, chunk_size: int, dest: Path, url_env: str) -> str:
+    """A config of one chunked Parquet export of `public.<table>` from the PostgreSQL source
+    whose URL is in `url_env`."""
+    return f"""
+sources:
+  src: {{engine: postgres, url_env: {url_env}}}
+exports:
+  - name: {name}
+    source: src
+    table: public.{table}
+    mode: chunked
+    chunk_column: id
+    chunk_size: {chunk_size}
+    format: parquet
+    destination: {dest}
+"""
