@@ -205,3 +205,34 @@ async def test_a_high_priority_run_overtakes_a_low_priority_backfill(
         await tracker.ListChunks(tracker_pb2.ListChunksRequest(run_id=backfill.run_id))
     ).chunks
     assert min(c.priority for c in back_chunks) == ev.PRIORITY_LOW
+
+
+async def test_incremental_submissions_of_one_export_run_one_at_a_time(
+    stubs: tuple[control_pb2_grpc.ControlStub, tracker_pb2_grpc.TrackerStub],
+    db: Path,
+    dest: Path,
+) -> None:
+    control, tracker = stubs
+    text = CONFIG.format(name="feed", db=db, dest=dest, chunk_size=1_000, extra="").replace(
+        "mode: chunked", "mode: incremental\n    cursor_column: id"
+    )
+    doc = control_pb2.ConfigDocument(text=text, export_name="feed")
+    first = await control.SubmitRun(control_pb2.SubmitRunRequest(config=doc))
+    # a second incremental run would start from the same committed cursor: refused, naming the
+    # run that holds the export, and nothing appended
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await control.SubmitRun(control_pb2.SubmitRunRequest(config=doc))
+    assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert f"its run {first.run_id} has not ended" in (refused.value.details() or "")
+    done = await eventually(
+        lambda: terminal_run(tracker, first.run_id), timeout_s=120, what="first run ended"
+    )
+    assert (done.status, done.total_rows) == (events_pb2.RUN_STATUS_SUCCEEDED, ROWS)
+    # once it has ended, the next one is accepted and starts from its cursor: nothing new
+    second = await control.SubmitRun(control_pb2.SubmitRunRequest(config=doc))
+    after = await eventually(
+        lambda: terminal_run(tracker, second.run_id), timeout_s=120, what="second run ended"
+    )
+    assert after.status == events_pb2.RUN_STATUS_SKIPPED, after.error_message
+    runs = await tracker.ListRuns(tracker_pb2.ListRunsRequest(export_name="feed"))
+    assert sorted(r.run_id for r in runs.runs) == sorted([first.run_id, second.run_id])

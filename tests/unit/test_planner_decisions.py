@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from datetime import UTC, datetime, timedelta
 
@@ -13,7 +14,7 @@ from sluiceway.common.domain import events as ev
 from sluiceway.common.domain.ids import InvalidRunId, event_id
 from sluiceway.common.domain.run import fold
 from sluiceway.common.sources.base import Introspection, SourceError
-from sluiceway.planner.app import Planner, RunEnded, RunNotFound
+from sluiceway.planner.app import ExportBusy, Planner, RunEnded, RunNotFound
 from sluiceway.planner.domain.plan import (
     Ignore,
     NeedsPlan,
@@ -298,3 +299,36 @@ async def test_cancel_checks_the_id_and_the_run() -> None:
     with pytest.raises(RunEnded, match="already ended CANCELED"):
         await planner.cancel("r1", reason="again")
     assert log.bodies("r1")[-1] == done
+
+
+async def test_an_incremental_submission_waits_for_no_one_and_is_refused_while_held() -> None:
+    """The check and the append are one step: the second of two concurrent submissions sees
+    the first (the holding run is read from what the log holds, as the scheduler's feed does)."""
+    log = FakeLog()
+    seen: list[str] = []
+
+    async def holding_run(export: str) -> str:
+        seen.append(export)
+        return next((e.run_id for e in log.events if e.export_name == export), "")
+
+    draws = iter(range(1, 100))
+    planner = Planner(
+        log,
+        producer=ev.Producer("planner", "test"),
+        source_factory=lambda spec: FakeSource(INTRO),
+        env={},
+        clock=lambda: T0,
+        entropy=lambda n: next(draws).to_bytes(n, "big"),
+        holding_run=holding_run,
+    )
+    incremental = dataclasses.replace(SPEC, mode="incremental", cursor_column="id")
+    first, second = await asyncio.gather(
+        planner.submit(incremental), planner.submit(incremental), return_exceptions=True
+    )
+    assert isinstance(first, tuple), first
+    assert isinstance(second, ExportBusy)
+    assert f"its run {first[0]} has not ended" in str(second)
+    assert [type(e.body) for e in log.events] == [ev.RunRequested]
+    # other modes are not held back, and are not checked
+    await planner.submit(SPEC)
+    assert seen == ["orders", "orders"] and len(log.events) == 2

@@ -19,7 +19,9 @@ from sluiceway.common.domain.schedule import (
     check_schedule,
     decide_export,
     due_occurrences,
+    holding_run,
     occurrences,
+    serialises,
     waiting_reason,
 )
 
@@ -175,6 +177,33 @@ def test_a_canceled_or_unscheduled_occurrence_is_not_admitted() -> None:
     for s in (None, off):
         [skip] = decide_export(s, [run], now=at(2, 1), grace=GRACE)
         assert isinstance(skip, Skip) and "removed or disabled" in skip.reason
+
+
+def test_only_incremental_exports_serialise_their_submissions() -> None:
+    assert serialises(dataclasses.replace(SPEC, mode="incremental", cursor_column="id"))
+    for mode in ("full", "chunked", "time_window"):
+        assert not serialises(dataclasses.replace(SPEC, mode=mode))
+
+
+def test_an_incremental_submission_is_held_by_the_run_in_flight_else_the_oldest_ready() -> None:
+    assert holding_run([]) == ""
+    manual = submitted("r-manual")
+    later = scheduled(at(3), ready_for="r-manual")
+    earlier = scheduled(at(2), ready_for="r-manual")
+    upcoming = scheduled(at(4))  # SCHEDULED, not due: it holds nothing yet
+    assert holding_run([later, upcoming, manual, earlier]) == "r-manual"
+    assert holding_run([later, upcoming, earlier]) == earlier.run_id
+    assert holding_run([upcoming]) == ""
+    # a READY run being canceled will not be admitted; a run in flight being canceled may
+    # still commit, so it still holds the export
+    h = History(earlier.run_id)
+    h.add(ev.RunScheduled(spec=SPEC, scheduled_at=at(2), cron=HOURLY.cron))
+    h.add(ev.RunReady(reason="due"))
+    h.add(ev.CancelRequested(reason="not today"))
+    assert holding_run([fold(h.events)]) == ""
+    m = History("r-manual").planned(1)
+    m.add(ev.CancelRequested(reason="stop"))
+    assert holding_run([fold(m.events)]) == "r-manual"
 
 
 def test_schedule_actions_are_values() -> None:

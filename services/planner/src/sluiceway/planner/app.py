@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Protocol
@@ -29,6 +29,7 @@ from sluiceway.common.domain.events import (
     SchemaField,
 )
 from sluiceway.common.domain.run import RunState, fold
+from sluiceway.common.domain.schedule import serialises
 from sluiceway.common.redact import redact
 from sluiceway.common.sources.base import Introspection, Source, SourceError
 from sluiceway.planner.domain.chunks import PlanError, temporal_kind
@@ -102,6 +103,11 @@ class RunEnded(RuntimeError):
     """A cancel for a run that has already ended: nothing is appended."""
 
 
+class ExportBusy(RuntimeError):
+    """A submission of an incremental export while another run of it has not ended: nothing
+    is appended."""
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -120,6 +126,7 @@ class Planner:
         entropy: Callable[[int], bytes] = os.urandom,
         plan_attempts: int = 3,
         keeper: Keeper | None = None,
+        holding_run: Callable[[str], Awaitable[str]] | None = None,
     ) -> None:
         self._log = log_
         self._producer = producer
@@ -129,6 +136,10 @@ class Planner:
         self._entropy = entropy
         self._plan_attempts = plan_attempts
         self._keeper = keeper  # None: consistent_snapshot runs fail to plan
+        # the run of an export that a new incremental run would overlap (the scheduler's view
+        # of open runs); None: not checked (the scheduler is off)
+        self._holding_run = holding_run
+        self._submitting = asyncio.Lock()  # check and append of a serialised export together
 
     # ---- validation (Control) ---------------------------------------------------------------
 
@@ -156,7 +167,27 @@ class Planner:
         priority: int = 0,
     ) -> tuple[str, int]:
         """Append RunRequested for a checked spec; returns (run_id, stream seq). The spec holds
-        only the *name* of the variable with the URL, never a secret."""
+        only the *name* of the variable with the URL, never a secret. Raises ExportBusy for an
+        incremental export with a run that has not ended."""
+        if self._holding_run is None or not serialises(spec):
+            return await self._request(spec, requested_by, options, priority)
+        async with self._submitting:  # the next check sees this append
+            busy = await self._holding_run(spec.name)
+            if busy:
+                raise ExportBusy(
+                    f"export {spec.name!r} is incremental and its run {busy} has not ended: "
+                    "each incremental run starts from the cursor the previous one committed, "
+                    "so they run one at a time; submit again once it ends"
+                )
+            return await self._request(spec, requested_by, options, priority)
+
+    async def _request(
+        self,
+        spec: ExportSpec,
+        requested_by: str,
+        options: Mapping[str, str] | None,
+        priority: int,
+    ) -> tuple[str, int]:
         now = self._clock()
         run_id = ids.new_run_id(now, self._entropy(4))
         opts = dict(options or {})

@@ -60,13 +60,6 @@ async def serve(
         keeper = SnapshotKeeper(bus.run_stopped, max_hold_s=settings.snapshot_max_hold_s)
         registry = metrics.new_registry()
         run_log = TracedRunLog(bus, metrics.RunMetrics(registry))
-        planner = Planner(
-            run_log,
-            producer=Producer(SERVICE, settings.instance),
-            source_factory=source_factory or functools.partial(open_source, env=os.environ),
-            env=os.environ,
-            keeper=keeper,
-        )
         names = settings.names
         if settings.scheduler:
             feed = JetStreamRunFeed(bus, feed_subjects(names))
@@ -84,6 +77,14 @@ async def serve(
                 tick_s=settings.scheduler_tick_s,
                 after_tick=run_log.after_message,
             )
+        planner = Planner(
+            run_log,
+            producer=Producer(SERVICE, settings.instance),
+            source_factory=source_factory or functools.partial(open_source, env=os.environ),
+            env=os.environ,
+            keeper=keeper,
+            holding_run=scheduler.holding_run if scheduler is not None else None,
+        )
         consumer = RunEventConsumer(
             bus,
             "planner-requests",

@@ -34,6 +34,7 @@ from sluiceway.common.domain.schedule import (
     Skip,
     decide_export,
     due_occurrences,
+    holding_run,
     occurrences,
 )
 from sluiceway.planner.adapters.schedules import Installed
@@ -207,6 +208,14 @@ class Scheduler:
 
     async def close(self) -> None:
         await self._feed.close()
+
+    async def holding_run(self, export: str) -> str:
+        """The run of `export` that a new incremental submission would overlap, as the stream
+        says now (the feed is read up to its end first); '' when none."""
+        async with self._ticking:
+            for event in await self._feed.poll():
+                self.open.apply(event)
+            return holding_run(self.open.runs(export))
 
     # ---- the loop ------------------------------------------------------------------------------
 

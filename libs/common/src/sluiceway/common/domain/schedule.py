@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cronsim import CronSim, CronSimError
 
-from .events import RunStatus, ScheduleSpec
+from .events import ExportSpec, RunStatus, ScheduleSpec
 from .lifecycle import IN_FLIGHT_RUN
 from .run import RunState
 
@@ -212,6 +212,25 @@ def decide_export(
     if admit is not None:
         actions.append(Admit(admit.run_id))
     return actions
+
+
+def serialises(spec: ExportSpec) -> bool:
+    """Whether a submitted run of `spec` must wait for the export's other runs: an incremental
+    run starts from the cursor the previous one committed, so two at once would read the
+    same rows."""
+    return spec.mode == "incremental"
+
+
+def holding_run(runs: Sequence[RunState]) -> str:
+    """The run of an export that a new incremental submission would overlap: the oldest one
+    in flight (a cancel requested included: it may still commit), else the oldest READY one
+    not being canceled (it is admitted before anything submitted after it); '' when none."""
+    in_flight = sorted((r for r in runs if r.status in IN_FLIGHT_RUN), key=_by_time)
+    ready = sorted(
+        (r for r in runs if r.status is RunStatus.READY and r.cancel is None), key=_by_time
+    )
+    first = (in_flight or ready)[:1]
+    return first[0].run_id if first else ""
 
 
 def waiting_reason(run: RunState, now: datetime | None = None) -> str:

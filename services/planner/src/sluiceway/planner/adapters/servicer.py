@@ -14,7 +14,7 @@ from sluiceway.common.domain.ids import InvalidRunId
 from sluiceway.common.redact import redact
 from sluiceway.common.rpc import abort
 from sluiceway.common.sources.base import SourceError
-from sluiceway.planner.app import Planner, RunEnded, RunNotFound
+from sluiceway.planner.app import ExportBusy, Planner, RunEnded, RunNotFound
 from sluiceway.planner.domain.chunks import PlanError
 from sluiceway.planner.scheduler import Scheduler, ScheduleView
 from sluiceway.v1 import control_pb2 as cpb
@@ -133,6 +133,8 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
                 options=dict(request.options),
                 priority=request.priority,
             )
+        except ExportBusy as exc:
+            await abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
         except (nats.errors.Error, TimeoutError) as exc:
             log.warning("SubmitRun: the run log is unavailable: %s", exc)
             await abort(context, grpc.StatusCode.UNAVAILABLE, "the run log is unavailable: retry")
