@@ -254,6 +254,9 @@ async def test_a_killed_snapshot_holder_fails_the_chunks_not_yet_read_with_a_nam
     # chunk 1 had imported the snapshot before the holder died: it was read in full
     completed = {b.chunk_index for b in history if isinstance(b, ev.ChunkCompleted)}
     assert completed == {0, 1}, completed
-    assert {f.chunk_index for f in failed} == {2}  # the next one failed; the rest never started
+    # the next chunk failed; a later one may have been taken before the run's end reached the
+    # worker, and it failed the same way: none after chunk 1 was read
+    failed_chunks = {f.chunk_index for f in failed}
+    assert 2 in failed_chunks and failed_chunks <= set(range(2, CHUNKS)), failed_chunks
     assert not layout.manifest_path(str(dest), "snap", run_id).exists()
     print(f"\nsnapshot lost -> run FAILED in {took:.1f} s")
