@@ -7,10 +7,13 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 
+from sluiceway.cli.stack import Stack
 from sluiceway.common import bus as busmod
 from sluiceway.common.localnats import LocalNats
+from sluiceway.v1 import control_pb2_grpc, tracker_pb2_grpc
 from tests.support.localpg import LocalPostgres
 from tests.support.s3server import LocalS3
 
@@ -102,3 +105,16 @@ async def aclosing() -> AsyncIterator[list[Callable[[], Awaitable[object]]]]:
     for close in reversed(closers):
         with contextlib.suppress(Exception):
             await close()
+
+
+@pytest.fixture
+async def stubs(
+    stack: Stack,
+) -> AsyncIterator[tuple[control_pb2_grpc.ControlStub, tracker_pb2_grpc.TrackerStub]]:
+    """Control and Tracker stubs on the `stack` of the requesting test (each module or class
+    defines its own), closed at teardown."""
+    control = grpc.aio.insecure_channel(stack.state.control_addr)
+    tracker = grpc.aio.insecure_channel(stack.state.tracker_addr)
+    yield control_pb2_grpc.ControlStub(control), tracker_pb2_grpc.TrackerStub(tracker)
+    await control.close()
+    await tracker.close()

@@ -13,11 +13,10 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
-import grpc
 import psycopg
 import pytest
 
@@ -92,17 +91,6 @@ def stack(
     started = start_stack(tmp_path / "state", workers=1, nats_url=nats_server.url, env=env)
     yield started
     started.stop()
-
-
-@pytest.fixture
-async def stubs(
-    stack: Stack,
-) -> AsyncIterator[tuple[control_pb2_grpc.ControlStub, tracker_pb2_grpc.TrackerStub]]:
-    control = grpc.aio.insecure_channel(stack.state.control_addr)
-    tracker = grpc.aio.insecure_channel(stack.state.tracker_addr)
-    yield control_pb2_grpc.ControlStub(control), tracker_pb2_grpc.TrackerStub(tracker)
-    await control.close()
-    await tracker.close()
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import asyncio
 import json
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -72,17 +72,6 @@ def stack(tmp_path: Path, nats_server: LocalNats, namespace: str, clock: Path) -
     )
     yield started
     started.stop()
-
-
-@pytest.fixture
-async def stubs(
-    stack: Stack,
-) -> AsyncIterator[tuple[control_pb2_grpc.ControlStub, tracker_pb2_grpc.TrackerStub]]:
-    control = grpc.aio.insecure_channel(stack.state.control_addr)
-    tracker = grpc.aio.insecure_channel(stack.state.tracker_addr)
-    yield control_pb2_grpc.ControlStub(control), tracker_pb2_grpc.TrackerStub(tracker)
-    await control.close()
-    await tracker.close()
 
 
 def _text(name: str, db: Path, dest: Path, chunk_size: int, **extra: str) -> str:

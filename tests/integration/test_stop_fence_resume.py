@@ -13,7 +13,7 @@ import json
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -72,18 +72,6 @@ def _start(tmp_path: Path, nats: LocalNats, namespace: str, pg: LocalPostgres, *
         nats_url=nats.url,
         env={**os.environ, "SLUICEWAY_NAMESPACE": namespace, "ITEMS_PG_URL": pg.url, **env},
     )
-
-
-@pytest.fixture
-async def stubs(
-    request: pytest.FixtureRequest,
-) -> AsyncIterator[tuple[control_pb2_grpc.ControlStub, tracker_pb2_grpc.TrackerStub]]:
-    stack: Stack = request.getfixturevalue("stack")
-    control = grpc.aio.insecure_channel(stack.state.control_addr)
-    tracker = grpc.aio.insecure_channel(stack.state.tracker_addr)
-    yield control_pb2_grpc.ControlStub(control), tracker_pb2_grpc.TrackerStub(tracker)
-    await control.close()
-    await tracker.close()
 
 
 async def _submit(control: control_pb2_grpc.ControlStub, dest: Path, chunk_size: int) -> str:
