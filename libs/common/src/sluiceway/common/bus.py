@@ -189,12 +189,8 @@ class Names:
     def task_lane(self, priority: int) -> str:
         """Chunk tasks are queued on one subject per priority: low and high have a token more
         than normal, so no two lanes' filters overlap (a work queue requires it)."""
-        p = priority_of(priority)
-        if p <= PRIORITY_LOW:
-            return f"{self.chunk_tasks}.low"
-        if p >= PRIORITY_HIGH:
-            return f"{self.chunk_tasks}.high"
-        return self.chunk_tasks
+        suffix = lane_suffix(priority)
+        return f"{self.chunk_tasks}.{suffix}" if suffix else self.chunk_tasks
 
     @staticmethod
     def run_id_of(subject: str) -> str:
@@ -219,10 +215,19 @@ class StreamSettings:
 LANES: tuple[int, ...] = (PRIORITY_HIGH, PRIORITY_NORMAL, PRIORITY_LOW)
 
 
+def lane_suffix(priority: int) -> str:
+    """The name of a priority's lane in subjects and consumer names: '' for normal (the names
+    tasks had before there were lanes), 'low', 'high'."""
+    p = priority_of(priority)
+    if p == PRIORITY_NORMAL:
+        return ""
+    return "high" if p > PRIORITY_NORMAL else "low"
+
+
 def lane_durable(base: str, priority: int) -> str:
     """worker-chunks (normal), worker-chunks-high, worker-chunks-low."""
-    p = priority_of(priority)
-    return base if p == PRIORITY_NORMAL else f"{base}-{'high' if p > PRIORITY_NORMAL else 'low'}"
+    suffix = lane_suffix(priority)
+    return f"{base}-{suffix}" if suffix else base
 
 
 @dataclass(frozen=True)
