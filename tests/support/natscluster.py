@@ -1,16 +1,20 @@
-"""A three-node JetStream cluster of real nats-server processes on loopback free ports."""
+"""A three-node JetStream cluster of real nats-server processes on loopback ports: client and
+monitoring ports bound by each server itself, route ports chosen again when a start loses one."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
 
-from sluiceway.common.localnats import LocalNats
+from sluiceway.common.localnats import LocalNats, PortInUse, free_port
+
+START_ATTEMPTS = 5
 
 
 class NatsCluster:
@@ -29,6 +33,9 @@ class NatsCluster:
             )
             for i in range(1, size + 1)
         ]
+        self._link()
+
+    def _link(self) -> None:
         for node in self.nodes:
             node.routes = tuple(o.route_url for o in self.nodes if o is not node)
 
@@ -43,14 +50,28 @@ class NatsCluster:
     def start(self, timeout_s: float = 30.0) -> NatsCluster:
         """Start every node and wait (bounded) until all agree on one meta leader. On failure,
         whatever was started is stopped."""
-        try:
-            for node in self.nodes:
-                node.start(timeout_s)
-            self.wait_meta_leader(timeout_s)
-        except BaseException:
-            self.stop()
-            raise
-        return self
+        for attempt in range(1, START_ATTEMPTS + 1):
+            try:
+                for node in self.nodes:
+                    node.start(timeout_s)
+                self.wait_meta_leader(timeout_s)
+                return self
+            except PortInUse:
+                # another process took a route port between its choice and the bind: every
+                # node is told its peers' route ports at start, so choose them all again
+                self.stop()
+                if attempt == START_ATTEMPTS:
+                    raise
+                for node in self.nodes:
+                    shutil.rmtree(node.store_dir, ignore_errors=True)  # a fresh cluster again
+                    node.port, node.cluster_port = 0, free_port(node.host)
+                    if node.http_port is not None:
+                        node.http_port = 0
+                self._link()
+            except BaseException:
+                self.stop()
+                raise
+        raise AssertionError("unreachable")
 
     def stop(self) -> None:
         for node in self.nodes:

