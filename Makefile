@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 UV := $(VENV)/bin/uv
 STAMP := $(VENV)/.installed
 
-.PHONY: install proto lint check test test-unit test-integration test-faults demo bench \
+.PHONY: install proto lint check test test-churn test-unit test-integration test-faults demo bench \
 	bench-durability bench-profiles bench-observability up down clean
 
 install: $(STAMP)
@@ -29,8 +29,18 @@ lint: $(STAMP)
 # lint + the whole suite (which includes the generated-code drift test)
 check: lint test
 
+# The whole suite: each test file on one of TEST_JOBS processes (a file's fixtures stay
+# together), the 20 slowest tests listed at the end.
+TEST_JOBS ?= 3
 test: $(STAMP)
-	$(VENV)/bin/pytest -q
+	$(VENV)/bin/pytest -q -n $(TEST_JOBS) --dist loadfile --durations=20
+
+# The suite while another process binds and releases random loopback ports throughout:
+# proves that no server start races for a port picked as "free".
+test-churn: $(STAMP)
+	$(PY) tools/port_churn.py --seconds 3600 --hold 300 & churn=$$!; \
+	trap 'kill $$churn 2>/dev/null' EXIT; \
+	$(VENV)/bin/pytest -q -n $(TEST_JOBS) --dist loadfile --durations=20
 
 test-unit: $(STAMP)
 	$(VENV)/bin/pytest -q tests/unit

@@ -54,31 +54,6 @@ def dest(tmp_path: Path) -> Path:
     return d
 
 
-# ---- the fault harness's table (tests/integration/test_faults.py) ----------------------------
-
-
-def pytest_terminal_summary(
-    terminalreporter: pytest.TerminalReporter, exitstatus: int, config: pytest.Config
-) -> None:
-    """Print the crash-point table of the fault scenarios that ran (also under `make test`)
-    and keep it as JSON in .sluiceway/faults.json."""
-    from tests.support import faults
-
-    if not faults.RESULTS:
-        return
-    lines, rows = faults.table(terminalreporter)
-    terminalreporter.section("fault scenarios (SIGKILL, restart, outcome)")
-    for line in lines:
-        terminalreporter.write_line(line)
-    out = Path(config.rootpath) / ".sluiceway" / "faults.json"
-    try:
-        faults.write_json(out, rows)
-    except OSError as exc:
-        terminalreporter.write_line(f"(could not write {out}: {exc})")
-    else:
-        terminalreporter.write_line(f"written to {out}")
-
-
 # ---- an S3-compatible object store (tests/integration/test_s3_destination.py) ---------------
 
 
