@@ -79,6 +79,36 @@ def test_an_unknown_field_is_named() -> None:
     assert "export 'orders': field 'chunk_sise': unknown field" in message
 
 
+@pytest.mark.parametrize(
+    ("typo", "where", "meant"),
+    [
+        (
+            ("chunk_size: 1000", "chunk_sise: 1000"),
+            "export 'orders': field 'chunk_sise'",
+            "chunk_size",
+        ),
+        (("url_env: SHOP_URL", "url_evn: SHOP_URL"), "field 'sources.shop.url_evn'", "url_env"),
+        (("destination: out", "destinaton: out"), "field 'defaults.destinaton'", "destination"),
+        (("  - name: customers", "  - nmae: customers"), "export '#2': field 'nmae'", "name"),
+        (
+            ("    source: demo\n", "    source: {engine: sqlite, paht: demo.db}\n"),
+            "export 'customers': field 'source.paht'",
+            "path",
+        ),
+    ],
+)
+def test_a_typod_key_is_named_with_the_field_it_meant(
+    typo: tuple[str, str], where: str, meant: str
+) -> None:
+    message = _err(GOOD.replace(*typo))
+    assert f"{where}: unknown field (did you mean {meant!r}?)" in message
+
+
+def test_an_unknown_key_far_from_every_field_gets_no_guess() -> None:
+    message = _err(GOOD.replace("chunk_size: 1000", "chunk_size: 1000\n    xyzzy: 1"))
+    assert message.endswith("field 'xyzzy': unknown field")
+
+
 def test_a_wrong_type_is_named() -> None:
     message = _err(GOOD.replace("chunk_size: 1000", "chunk_size: many"))
     assert "export 'orders': field 'chunk_size'" in message

@@ -6,9 +6,11 @@ Every error names the file, the export and the field, on one line:
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import stat
+import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -744,9 +746,33 @@ def select(specs: Mapping[str, ExportSpec], name: str | None, *, file_name: str 
     return next(iter(specs.values()))
 
 
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The models an annotation holds (`_Source`, `str | _Source`, `dict[str, _Source]`...)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in typing.get_args(annotation) for m in _models_in(arg)]
+
+
+def _did_you_mean(loc: list[Any]) -> str:
+    """' (did you mean 'X'?)' for an unknown key close to a field of the model it is in."""
+    if not loc or not isinstance(loc[-1], str):
+        return ""
+    model: type[BaseModel] | None = _Document
+    for part in loc[:-1]:  # list indexes, dict keys and union tags are not fields: skipped
+        if model is not None and isinstance(part, str) and part in model.model_fields:
+            found = _models_in(model.model_fields[part].annotation)
+            model = found[0] if found else None
+    if model is None:
+        return ""
+    close = difflib.get_close_matches(loc[-1], list(model.model_fields), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def _located(exc: ValidationError, raw: dict[str, Any], file_name: str) -> ConfigError:
-    """The first pydantic error, as file / export / field."""
-    err = exc.errors()[0]
+    """The first pydantic error, as file / export / field; an unknown key first, since a
+    typo'd key also makes the field it meant missing (or a union branch fail)."""
+    errors = exc.errors()
+    err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     loc = list(err["loc"])
     export = ""
     if len(loc) >= 2 and loc[0] == "exports" and isinstance(loc[1], int):
@@ -758,11 +784,13 @@ def _located(exc: ValidationError, raw: dict[str, Any], file_name: str) -> Confi
         loc = loc[2:]
     # drop pydantic's union-branch tags (e.g. 'str', '_Source')
     field = ".".join(
-        str(p) for p in loc if not ((isinstance(p, str) and p[:1].isupper()) or p in ("str",))
+        str(p)
+        for p in loc
+        if not ((isinstance(p, str) and (p[:1].isupper() or p[:1] == "_")) or p in ("str",))
     )
     kind = err["type"]
     if kind == "extra_forbidden":
-        message = "unknown field"
+        message = "unknown field" + _did_you_mean(list(err["loc"]))
     elif kind == "missing":
         message = "is required"
     else:
