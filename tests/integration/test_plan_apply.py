@@ -11,6 +11,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -145,7 +146,8 @@ def test_a_tampered_plan_is_refused_even_with_force(env: dict[str, Any]) -> None
 
 def test_a_stale_plan_is_refused_and_applies_with_force(env: dict[str, Any]) -> None:
     path, doc = _plan(env, "stale", "--expires-in", "1s")
-    time.sleep(1.2)
+    expires = datetime.fromisoformat(doc["expires_at"].replace("Z", "+00:00")).timestamp()
+    time.sleep(max(0.0, expires - time.time()) + 0.05)  # until the plan's own expiry has passed
     code, _, err = _apply(env, path)
     assert code == 1 and err.count("\n") == 1 and err.startswith("refused (stale): "), err
     code, summary, err = _apply(env, path, "--force")

@@ -82,15 +82,18 @@ async def _submit(control: control_pb2_grpc.ControlStub, dest: Path, chunk_size:
     return str(resp.run_id)
 
 
-async def _wait_for(bus: Bus, run_id: str, kind: str, timeout_s: float = 60.0) -> list[ev.RunEvent]:
+async def _wait_for(
+    bus: Bus, run_id: str, kind: str, timeout_s: float = 60.0, *, count: int = 1
+) -> list[ev.RunEvent]:
+    """The run's events of `kind`, once there are at least `count` of them (bounded)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         events = [e for _, e in await bus.history(run_id)]
         found = [e for e in events if e.kind == kind]
-        if found:
+        if len(found) >= count:
             return found
         await asyncio.sleep(0.1)
-    raise AssertionError(f"no {kind} for run {run_id} within {timeout_s}s")
+    raise AssertionError(f"fewer than {count} {kind} for run {run_id} within {timeout_s}s")
 
 
 async def _terminal(tracker: tracker_pb2_grpc.TrackerStub, run_id: str) -> tracker_pb2.RunSummary:
@@ -246,7 +249,8 @@ class TestAutomaticResume:
         control, _ = stubs
         run_id = await _submit(control, dest, chunk_size=3_000)  # 8 slow chunks
         await _wait_for(bus, run_id, "chunk_completed")
-        await asyncio.sleep(0.5)  # let more chunks start: some done, some mid-read, some pending
+        # one chunk done and two more started after it: some done, some mid-read, some pending
+        await _wait_for(bus, run_id, "chunk_started", count=3)
 
         services = [p for p in stack.state.processes if p.service != "nats-server"]
         for p in services:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import getpass
 import json
 import os
@@ -41,6 +42,46 @@ EPILOG = """exit codes (docs/cli.md):
   3  data integrity: validation or reconciliation failed (`validate`: the data is wrong)
   4  schema drift failed the run
 """
+
+
+# One example per help screen: `sluiceway <command> --help` ends with it (a test runs every
+# help screen and checks that each has one).
+EXAMPLES = {
+    "": "sluiceway init --table public.orders --source-env SHOP_DB_URL -o orders.yaml\n"
+    "  sluiceway doctor -c orders.yaml\n"
+    "  sluiceway up --detach && sluiceway run -c orders.yaml --wait",
+    "init": "sluiceway init --table public.orders --source-env SHOP_DB_URL -o orders.yaml\n"
+    "  sluiceway init --table customers --sqlite shop.db -o customers.yaml",
+    "doctor": "sluiceway doctor -c orders.yaml --export orders",
+    "up": "sluiceway up --detach --workers 4",
+    "down": "sluiceway down",
+    "run": "sluiceway run -c orders.yaml --export orders --wait",
+    "plan": "sluiceway plan -c orders.yaml -o orders.plan.json --expires-in 1h",
+    "apply": "sluiceway apply orders.plan.json",
+    "types": "sluiceway types -c orders.yaml --export orders",
+    "runs": "sluiceway runs --export orders --status FAILED --limit 5",
+    "status": "sluiceway status 01J9Z3K2RQ8W6T5V4X3Y2Z1A0B --json",
+    "events": "sluiceway events 01J9Z3K2RQ8W6T5V4X3Y2Z1A0B",
+    "watch": "sluiceway watch 01J9Z3K2RQ8W6T5V4X3Y2Z1A0B",
+    "validate": "sluiceway validate exports/orders/manifest.json",
+    "cancel": "sluiceway cancel 01J9Z3K2RQ8W6T5V4X3Y2Z1A0B --reason 'wrong window' --wait",
+    "rebuild-tracker": "sluiceway rebuild-tracker --db .sluiceway/tracker.duckdb",
+    "schedule": "sluiceway schedule apply -c orders.yaml",
+    "schedule apply": "sluiceway schedule apply -c orders.yaml --json",
+    "schedule list": "sluiceway schedule list --next 5",
+}
+
+
+def _add_examples(parser: argparse.ArgumentParser, path: str = "") -> None:
+    """Put each command's example at the top of its epilog, recursively."""
+    example = EXAMPLES[path]
+    label = "examples" if "\n" in example else "example"
+    parser.epilog = f"{label}:\n  {example}" + (f"\n\n{parser.epilog}" if parser.epilog else "")
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                _add_examples(child, f"{path} {name}".strip())
 
 
 class Failure(Exception):
@@ -191,6 +232,42 @@ def build_parser() -> argparse.ArgumentParser:
         default="",
         help="DuckDB file (default: SLUICEWAY_TRACKER_DB, else <state-dir>/tracker.duckdb)",
     )
+
+    init = sub.add_parser(
+        "init",
+        help="write a starting config for one table, from its schema and size",
+        description="Connects to the source, reads the table's columns, size and primary key, "
+        "and writes a config whose mode fits: `full` for a small table, `chunked` on an integer "
+        "primary key for a large one. The written file is checked before it is written.",
+    )
+    init.add_argument("--table", required=True, help="the table, e.g. public.orders")
+    src = init.add_mutually_exclusive_group(required=True)
+    src.add_argument(
+        "--source-env", metavar="VAR", help="environment variable holding a PostgreSQL URL"
+    )
+    src.add_argument("--sqlite", metavar="PATH", help="a SQLite database file")
+    init.add_argument("--name", default="", help="export name (default: the table's name)")
+    init.add_argument(
+        "--destination", default="exports", help="where runs are written (default ./exports)"
+    )
+    init.add_argument(
+        "-o", "--output", default="sluiceway.yaml", help="file to write ('-': stdout)"
+    )
+    init.add_argument("--force", action="store_true", help="overwrite an existing file")
+
+    doctor = sub.add_parser(
+        "doctor",
+        parents=[common, remote],
+        help="check that each export of a config can run: source, permissions, destination, stack",
+        description="For each export: the config and its url_env variable (named, never "
+        "printed), the source's reachability and the table's SELECT permission, the "
+        "destination's writability; then the stack's health. Exit 0 all ready, 1 an export "
+        "is not ready, 2 only the stack is unreachable.",
+    )
+    doctor.add_argument("-c", "--config", required=True, help="YAML config file")
+    doctor.add_argument("--export", default="", help="only this export")
+    doctor.add_argument("--json", action="store_true", help="print the report as JSON")
+    _add_examples(p)
     return p
 
 
@@ -448,6 +525,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
 def cmd_types(args: argparse.Namespace) -> int:
     """The type mapping of one export, from the source itself (the URL from url_env here)."""
     from sluiceway.cli import types as typesmod  # pyarrow and the drivers: this command only
+    from sluiceway.cli.doctor import located, source_problem
     from sluiceway.common.sources import SourceError
 
     specs = load_file(args.config, env=os.environ)
@@ -455,7 +533,8 @@ def cmd_types(args: argparse.Namespace) -> int:
     try:
         rows = typesmod.describe_export(spec, os.environ)
     except SourceError as exc:
-        raise Failure(f"error: export {spec.name!r}: {exc}") from None
+        problem = located(args.config, spec, *source_problem(spec, exc))
+        raise Failure(f"error: {problem}") from None
     engine = spec.source.engine
     print(typesmod.render_json(rows) if args.json else typesmod.render_text(rows, engine))
     return EXIT_OK
@@ -549,7 +628,57 @@ def cmd_rebuild_tracker(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_init(args: argparse.Namespace) -> int:
+    from sluiceway.cli import init  # the drivers: this command only
+
+    out = Path(args.output) if args.output != "-" else None
+    if out is not None and out.exists() and not args.force:
+        raise Failure(f"error: -o: {out} exists (--force to overwrite it)")
+    try:
+        text, choice = init.build(
+            table=args.table,
+            source_env=args.source_env or "",
+            sqlite_path=args.sqlite or "",
+            name=args.name,
+            destination=args.destination,
+        )
+    except init.InitError as exc:
+        raise Failure(f"error: {exc}") from None
+    if out is None:
+        sys.stdout.write(text)
+        return EXIT_OK
+    try:
+        out.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise Failure(f"error: -o: cannot write {out}: {exc.strerror or exc}") from None
+    print(f"wrote {out}: {choice.mode} export ({choice.why})", file=sys.stderr)
+    print(f"next: sluiceway doctor -c {out}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from sluiceway.cli import doctor  # the drivers: this command only
+
+    def stack() -> list[doctor.Check]:
+        try:
+            ends = resolve_endpoints(args.state_dir, control=args.control, tracker=args.tracker)
+        except NoStack as exc:
+            return [doctor.Check("stack", False, str(exc))]
+        return doctor.check_stack(ends.control_addr, ends.tracker_addr)
+
+    report = doctor.diagnose(args.config, only=args.export, stack=stack)
+    if args.json:
+        print(json.dumps(dataclasses.asdict(report) | {"ready": report.ready}, indent=2))
+    else:
+        print(doctor.render(report))
+    if report.config_error or not all(e.ready for e in report.exports):
+        return EXIT_ERROR
+    return EXIT_OK if all(c.ok for c in report.stack) else EXIT_RETRYABLE
+
+
 COMMANDS = {
+    "init": cmd_init,
+    "doctor": cmd_doctor,
     "up": cmd_up,
     "down": cmd_down,
     "run": cmd_run,

@@ -14,11 +14,13 @@ if TYPE_CHECKING:
 
 class SourceError(Exception):
     """A source failure. `retryable` says whether another attempt may succeed (connection lost,
-    serialization failure, lock timeout, too many connections). The message is redacted."""
+    serialization failure, lock timeout, too many connections). The message is redacted.
+    `sqlstate` is PostgreSQL's code for the failure when there is one (given or inferred)."""
 
-    def __init__(self, message: str, *, retryable: bool) -> None:
+    def __init__(self, message: str, *, retryable: bool, sqlstate: str = "") -> None:
         super().__init__(message)
         self.retryable = retryable
+        self.sqlstate = sqlstate
 
 
 class SnapshotLost(SourceError):
@@ -59,6 +61,10 @@ class Source(Protocol):
     """Synchronous (drivers are); services call it from a worker thread."""
 
     def introspect(self, spec: ExportSpec) -> Introspection: ...
+
+    def schema_of(self, spec: ExportSpec) -> tuple[SchemaField, ...]:
+        """The export's columns, read from the source (PostgreSQL: `SELECT ... LIMIT 0`)."""
+        ...
 
     def max_of(self, spec: ExportSpec, column: str, *, temporal: bool) -> str | None:
         """MAX(column) over the export's rows (its row filter applied) as text, ISO 8601 for

@@ -91,7 +91,11 @@ def classify(exc: BaseException) -> SourceError:
         return exc
     text = str(exc).strip() or type(exc).__name__
     verdict = pgerrors.classify_error(sqlstate_of(exc), text)
-    return SourceError(redact(pgerrors.describe(verdict, text)), retryable=verdict.retryable)
+    return SourceError(
+        redact(pgerrors.describe(verdict, text)),
+        retryable=verdict.retryable,
+        sqlstate=verdict.sqlstate,
+    )
 
 
 class SnapshotHold:
