@@ -137,6 +137,7 @@ def export_once(stack: stackmod.Stack, dest: Path, rows: int) -> tuple[float, fl
     ):
         cpu_before = cpu_seconds(pids)
         began = time.monotonic()
+        auth = (("authorization", f"Bearer {stack.token()}"),) if stack.token() else ()
         run_id = (
             control_pb2_grpc.ControlStub(control)
             .SubmitRun(
@@ -144,6 +145,7 @@ def export_once(stack: stackmod.Stack, dest: Path, rows: int) -> tuple[float, fl
                     config=control_pb2.ConfigDocument(text=config, file_name="bench.yaml")
                 ),
                 timeout=30,
+                metadata=auth,
             )
             .run_id
         )
@@ -151,7 +153,9 @@ def export_once(stack: stackmod.Stack, dest: Path, rows: int) -> tuple[float, fl
         deadline = began + 600
         while time.monotonic() < deadline:
             try:
-                run = stub.GetRun(tracker_pb2.GetRunRequest(run_id=run_id), timeout=5)
+                run = stub.GetRun(
+                    tracker_pb2.GetRunRequest(run_id=run_id), timeout=5, metadata=auth
+                )
             except grpc.RpcError:
                 run = None
             if run is not None and run.status in TERMINAL:

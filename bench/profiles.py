@@ -35,7 +35,7 @@ from bench.run import (
     timed_export,
 )
 from sluiceway.cli import stack as stackmod
-from sluiceway.cli.client import Endpoints, connect
+from sluiceway.cli.client import connect, stack_endpoints
 from sluiceway.client import Client
 from sluiceway.v1 import events_pb2
 from tests.support.localpg import LocalPostgres
@@ -155,7 +155,7 @@ def main() -> int:
         }
         log("starting the stack (2 workers)")
         stack = stackmod.start_stack(work / "state", workers=2, env=dict(os.environ))
-        ep = Endpoints(stack.state.control_addr, stack.state.tracker_addr)
+        ep = stack_endpoints(stack)
         copies: list[float] = []
         runs: dict[str, list[dict]] = {p: [] for p in PROFILES}
         with connect(ep) as client:

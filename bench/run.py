@@ -24,7 +24,7 @@ import psycopg
 from rich.console import Console
 
 from sluiceway.cli import stack as stackmod
-from sluiceway.cli.client import Endpoints, connect
+from sluiceway.cli.client import connect, stack_endpoints
 from sluiceway.cli.main import follow, load_config
 from sluiceway.client import Client
 from sluiceway.v1 import events_pb2
@@ -176,7 +176,7 @@ def main() -> int:
 
         log("starting the stack (2 workers)")
         stack = stackmod.start_stack(work / "state", workers=2, env=dict(os.environ))
-        ep = Endpoints(stack.state.control_addr, stack.state.tracker_addr)
+        ep = stack_endpoints(stack)
 
         # The reference and the export alternate, and each reports its best time: one reading
         # of either is noisy on a shared 2-core machine (checkpoints, autovacuum, hint bits).

@@ -7,7 +7,6 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
-import grpc
 import pytest
 
 from sluiceway.cli.stack import Stack
@@ -86,8 +85,8 @@ async def stubs(
 ) -> AsyncIterator[tuple[control_pb2_grpc.ControlStub, tracker_pb2_grpc.TrackerStub]]:
     """Control and Tracker stubs on the `stack` of the requesting test (each module or class
     defines its own), closed at teardown."""
-    control = grpc.aio.insecure_channel(stack.state.control_addr)
-    tracker = grpc.aio.insecure_channel(stack.state.tracker_addr)
+    control = stack.channel(stack.state.control_addr)
+    tracker = stack.channel(stack.state.tracker_addr)
     yield control_pb2_grpc.ControlStub(control), tracker_pb2_grpc.TrackerStub(tracker)
     await control.close()
     await tracker.close()

@@ -191,8 +191,8 @@ async def _run_export(stack: Stack, source: Path, dest: Path) -> tracker_pb2.Run
         f"    destination: {dest}\n"
     )
     async with (
-        grpc.aio.insecure_channel(stack.state.control_addr) as cch,
-        grpc.aio.insecure_channel(stack.state.tracker_addr) as tch,
+        stack.channel(stack.state.control_addr) as cch,
+        stack.channel(stack.state.tracker_addr) as tch,
     ):
         control = control_pb2_grpc.ControlStub(cch)
         tracker = tracker_pb2_grpc.TrackerStub(tch)

@@ -15,11 +15,13 @@ from sluiceway.cli.stack import Stack, start_stack
 from sluiceway.client import (
     AsyncClient,
     Client,
+    ClientOptions,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
     config_document,
     config_file,
+    with_token,
 )
 from sluiceway.common.localnats import LocalNats
 from sluiceway.v1 import events_pb2
@@ -69,7 +71,8 @@ def stack(tmp_path: Path, nats_server: LocalNats, namespace: str) -> Iterator[St
 
 
 async def test_submit_watch_wait_get_list_and_events(stack: Stack, config: Path) -> None:
-    async with AsyncClient(stack.state.control_addr, stack.state.tracker_addr) as client:
+    options = with_token(ClientOptions(), stack.token())
+    async with AsyncClient(stack.state.control_addr, stack.state.tracker_addr, options) as client:
         plan = await client.plan(config_file(config, "items"))
         assert plan.plan.plan_id and len(plan.plan.chunks) == 3
 
@@ -102,14 +105,18 @@ async def test_submit_watch_wait_get_list_and_events(stack: Stack, config: Path)
         events = [e async for e in client.iter_events(resp.run_id, page_size=4)]  # several pages
         assert [e.seq for e in events] == seqs
         requested = events[0].event.run_requested
-        assert requested.requested_by == "sdk-test" and dict(requested.options) == {"ticket": "T-1"}
+        assert dict(requested.options) == {"ticket": "T-1"}
+        # the client's label is not trusted: the run is the authenticated principal's
+        assert (requested.requested_by, requested.owner) == ("local-admin", "local-admin")
+        assert again.owner == "local-admin"
         assert len((await client.list_chunks(resp.run_id)).chunks) == 3
         parts = (await client.list_parts(resp.run_id)).parts
         assert sum(p.rows for p in parts if p.committed) == ROWS
 
 
 def test_cancel_and_typed_errors_with_the_blocking_client(stack: Stack, config: Path) -> None:
-    with Client(stack.state.control_addr, stack.state.tracker_addr) as client:
+    options = with_token(ClientOptions(), stack.token())
+    with Client(stack.state.control_addr, stack.state.tracker_addr, options) as client:
         resp = client.submit(config_file(config, "many"), requested_by="sdk-test")
         canceled = client.cancel(resp.run_id, reason="wrong day", requested_by="sdk-test")
         assert canceled.run_id == resp.run_id and canceled.stream_seq > resp.stream_seq

@@ -22,7 +22,6 @@ from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-import grpc
 import pytest
 
 from sluiceway.cli.stack import Stack, start_stack
@@ -172,7 +171,9 @@ async def test_a_run_survives_the_loss_of_its_stream_leader(
         )
         processes.callback(stack.stop)
         tracker_b = processes.enter_context(
-            fresh_tracker(tmp_path / "tracker-2", env, cluster.urls, instance="tracker-2")
+            fresh_tracker(
+                tmp_path / "tracker-2", stack.envs["tracker-1"], cluster.urls, instance="tracker-2"
+            )
         )
 
         nc = await connect(cluster.urls, name="test-cluster", connect_timeout_s=10)
@@ -189,7 +190,7 @@ async def test_a_run_survives_the_loss_of_its_stream_leader(
         await trigger.start(cluster.urls, names)
 
         # ---- submit
-        control_ch = grpc.aio.insecure_channel(stack.state.control_addr)
+        control_ch = stack.channel(stack.state.control_addr)
         aclosing.append(control_ch.close)
         submitted = await control_pb2_grpc.ControlStub(control_ch).SubmitRun(
             control_pb2.SubmitRunRequest(
@@ -254,7 +255,7 @@ async def test_a_run_survives_the_loss_of_its_stream_leader(
         caught_up_s = time.monotonic() - restarted
 
         # ---- the run ends, and succeeds
-        tracker_ch = grpc.aio.insecure_channel(stack.state.tracker_addr)
+        tracker_ch = stack.channel(stack.state.tracker_addr)
         aclosing.append(tracker_ch.close)
         tracker_a = tracker_pb2_grpc.TrackerStub(tracker_ch)
         try:
@@ -321,8 +322,8 @@ async def test_a_run_survives_the_loss_of_its_stream_leader(
 
         # ---- two trackers, two DuckDB files, the same answers
         last_seq = max(seq for seq, _ in history)
-        a = await read_model(stack.state.tracker_addr, run_id, last_seq, timeout_s=30)
-        b = await read_model(tracker_b, run_id, last_seq, timeout_s=30)
+        a = await read_model(stack.state.tracker_addr, run_id, last_seq, 30, stack.token())
+        b = await read_model(tracker_b, run_id, last_seq, 30, stack.token())
         assert a.run == b.run
         assert a.chunks == b.chunks
         assert a.parts == b.parts

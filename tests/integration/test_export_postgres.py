@@ -116,8 +116,8 @@ exports:
 
 @pytest.fixture
 async def channels(stack: Stack) -> AsyncIterator[tuple[grpc.aio.Channel, grpc.aio.Channel]]:
-    control = grpc.aio.insecure_channel(stack.state.control_addr)
-    tracker = grpc.aio.insecure_channel(stack.state.tracker_addr)
+    control = stack.channel(stack.state.control_addr)
+    tracker = stack.channel(stack.state.tracker_addr)
     yield control, tracker
     await control.close()
     await tracker.close()
@@ -181,6 +181,7 @@ def _restart_tracker(stack: Stack, env: dict[str, str]) -> None:
             stdout=log,
             stderr=subprocess.STDOUT,
             env={
+                **stack.envs[info.name],  # its principals file among them
                 **env,
                 "SLUICEWAY_NATS_URL": stack.state.nats_url,
                 "SLUICEWAY_TRACKER_DB": str(state_dir / "tracker.duckdb"),

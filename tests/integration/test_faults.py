@@ -22,7 +22,6 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
-import grpc
 import pytest
 
 from sluiceway.cli.stack import Stack, start_stack
@@ -195,8 +194,8 @@ async def test_a_run_recovers_from_a_sigkill_at(
         await trigger.start(nats_url, Names(namespace))
 
     # ---- submit
-    control_ch = grpc.aio.insecure_channel(stack.state.control_addr)
-    tracker_ch = grpc.aio.insecure_channel(stack.state.tracker_addr)
+    control_ch = stack.channel(stack.state.control_addr)
+    tracker_ch = stack.channel(stack.state.tracker_addr)
     aclosing += [control_ch.close, tracker_ch.close]
     submitted = await control_pb2_grpc.ControlStub(control_ch).SubmitRun(
         control_pb2.SubmitRunRequest(
@@ -233,7 +232,7 @@ async def test_a_run_recovers_from_a_sigkill_at(
         died = await asyncio.to_thread(wait_sigkilled, popen, DEATH_TIMEOUT_S, log)
         await asyncio.to_thread(stack.restart, instance, drop_env=(crash.ENV,))
         if instance == "tracker-1":  # a new port
-            tracker_ch = grpc.aio.insecure_channel(stack.state.tracker_addr)
+            tracker_ch = stack.channel(stack.state.tracker_addr)
             aclosing.append(tracker_ch.close)
 
     # ---- the run ends, and succeeds
@@ -321,9 +320,11 @@ async def test_a_run_recovers_from_a_sigkill_at(
 
     # ---- the live read model equals one rebuilt from the stream by a fresh tracker
     last_seq = max(seq for seq, _ in history)
-    live = await read_model(stack.state.tracker_addr, run_id, last_seq, timeout_s=30)
-    with fresh_tracker(tmp_path / "rebuild", env, nats_url) as addr:
-        rebuilt = await read_model(addr, run_id, last_seq, timeout_s=60)
+    token = stack.token()
+    live = await read_model(stack.state.tracker_addr, run_id, last_seq, 30, token)
+    # the fresh tracker authenticates like the live one (the stack's principals file)
+    with fresh_tracker(tmp_path / "rebuild", stack.envs["tracker-1"], nats_url) as addr:
+        rebuilt = await read_model(addr, run_id, last_seq, 60, token)
     assert live.run == rebuilt.run
     assert live.chunks == rebuilt.chunks
     assert live.parts == rebuilt.parts

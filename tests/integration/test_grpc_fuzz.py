@@ -35,6 +35,7 @@ from hypothesis import strategies as st
 
 from sluiceway.common import bus as busmod
 from sluiceway.common import codec
+from sluiceway.common.authn import Audit, Authenticator, AuthInterceptor
 from sluiceway.common.config import ConfigError, check_spec, load_text, select
 from sluiceway.common.domain.events import ExportSpec, FileWritten, PlanResolved
 from sluiceway.common.domain.ids import RUN_ID_RE
@@ -202,7 +203,8 @@ async def _start_tracker(nats_url: str, namespace: str, db_path: Path) -> _Track
     projection = Projection(bus, db, batch_wait_s=0.05)
     await projection.start()
     task = asyncio.create_task(projection.run())
-    server = grpc.aio.server()
+    # as in tracker.main (authentication off: the fuzzed requests are authenticated ones)
+    server = grpc.aio.server(interceptors=[AuthInterceptor(Authenticator(None), Audit())])
     # as in tracker.main, but a watch of an unknown run gives up after 5 ms instead of 5 s
     servicer = TrackerServicer(db, projection, watch_wait_for_run_s=0.005)
     tracker_pb2_grpc.add_TrackerServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
@@ -500,6 +502,7 @@ def control(
             "SLUICEWAY_CONTROL_ADDR": "127.0.0.1:0",
             "SLUICEWAY_READY_FILE": str(ready),
             "SLUICEWAY_INSTANCE": "planner-fuzz",
+            "SLUICEWAY_AUTH": "off",  # requests past authentication; refused ones: test_auth.py
         }
     )
     loop = LoopThread()

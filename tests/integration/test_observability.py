@@ -90,7 +90,7 @@ def _ready(stack: Stack, instance: str) -> dict[str, str]:
 
 
 async def _submit(stack: Stack, dest: Path) -> str:
-    async with grpc.aio.insecure_channel(stack.state.control_addr) as channel:
+    async with stack.channel(stack.state.control_addr) as channel:
         submitted = await control_pb2_grpc.ControlStub(channel).SubmitRun(
             control_pb2.SubmitRunRequest(
                 config=control_pb2.ConfigDocument(
@@ -106,7 +106,7 @@ async def _submit(stack: Stack, dest: Path) -> str:
 
 
 async def _wait_terminal(stack: Stack, run_id: str) -> events_pb2.RunStatus.ValueType:
-    async with grpc.aio.insecure_channel(stack.state.tracker_addr) as channel:
+    async with stack.channel(stack.state.tracker_addr) as channel:
         stub = tracker_pb2_grpc.TrackerStub(channel)
         try:
             run = await eventually(

@@ -57,6 +57,7 @@ async def planner(nats_server: LocalNats, namespace: str, tmp_path: Path) -> Asy
             "SLUICEWAY_CONTROL_ADDR": "127.0.0.1:0",
             "SLUICEWAY_READY_FILE": str(ready),
             "SLUICEWAY_INSTANCE": "planner-test",
+            "SLUICEWAY_AUTH": "off",  # planning is under test here; auth: test_auth.py
         }
     )
     stop = asyncio.Event()

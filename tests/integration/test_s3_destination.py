@@ -15,7 +15,6 @@ import sys
 import uuid
 from pathlib import Path
 
-import grpc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
@@ -228,8 +227,8 @@ async def test_a_worker_killed_mid_upload_leaves_no_torn_object_and_the_run_comp
         env=env,
         instance_env={"worker-1": {crash.ENV: "worker.mid_upload"}},
     )
-    control_ch = grpc.aio.insecure_channel(stack.state.control_addr)
-    tracker_ch = grpc.aio.insecure_channel(stack.state.tracker_addr)
+    control_ch = stack.channel(stack.state.control_addr)
+    tracker_ch = stack.channel(stack.state.tracker_addr)
     try:
         reply = await control_pb2_grpc.ControlStub(control_ch).SubmitRun(
             control_pb2.SubmitRunRequest(

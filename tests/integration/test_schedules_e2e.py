@@ -88,6 +88,7 @@ async def _runs(
 
 async def _cli(stack: Stack, capsys: pytest.CaptureFixture[str], *argv: str) -> str:
     addrs = ["--control", stack.state.control_addr, "--tracker", stack.state.tracker_addr]
+    addrs += ["--state-dir", stack.state.state_dir]  # where the CLI finds the stack's token
     capsys.readouterr()
     code = await asyncio.to_thread(cli_main, [*argv, *addrs])
     out = capsys.readouterr()

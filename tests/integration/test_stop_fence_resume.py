@@ -16,7 +16,6 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import pytest
 
 from sluiceway.cli.stack import Stack, start_stack
@@ -264,7 +263,7 @@ class TestAutomaticResume:
 
         for p in services:
             stack.restart(p.name)
-        async with grpc.aio.insecure_channel(stack.state.tracker_addr) as channel:
+        async with stack.channel(stack.state.tracker_addr) as channel:
             run = await _terminal(tracker_pb2_grpc.TrackerStub(channel), run_id)
         assert run.status == events_pb2.RUN_STATUS_SUCCEEDED, run.error_message
 

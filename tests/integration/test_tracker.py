@@ -117,6 +117,7 @@ def _settings(nats_url: str, namespace: str, tmp: Path) -> dict[str, str]:
         "SLUICEWAY_TRACKER_DB": str(tmp / "db" / "tracker.duckdb"),
         "SLUICEWAY_READY_FILE": str(tmp / "tracker.ready"),
         "SLUICEWAY_INSTANCE": "test-tracker",
+        "SLUICEWAY_AUTH": "off",  # the projection is under test here; auth: test_auth.py
     }
 
 

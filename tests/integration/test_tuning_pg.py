@@ -187,8 +187,8 @@ def stack(
 
 @pytest.fixture
 async def channels(stack: Stack) -> AsyncIterator[tuple[grpc.aio.Channel, grpc.aio.Channel]]:
-    control = grpc.aio.insecure_channel(stack.state.control_addr)
-    tracker = grpc.aio.insecure_channel(stack.state.tracker_addr)
+    control = stack.channel(stack.state.control_addr)
+    tracker = stack.channel(stack.state.tracker_addr)
     yield control, tracker
     await control.close()
     await tracker.close()

@@ -20,6 +20,7 @@ from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
 from sluiceway.cli.stack import log_tail
+from sluiceway.client import bearer_interceptors
 from sluiceway.common.bus import Names, server_urls
 from sluiceway.v1 import events_pb2, tracker_pb2, tracker_pb2_grpc
 from tests.support.eventually import eventually
@@ -309,9 +310,11 @@ class ReadModel:
     events: list[tracker_pb2.StoredEvent]
 
 
-async def read_model(addr: str, run_id: str, min_seq: int, timeout_s: float) -> ReadModel:
-    """The tracker's answers once its projection has applied `min_seq`."""
-    channel = grpc.aio.insecure_channel(addr)
+async def read_model(
+    addr: str, run_id: str, min_seq: int, timeout_s: float, token: str = ""
+) -> ReadModel:
+    """The tracker's answers once its projection has applied `min_seq` (asked with `token`)."""
+    channel = grpc.aio.insecure_channel(addr, interceptors=bearer_interceptors(token))
     try:
         stub = tracker_pb2_grpc.TrackerStub(channel)
         run = await eventually(

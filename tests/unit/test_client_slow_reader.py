@@ -12,6 +12,7 @@ from typing import Any
 import grpc
 
 from sluiceway.client import AsyncClient, ClientOptions
+from sluiceway.common.authn import Audit, Authenticator, AuthInterceptor
 from sluiceway.common.domain import events as ev
 from sluiceway.tracker.adapters.projection import TrackerStore
 from sluiceway.tracker.adapters.servicer import TrackerServicer
@@ -52,7 +53,7 @@ async def test_a_reader_cut_off_for_pausing_resumes_and_misses_nothing(tmp_path:
     store.apply(journal)
     db = Db(store)
     servicer = RecordingServicer(db, Progress(store.offset()), slow_client_timeout_s=0.2)
-    server = grpc.aio.server()
+    server = grpc.aio.server(interceptors=[AuthInterceptor(Authenticator(None), Audit())])
     tracker_pb2_grpc.add_TrackerServicer_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()

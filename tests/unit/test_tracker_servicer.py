@@ -9,6 +9,8 @@ from typing import Any
 import grpc
 import pytest
 
+from sluiceway.common.authn import acting_as
+from sluiceway.common.domain.access import ANONYMOUS
 from sluiceway.tracker.adapters.projection import TrackerStore
 from sluiceway.tracker.adapters.servicer import (
     TrackerServicer,
@@ -58,7 +60,7 @@ async def test_a_client_that_stops_reading_is_cut_off_with_a_resumable_seq(
     db = Db(store)
     servicer = TrackerServicer(db, Progress(store.offset()), slow_client_timeout_s=0.2)
     context = StuckClient()
-    with pytest.raises(Aborted) as info:
+    with acting_as(ANONYMOUS), pytest.raises(Aborted) as info:
         await asyncio.wait_for(
             servicer.WatchRun(tracker_pb2.WatchRunRequest(run_id="r1"), context), timeout=5
         )

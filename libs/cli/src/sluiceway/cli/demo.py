@@ -19,7 +19,7 @@ from rich.console import Console
 
 from sluiceway.cli import demodata, render
 from sluiceway.cli import stack as stackmod
-from sluiceway.cli.client import Endpoints, connect
+from sluiceway.cli.client import connect, stack_endpoints
 from sluiceway.cli.main import Failure, follow, grpc_failure, load_config
 from sluiceway.client import SluicewayError
 from sluiceway.common import layout
@@ -230,7 +230,7 @@ def run_demo(console: Console, err: Console) -> int:
             f"tracker {stack.state.tracker_addr}",
             markup=False,
         )
-        with connect(Endpoints(stack.state.control_addr, stack.state.tracker_addr)) as client:
+        with connect(stack_endpoints(stack)) as client:
             resp = client.submit(spec, requested_by="demo")
             err.print(f"run {resp.run_id}", markup=False)
             summary = follow(client, resp.run_id, min_seq=resp.stream_seq, console=err)

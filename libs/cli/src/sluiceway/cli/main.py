@@ -25,6 +25,7 @@ from sluiceway.client import Client, SluicewayError
 from sluiceway.common import codec
 from sluiceway.common.config import ConfigError, load_file, select
 from sluiceway.common.domain.events import PRIORITIES, ExportSpec
+from sluiceway.common.tlsfiles import TlsError
 from sluiceway.v1 import events_pb2, tracker_pb2
 
 EXIT_OK = 0
@@ -287,9 +288,7 @@ def _client(args: argparse.Namespace) -> Client:
         return connect(
             resolve_endpoints(args.state_dir, control=args.control, tracker=args.tracker)
         )
-    except NoStack as exc:
-        raise Failure(str(exc), EXIT_ERROR) from None
-    except stackmod.StackError as exc:
+    except (NoStack, stackmod.StackError, TlsError) as exc:
         raise Failure(str(exc), EXIT_ERROR) from None
 
 
@@ -599,7 +598,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     try:
         code, text = validate.run(args.path, as_json=args.json)
     except validate.CannotCheck as exc:
-        raise Failure(f"error: {exc}", EXIT_ERROR) from None
+        raise Failure(str(exc), EXIT_ERROR) from None
     print(text)
     return code
 

@@ -19,8 +19,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
 import psutil
+import yaml
 
+from sluiceway.client.options import bearer_interceptors
+from sluiceway.common import principals
 from sluiceway.common.localnats import LocalNats
 
 SERVICES = ("planner", "committer", "tracker")
@@ -55,6 +59,9 @@ class StackState:
     nats_started: bool = False
     processes: list[ProcInfo] = field(default_factory=list)
     started_at: float = 0.0
+    # the bearer token of the stack's own admin principal (a file only its owner may read);
+    # '' when authentication is off or the principals file is the caller's own
+    token_file: str = ""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -70,6 +77,7 @@ class StackState:
             nats_started=bool(raw.get("nats_started", False)),
             processes=procs,
             started_at=float(raw.get("started_at", 0.0)),
+            token_file=str(raw.get("token_file", "")),
         )
 
     def service_pids(self) -> dict[str, list[int]]:
@@ -183,6 +191,14 @@ class Stack:
         _wait_ready(self, {inst: Path(child_env["SLUICEWAY_READY_FILE"])}, ready_timeout_s)
         return info
 
+    def token(self) -> str:
+        """The stack's admin token ('' when authentication is off)."""
+        return read_token(self.state.token_file) if self.state.token_file else ""
+
+    def channel(self, addr: str) -> grpc.aio.Channel:
+        """A grpc.aio channel to one of the stack's APIs that sends its admin token."""
+        return grpc.aio.insecure_channel(addr, interceptors=bearer_interceptors(self.token()))
+
     def dead(self) -> list[ProcInfo]:
         """Services (started by us) that have exited."""
         out = []
@@ -246,6 +262,7 @@ def start_stack(
             state.nats_started = True
 
         base_env = dict(os.environ if env is None else env)
+        base_env.update(_local_auth(sd, base_env, state))
         instances = [(svc, f"{svc}-1") for svc in SERVICES]
         instances += [("worker", f"worker-{i}") for i in range(1, workers + 1)]
         ready: dict[str, Path] = {}
@@ -330,6 +347,53 @@ def _wait_ready(stack: Stack, ready: dict[str, Path], timeout_s: float) -> None:
         time.sleep(0.1)
     if not state.control_addr or not state.tracker_addr:
         raise StackError("ready files did not name control_addr/tracker_addr")
+
+
+LOCAL_ADMIN = "local-admin"
+
+
+def _local_auth(sd: Path, env: Mapping[str, str], state: StackState) -> dict[str, str]:
+    """Authentication of a local stack: on, with a principals file of one admin whose token is
+    written for the CLI (0600, beside state.json), unless the environment turns it off
+    (SLUICEWAY_AUTH=off) or names its own principals file."""
+    if env.get("SLUICEWAY_AUTH", "").strip().lower() in ("0", "off", "false", "no"):
+        return {}
+    if env.get("SLUICEWAY_AUTH_PRINCIPALS_FILE"):
+        return {}
+    auth_dir = sd / "auth"
+    auth_dir.mkdir(mode=0o700, exist_ok=True)
+    token = principals.new_token()
+    token_file = auth_dir / f"{LOCAL_ADMIN}.token"
+    _write_private(token_file, token + "\n")
+    doc = {
+        "principals": [
+            {
+                "name": LOCAL_ADMIN,
+                "role": "admin",
+                "tokens": [{"sha256": principals.token_digest(token), "note": "sluiceway up"}],
+            }
+        ]
+    }
+    principals_file = auth_dir / "principals.yaml"
+    _write_private(principals_file, yaml.safe_dump(doc, sort_keys=False))
+    state.token_file = str(token_file)
+    return {"SLUICEWAY_AUTH": "on", "SLUICEWAY_AUTH_PRINCIPALS_FILE": str(principals_file)}
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read, atomically."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def read_token(path: str | Path) -> str:
+    try:
+        return Path(path).read_text().strip()
+    except OSError as exc:
+        raise StackError(f"{path}: cannot read the token ({exc.strerror})") from None
 
 
 # ---- stopping ----------------------------------------------------------------------------------

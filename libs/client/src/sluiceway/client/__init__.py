@@ -22,7 +22,7 @@ from sluiceway.client.errors import (
     Unauthenticated,
     Unavailable,
 )
-from sluiceway.client.options import ClientOptions, RetryPolicy
+from sluiceway.client.options import ClientOptions, RetryPolicy, bearer_interceptors, with_token
 from sluiceway.client.sync import Client
 
 __all__ = [
@@ -43,7 +43,9 @@ __all__ = [
     "SluicewayError",
     "Unauthenticated",
     "Unavailable",
+    "bearer_interceptors",
     "config_document",
     "config_file",
     "is_terminal",
+    "with_token",
 ]

@@ -112,5 +112,8 @@ def run(name: str, serve: Serve) -> None:
 
     try:
         asyncio.run(main())
+    except SettingsError as exc:  # found while starting (e.g. a TLS or principals file)
+        print(f"sluiceway-{name}: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
     finally:
         telemetry.shutdown_tracing(provider)

@@ -109,6 +109,16 @@ class Settings:
     # gRPC API), a grpc.health.v1 server for probes ('' = off)
     metrics_addr: str = ""
     health_addr: str = ""
+    # who may call the Control and Tracker APIs (docs/security.md): on unless SLUICEWAY_AUTH=off
+    # (the local stack may turn it off, explicitly; a deployed one never does), then the
+    # principals file is required
+    auth: bool = True
+    auth_principals_file: str = ""
+    # TLS of the gRPC APIs: certificate and key files (re-read when they change); with a client
+    # CA, clients must present a certificate it signed (mutual TLS)
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_client_ca_file: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -147,4 +157,9 @@ class Settings:
             snapshot_max_hold_s=_float(e, "SLUICEWAY_SNAPSHOT_MAX_HOLD_S", 6 * 3600.0),
             metrics_addr=_addr(e, "SLUICEWAY_METRICS_ADDR"),
             health_addr=_addr(e, "SLUICEWAY_HEALTH_ADDR"),
+            auth=_switch(e, "SLUICEWAY_AUTH", True),
+            auth_principals_file=e.get("SLUICEWAY_AUTH_PRINCIPALS_FILE", ""),
+            tls_cert_file=e.get("SLUICEWAY_TLS_CERT_FILE", ""),
+            tls_key_file=e.get("SLUICEWAY_TLS_KEY_FILE", ""),
+            tls_client_ca_file=e.get("SLUICEWAY_TLS_CLIENT_CA_FILE", ""),
         )

@@ -128,11 +128,13 @@ class ListSchedulesResponse(_message.Message):
     def __init__(self, schedules: _Optional[_Iterable[_Union[ScheduleInfo, _Mapping]]] = ...) -> None: ...
 
 class InstalledSchedule(_message.Message):
-    __slots__ = ("spec", "installed_at", "installed_by")
+    __slots__ = ("spec", "installed_at", "installed_by", "installed_team")
     SPEC_FIELD_NUMBER: _ClassVar[int]
     INSTALLED_AT_FIELD_NUMBER: _ClassVar[int]
     INSTALLED_BY_FIELD_NUMBER: _ClassVar[int]
+    INSTALLED_TEAM_FIELD_NUMBER: _ClassVar[int]
     spec: _events_pb2.ExportSpec
     installed_at: _timestamp_pb2.Timestamp
     installed_by: str
-    def __init__(self, spec: _Optional[_Union[_events_pb2.ExportSpec, _Mapping]] = ..., installed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., installed_by: _Optional[str] = ...) -> None: ...
+    installed_team: str
+    def __init__(self, spec: _Optional[_Union[_events_pb2.ExportSpec, _Mapping]] = ..., installed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., installed_by: _Optional[str] = ..., installed_team: _Optional[str] = ...) -> None: ...

@@ -263,7 +263,7 @@ class ChunkTask(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., plan_id: _Optional[str] = ..., spec: _Optional[_Union[ExportSpec, _Mapping]] = ..., range: _Optional[_Union[ChunkRange, _Mapping]] = ..., schema: _Optional[_Iterable[_Union[SchemaField, _Mapping]]] = ..., chunk_count: _Optional[int] = ..., snapshot_id: _Optional[str] = ..., priority: _Optional[int] = ...) -> None: ...
 
 class RunRequested(_message.Message):
-    __slots__ = ("spec", "requested_by", "plan_id", "options", "priority")
+    __slots__ = ("spec", "requested_by", "plan_id", "options", "priority", "owner", "team")
     class OptionsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -276,12 +276,16 @@ class RunRequested(_message.Message):
     PLAN_ID_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    TEAM_FIELD_NUMBER: _ClassVar[int]
     spec: ExportSpec
     requested_by: str
     plan_id: str
     options: _containers.ScalarMap[str, str]
     priority: int
-    def __init__(self, spec: _Optional[_Union[ExportSpec, _Mapping]] = ..., requested_by: _Optional[str] = ..., plan_id: _Optional[str] = ..., options: _Optional[_Mapping[str, str]] = ..., priority: _Optional[int] = ...) -> None: ...
+    owner: str
+    team: str
+    def __init__(self, spec: _Optional[_Union[ExportSpec, _Mapping]] = ..., requested_by: _Optional[str] = ..., plan_id: _Optional[str] = ..., options: _Optional[_Mapping[str, str]] = ..., priority: _Optional[int] = ..., owner: _Optional[str] = ..., team: _Optional[str] = ...) -> None: ...
 
 class PlanResolved(_message.Message):
     __slots__ = ("plan_id", "strategy", "chunks", "format", "compression", "compression_level", "batch_size", "batch_size_memory_mb", "tuning_profile", "schema", "schema_fingerprint", "row_estimate", "chunk_column", "key_low", "key_high", "source_engine", "source_table", "query_fingerprint", "row_filter", "temp_bytes_at_plan", "snapshot_id")
@@ -500,18 +504,22 @@ class RunCompleted(_message.Message):
     def __init__(self, status: _Optional[_Union[RunStatus, str]] = ..., error_message: _Optional[str] = ..., duration_ms: _Optional[int] = ..., skip_reason: _Optional[str] = ...) -> None: ...
 
 class RunScheduled(_message.Message):
-    __slots__ = ("spec", "scheduled_at", "priority", "cron", "timezone")
+    __slots__ = ("spec", "scheduled_at", "priority", "cron", "timezone", "owner", "team")
     SPEC_FIELD_NUMBER: _ClassVar[int]
     SCHEDULED_AT_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     CRON_FIELD_NUMBER: _ClassVar[int]
     TIMEZONE_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    TEAM_FIELD_NUMBER: _ClassVar[int]
     spec: ExportSpec
     scheduled_at: _timestamp_pb2.Timestamp
     priority: int
     cron: str
     timezone: str
-    def __init__(self, spec: _Optional[_Union[ExportSpec, _Mapping]] = ..., scheduled_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., priority: _Optional[int] = ..., cron: _Optional[str] = ..., timezone: _Optional[str] = ...) -> None: ...
+    owner: str
+    team: str
+    def __init__(self, spec: _Optional[_Union[ExportSpec, _Mapping]] = ..., scheduled_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., priority: _Optional[int] = ..., cron: _Optional[str] = ..., timezone: _Optional[str] = ..., owner: _Optional[str] = ..., team: _Optional[str] = ...) -> None: ...
 
 class RunReady(_message.Message):
     __slots__ = ("reason", "waiting_for")

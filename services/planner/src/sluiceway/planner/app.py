@@ -14,6 +14,7 @@ from typing import Protocol
 from sluiceway.common import config, crash
 from sluiceway.common.bus import Appended, Names
 from sluiceway.common.domain import ids
+from sluiceway.common.domain.access import ANONYMOUS, Owner, Principal, Verdict, cancel_verdict
 from sluiceway.common.domain.events import (
     Body,
     CancelRequested,
@@ -26,6 +27,7 @@ from sluiceway.common.domain.events import (
     RunCompleted,
     RunEvent,
     RunRequested,
+    RunScheduled,
     SchemaField,
 )
 from sluiceway.common.domain.run import RunState, fold
@@ -99,6 +101,14 @@ class RunNotFound(LookupError):
     pass
 
 
+class RunHidden(RunNotFound):
+    """The run exists but is not the caller's to know about: answered as not found."""
+
+
+class CancelDenied(PermissionError):
+    """The caller sees the run but its role does not let it cancel it."""
+
+
 class RunEnded(RuntimeError):
     """A cancel for a run that has already ended: nothing is appended."""
 
@@ -165,12 +175,13 @@ class Planner:
         requested_by: str = "",
         options: Mapping[str, str] | None = None,
         priority: int = 0,
+        owner: Owner | None = None,
     ) -> tuple[str, int]:
-        """Append RunRequested for a checked spec; returns (run_id, stream seq). The spec holds
-        only the *name* of the variable with the URL, never a secret. Raises ExportBusy for an
-        incremental export with a run that has not ended."""
+        """Append RunRequested for a checked spec, owned by `owner`; returns (run_id, stream
+        seq). The spec holds only the *name* of the variable with the URL, never a secret.
+        Raises ExportBusy for an incremental export with a run that has not ended."""
         if self._holding_run is None or not serialises(spec):
-            return await self._request(spec, requested_by, options, priority)
+            return await self._request(spec, requested_by, options, priority, owner)
         async with self._submitting:  # the next check sees this append
             busy = await self._holding_run(spec.name)
             if busy:
@@ -179,7 +190,7 @@ class Planner:
                     "each incremental run starts from the cursor the previous one committed, "
                     "so they run one at a time; submit again once it ends"
                 )
-            return await self._request(spec, requested_by, options, priority)
+            return await self._request(spec, requested_by, options, priority, owner)
 
     async def _request(
         self,
@@ -187,6 +198,7 @@ class Planner:
         requested_by: str,
         options: Mapping[str, str] | None,
         priority: int,
+        owner: Owner | None,
     ) -> tuple[str, int]:
         now = self._clock()
         run_id = ids.new_run_id(now, self._entropy(4))
@@ -199,6 +211,8 @@ class Planner:
             plan_id=opts.get("plan_id", ""),
             options=opts,
             priority=priority,
+            owner=owner.principal if owner else "",
+            team=owner.team if owner else "",
         )
         appended = await self._log.append(self._event(run_id, spec.name, body, now))
         log.info("run requested", extra={"run_id": run_id})
@@ -215,8 +229,11 @@ class Planner:
             warnings.append(PlanWarning(rule="schema_drift", message=drift_message(change)))
         return plan, warnings
 
-    async def cancel(self, run_id: str, *, reason: str = "", requested_by: str = "") -> int:
-        """Append CancelRequested. Raises InvalidRunId, RunNotFound, RunEnded."""
+    async def cancel(
+        self, run_id: str, *, reason: str = "", requested_by: str = "", by: Principal = ANONYMOUS
+    ) -> int:
+        """Append CancelRequested on behalf of `by`. Raises InvalidRunId, RunNotFound (also for
+        a run `by` may not see), CancelDenied, RunEnded."""
         ids.check_run_id(run_id)
         first = await self._log.last_on_subject(self._log.names.run_subject(run_id, "requested"))
         if first is None:  # a scheduled occurrence that is not admitted yet
@@ -225,6 +242,19 @@ class Planner:
             )
         if first is None:
             raise RunNotFound(f"run {run_id!r} not found")
+        head = first[1].body
+        owner = (
+            Owner(head.owner, head.team)
+            if isinstance(head, RunRequested | RunScheduled)
+            else Owner()
+        )
+        match cancel_verdict(by, owner):
+            case Verdict.NOT_FOUND:
+                raise RunHidden(f"run {run_id!r} not found")
+            case Verdict.DENIED:
+                raise CancelDenied(f"{by.role.value} {by.name!r} may not cancel run {run_id!r}")
+            case Verdict.ALLOW:
+                pass
         ended = await self._log.last_on_subject(self._log.names.run_subject(run_id, "completed"))
         if ended is not None and isinstance(ended[1].body, RunCompleted):
             raise RunEnded(f"run {run_id!r} already ended {ended[1].body.status.value}")

@@ -9,12 +9,9 @@ import logging
 import os
 from datetime import timedelta
 
-import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
-
 from sluiceway.common import bus as busmod
 from sluiceway.common import metrics, service, sources
+from sluiceway.common.apiserver import ApiServer, api_security
 from sluiceway.common.consumer import RunEventConsumer
 from sluiceway.common.domain.events import Producer
 from sluiceway.common.runtrace import TracedRunLog
@@ -42,23 +39,23 @@ async def serve(
     source_factory: SourceFactory | None = None,
 ) -> None:
     """Run the planner until `stop` is set. `source_factory` replaces open_source (tests)."""
+    registry = metrics.new_registry()
+    security = api_security(settings, registry)  # a bad setting fails before anything starts
     nc = await busmod.connect_unless_stopped(
         settings.nats_url, name=f"{SERVICE}-{settings.instance}", stop=stop
     )
     if nc is None:
         return
-    server: grpc.aio.Server | None = None
+    api: ApiServer | None = None
     consumer: RunEventConsumer | None = None
     scheduler: Scheduler | None = None
     feed: JetStreamRunFeed | None = None
     keeper: SnapshotKeeper | None = None
     metrics_server: metrics.MetricsServer | None = None
-    health_servicer = health.aio.HealthServicer()
     try:
         bus = busmod.Bus(nc, settings.names)
         await bus.ensure_streams(busmod.StreamSettings(replicas=settings.stream_replicas))
         keeper = SnapshotKeeper(bus.run_stopped, max_hold_s=settings.snapshot_max_hold_s)
-        registry = metrics.new_registry()
         run_log = TracedRunLog(bus, metrics.RunMetrics(registry))
         names = settings.names
         if settings.scheduler:
@@ -100,29 +97,11 @@ async def serve(
         )
         metrics_server = service.start_metrics(settings, registry)
 
-        server = grpc.aio.server()
+        api = ApiServer(security, (CONTROL,))
         control_pb2_grpc.add_ControlServicer_to_server(  # type: ignore[no-untyped-call]
-            ControlServicer(planner, scheduler), server
+            ControlServicer(planner, scheduler, audit=security.audit), api.server
         )
-        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        reflection.enable_server_reflection(
-            [
-                CONTROL,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ],
-            server,
-        )
-        port = server.add_insecure_port(settings.control_addr)
-        if port == 0:
-            raise OSError(f"cannot bind the Control API on {settings.control_addr}")
-        await server.start()
-        host = settings.control_addr.rsplit(":", 1)[0] or "127.0.0.1"
-        if host in ("0.0.0.0", "[::]", "::"):
-            host = "127.0.0.1"
-        bound = f"{host}:{port}"
-        await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-        await health_servicer.set(CONTROL, health_pb2.HealthCheckResponse.SERVING)
+        bound = await api.start(settings.control_addr, "SLUICEWAY_CONTROL_ADDR")
         await asyncio.to_thread(sources.preload)  # drivers imported before ready
         service.write_ready_file(
             settings.ready_file,
@@ -130,7 +109,6 @@ async def serve(
             control_addr=bound,
             metrics_addr=metrics_server.bound if metrics_server else "",
         )
-        log.info("planner serving Control on %s", bound)
 
         consuming = asyncio.create_task(consumer.run(stop))
         loops = {consuming}
@@ -146,10 +124,8 @@ async def serve(
         stopped.cancel()
     finally:
         # reverse order: health NOT_SERVING -> gRPC with grace -> consumers -> NATS
-        with contextlib.suppress(Exception):
-            await health_servicer.enter_graceful_shutdown()
-        if server is not None:
-            await server.stop(GRACE_S)
+        if api is not None:
+            await api.stop(GRACE_S)
         if consumer is not None:
             await consumer.stop()
         if scheduler is not None:

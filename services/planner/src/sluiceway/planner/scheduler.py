@@ -14,6 +14,7 @@ from typing import Protocol
 
 from sluiceway.common.bus import Appended, Names
 from sluiceway.common.domain import ids
+from sluiceway.common.domain.access import Owner
 from sluiceway.common.domain.events import (
     Body,
     ExportSpec,
@@ -42,6 +43,15 @@ from sluiceway.planner.adapters.schedules import Installed
 log = logging.getLogger(__name__)
 
 REQUESTED_BY = "scheduler"
+
+
+class ScheduleTaken(Exception):
+    """An export's schedule belongs to a principal the caller may not act for."""
+
+
+def installer(item: Installed) -> Owner:
+    """Whom an installed schedule (and every run it makes) belongs to."""
+    return Owner(item.installed_by, item.installed_team)
 
 
 class SchedulerLog(Protocol):
@@ -168,11 +178,25 @@ class Scheduler:
 
     # ---- Control: schedule apply / list ----------------------------------------------------
 
-    async def apply(self, specs: Iterable[ExportSpec], *, by: str = "") -> list[ScheduleView]:
-        """Install or update the schedules of checked specs; a spec without a schedule removes
-        the export's installed one. An unchanged spec keeps its installation time (that time
-        is where a new schedule starts counting occurrences)."""
+    async def apply(
+        self,
+        specs: Iterable[ExportSpec],
+        *,
+        by: str = "",
+        team: str = "",
+        may_replace: Callable[[Owner], bool] = lambda _owner: True,
+    ) -> list[ScheduleView]:
+        """Install or update the schedules of checked specs for `by` of `team`; a spec without
+        a schedule removes the export's installed one. An unchanged spec keeps its installation
+        time (that time is where a new schedule starts counting occurrences). A schedule whose
+        installer `may_replace` refuses is neither replaced nor removed: ScheduleTaken, and
+        nothing is applied."""
+        specs = list(specs)
         installed = await self._store.all()
+        for spec in specs:
+            old = installed.get(spec.name)
+            if old is not None and not may_replace(installer(old)):
+                raise ScheduleTaken(f"export {spec.name!r}: its schedule is not yours to change")
         now = self._clock()
         out: list[ScheduleView] = []
         for spec in specs:
@@ -185,7 +209,7 @@ class Scheduler:
             if old is not None and old.spec == spec:
                 out.append(ScheduleView(old, self._next(old, now), "unchanged"))
                 continue
-            item = Installed(spec=spec, installed_at=now, installed_by=by)
+            item = Installed(spec=spec, installed_at=now, installed_by=by, installed_team=team)
             item = replace(item, revision=await self._store.put(item))
             out.append(ScheduleView(item, self._next(item, now), "updated" if old else "installed"))
             log.info("schedule %s: %s", "updated" if old else "installed", spec.name)
@@ -266,7 +290,7 @@ class Scheduler:
         if last is not None and isinstance(last.body, RunScheduled) and last.body.scheduled_at:
             anchor = max(anchor, last.body.scheduled_at)
         for at in due_occurrences(s, anchor=anchor, now=now, grace=self._grace):
-            await self._do(item.spec.name, Schedule(at), now, spec=item.spec)
+            await self._do(item.spec.name, Schedule(at), now, item=item)
 
     async def _do(
         self,
@@ -274,18 +298,22 @@ class Scheduler:
         action: Schedule | MarkReady | Admit | Skip,
         now: datetime,
         *,
-        spec: ExportSpec | None = None,
+        item: Installed | None = None,
     ) -> None:
         match action:
             case Schedule(at):
-                assert spec is not None and spec.schedule is not None
+                assert item is not None and item.spec.schedule is not None
+                spec = item.spec
                 run_id = ids.scheduled_run_id(export, at)
+                # the occurrence belongs to whoever applied the schedule, and to their team
                 body: Body = RunScheduled(
                     spec=spec,
                     scheduled_at=at,
                     priority=priority_of(spec.priority),
                     cron=spec.schedule.cron,
                     timezone=spec.schedule.timezone,
+                    owner=item.installed_by,
+                    team=item.installed_team,
                 )
                 appended = await self._append(run_id, export, body, now)
                 if not appended.conflict and not appended.duplicate:
@@ -303,6 +331,8 @@ class Scheduler:
                     requested_by=REQUESTED_BY,
                     options={"scheduled_at": _iso(state.scheduled_at)},
                     priority=state.scheduled.priority,
+                    owner=state.scheduled.owner,
+                    team=state.scheduled.team,
                 )
                 # once only: two replicas admitting the same run store one request
                 await self._append(run_id, export, request, now, expected_last_seq=0)

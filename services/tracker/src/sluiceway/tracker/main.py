@@ -10,12 +10,9 @@ import os
 import sys
 from collections.abc import Sequence
 
-import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
-
 from sluiceway.common import bus as busmod
 from sluiceway.common import metrics, service, telemetry
+from sluiceway.common.apiserver import ApiServer, api_security
 from sluiceway.common.settings import Settings, SettingsError
 from sluiceway.tracker.adapters.projection import TrackerStore
 from sluiceway.tracker.adapters.servicer import TrackerServicer
@@ -30,6 +27,8 @@ GRACE_S = 5.0
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
     """Run the tracker until `stop` is set."""
+    registry = metrics.new_registry()
+    security = api_security(settings, registry)  # a bad setting fails before anything starts
     nc = await busmod.connect_unless_stopped(
         settings.nats_url, name=f"tracker-{settings.instance}", stop=stop
     )
@@ -40,7 +39,6 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
 
     store = await asyncio.to_thread(TrackerStore, settings.tracker_db)
     db = Db(store)
-    registry = metrics.new_registry()
     projection_metrics = metrics.ProjectionMetrics(registry)
     projection = Projection(bus, db, metrics=projection_metrics)
     projection_metrics.lag.set_function(
@@ -49,39 +47,24 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     await projection.start()
     projection_task = asyncio.create_task(projection.run(), name="tracker-projection")
 
-    server = grpc.aio.server()
+    api = ApiServer(security, (SERVICE_NAME,))
     tracker_pb2_grpc.add_TrackerServicer_to_server(  # type: ignore[no-untyped-call]
-        TrackerServicer(db, projection), server
+        TrackerServicer(db, projection, audit=security.audit), api.server
     )
-    health_servicer = health.aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
-    port = server.add_insecure_port(settings.tracker_addr)
-    if port == 0:
-        raise RuntimeError(f"cannot bind the tracker gRPC server to {settings.tracker_addr}")
-    await server.start()
-    host = settings.tracker_addr.rsplit(":", 1)[0] or "127.0.0.1"
-    if host in ("0.0.0.0", "[::]", "::"):
-        host = "127.0.0.1"
-    for name in ("", SERVICE_NAME):
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    bound = await api.start(settings.tracker_addr, "SLUICEWAY_TRACKER_ADDR")
     metrics_server = service.start_metrics(settings, registry)
     service.write_ready_file(
         settings.ready_file,
         service="tracker",
-        tracker_addr=f"{host}:{port}",
+        tracker_addr=bound,
         metrics_addr=metrics_server.bound if metrics_server else "",
     )
-    log.info("tracker serving on %s:%d, db %s", host, port, settings.tracker_db)
+    log.info("tracker db %s", settings.tracker_db)
     try:
         await stop.wait()
     finally:
         log.info("tracker stopping")
-        for name in ("", SERVICE_NAME):
-            await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-        await server.stop(GRACE_S)
+        await api.stop(GRACE_S)
         projection_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await projection_task

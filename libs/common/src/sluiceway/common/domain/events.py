@@ -209,6 +209,8 @@ class RunRequested:
     plan_id: str = ""
     options: dict[str, str] = field(default_factory=dict)
     priority: int = 0  # 0 = the spec's priority
+    owner: str = ""  # the principal the run belongs to, and its team (domain.access)
+    team: str = ""
 
 
 @dataclass(frozen=True)
@@ -355,6 +357,8 @@ class RunScheduled:
     priority: int = 0
     cron: str = ""
     timezone: str = ""
+    owner: str = ""  # the principal that applied the schedule, and its team
+    team: str = ""
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import assert_never
 
+from .access import Owner
 from .events import (
     Body,
     CancelRequested,
@@ -119,6 +120,14 @@ class RunState:
     @property
     def scheduled_at(self) -> datetime | None:
         return self.scheduled.scheduled_at if self.scheduled is not None else None
+
+    @property
+    def owner(self) -> Owner:
+        """Whom the run belongs to: its request's owner, else its occurrence's."""
+        for body in (self.requested, self.scheduled):
+            if body is not None and body.owner:
+                return Owner(body.owner, body.team)
+        return Owner()
 
     @property
     def priority(self) -> int:

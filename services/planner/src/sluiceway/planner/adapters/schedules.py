@@ -28,10 +28,11 @@ class Installed:
     installed_at: datetime
     installed_by: str = ""
     revision: int = 0
+    installed_team: str = ""
 
 
 def encode(item: Installed) -> bytes:
-    msg = cpb.InstalledSchedule(installed_by=item.installed_by)
+    msg = cpb.InstalledSchedule(installed_by=item.installed_by, installed_team=item.installed_team)
     codec.to_message(item.spec, msg.spec)
     msg.installed_at.CopyFrom(codec.timestamp(item.installed_at))
     data: bytes = msg.SerializeToString(deterministic=True)
@@ -46,6 +47,7 @@ def decode(data: bytes, revision: int = 0) -> Installed:
         installed_at=msg.installed_at.ToDatetime(tzinfo=UTC),
         installed_by=msg.installed_by,
         revision=revision,
+        installed_team=msg.installed_team,
     )
 
 

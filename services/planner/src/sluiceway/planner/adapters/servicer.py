@@ -2,21 +2,30 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import grpc
 import nats.errors
 
-from sluiceway.common import codec
+from sluiceway.common import authn, codec
 from sluiceway.common.config import ConfigError
+from sluiceway.common.domain.access import ANONYMOUS, Action, Owner, Principal, can_see, may
 from sluiceway.common.domain.events import PRIORITIES, ExportSpec, RunRequested
 from sluiceway.common.domain.ids import InvalidRunId
 from sluiceway.common.redact import redact
 from sluiceway.common.rpc import abort
 from sluiceway.common.sources.base import SourceError
-from sluiceway.planner.app import ExportBusy, Planner, RunEnded, RunNotFound
+from sluiceway.planner.app import (
+    CancelDenied,
+    ExportBusy,
+    Planner,
+    RunEnded,
+    RunHidden,
+    RunNotFound,
+)
 from sluiceway.planner.domain.chunks import PlanError
-from sluiceway.planner.scheduler import Scheduler, ScheduleView
+from sluiceway.planner.scheduler import Scheduler, ScheduleTaken, ScheduleView, installer
 from sluiceway.v1 import control_pb2 as cpb
 from sluiceway.v1 import control_pb2_grpc
 from sluiceway.v1 import events_pb2 as pb
@@ -82,10 +91,42 @@ def schedule_info(view: ScheduleView) -> cpb.ScheduleInfo:
     return info
 
 
+def requester(principal: Principal, claimed: str) -> str:
+    """The run's requested_by: the authenticated principal; with authentication off there is
+    none, and the client's own label is recorded as given."""
+    if principal is ANONYMOUS:
+        return claimed or principal.name
+    return principal.name
+
+
 class ControlServicer(control_pb2_grpc.ControlServicer):
-    def __init__(self, planner: Planner, scheduler: Scheduler | None = None) -> None:
+    def __init__(
+        self,
+        planner: Planner,
+        scheduler: Scheduler | None = None,
+        *,
+        audit: authn.Audit | None = None,
+    ) -> None:
         self._planner = planner
         self._scheduler = scheduler
+        self._audit = audit or authn.Audit()
+
+    async def _allowed(
+        self, action: Action, method: str, context: grpc.aio.ServicerContext
+    ) -> Principal:
+        """The caller, if its role allows `action`; else PERMISSION_DENIED (audited)."""
+        principal = authn.caller()
+        if principal is None:  # served without the interceptor: refuse, never serve openly
+            await abort(context, grpc.StatusCode.UNAUTHENTICATED, "authentication required")
+        if not may(principal, action):
+            self._audit.denied(method, "role", principal.name)
+            what = action.value.replace("_", " ")
+            await abort(
+                context,
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"{principal.role.value} {principal.name!r} may not {what}",
+            )
+        return principal
 
     async def _spec(
         self,
@@ -113,6 +154,7 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
     async def SubmitRun(
         self, request: cpb.SubmitRunRequest, context: grpc.aio.ServicerContext
     ) -> cpb.SubmitRunResponse:
+        principal = await self._allowed(Action.SUBMIT, "SubmitRun", context)
         if problem := request_problem(request):
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, problem)
         if request.priority not in (0, *PRIORITIES.values()):
@@ -129,9 +171,10 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
             # server span of this call is linked from the trace's "run requested" span
             run_id, seq = await self._planner.submit(
                 spec,
-                requested_by=request.requested_by,
+                requested_by=requester(principal, request.requested_by),
                 options=dict(request.options),
                 priority=request.priority,
+                owner=Owner(principal.name, principal.team),
             )
         except ExportBusy as exc:
             await abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
@@ -143,6 +186,7 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
     async def PlanRun(
         self, request: cpb.PlanRunRequest, context: grpc.aio.ServicerContext
     ) -> cpb.PlanRunResponse:
+        await self._allowed(Action.PLAN, "PlanRun", context)
         spec = await self._spec(request, context)
         try:
             plan, warnings = await self._planner.dry_run(spec)
@@ -165,16 +209,26 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
     async def CancelRun(
         self, request: cpb.CancelRunRequest, context: grpc.aio.ServicerContext
     ) -> cpb.CancelRunResponse:
+        principal = await self._allowed(Action.READ, "CancelRun", context)
         if not request.run_id:
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, "run_id is required")
         if problem := request_problem(request):
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, problem)
         try:
             seq = await self._planner.cancel(
-                request.run_id, reason=request.reason, requested_by=request.requested_by
+                request.run_id,
+                reason=request.reason,
+                requested_by=requester(principal, request.requested_by),
+                by=principal,
             )
         except InvalidRunId as exc:
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        except CancelDenied as exc:
+            self._audit.denied("CancelRun", "role", principal.name, request.run_id)
+            await abort(context, grpc.StatusCode.PERMISSION_DENIED, str(exc))
+        except RunHidden:
+            self._audit.denied("CancelRun", "not_owner", principal.name, request.run_id)
+            await abort(context, grpc.StatusCode.NOT_FOUND, f"run {request.run_id!r} not found")
         except (RunNotFound, codec.Poison):
             # Poison: what sits on the run's 'requested' subject is not a readable request
             await abort(context, grpc.StatusCode.NOT_FOUND, f"run {request.run_id!r} not found")
@@ -188,6 +242,7 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
     async def ApplySchedules(
         self, request: cpb.ApplySchedulesRequest, context: grpc.aio.ServicerContext
     ) -> cpb.ApplySchedulesResponse:
+        principal = await self._allowed(Action.APPLY_SCHEDULES, "ApplySchedules", context)
         if self._scheduler is None:
             await abort(
                 context, grpc.StatusCode.FAILED_PRECONDITION, "the scheduler is off in this planner"
@@ -213,7 +268,15 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
                 context, grpc.StatusCode.INVALID_ARGUMENT, "specs: an export is named twice"
             )
         try:
-            views = await self._scheduler.apply(specs, by=request.applied_by)
+            views = await self._scheduler.apply(
+                specs,
+                by=requester(principal, request.applied_by),
+                team=principal.team,
+                may_replace=functools.partial(can_see, principal),
+            )
+        except ScheduleTaken as exc:
+            self._audit.denied("ApplySchedules", "not_owner", principal.name)
+            await abort(context, grpc.StatusCode.PERMISSION_DENIED, str(exc))
         except (nats.errors.Error, TimeoutError) as exc:
             log.warning("ApplySchedules: the schedules bucket is unavailable: %s", exc)
             await abort(
@@ -224,6 +287,7 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
     async def ListSchedules(
         self, request: cpb.ListSchedulesRequest, context: grpc.aio.ServicerContext
     ) -> cpb.ListSchedulesResponse:
+        principal = await self._allowed(Action.LIST_SCHEDULES, "ListSchedules", context)
         if self._scheduler is None:
             await abort(
                 context, grpc.StatusCode.FAILED_PRECONDITION, "the scheduler is off in this planner"
@@ -239,4 +303,5 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
             await abort(
                 context, grpc.StatusCode.UNAVAILABLE, "the schedules are unavailable: retry"
             )
-        return cpb.ListSchedulesResponse(schedules=[schedule_info(v) for v in views])
+        mine = [v for v in views if can_see(principal, installer(v.item))]
+        return cpb.ListSchedulesResponse(schedules=[schedule_info(v) for v in mine])

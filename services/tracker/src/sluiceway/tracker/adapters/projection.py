@@ -13,6 +13,7 @@ import duckdb
 import pyarrow as pa
 
 from sluiceway.common import codec, crash
+from sluiceway.common.domain.access import EVERYTHING, Visibility
 from sluiceway.common.domain.lifecycle import TERMINAL_RUN
 from sluiceway.common.domain.run import RunState, evolve
 from sluiceway.tracker.adapters.tables import (
@@ -289,12 +290,20 @@ class TrackerStore:
         requested_before: datetime | None = None,
         after_key: tuple[datetime, str] | None = None,
         limit: int = 50,
+        visible_to: Visibility = EVERYTHING,
     ) -> list[dict[str, Any]]:
         """Newest first by (requested_at, run_id); `after_key` is the last key of the previous
-        page (keyset paging, stable under concurrent inserts)."""
+        page (keyset paging, stable under concurrent inserts); only the runs `visible_to` sees
+        (the same rule as domain.access.visible)."""
         key = "coalesce(requested_at, TIMESTAMP '1970-01-01')"
         where: list[str] = ["TRUE"]
         params: list[Any] = []
+        if not visible_to.everything:
+            where.append(
+                "((owner <> '' AND owner = ?)"
+                " OR (team <> '' AND list_contains(?::VARCHAR[], team)))"
+            )
+            params.extend([visible_to.principal, list(visible_to.teams)])
         if export_name:
             where.append("export_name = ?")
             params.append(export_name)

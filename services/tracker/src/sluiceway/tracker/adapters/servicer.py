@@ -13,6 +13,8 @@ from typing import Any, Protocol
 import grpc
 from google.protobuf import timestamp_pb2
 
+from sluiceway.common import authn
+from sluiceway.common.domain.access import Owner, Principal, can_see, visibility
 from sluiceway.common.domain.ids import InvalidRunId, check_run_id
 from sluiceway.common.rpc import abort
 from sluiceway.tracker.adapters.projection import TrackerStore
@@ -182,7 +184,9 @@ class TrackerServicer(tracker_pb2_grpc.TrackerServicer):
         watch_page: int = 200,
         slow_client_timeout_s: float = 10.0,
         watch_wait_for_run_s: float = 5.0,
+        audit: authn.Audit | None = None,
     ) -> None:
+        self._audit = audit or authn.Audit()
         self._db = db
         self._progress = progress
         self._watch_page = watch_page
@@ -197,12 +201,36 @@ class TrackerServicer(tracker_pb2_grpc.TrackerServicer):
         except InvalidRunId as exc:
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
 
-    async def _require_run(self, run_id: str, context: grpc.aio.ServicerContext) -> None:
-        if await self._db.call(self._db.store.get_run, run_id) is None:
+    async def _caller(self, context: grpc.aio.ServicerContext) -> Principal:
+        principal = authn.caller()
+        if principal is None:  # served without the interceptor: refuse, never serve openly
+            await abort(context, grpc.StatusCode.UNAUTHENTICATED, "authentication required")
+        return principal
+
+    def _visible(
+        self, principal: Principal, run: dict[str, Any] | None, method: str, run_id: str
+    ) -> bool:
+        """Whether the caller may know of the run; a hidden run is audited as a denial."""
+        if run is None:
+            return False
+        if can_see(principal, Owner(run["owner"], run["team"])):
+            return True
+        self._audit.denied(method, "not_owner", principal.name, run_id)
+        return False
+
+    async def _require_run(
+        self, run_id: str, context: grpc.aio.ServicerContext, method: str
+    ) -> None:
+        """NOT_FOUND unless the run exists for the caller (another principal's run answers
+        exactly like a run that does not exist)."""
+        principal = await self._caller(context)
+        run = await self._db.call(self._db.store.get_run, run_id)
+        if not self._visible(principal, run, method, run_id):
             await abort(context, grpc.StatusCode.NOT_FOUND, f"run {run_id!r} not found")
 
     async def GetRun(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         run_id = await self._run_id(request.run_id, context)
+        principal = await self._caller(context)
         applied = self._progress.applied_seq
         if request.min_seq > applied:
             await abort(
@@ -217,11 +245,12 @@ class TrackerServicer(tracker_pb2_grpc.TrackerServicer):
             return run, (store.journal(run_id) if run is not None else [])
 
         run, journal = await self._db.call(read)
-        if run is None:
+        if not self._visible(principal, run, "GetRun", run_id):
             await abort(context, grpc.StatusCode.NOT_FOUND, f"run {run_id!r} not found")
         return summary_to_pb(run, journal)
 
     async def ListRuns(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        principal = await self._caller(context)
         try:
             limit = _page_size(request.page_size, LIST_RUNS_DEFAULT, LIST_RUNS_MAX)
             statuses = _statuses(request.statuses)
@@ -247,6 +276,7 @@ class TrackerServicer(tracker_pb2_grpc.TrackerServicer):
             requested_before=requested_before,
             after_key=after_key,
             limit=limit + 1,
+            visible_to=visibility(principal),
         )
         response = tracker_pb2.ListRunsResponse(runs=[summary_to_pb(r) for r in rows[:limit]])
         if len(rows) > limit:
@@ -256,13 +286,13 @@ class TrackerServicer(tracker_pb2_grpc.TrackerServicer):
 
     async def ListChunks(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         run_id = await self._run_id(request.run_id, context)
-        await self._require_run(run_id, context)
+        await self._require_run(run_id, context, "ListChunks")
         rows = await self._db.call(self._db.store.list_chunks, run_id)
         return tracker_pb2.ListChunksResponse(chunks=[chunk_to_pb(r) for r in rows])
 
     async def ListParts(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         run_id = await self._run_id(request.run_id, context)
-        await self._require_run(run_id, context)
+        await self._require_run(run_id, context, "ListParts")
         rows = await self._db.call(self._db.store.list_parts, run_id)
         return tracker_pb2.ListPartsResponse(parts=[part_to_pb(r) for r in rows])
 
@@ -272,7 +302,7 @@ class TrackerServicer(tracker_pb2_grpc.TrackerServicer):
             limit = _page_size(request.page_size, EVENTS_DEFAULT, EVENTS_MAX)
         except ValueError as exc:
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        await self._require_run(run_id, context)
+        await self._require_run(run_id, context, "GetRunEvents")
         rows = await self._db.call(self._db.store.run_events, run_id, request.after_seq, limit)
         response = tracker_pb2.GetRunEventsResponse(events=[stored_event(*r) for r in rows])
         if len(rows) == limit:
@@ -283,12 +313,19 @@ class TrackerServicer(tracker_pb2_grpc.TrackerServicer):
         """Catch-up from the journal, then live. Each watcher re-queries its own run after each
         committed batch, a page at a time: no per-client buffer grows with the stream."""
         run_id = await self._run_id(request.run_id, context)
+        principal = await self._caller(context)
         store = self._db.store
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._watch_wait_for_run_s
-        while await self._db.call(store.get_run, run_id) is None:
+        # another principal's run is never streamed: it waits, then answers, exactly like a
+        # run that does not exist (audited once, at the end)
+        while True:
+            run = await self._db.call(store.get_run, run_id)
+            if run is not None and can_see(principal, Owner(run["owner"], run["team"])):
+                break
             remaining = deadline - loop.time()
             if remaining <= 0:
+                self._visible(principal, run, "WatchRun", run_id)
                 await abort(context, grpc.StatusCode.NOT_FOUND, f"run {run_id!r} not found")
             marker = self._progress.progress_marker()
             await _wait(marker, remaining)

@@ -59,6 +59,8 @@ class Summary:
     scheduled_at: datetime | None = None
     priority: int = 0
     waiting_reason: str = ""
+    owner: str = ""
+    team: str = ""
 
 
 # RunSummary.failure_cause: why a FAILED run failed (stable values, see tracker.proto)
@@ -193,6 +195,8 @@ def summarize(state: RunState, last_seq: int = 0) -> Summary:
         scheduled_at=state.scheduled_at,
         priority=state.priority,
         waiting_reason=waiting_reason(state),
+        owner=state.owner.principal,
+        team=state.owner.team,
     )
 
 
