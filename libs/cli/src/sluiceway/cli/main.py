@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 
 from rich.console import Console
 
-from sluiceway.cli import plans, render, schedule
+from sluiceway.cli import plans, render, schedule, tokens
 from sluiceway.cli import stack as stackmod
 from sluiceway.cli.client import NoStack, connect, resolve_endpoints
 from sluiceway.client import Client, SluicewayError
@@ -70,6 +70,12 @@ EXAMPLES = {
     "schedule": "sluiceway schedule apply -c orders.yaml",
     "schedule apply": "sluiceway schedule apply -c orders.yaml --json",
     "schedule list": "sluiceway schedule list --next 5",
+    "token": "sluiceway token new --file principals.yaml --principal alice --role operator "
+    "--team payments --expires-in 90d",
+    "token new": "sluiceway token new --file principals.yaml --principal alice --role operator "
+    "--team payments --expires-in 90d",
+    "token revoke": "sluiceway token revoke --file principals.yaml --id 3f9a2c1d04be",
+    "token list": "sluiceway token list --file principals.yaml",
 }
 
 
@@ -192,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--upcoming", action="store_true", help="scheduled and ready runs, soonest first"
     )
     schedule.add_parsers(sub, common, remote)
+    tokens.add_parsers(sub)
 
     status = sub.add_parser("status", parents=[common, remote], help="a run's summary")
     status.add_argument("run_id")
@@ -692,6 +699,7 @@ COMMANDS = {
     "validate": cmd_validate,
     "rebuild-tracker": cmd_rebuild_tracker,
     "schedule": lambda args: schedule.cmd_schedule(args, _client),
+    "token": tokens.cmd_token,
 }
 
 
