@@ -9,6 +9,7 @@ The PostgreSQL URL reaches the services only through the BENCH_PG_URL environmen
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -23,6 +24,7 @@ import psutil
 import psycopg
 from rich.console import Console
 
+from bench import auth as auth_bench
 from sluiceway.cli import stack as stackmod
 from sluiceway.cli.client import connect, stack_endpoints
 from sluiceway.cli.main import follow, load_config
@@ -226,6 +228,10 @@ def main() -> int:
         }
         if not ok:
             report["error_message"] = summary.error_message
+        stack.stop()
+        stack = None
+        log("API calls: plaintext with auth off vs TLS + token vs mutual TLS (bench/auth.py)")
+        report["api_auth"] = asyncio.run(auth_bench.measure())
         print(json.dumps(report, indent=2))
         return 0 if ok else 2
     finally:
