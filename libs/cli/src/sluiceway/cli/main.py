@@ -622,6 +622,7 @@ def cmd_rebuild_tracker(args: argparse.Namespace) -> int:
         state = stackmod.read_state(args.state_dir)
         if state is not None and state.nats_url:
             env["SLUICEWAY_NATS_URL"] = state.nats_url
+            env.update(stackmod.nats_user_env(state, "tracker"))  # it reads as the tracker
     try:
         settings = Settings.from_env(env)
     except SettingsError as exc:

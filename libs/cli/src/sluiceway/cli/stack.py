@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -24,7 +25,8 @@ import psutil
 import yaml
 
 from sluiceway.client.options import bearer_interceptors
-from sluiceway.common import principals
+from sluiceway.common import natsauth, principals
+from sluiceway.common.bus import Names
 from sluiceway.common.localnats import LocalNats
 
 SERVICES = ("planner", "committer", "tracker")
@@ -62,6 +64,9 @@ class StackState:
     # the bearer token of the stack's own admin principal (a file only its owner may read);
     # '' when authentication is off or the principals file is the caller's own
     token_file: str = ""
+    # the stack's own nats-server has one user per service; their password files are here
+    # ('' when the stack uses a nats-server it did not start)
+    nats_users_dir: str = ""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -78,6 +83,7 @@ class StackState:
             processes=procs,
             started_at=float(raw.get("started_at", 0.0)),
             token_file=str(raw.get("token_file", "")),
+            nats_users_dir=str(raw.get("nats_users_dir", "")),
         )
 
     def service_pids(self) -> dict[str, list[int]]:
@@ -240,10 +246,15 @@ def start_stack(
 
     state = StackState(state_dir=str(sd), nats_url=nats_url or "", started_at=time.time())
     stack = Stack(state=state)
+    base_env = dict(os.environ if env is None else env)
     try:
         if not nats_url:
             say("starting nats-server")
-            nats = LocalNats(store_dir=sd / "nats", log_file=sd / "logs" / "nats-server.log")
+            nats = LocalNats(
+                store_dir=sd / "nats",
+                log_file=sd / "logs" / "nats-server.log",
+                config_file=_nats_users(sd, base_env, state),
+            )
             stack.nats = nats
             try:
                 nats.start()
@@ -261,7 +272,6 @@ def start_stack(
             state.nats_url = nats.url
             state.nats_started = True
 
-        base_env = dict(os.environ if env is None else env)
         base_env.update(_local_auth(sd, base_env, state))
         instances = [(svc, f"{svc}-1") for svc in SERVICES]
         instances += [("worker", f"worker-{i}") for i in range(1, workers + 1)]
@@ -277,6 +287,7 @@ def start_stack(
                 "SLUICEWAY_READY_FILE": str(ready_file),
                 "SLUICEWAY_INSTANCE": inst,
                 "PYTHONUNBUFFERED": "1",
+                **nats_user_env(state, svc),
                 **(instance_env or {}).get(inst, {}),
             }
             _spawn(stack, svc, inst, child_env)
@@ -350,6 +361,32 @@ def _wait_ready(stack: Stack, ready: dict[str, Path], timeout_s: float) -> None:
 
 
 LOCAL_ADMIN = "local-admin"
+
+
+def _nats_users(sd: Path, env: Mapping[str, str], state: StackState) -> Path:
+    """The stack's own nats-server admits one user per service, each allowed only its
+    subjects (natsauth.permissions), with random passwords in files only their owner reads."""
+    users_dir = sd / "auth" / "nats"
+    users_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    passwords = {s: secrets.token_urlsafe(24) for s in natsauth.SERVICES}
+    for service, password in passwords.items():
+        _write_private(users_dir / f"{service}.password", password + "\n")
+    names = Names(env.get("SLUICEWAY_NAMESPACE", "sluiceway"))
+    config = users_dir / "nats-users.conf"
+    _write_private(config, natsauth.authorization_block(names, passwords))
+    state.nats_users_dir = str(users_dir)
+    return config
+
+
+def nats_user_env(state: StackState, service: str) -> dict[str, str]:
+    """How `service` connects to the stack's own nats-server ({} for a server it did not
+    start)."""
+    if not state.nats_users_dir:
+        return {}
+    return {
+        "SLUICEWAY_NATS_USER": service,
+        "SLUICEWAY_NATS_PASSWORD_FILE": str(Path(state.nats_users_dir) / f"{service}.password"),
+    }
 
 
 def _local_auth(sd: Path, env: Mapping[str, str], state: StackState) -> dict[str, str]:

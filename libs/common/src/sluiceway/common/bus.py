@@ -7,7 +7,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, fields
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import nats
@@ -264,9 +264,16 @@ def server_urls(url: str) -> list[str]:
     return servers
 
 
-async def connect(url: str, *, name: str, connect_timeout_s: float | None = None) -> NATS:
+async def connect(
+    url: str,
+    *,
+    name: str,
+    connect_timeout_s: float | None = None,
+    options: Mapping[str, Any] | None = None,
+) -> NATS:
     """Connect with unlimited reconnects. Waits for the server to appear (forever by default).
-    `url` may list several servers separated by commas (see `server_urls`)."""
+    `url` may list several servers separated by commas (see `server_urls`); `options` are
+    more keyword arguments of nats.connect (a user, TLS: natsauth.NatsAuth.options)."""
     servers = server_urls(url)
     loop = asyncio.get_running_loop()
     deadline = None if connect_timeout_s is None else loop.time() + connect_timeout_s
@@ -280,7 +287,13 @@ async def connect(url: str, *, name: str, connect_timeout_s: float | None = None
                 reconnect_time_wait=0.5,
                 connect_timeout=2,
                 allow_reconnect=True,
+                **(options or {}),
             )
+        except nats.errors.AuthorizationError:
+            user = (options or {}).get("user", "")
+            raise ConnectionError(
+                f"NATS at {redact(url)} refused the credentials of user {user!r}"
+            ) from None
         except (NoServersError, OSError, NatsTimeoutError) as exc:
             if deadline is not None and loop.time() + delay > deadline:
                 raise ConnectionError(f"cannot reach NATS at {redact(url)}: {exc}") from exc
@@ -289,10 +302,12 @@ async def connect(url: str, *, name: str, connect_timeout_s: float | None = None
             delay = min(delay * 2, 5.0)
 
 
-async def connect_unless_stopped(url: str, *, name: str, stop: asyncio.Event) -> NATS | None:
+async def connect_unless_stopped(
+    url: str, *, name: str, stop: asyncio.Event, options: Mapping[str, Any] | None = None
+) -> NATS | None:
     """Wait for NATS like `connect`, but give up (None) when `stop` is set first: a SIGTERM
     while NATS is down ends the service instead of hanging it."""
-    connecting = asyncio.create_task(connect(url, name=name))
+    connecting = asyncio.create_task(connect(url, name=name, options=options))
     stopping = asyncio.create_task(stop.wait())
     await asyncio.wait({connecting, stopping}, return_when=asyncio.FIRST_COMPLETED)
     stopping.cancel()

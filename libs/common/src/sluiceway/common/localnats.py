@@ -61,6 +61,9 @@ class LocalNats:
     routes: tuple[str, ...] = ()
     http_port: int | None = None  # None: no monitoring endpoint; 0: a port the server picks
     log_file: Path | None = None
+    # more server configuration (users and their permissions, a `tls` block): `-c` this file;
+    # the flags above (listen address, ports, store) take precedence over it
+    config_file: Path | None = None
     proc: subprocess.Popen[bytes] | None = None
 
     def __post_init__(self) -> None:
@@ -128,6 +131,8 @@ class LocalNats:
             "--ports_file_dir",
             str(self._ports_dir),
         ]
+        if self.config_file is not None:
+            args += ["-c", str(self.config_file)]
         if self.http_port is not None:
             args += ["-m", str(self.http_port or RANDOM_PORT)]
         if self.cluster_name:

@@ -6,8 +6,10 @@ import os
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from sluiceway.common.bus import Names, server_urls
+from sluiceway.common.natsauth import NatsAuth
 
 
 class SettingsError(ValueError):
@@ -119,6 +121,20 @@ class Settings:
     tls_cert_file: str = ""
     tls_key_file: str = ""
     tls_client_ca_file: str = ""
+    # NATS: this service's user and the file with its password (docs/security.md), and the CA
+    # of the server's certificate (TLS: nats-server's `tls` block, a tls:// URL)
+    nats_user: str = ""
+    nats_password_file: str = ""
+    nats_ca_file: str = ""
+
+    def nats_options(self) -> dict[str, Any]:
+        """nats.connect's keyword arguments for this service's user and TLS. Raises
+        SettingsError naming the variable of a file that cannot be read."""
+        auth = NatsAuth(self.nats_user, self.nats_password_file, self.nats_ca_file)
+        try:
+            return auth.options()
+        except ValueError as exc:
+            raise SettingsError(str(exc)) from None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -162,4 +178,7 @@ class Settings:
             tls_cert_file=e.get("SLUICEWAY_TLS_CERT_FILE", ""),
             tls_key_file=e.get("SLUICEWAY_TLS_KEY_FILE", ""),
             tls_client_ca_file=e.get("SLUICEWAY_TLS_CLIENT_CA_FILE", ""),
+            nats_user=e.get("SLUICEWAY_NATS_USER", ""),
+            nats_password_file=e.get("SLUICEWAY_NATS_PASSWORD_FILE", ""),
+            nats_ca_file=e.get("SLUICEWAY_NATS_CA_FILE", ""),
         )

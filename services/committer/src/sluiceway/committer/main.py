@@ -31,7 +31,10 @@ async def serve(
     """Run the committer until `stop` is set. `source_factory` replaces open_source for the
     reconciliation count (tests); None counts with the chunks' own tallies."""
     nc = await busmod.connect_unless_stopped(
-        settings.nats_url, name=f"{SERVICE}-{settings.instance}", stop=stop
+        settings.nats_url,
+        name=f"{SERVICE}-{settings.instance}",
+        stop=stop,
+        options=settings.nats_options(),
     )
     if nc is None:
         return

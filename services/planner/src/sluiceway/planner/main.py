@@ -42,7 +42,10 @@ async def serve(
     registry = metrics.new_registry()
     security = api_security(settings, registry)  # a bad setting fails before anything starts
     nc = await busmod.connect_unless_stopped(
-        settings.nats_url, name=f"{SERVICE}-{settings.instance}", stop=stop
+        settings.nats_url,
+        name=f"{SERVICE}-{settings.instance}",
+        stop=stop,
+        options=settings.nats_options(),
     )
     if nc is None:
         return

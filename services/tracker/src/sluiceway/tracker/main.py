@@ -30,7 +30,10 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     registry = metrics.new_registry()
     security = api_security(settings, registry)  # a bad setting fails before anything starts
     nc = await busmod.connect_unless_stopped(
-        settings.nats_url, name=f"tracker-{settings.instance}", stop=stop
+        settings.nats_url,
+        name=f"tracker-{settings.instance}",
+        stop=stop,
+        options=settings.nats_options(),
     )
     if nc is None:
         return

@@ -302,6 +302,7 @@ def run_rebuild(
                     settings.nats_url,
                     name=f"tracker-rebuild-{settings.instance}",
                     connect_timeout_s=connect_timeout_s,
+                    options=settings.nats_options(),
                 ),
                 timeout=connect_timeout_s,
             )

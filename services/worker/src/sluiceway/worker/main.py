@@ -26,7 +26,10 @@ GRACE_S = 5.0
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
     """Pull one chunk task at a time until `stop`; the task in hand is finished first."""
     nc = await busmod.connect_unless_stopped(
-        settings.nats_url, name=f"worker-{settings.instance}", stop=stop
+        settings.nats_url,
+        name=f"worker-{settings.instance}",
+        stop=stop,
+        options=settings.nats_options(),
     )
     if nc is None:
         return

@@ -1,0 +1,172 @@
+"""The whole stack over NATS TLS, each service as its own NATS user allowed only its subjects
+(natsauth.permissions): an export runs end to end, and a process holding the worker's
+credentials is refused by nats-server when it appends a ManifestCommitted, reads the run log
+as a consumer, or listens to the tracker's replies."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import sqlite3
+import ssl
+from pathlib import Path
+
+import nats
+import pytest
+import trustme
+from nats.errors import Error as NatsError
+
+from sluiceway.cli.stack import start_stack
+from sluiceway.client import Client, ClientOptions, config_file, with_token
+from sluiceway.common.bus import Names
+from sluiceway.common.localnats import LocalNats
+from sluiceway.common.natsauth import SERVICES, authorization_block, inbox_prefix
+from sluiceway.v1 import events_pb2
+from tests.support.certs import server_cert, write_ca, write_leaf
+
+pytestmark = pytest.mark.integration
+
+CONFIG = """
+version: 1
+exports:
+  - name: items
+    source: {engine: sqlite, path: items.db}
+    table: items
+    mode: chunked
+    chunk_column: id
+    chunk_size: 250
+    destination: out
+"""
+
+
+async def test_the_stack_runs_over_tls_as_one_user_per_service_and_each_may_only_its_part(
+    tmp_path: Path,
+) -> None:
+    ns = "perm" + secrets.token_hex(3)
+    names = Names(ns)
+    ca = trustme.CA()
+    ca_file = write_ca(ca, tmp_path / "ca.crt")
+    tls = write_leaf(server_cert(ca), tmp_path / "nats-tls")
+    passwords = {s: secrets.token_urlsafe(24) for s in SERVICES}
+    conf = tmp_path / "nats.conf"
+    conf.write_text(
+        authorization_block(names, passwords)
+        + f'tls: {{cert_file: "{tls.cert_file}", key_file: "{tls.key_file}"}}\n'
+    )
+    server = LocalNats(store_dir=tmp_path / "nats", config_file=conf).start()
+    try:
+        instance_env: dict[str, dict[str, str]] = {}
+        for inst in ("planner-1", "committer-1", "tracker-1", "worker-1"):
+            service = inst.split("-")[0]
+            pw = tmp_path / f"{service}.password"
+            pw.write_text(passwords[service])
+            instance_env[inst] = {
+                "SLUICEWAY_NATS_USER": service,
+                "SLUICEWAY_NATS_PASSWORD_FILE": str(pw),
+            }
+        con = sqlite3.connect(tmp_path / "items.db")
+        con.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT)")
+        con.executemany("INSERT INTO items VALUES (?, ?)", [(i, f"n{i}") for i in range(1000)])
+        con.commit()
+        con.close()
+        (tmp_path / "exports.yaml").write_text(CONFIG)
+        env = {**os.environ, "SLUICEWAY_NAMESPACE": ns, "SLUICEWAY_NATS_CA_FILE": str(ca_file)}
+        stack = await asyncio.to_thread(
+            start_stack,
+            tmp_path / "state",
+            workers=1,
+            nats_url=server.url,
+            env=env,
+            instance_env=instance_env,
+        )
+        try:
+            options = with_token(ClientOptions(timeout_s=15), stack.token())
+            with Client(stack.state.control_addr, stack.state.tracker_addr, options) as c:
+                run_id = c.submit(config_file(tmp_path / "exports.yaml", "items")).run_id
+                done = await asyncio.to_thread(c.wait, run_id, timeout_s=120)
+            assert done.status == events_pb2.RUN_STATUS_SUCCEEDED, done.error_message
+            assert done.total_rows == 1000 and done.manifest_parts == 4
+            assert all(p.poll() is None for p in stack.procs.values())
+        finally:
+            await asyncio.to_thread(stack.stop)
+
+        # ---- a process with the worker's credentials --------------------------------------
+        refusals: list[str] = []
+
+        async def on_error(exc: Exception) -> None:
+            refusals.append(str(exc))
+
+        context = ssl.create_default_context(cafile=str(ca_file))
+        nc = await nats.connect(
+            server.url,
+            user="worker",
+            password=passwords["worker"],
+            tls=context,
+            inbox_prefix=inbox_prefix("worker"),
+            error_cb=on_error,
+            allow_reconnect=False,
+        )
+        try:
+            js = nc.jetstream(timeout=2)
+            forged = f"{ns}.runs.{run_id}.manifest_committed.items"
+            with pytest.raises((NatsError, asyncio.TimeoutError)):
+                await js.publish(forged, b"forged")
+            with pytest.raises((NatsError, asyncio.TimeoutError)):
+                await js.pull_subscribe(f"{ns}.runs.>", stream=names.runs_stream)
+            await nc.subscribe(f"{inbox_prefix('tracker')}.>")
+            await nc.flush(timeout=2)
+            # what the worker may do still works: its own kind of fact
+            allowed = await js.publish(f"{ns}.runs.{run_id}.warning", b"x")
+            assert allowed.seq > 0
+            for _ in range(50):
+                if len(refusals) >= 3:
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            await nc.close()
+        # the server's own errors (nats-py hands them over lower-cased)
+        said = "\n".join(refusals)
+        assert f'permissions violation for publish to "{forged.lower()}"' in said
+        assert 'permissions violation for publish to "$js.api.consumer.create' in said
+        tracker_replies = f"{inbox_prefix('tracker')}.>".lower()
+        assert f'permissions violation for subscription to "{tracker_replies}"' in said
+
+        # ---- and without credentials, or without TLS, nobody gets in -----------------------
+        with pytest.raises((NatsError, OSError)):
+            await nats.connect(server.url, tls=context, allow_reconnect=False, connect_timeout=2)
+        with pytest.raises((NatsError, OSError, ssl.SSLError)):
+            await nats.connect(
+                server.url,
+                user="worker",
+                password=passwords["worker"],
+                allow_reconnect=False,
+                connect_timeout=2,
+            )
+    finally:
+        server.stop()
+
+
+async def test_the_local_stacks_own_nats_server_admits_only_its_services(tmp_path: Path) -> None:
+    """`sluiceway up` starts nats-server with the same per-service users (random passwords in
+    files only their owner reads): an anonymous client is refused."""
+    env = {**os.environ, "SLUICEWAY_NAMESPACE": "own" + secrets.token_hex(3)}
+    stack = await asyncio.to_thread(start_stack, tmp_path / "state", workers=1, env=env)
+    try:
+        users = Path(stack.state.nats_users_dir)
+        assert sorted(p.name for p in users.glob("*.password")) == sorted(
+            f"{s}.password" for s in SERVICES
+        )
+        assert all(p.stat().st_mode & 0o077 == 0 for p in users.iterdir())
+        with pytest.raises((NatsError, OSError)):
+            await nats.connect(stack.state.nats_url, allow_reconnect=False, connect_timeout=2)
+        nc = await nats.connect(
+            stack.state.nats_url,
+            user="tracker",
+            password=(users / "tracker.password").read_text().strip(),
+            inbox_prefix=inbox_prefix("tracker"),
+            allow_reconnect=False,
+        )
+        await nc.close()
+    finally:
+        await asyncio.to_thread(stack.stop)
