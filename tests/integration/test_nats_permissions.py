@@ -90,6 +90,14 @@ async def test_the_stack_runs_over_tls_as_one_user_per_service_and_each_may_only
             assert all(p.poll() is None for p in stack.procs.values())
         finally:
             await asyncio.to_thread(stack.stop)
+        # no NATS password (nor the stack's API token) in anything the stack wrote: logs,
+        # DuckDB, parts, manifests, the stream's store
+        leaks = [p.encode() for p in passwords.values()] + [stack.token().encode()]
+        for root in (tmp_path / "state", tmp_path / "out", tmp_path / "nats"):
+            for path in root.rglob("*"):
+                if path.is_file() and path.parent.name != "auth":
+                    data = path.read_bytes()
+                    assert not [s for s in leaks if s in data], f"{path} holds a secret"
 
         # ---- a process with the worker's credentials --------------------------------------
         refusals: list[str] = []
