@@ -3,8 +3,10 @@ validate against the Kubernetes JSON schemas, and agree with each other and with
 
 from __future__ import annotations
 
+import base64
 import copy
 import functools
+import hashlib
 import json
 import re
 import subprocess
@@ -15,7 +17,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from sluiceway.common import principals
 from sluiceway.common.bus import LANES, Names, TaskConsumerSettings, lane_durable
+from sluiceway.common.domain.access import Role
 from tests.support import deploy
 from tests.support.deploy import BUILDS, KUBERNETES_VERSIONS, find, pod_specs, render
 
@@ -29,6 +33,13 @@ NATS_JETSTREAM_METADATA = {
     "activationLagThreshold",
     "useHttps",
 }
+# the Secrets of the planner's and the tracker's APIs that a deployment of the base makes outside
+# of git, besides deploy.EXTERNAL_SECRETS (deploy/k8s/README.md)
+API_SECRETS = {"sluiceway-principals", "sluiceway-api-tls"}
+# the workloads that serve a gRPC API: Control (planner), Tracker (tracker)
+API_WORKLOADS = (("Deployment", "planner"), ("StatefulSet", "tracker"))
+# the bearer token of the dev overlay's one admin: published, for development only
+DEV_TOKEN = "slw_dev_only_not_a_secret"
 
 
 def validate(obj: dict[str, Any], version: str) -> None:
@@ -73,7 +84,7 @@ def test_the_validation_refuses_a_misspelt_field() -> None:
     """The control: strict validation catches what a typo in a manifest would look like."""
     planner = copy.deepcopy(find(render("base"), "Deployment", "planner"))
     container = planner["spec"]["template"]["spec"]["containers"][0]
-    container["readinessProbe"]["grcp"] = container["readinessProbe"].pop("grpc")
+    container["readinessProbe"]["tcpSockt"] = container["readinessProbe"].pop("tcpSocket")
     with pytest.raises(kubernetes_validate.ValidationError):
         validate(planner, KUBERNETES_VERSIONS[-1])
 
@@ -289,6 +300,14 @@ def test_probes_and_addresses_use_the_ports_the_containers_expose(build: str) ->
         "worker": "SLUICEWAY_HEALTH_ADDR",
         "committer": "SLUICEWAY_HEALTH_ADDR",
     }
+    # the kubelet's grpc probe speaks no TLS, and the planner and the tracker serve
+    # grpc.health.v1 only on their API port: they are probed by TCP, the others by gRPC
+    handler_of = {
+        "planner": "tcpSocket",
+        "tracker": "tcpSocket",
+        "worker": "grpc",
+        "committer": "grpc",
+    }
     seen = set()
     for workload, spec in pod_specs(objects):
         for container in spec["containers"]:
@@ -312,7 +331,7 @@ def test_probes_and_addresses_use_the_ports_the_containers_expose(build: str) ->
             grpc_port = deploy.port_of(config[health_addr[service]])
             assert config[health_addr[service]].startswith("0.0.0.0:")
             for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
-                assert container[kind]["grpc"]["port"] == grpc_port
+                assert container[kind][handler_of[service]]["port"] == grpc_port
             assert grpc_port in ports.values()
             metrics = deploy.port_of(config["SLUICEWAY_METRICS_ADDR"])
             assert ports["metrics"] == metrics
@@ -376,7 +395,7 @@ def test_every_referenced_config_map_and_secret_exists(build: str) -> None:
         if spec.get("serviceAccountName"):
             need("ServiceAccount", spec["serviceAccountName"])
     if build == "base":
-        assert missing == {("Secret", name) for name in deploy.EXTERNAL_SECRETS}
+        assert missing == {("Secret", name) for name in deploy.EXTERNAL_SECRETS | API_SECRETS}
     else:
         assert missing == set()
 
@@ -475,3 +494,294 @@ def test_the_dev_overlay_is_small_and_tagged_for_tilt() -> None:
     assert yaml.safe_dump(dev_worker["resources"]["requests"]) != yaml.safe_dump(
         base_worker["resources"]["requests"]
     )
+
+
+# ---- authentication and TLS of the APIs ----------------------------------------------------
+
+
+def _named(name: str, expected: str) -> bool:
+    """`name` is `expected`, or `expected` with the hash suffix of a generated object."""
+    return re.fullmatch(rf"{re.escape(expected)}(-[a-z0-9]{{10}})?", name) is not None
+
+
+def _api_pod(
+    objects: tuple[dict[str, Any], ...], kind: str, name: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(pod spec, container) of an API workload."""
+    spec = find(objects, kind, name)["spec"]["template"]["spec"]
+    (container,) = [c for c in spec["containers"] if deploy.is_sluiceway(c)]
+    return spec, container
+
+
+def _env_values(container: dict[str, Any]) -> dict[str, Any]:
+    """The container's env entries by name: the value as YAML typed it (a bare `on` is True)."""
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
+
+
+def _secret_file(spec: dict[str, Any], container: dict[str, Any], path: str) -> tuple[str, str]:
+    """(Secret name, key) of the file at `path`, which must be in a Secret volume mounted
+    read-only as a directory: a subPath mount is never updated when the Secret is."""
+    mounts = [m for m in container.get("volumeMounts", []) if path.startswith(m["mountPath"] + "/")]
+    assert len(mounts) == 1, f"{path} is on {len(mounts)} mounts, not one"
+    (mount,) = mounts
+    assert "subPath" not in mount and "subPathExpr" not in mount, mount
+    assert mount.get("readOnly") is True, mount
+    (volume,) = [v for v in spec["volumes"] if v["name"] == mount["name"]]
+    assert "secret" in volume, f"{path} is not in a Secret volume: {volume}"
+    relative = path[len(mount["mountPath"]) + 1 :]
+    items = volume["secret"].get("items")
+    if items is None:
+        key = relative
+    else:
+        (key,) = [item["key"] for item in items if item["path"] == relative]
+    assert "/" not in key, path
+    return volume["secret"]["secretName"], key
+
+
+def _auth_settings(objects: tuple[dict[str, Any], ...]) -> list[tuple[str, Any]]:
+    """Every place in the objects that sets SLUICEWAY_AUTH, with the value it sets: env entries
+    (a valueFrom counts as set from elsewhere) and ConfigMap or Secret keys."""
+    found: list[tuple[str, Any]] = []
+
+    def walk(node: Any, where: str, secret_data: bool) -> None:
+        if isinstance(node, dict):
+            if node.get("name") == "SLUICEWAY_AUTH" and ("value" in node or "valueFrom" in node):
+                found.append((where, node.get("value", node.get("valueFrom"))))
+            if "SLUICEWAY_AUTH" in node:
+                value = node["SLUICEWAY_AUTH"]
+                if secret_data and isinstance(value, str):
+                    value = base64.b64decode(value).decode()
+                found.append((where, value))
+            for key, value in node.items():
+                walk(value, where, secret_data or (key == "data" and where.startswith("Secret/")))
+        elif isinstance(node, list):
+            for value in node:
+                walk(value, where, secret_data)
+
+    for obj in objects:
+        walk(obj, f"{obj.get('kind')}/{obj.get('metadata', {}).get('name')}", False)
+    return found
+
+
+# `SLUICEWAY_AUTH=x`, `SLUICEWAY_AUTH: x`, and `name: SLUICEWAY_AUTH` followed by `value: x`
+_AUTH_IN_TEXT = (
+    re.compile(r"""\bSLUICEWAY_AUTH["']?[ \t]*[=:][ \t]*["']?([^"'\s,;)]*)"""),
+    re.compile(r"""name:\s*["']?SLUICEWAY_AUTH["']?\s*\n\s*value:\s*["']?([^"'\s]*)"""),
+)
+
+
+def _auth_values_in_text(text: str) -> list[str]:
+    return [m.group(1) for pattern in _AUTH_IN_TEXT for m in pattern.finditer(text)]
+
+
+@pytest.mark.parametrize("build", BUILDS)
+@pytest.mark.parametrize(("kind", "name"), API_WORKLOADS)
+def test_the_apis_authenticate_with_a_principals_secret_mounted_as_a_directory(
+    build: str, kind: str, name: str
+) -> None:
+    objects = render(build)
+    spec, container = _api_pod(objects, kind, name)
+    env = _env_values(container)
+    assert env["SLUICEWAY_AUTH"] == "on", "the string on: a bare `on` in YAML is a boolean"
+    secret, key = _secret_file(spec, container, env["SLUICEWAY_AUTH_PRINCIPALS_FILE"])
+    assert _named(secret, "sluiceway-principals"), secret
+    assert key == "principals.yaml"
+    if build == "base":
+        # made outside of git: the base ships no principal and no token
+        assert not [
+            o
+            for o in objects
+            if o["kind"] == "Secret" and _named(o["metadata"]["name"], "sluiceway-principals")
+        ]
+    else:
+        assert key in find(objects, "Secret", secret)["data"]
+
+
+@pytest.mark.parametrize(("kind", "name"), API_WORKLOADS)
+def test_the_base_serves_the_apis_with_tls_from_a_mounted_certificate_secret(
+    kind: str, name: str
+) -> None:
+    objects = render("base")
+    spec, container = _api_pod(objects, kind, name)
+    env = _env_values(container)
+    cert = _secret_file(spec, container, env["SLUICEWAY_TLS_CERT_FILE"])
+    key = _secret_file(spec, container, env["SLUICEWAY_TLS_KEY_FILE"])
+    # the keys of a kubernetes.io/tls Secret, as cert-manager and `kubectl create secret tls`
+    # write them
+    assert cert == ("sluiceway-api-tls", "tls.crt")
+    assert key == ("sluiceway-api-tls", "tls.key")
+    (volume,) = [v for v in spec["volumes"] if v.get("secret", {}).get("secretName") == cert[0]]
+    assert volume["secret"]["defaultMode"] & 0o007 == 0, "the key is not for every user"
+    # the kubelet's grpc probe cannot speak TLS: nothing probes the API port by gRPC
+    (api_port,) = [p["containerPort"] for p in container["ports"] if p["name"].startswith("grpc-")]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe].get("grpc", {}).get("port") != api_port, probe
+        assert container[probe]["tcpSocket"]["port"] == api_port, probe
+
+
+def test_the_api_services_serve_no_plaintext_health_port_so_their_probes_are_tcp() -> None:
+    """The reason the planner and the tracker are probed by TCP: they serve grpc.health.v1 on
+    their (TLS) API port only. When one of them serves SLUICEWAY_HEALTH_ADDR, probe that port
+    with `grpc` instead, and change this test."""
+    for service in ("planner", "tracker"):
+        main = deploy.ROOT / "services" / service / "src" / "sluiceway" / service / "main.py"
+        assert "health_addr" not in main.read_text(), f"{service} serves a health port now"
+    for service in ("worker", "committer"):
+        main = deploy.ROOT / "services" / service / "src" / "sluiceway" / service / "main.py"
+        assert "health_addr" in main.read_text()
+
+
+@pytest.mark.parametrize(("kind", "name"), API_WORKLOADS)
+def test_the_dev_apis_are_plaintext_but_still_authenticated(kind: str, name: str) -> None:
+    dev = render("dev")
+    spec, container = _api_pod(dev, kind, name)
+    env = _env_values(container)
+    assert not {n for n in env if n.startswith("SLUICEWAY_TLS_")}
+    assert not [
+        v
+        for v in spec["volumes"]
+        if _named(v.get("secret", {}).get("secretName", ""), "sluiceway-api-tls")
+    ]
+    assert not [
+        m for m in container["volumeMounts"] if m["mountPath"].startswith("/etc/sluiceway/tls")
+    ]
+    assert env["SLUICEWAY_AUTH"] == "on"
+    assert env["SLUICEWAY_AUTH_PRINCIPALS_FILE"]
+
+
+@pytest.mark.parametrize("build", BUILDS)
+def test_no_rendered_object_turns_authentication_off(build: str) -> None:
+    settings = _auth_settings(render(build))
+    # set explicitly on both APIs, and to the string "on" wherever it is set
+    assert {where for where, _ in settings} >= {"Deployment/planner", "StatefulSet/tracker"}
+    assert all(value == "on" for _, value in settings), settings
+
+
+def test_no_file_of_the_deployment_turns_authentication_off() -> None:
+    files = [p for p in (deploy.ROOT / "deploy").rglob("*") if p.is_file()] + [deploy.TILTFILE]
+    seen = []
+    for path in files:
+        for value in _auth_values_in_text(path.read_text()):
+            seen.append(value)
+            assert value == "on", f"{path.relative_to(deploy.ROOT)}: SLUICEWAY_AUTH={value}"
+    assert seen.count("on") >= 2  # planner.yaml and tracker.yaml: the scan does see them
+    # as the files are read without kustomize (which writes a bare `on` back as a string):
+    # `kubectl apply -f` and YAML 1.1 read a bare `on` as a boolean
+    for path in deploy.K8S.rglob("*.yaml"):
+        for where, value in _auth_settings(tuple(deploy.load_file(path))):
+            assert value == "on", f"{path.relative_to(deploy.ROOT)}: {where} sets {value!r}"
+
+
+def test_the_authentication_checks_refuse_off_and_a_bare_yaml_on() -> None:
+    """The control: each form a manifest could turn authentication off in is caught."""
+    planner = copy.deepcopy(find(render("base"), "Deployment", "planner"))
+    container = planner["spec"]["template"]["spec"]["containers"][0]
+    (auth,) = [e for e in container["env"] if e["name"] == "SLUICEWAY_AUTH"]
+    for value in ("off", True, "false"):
+        auth["value"] = value
+        assert _auth_settings((planner,)) == [("Deployment/planner", value)]
+    config = {"kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"SLUICEWAY_AUTH": "off"}}
+    assert _auth_settings((config,)) == [("ConfigMap/c", "off")]
+    secret = {
+        "kind": "Secret",
+        "metadata": {"name": "s"},
+        "data": {"SLUICEWAY_AUTH": base64.b64encode(b"off").decode()},
+    }
+    assert _auth_settings((secret,)) == [("Secret/s", "off")]
+    for text in (
+        "SLUICEWAY_AUTH=off\n",
+        "      - SLUICEWAY_AUTH=off\n",
+        "ENV SLUICEWAY_AUTH=off PYTHONUNBUFFERED=1\n",
+        "SLUICEWAY_AUTH: 'off'\n",
+        '- name: SLUICEWAY_AUTH\n  value: "off"\n',
+        "- name: SLUICEWAY_AUTH\n  value: off\n",
+    ):
+        assert _auth_values_in_text(text) == ["off"], text
+    assert _auth_values_in_text("SLUICEWAY_AUTH_PRINCIPALS_FILE=/x\n") == []
+
+
+def test_the_secret_mount_check_refuses_a_subpath_a_writable_mount_and_a_config_map() -> None:
+    """The control: what would keep a Secret update from reaching the services is caught."""
+    spec, container = _api_pod(render("base"), "Deployment", "planner")
+    path = _env_values(container)["SLUICEWAY_AUTH_PRINCIPALS_FILE"]
+    assert _secret_file(spec, container, path) == ("sluiceway-principals", "principals.yaml")
+    (mount,) = [m for m in container["volumeMounts"] if path.startswith(m["mountPath"] + "/")]
+    (volume,) = [v for v in spec["volumes"] if v["name"] == mount["name"]]
+    for broken_mount, broken_volume, refusal in (
+        ({**mount, "subPath": "auth"}, volume, "subPath"),
+        ({**mount, "readOnly": False}, volume, "'readOnly': False"),
+        (mount, {"name": volume["name"], "configMap": {"name": "x"}}, "not in a Secret volume"),
+    ):
+        with pytest.raises(AssertionError, match=refusal):
+            _secret_file(
+                {**spec, "volumes": [broken_volume]},
+                {**container, "volumeMounts": [broken_mount]},
+                path,
+            )
+
+
+def test_the_dev_principals_file_has_one_admin_with_the_documented_dev_token() -> None:
+    secret = find(render("dev"), "Secret", "sluiceway-principals")
+    text = base64.b64decode(secret["data"]["principals.yaml"]).decode()
+    doc = yaml.safe_load(text)
+    assert set(doc) == {"principals"}
+    (admin,) = doc["principals"]
+    assert re.fullmatch(principals.NAME_PATTERN, admin["name"])
+    assert admin["role"] == "admin"
+    (token,) = admin["tokens"]
+    assert re.fullmatch(r"[0-9a-f]{64}", token["sha256"])
+    assert token["sha256"] == hashlib.sha256(DEV_TOKEN.encode()).hexdigest()
+    assert token.get("revoked", False) is False and "expires_at" not in token
+
+    # the services' own reading of the file: the dev token is the admin, a near miss is nobody
+    directory = principals.parse(text, "overlays/dev/principals.yaml")
+    now = principals.utcnow()
+    caller = principals.identify(directory, f"Bearer {DEV_TOKEN}", None, now)
+    assert (caller.name, caller.role) == (admin["name"], Role.ADMIN)
+    with pytest.raises(principals.AuthFailure):
+        principals.identify(directory, f"Bearer {DEV_TOKEN}x", None, now)
+
+    # published where a developer looks, and said to be for development only
+    for path in (
+        deploy.BUILDS["dev"] / "kustomization.yaml",
+        deploy.BUILDS["dev"] / "principals.yaml",
+        deploy.K8S / "README.md",
+        deploy.TILTFILE,
+    ):
+        assert DEV_TOKEN in path.read_text(), path
+
+
+def test_the_secrets_the_base_needs_are_documented_with_how_to_make_them() -> None:
+    kustomization = (deploy.BUILDS["base"] / "kustomization.yaml").read_text()
+    header = " ".join(
+        line.lstrip("# ") for line in kustomization.splitlines() if line.startswith("#")
+    )
+    readme = (deploy.K8S / "README.md").read_text()
+    flat_readme = " ".join(readme.replace("\\\n", " ").split())
+    for name in deploy.EXTERNAL_SECRETS | API_SECRETS:
+        assert name in header and name in readme, name
+    make_principals = (
+        "kubectl -n sluiceway create secret generic sluiceway-principals"
+        " --from-file=principals.yaml"
+    )
+    assert make_principals in " ".join(header.split())
+    assert make_principals in flat_readme
+    assert "kubectl -n sluiceway create secret tls sluiceway-api-tls" in " ".join(header.split())
+
+    # the README's cert-manager Certificate writes the Secret the APIs mount, for their names
+    blocks = re.findall(r"```yaml\n(.*?)```", readme, re.S)
+    (certificate,) = [
+        doc for doc in map(yaml.safe_load, blocks) if doc and doc.get("kind") == "Certificate"
+    ]
+    assert certificate["apiVersion"] == "cert-manager.io/v1"
+    spec = certificate["spec"]
+    assert spec["secretName"] == "sluiceway-api-tls"
+    assert "server auth" in spec["usages"]
+    objects = render("base")
+    for _, name in API_WORKLOADS:
+        service = find(objects, "Service", name)
+        namespace = service["metadata"]["namespace"]
+        assert certificate["metadata"]["namespace"] == namespace
+        assert {name, f"{name}.{namespace}.svc", f"{name}.{namespace}.svc.cluster.local"} <= set(
+            spec["dnsNames"]
+        )

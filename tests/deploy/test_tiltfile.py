@@ -101,9 +101,13 @@ def test_the_grpc_apis_are_forwarded_to_their_container_ports() -> None:
         r["workload"]: [f["port_forward"] for f in r.get("port_forwards", [])]
         for r in calls.resources
     }
-    for name, kind in (("planner", "Deployment"), ("tracker", "StatefulSet")):
+    for name, kind, port_name in (
+        ("planner", "Deployment", "grpc-control"),
+        ("tracker", "StatefulSet", "grpc-tracker"),
+    ):
         container = deploy.find(dev, kind, name)["spec"]["template"]["spec"]["containers"][0]
-        grpc_port = container["readinessProbe"]["grpc"]["port"]
+        grpc_port = {p["name"]: p["containerPort"] for p in container["ports"]}[port_name]
+        assert container["readinessProbe"]["tcpSocket"]["port"] == grpc_port
         assert forwards[name] == [[grpc_port, grpc_port]]
 
 
