@@ -471,6 +471,7 @@ def test_over_mutual_tls_the_certificate_is_the_principal_and_a_rotated_one_need
         "SLUICEWAY_TLS_CERT_FILE": str(served.cert_file),
         "SLUICEWAY_TLS_KEY_FILE": str(served.key_file),
         "SLUICEWAY_TLS_CLIENT_CA_FILE": str(ca_file),
+        "SLUICEWAY_HEALTH_ADDR": "127.0.0.1:0",
     }
     stack = start_stack(tmp_path / "state", workers=1, nats_url=nats_server.url, env=stack_env)
     try:
@@ -491,6 +492,21 @@ def test_over_mutual_tls_the_certificate_is_the_principal_and_a_rotated_one_need
         # a certificate of another CA never gets past the TLS handshake: nothing is served
         with client(stranger) as c, pytest.raises(Unavailable):
             c.list_runs()
+
+        # probes: a plaintext health-only port beside the mutual-TLS API (a kubelet's gRPC
+        # probe speaks no TLS), and nothing else on it
+        for inst in ("planner-1", "tracker-1"):
+            ready = json.loads((tmp_path / "state" / "run" / f"{inst}.json").read_text())
+            with grpc.insecure_channel(ready["health_addr"]) as channel:
+                check = health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(), timeout=10
+                )
+                assert check.status == health_pb2.HealthCheckResponse.SERVING
+                with pytest.raises(grpc.RpcError) as elsewhere:
+                    tracker_pb2_grpc.TrackerStub(channel).ListRuns(
+                        tracker_pb2.ListRunsRequest(), timeout=10
+                    )
+                assert elsewhere.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
         pids = [p.pid for p in stack.state.processes]
         before = presented_certificate(stack.state.tracker_addr, ca_file)

@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry
 from sluiceway.common.authn import Audit, Authenticator, AuthInterceptor
 from sluiceway.common.metrics import reachable_host
 from sluiceway.common.principals import PrincipalsError, PrincipalsFile
+from sluiceway.common.service import HealthServer
 from sluiceway.common.settings import Settings, SettingsError, split_addr
 from sluiceway.common.tlsfiles import ServerTlsFiles, TlsError
 
@@ -64,8 +65,14 @@ def api_security(settings: Settings, registry: CollectorRegistry | None) -> ApiS
 class ApiServer:
     """A grpc.aio server with the interceptor, health (open) and reflection (open)."""
 
-    def __init__(self, security: ApiSecurity, service_names: tuple[str, ...]) -> None:
+    def __init__(
+        self, security: ApiSecurity, service_names: tuple[str, ...], health_addr: str = ""
+    ) -> None:
         self.security = security
+        # a plaintext health-only port as well (SLUICEWAY_HEALTH_ADDR): Kubernetes' native gRPC
+        # probe cannot speak TLS to the API port
+        self._health_addr = health_addr
+        self.probe: HealthServer | None = None
         self.server = grpc.aio.server(
             interceptors=[AuthInterceptor(security.authenticator, security.audit)]
         )
@@ -94,6 +101,10 @@ class ApiServer:
         await self.server.start()
         for name in ("", *self._names):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if self._health_addr:
+            self.probe = HealthServer()
+            await self.probe.start(self._health_addr)
+            await self.probe.serving()
         bound = f"{reachable_host(host)}:{port}"
         log.info(
             "serving %s on %s (%s, authentication %s)",
@@ -108,5 +119,7 @@ class ApiServer:
         """NOT_SERVING first (probes stop routing here), then stop with grace."""
         try:
             await self.health.enter_graceful_shutdown()
+            if self.probe is not None:
+                await self.probe.stop(0)
         finally:
             await self.server.stop(grace_s)

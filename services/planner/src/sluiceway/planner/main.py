@@ -100,7 +100,7 @@ async def serve(
         )
         metrics_server = service.start_metrics(settings, registry)
 
-        api = ApiServer(security, (CONTROL,))
+        api = ApiServer(security, (CONTROL,), settings.health_addr)
         control_pb2_grpc.add_ControlServicer_to_server(  # type: ignore[no-untyped-call]
             ControlServicer(planner, scheduler, audit=security.audit), api.server
         )
@@ -111,6 +111,7 @@ async def serve(
             service=SERVICE,
             control_addr=bound,
             metrics_addr=metrics_server.bound if metrics_server else "",
+            health_addr=api.probe.bound if api.probe else "",
         )
 
         consuming = asyncio.create_task(consumer.run(stop))

@@ -50,7 +50,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     await projection.start()
     projection_task = asyncio.create_task(projection.run(), name="tracker-projection")
 
-    api = ApiServer(security, (SERVICE_NAME,))
+    api = ApiServer(security, (SERVICE_NAME,), settings.health_addr)
     tracker_pb2_grpc.add_TrackerServicer_to_server(  # type: ignore[no-untyped-call]
         TrackerServicer(db, projection, audit=security.audit), api.server
     )
@@ -61,6 +61,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         service="tracker",
         tracker_addr=bound,
         metrics_addr=metrics_server.bound if metrics_server else "",
+        health_addr=api.probe.bound if api.probe else "",
     )
     log.info("tracker db %s", settings.tracker_db)
     try:
