@@ -8,19 +8,24 @@ import copy
 import functools
 import hashlib
 import json
+import os
 import re
+import socket
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
+import nats
 import pytest
+import trustme
 import yaml
 
-from sluiceway.common import principals
+from sluiceway.common import natsauth, principals
 from sluiceway.common.bus import LANES, Names, TaskConsumerSettings, lane_durable
 from sluiceway.common.domain.access import Role
-from tests.support import deploy
+from sluiceway.common.localnats import LocalNats
+from tests.support import certs, deploy
 from tests.support.deploy import BUILDS, KUBERNETES_VERSIONS, find, pod_specs, render
 
 # the trigger metadata of KEDA's nats-jetstream scaler (KEDA docs, scalers/nats-jetstream)
@@ -33,11 +38,18 @@ NATS_JETSTREAM_METADATA = {
     "activationLagThreshold",
     "useHttps",
 }
-# the Secrets of the planner's and the tracker's APIs that a deployment of the base makes outside
-# of git, besides deploy.EXTERNAL_SECRETS (deploy/k8s/README.md)
-API_SECRETS = {"sluiceway-principals", "sluiceway-api-tls"}
 # the workloads that serve a gRPC API: Control (planner), Tracker (tracker)
 API_WORKLOADS = (("Deployment", "planner"), ("StatefulSet", "tracker"))
+# the setting of the address each API serves on (TLS in the base)
+API_ADDR = {"planner": "SLUICEWAY_CONTROL_ADDR", "tracker": "SLUICEWAY_TRACKER_ADDR"}
+# every service's workload
+SERVICE_WORKLOADS = (
+    ("Deployment", "planner"),
+    ("Deployment", "worker"),
+    ("Deployment", "committer"),
+    ("StatefulSet", "tracker"),
+)
+PROBES = ("startupProbe", "readinessProbe", "livenessProbe")
 # the bearer token of the dev overlay's one admin: published, for development only
 DEV_TOKEN = "slw_dev_only_not_a_secret"
 
@@ -84,7 +96,7 @@ def test_the_validation_refuses_a_misspelt_field() -> None:
     """The control: strict validation catches what a typo in a manifest would look like."""
     planner = copy.deepcopy(find(render("base"), "Deployment", "planner"))
     container = planner["spec"]["template"]["spec"]["containers"][0]
-    container["readinessProbe"]["tcpSockt"] = container["readinessProbe"].pop("tcpSocket")
+    container["readinessProbe"]["grcp"] = container["readinessProbe"].pop("grpc")
     with pytest.raises(kubernetes_validate.ValidationError):
         validate(planner, KUBERNETES_VERSIONS[-1])
 
@@ -192,29 +204,6 @@ def test_without_keda_an_hpa_scales_the_workers_instead() -> None:
 # ---- NATS -----------------------------------------------------------------------------------
 
 
-def test_nats_conf_is_accepted_by_nats_server(tmp_path: Path) -> None:
-    conf = tmp_path / "nats.conf"
-    conf.write_text(find(render("base"), "ConfigMap", "nats-config")["data"]["nats.conf"])
-    result = subprocess.run(
-        [deploy.tool("nats-server"), "-t", "-c", str(conf)],
-        env={"POD_NAME": "nats-0"},
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert result.returncode == 0, result.stderr
-
-    conf.write_text(conf.read_text().replace("store_dir", "store_dri"))
-    refused = subprocess.run(
-        [deploy.tool("nats-server"), "-t", "-c", str(conf)],
-        env={"POD_NAME": "nats-0"},
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert refused.returncode != 0 and "store_dri" in refused.stderr
-
-
 @pytest.mark.parametrize("build", BUILDS)
 def test_the_nats_cluster_routes_clients_and_replicas_agree(build: str) -> None:
     objects = render(build)
@@ -293,21 +282,10 @@ def test_the_variable_check_refuses_a_misspelt_name() -> None:
 def test_probes_and_addresses_use_the_ports_the_containers_expose(build: str) -> None:
     objects = render(build)
     config = find(objects, "ConfigMap", "sluiceway-config")["data"]
-    # the address each service serves grpc.health.v1 on
-    health_addr = {
-        "planner": "SLUICEWAY_CONTROL_ADDR",
-        "tracker": "SLUICEWAY_TRACKER_ADDR",
-        "worker": "SLUICEWAY_HEALTH_ADDR",
-        "committer": "SLUICEWAY_HEALTH_ADDR",
-    }
-    # the kubelet's grpc probe speaks no TLS, and the planner and the tracker serve
-    # grpc.health.v1 only on their API port: they are probed by TCP, the others by gRPC
-    handler_of = {
-        "planner": "tcpSocket",
-        "tracker": "tcpSocket",
-        "worker": "grpc",
-        "committer": "grpc",
-    }
+    # every service serves grpc.health.v1 in plaintext on SLUICEWAY_HEALTH_ADDR and is probed
+    # there by the kubelet's native grpc probe (which speaks no TLS)
+    health_port = deploy.port_of(config["SLUICEWAY_HEALTH_ADDR"])
+    assert config["SLUICEWAY_HEALTH_ADDR"].startswith("0.0.0.0:")
     seen = set()
     for workload, spec in pod_specs(objects):
         for container in spec["containers"]:
@@ -328,11 +306,9 @@ def test_probes_and_addresses_use_the_ports_the_containers_expose(build: str) ->
                 continue
             service = container["image"].split("/", 1)[1].split(":", 1)[0]
             seen.add(service)
-            grpc_port = deploy.port_of(config[health_addr[service]])
-            assert config[health_addr[service]].startswith("0.0.0.0:")
-            for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
-                assert container[kind][handler_of[service]]["port"] == grpc_port
-            assert grpc_port in ports.values()
+            for kind in PROBES:
+                assert container[kind]["grpc"]["port"] == health_port, (service, kind)
+            assert ports["grpc-health"] == health_port
             metrics = deploy.port_of(config["SLUICEWAY_METRICS_ADDR"])
             assert ports["metrics"] == metrics
             annotations = workload["spec"]["template"]["metadata"]["annotations"]
@@ -389,13 +365,18 @@ def test_every_referenced_config_map_and_secret_exists(build: str) -> None:
             if "configMap" in volume:
                 need("ConfigMap", volume["configMap"]["name"])
             if "secret" in volume:
-                need("Secret", volume["secret"]["secretName"])
+                name = volume["secret"]["secretName"]
+                need("Secret", name)
+                if ("Secret", name) not in missing:  # the keys the volume projects exist
+                    data = find(objects, "Secret", name)["data"]
+                    for item in volume["secret"].get("items", []):
+                        assert item["key"] in data, (name, item)
             if "persistentVolumeClaim" in volume:
                 need("PersistentVolumeClaim", volume["persistentVolumeClaim"]["claimName"])
         if spec.get("serviceAccountName"):
             need("ServiceAccount", spec["serviceAccountName"])
     if build == "base":
-        assert missing == {("Secret", name) for name in deploy.EXTERNAL_SECRETS | API_SECRETS}
+        assert missing == {("Secret", name) for name in deploy.EXTERNAL_SECRETS}
     else:
         assert missing == set()
 
@@ -507,7 +488,7 @@ def _named(name: str, expected: str) -> bool:
 def _api_pod(
     objects: tuple[dict[str, Any], ...], kind: str, name: str
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(pod spec, container) of an API workload."""
+    """(pod spec, container) of a service's workload: its one Sluiceway container."""
     spec = find(objects, kind, name)["spec"]["template"]["spec"]
     (container,) = [c for c in spec["containers"] if deploy.is_sluiceway(c)]
     return spec, container
@@ -612,23 +593,40 @@ def test_the_base_serves_the_apis_with_tls_from_a_mounted_certificate_secret(
     assert key == ("sluiceway-api-tls", "tls.key")
     (volume,) = [v for v in spec["volumes"] if v.get("secret", {}).get("secretName") == cert[0]]
     assert volume["secret"]["defaultMode"] & 0o007 == 0, "the key is not for every user"
-    # the kubelet's grpc probe cannot speak TLS: nothing probes the API port by gRPC
-    (api_port,) = [p["containerPort"] for p in container["ports"] if p["name"].startswith("grpc-")]
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert container[probe].get("grpc", {}).get("port") != api_port, probe
-        assert container[probe]["tcpSocket"]["port"] == api_port, probe
+    # the kubelet's grpc probe cannot speak TLS: nothing probes the (TLS) API port
+    config = find(objects, "ConfigMap", "sluiceway-config")["data"]
+    api_port = deploy.port_of(config[API_ADDR[name]])
+    for probe in PROBES:
+        assert container[probe]["grpc"]["port"] != api_port, probe
 
 
-def test_the_api_services_serve_no_plaintext_health_port_so_their_probes_are_tcp() -> None:
-    """The reason the planner and the tracker are probed by TCP: they serve grpc.health.v1 on
-    their (TLS) API port only. When one of them serves SLUICEWAY_HEALTH_ADDR, probe that port
-    with `grpc` instead, and change this test."""
-    for service in ("planner", "tracker"):
+@pytest.mark.parametrize("build", BUILDS)
+def test_every_service_is_probed_by_native_grpc_on_its_plaintext_health_port_not_its_api_port(
+    build: str,
+) -> None:
+    """The kubelet's grpc probe speaks no TLS, and the APIs serve TLS in the base: so every
+    service, the planner and the tracker too, answers grpc.health.v1 on a plaintext health-only
+    port (SLUICEWAY_HEALTH_ADDR), and that port is the one every probe asks."""
+    for service in deploy.SERVICES:
         main = deploy.ROOT / "services" / service / "src" / "sluiceway" / service / "main.py"
-        assert "health_addr" not in main.read_text(), f"{service} serves a health port now"
-    for service in ("worker", "committer"):
-        main = deploy.ROOT / "services" / service / "src" / "sluiceway" / service / "main.py"
-        assert "health_addr" in main.read_text()
+        assert "settings.health_addr" in main.read_text(), f"{service} serves no health port"
+    objects = render(build)
+    config = find(objects, "ConfigMap", "sluiceway-config")["data"]
+    health_port = deploy.port_of(config["SLUICEWAY_HEALTH_ADDR"])
+    api_ports = {deploy.port_of(config[setting]) for setting in API_ADDR.values()}
+    assert health_port not in api_ports
+    for kind, name in SERVICE_WORKLOADS:
+        _, container = _api_pod(objects, kind, name)
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        assert ports["grpc-health"] == health_port, name
+        for probe in PROBES:
+            assert set(container[probe]) & {"grpc", "tcpSocket", "httpGet", "exec"} == {"grpc"}
+            assert container[probe]["grpc"] == {"port": health_port}, (name, probe)
+        if name in API_ADDR:
+            api_port = deploy.port_of(config[API_ADDR[name]])
+            assert api_port in ports.values() and api_port != health_port, name
+            served_with_tls = "SLUICEWAY_TLS_CERT_FILE" in _env_values(container)
+            assert served_with_tls == (build == "base"), name
 
 
 @pytest.mark.parametrize(("kind", "name"), API_WORKLOADS)
@@ -751,6 +749,328 @@ def test_the_dev_principals_file_has_one_admin_with_the_documented_dev_token() -
         assert DEV_TOKEN in path.read_text(), path
 
 
+# ---- NATS: one user per service, TLS ------------------------------------------------------
+
+
+def _nats_pod(objects: tuple[dict[str, Any], ...]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(pod spec, container) of nats-server."""
+    spec = find(objects, "StatefulSet", "nats")["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    return spec, container
+
+
+def _nats_files(objects: tuple[dict[str, Any], ...]) -> dict[str, str]:
+    """The nats-config ConfigMap: the files the pod sees in one directory, /etc/nats."""
+    files: dict[str, str] = find(objects, "ConfigMap", "nats-config")["data"]
+    return files
+
+
+def _readme_passwords() -> dict[str, str]:
+    """Passwords made as deploy/k8s/README.md says, `openssl rand -base64 24`: 24 random bytes,
+    in base64 (test_the_secrets_the_base_needs_are_documented_with_how_to_make_them)."""
+    return {s: base64.b64encode(os.urandom(24)).decode() for s in deploy.SERVICES}
+
+
+def _nats_environment(build: str, objects: tuple[dict[str, Any], ...]) -> dict[str, str]:
+    """nats-server's environment as its pod gets it: POD_NAME and the four passwords (the dev
+    overlay's own, or new ones made as the README says for the base)."""
+    if build == "dev":
+        data = find(objects, "Secret", "sluiceway-nats-users")["data"]
+        passwords = {s: base64.b64decode(data[s]).decode() for s in deploy.SERVICES}
+    else:
+        passwords = _readme_passwords()
+    variables = {deploy.nats_password_variable(s): p for s, p in passwords.items()}
+    return {"POD_NAME": "nats-0", **variables}
+
+
+def _write_nats_config(
+    objects: tuple[dict[str, Any], ...], directory: Path, ca: trustme.CA
+) -> Path:
+    """The nats-config files written to `directory` as the pod mounts them, with a certificate
+    of `ca` (for the pods' names and 127.0.0.1) where the pod mounts the nats-tls Secret, when it
+    does: tls.conf's paths are moved to it. Returns the path of nats.conf."""
+    files = _nats_files(objects)
+    spec, container = _nats_pod(objects)
+    tls_volumes = {
+        v["name"] for v in spec["volumes"] if v.get("secret", {}).get("secretName") == "nats-tls"
+    }
+    mounts = [m["mountPath"] for m in container["volumeMounts"] if m["name"] in tls_volumes]
+    for mount in mounts:
+        leaf = ca.issue_cert("127.0.0.1", "localhost", "nats-0.nats-headless")
+        certs.write_leaf(leaf, directory / "tls")
+        assert f"{mount}/" in files["tls.conf"], "tls.conf reads no file of the nats-tls mount"
+        files = {**files, "tls.conf": files["tls.conf"].replace(f"{mount}/", f"{directory}/tls/")}
+    for name, text in files.items():
+        (directory / name).write_text(text)
+    return directory / "nats.conf"
+
+
+def _nats_server_test(conf: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`nats-server -t`: parse the configuration (included files, variables, certificate) and
+    exit."""
+    return subprocess.run(
+        [deploy.tool("nats-server"), "-t", "-c", str(conf)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def _unquoted_variables(text: str) -> set[str]:
+    """The $VARIABLEs a NATS config expands: outside comments and quoted strings."""
+    lines = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+    return set(re.findall(r"\$(\w+)", re.sub(r'"[^"\n]*"', "", "\n".join(lines))))
+
+
+@pytest.mark.parametrize("build", BUILDS)
+def test_the_nats_config_with_its_users_and_tls_is_accepted_by_nats_server(
+    build: str, tmp_path: Path
+) -> None:
+    objects = render(build)
+    conf = _write_nats_config(objects, tmp_path, trustme.CA())
+    env = _nats_environment(build, objects)
+    result = _nats_server_test(conf, env)
+    assert result.returncode == 0, result.stderr
+    assert "is valid" in result.stderr + result.stdout
+
+    # the controls: nats-server does read the included users file, each password from the
+    # environment, and the certificate files; and it refuses a misspelt setting
+    without = {k: v for k, v in env.items() if k != "TRACKER_NATS_PASSWORD"}
+    refused = _nats_server_test(conf, without)
+    assert refused.returncode != 0 and "TRACKER_NATS_PASSWORD" in refused.stderr
+    if build == "base":
+        (tmp_path / "tls" / "tls.key").unlink()
+        refused = _nats_server_test(conf, env)
+        assert refused.returncode != 0 and "tls.key" in refused.stderr
+    conf.write_text(conf.read_text().replace("store_dir", "store_dri"))
+    refused = _nats_server_test(conf, env)
+    assert refused.returncode != 0 and "store_dri" in refused.stderr
+
+
+def test_the_nats_users_file_is_what_natsauth_generates() -> None:
+    """auth.conf is generated from natsauth.permissions, the one place that says what each
+    service may do on NATS: the committed file is its current output."""
+    committed = deploy.NATS_AUTH_CONF.read_text()
+    assert committed == deploy.nats_auth_conf(), (
+        f"{deploy.NATS_AUTH_CONF.relative_to(deploy.ROOT)} is not what the code generates:"
+        f" regenerate it, from the repository's root, with  {deploy.NATS_AUTH_REGENERATE}"
+    )
+    assert deploy.NATS_AUTH_REGENERATE in committed.splitlines()[2]
+    for build in BUILDS:
+        assert _nats_files(render(build))["auth.conf"] == committed, build
+
+    # one user per service, each password a variable: unquoted, so nats-server expands it
+    assert re.findall(r'^\s*"user": "(\w+)",$', committed, re.M) == list(natsauth.SERVICES)
+    assert re.findall(r'^\s*"password": (.*),$', committed, re.M) == [
+        f"${deploy.nats_password_variable(s)}" for s in natsauth.SERVICES
+    ]
+    # users of the global account: the one KEDA's triggers name ($G)
+    assert "accounts" not in committed
+    for trigger in find(render("base"), "ScaledObject", "worker")["spec"]["triggers"]:
+        assert trigger["metadata"]["account"] == "$G"
+
+
+def test_the_nats_users_check_refuses_a_file_the_code_no_longer_makes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The control: the expected text is made from the permissions as the code has them now,
+    so a permission changed in natsauth makes the committed file stale."""
+    committed = deploy.NATS_AUTH_CONF.read_text()
+    worker = natsauth.APPENDS["worker"]
+    monkeypatch.setitem(natsauth.APPENDS, "worker", (*worker, "manifest_committed.*"))
+    changed = deploy.nats_auth_conf()
+    assert changed != committed
+    worker_user = changed.split('"user": "worker"')[1].split('"user": "committer"')[0]
+    assert '"sluiceway.runs.*.manifest_committed.*"' in worker_user
+
+
+@pytest.mark.parametrize("build", BUILDS)
+def test_nats_server_gets_exactly_the_four_passwords_from_the_users_secret(build: str) -> None:
+    objects = render(build)
+    _, container = _nats_pod(objects)
+    assert "envFrom" not in container
+    from_secrets = {
+        e["name"]: e["valueFrom"]["secretKeyRef"]
+        for e in container["env"]
+        if "secretKeyRef" in e.get("valueFrom", {})
+    }
+    assert {
+        name: (re.sub(r"-[a-z0-9]{10}$", "", ref["name"]), ref["key"])
+        for name, ref in from_secrets.items()
+    } == {deploy.nats_password_variable(s): ("sluiceway-nats-users", s) for s in deploy.SERVICES}
+    for ref in from_secrets.values():
+        assert _named(ref["name"], "sluiceway-nats-users") and ref.get("optional") is not True
+
+    # every variable the config expands is in nats-server's environment, and nothing else is
+    files = _nats_files(objects)
+    expanded = set().union(*(_unquoted_variables(text) for text in files.values()))
+    assert expanded == {"POD_NAME", *from_secrets}
+    assert {e["name"] for e in container["env"]} == expanded
+
+
+@pytest.mark.parametrize("build", BUILDS)
+@pytest.mark.parametrize(("kind", "name"), SERVICE_WORKLOADS)
+def test_each_service_connects_to_nats_as_its_own_user_with_only_its_own_password(
+    build: str, kind: str, name: str
+) -> None:
+    objects = render(build)
+    spec, container = _api_pod(objects, kind, name)
+    env = _env_values(container)
+    assert env["SLUICEWAY_NATS_USER"] == name
+    password_file = env["SLUICEWAY_NATS_PASSWORD_FILE"]
+    secret, key = _secret_file(spec, container, password_file)
+    assert _named(secret, "sluiceway-nats-users") and key == name
+    # the pod holds its own password only: the one key of the Secret that its volume projects
+    users_volumes = [
+        v["secret"]
+        for v in spec["volumes"]
+        if _named(v.get("secret", {}).get("secretName", ""), "sluiceway-nats-users")
+    ]
+    assert [[item["key"] for item in v.get("items", [])] for v in users_volumes] == [[name]]
+    assert "sluiceway-nats-users" not in json.dumps(container.get("envFrom", []))
+    assert "sluiceway-nats-users" not in json.dumps(container.get("env", []))
+
+    ca_volumes = [
+        v["secret"] for v in spec["volumes"] if v.get("secret", {}).get("secretName") == "nats-tls"
+    ]
+    if build == "base":
+        ca = _secret_file(spec, container, env["SLUICEWAY_NATS_CA_FILE"])
+        assert ca == ("nats-tls", "ca.crt")
+        # the CA only: nats-server's key never reaches a service's pod
+        assert [[item["key"] for item in v.get("items", [])] for v in ca_volumes] == [["ca.crt"]]
+    else:
+        assert "SLUICEWAY_NATS_CA_FILE" not in env and ca_volumes == []
+
+
+def test_the_base_serves_nats_clients_with_tls_from_the_nats_tls_secret() -> None:
+    objects = render("base")
+    files = _nats_files(objects)
+    # nats.conf includes the users and TLS from its own directory: both are in the ConfigMap
+    includes = re.findall(r"^include (\S+)$", files["nats.conf"], re.M)
+    assert includes == ["./auth.conf", "./tls.conf"]
+    assert {include.removeprefix("./") for include in includes} <= set(files)
+    block = re.search(r"^tls \{\n(.*?)^\}", files["tls.conf"], re.M | re.S)
+    assert block, "tls.conf has no top-level tls block"
+    settings = dict(re.findall(r"^\s*(\w+): (\S+)$", block.group(1), re.M))
+    assert set(settings) == {"cert_file", "key_file"}
+    spec, container = _nats_pod(objects)
+    assert _secret_file(spec, container, settings["cert_file"]) == ("nats-tls", "tls.crt")
+    assert _secret_file(spec, container, settings["key_file"]) == ("nats-tls", "tls.key")
+    (volume,) = [v for v in spec["volumes"] if v.get("secret", {}).get("secretName") == "nats-tls"]
+    assert volume["secret"]["defaultMode"] & 0o007 == 0, "the key is not for every user"
+    # the cluster routes stay as they were (a comment says so): no tls block in the cluster's
+    cluster = re.search(r"^cluster \{\n(.*?)^\}", files["nats.conf"], re.M | re.S)
+    assert cluster and "plaintext" in cluster.group(1)
+    settings_of_cluster = [line.split("#")[0] for line in cluster.group(1).splitlines()]
+    assert not [line for line in settings_of_cluster if re.match(r"\s*tls\b", line)]
+
+
+def test_the_dev_overlay_keeps_the_nats_users_but_not_tls() -> None:
+    base, dev = _nats_files(render("base")), _nats_files(render("dev"))
+    assert dev["nats.conf"] == base["nats.conf"] and dev["auth.conf"] == base["auth.conf"]
+    assert [line for line in dev["tls.conf"].splitlines() if not line.startswith("#")] == []
+    assert "nats-tls" not in json.dumps(render("dev"))
+
+
+def test_the_dev_nats_passwords_are_published_and_dev_only() -> None:
+    secret = find(render("dev"), "Secret", "sluiceway-nats-users")
+    passwords = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+    assert passwords == {s: f"{s}-dev-only-not-a-secret" for s in deploy.SERVICES}
+    # published where a developer looks, as a pattern: one per service
+    for path in (
+        deploy.BUILDS["dev"] / "kustomization.yaml",
+        deploy.K8S / "README.md",
+        deploy.TILTFILE,
+    ):
+        assert "<service>-dev-only-not-a-secret" in path.read_text(), path
+
+
+@pytest.mark.parametrize("build", BUILDS)
+def test_the_nats_probes_keda_and_the_prestop_hook_need_neither_tls_nor_a_user(
+    build: str,
+) -> None:
+    """The monitoring port stays plain HTTP without a credential (NATS users and TLS are the
+    client port's), and lame duck mode is signalled through the pid file."""
+    objects = render(build)
+    conf = _nats_files(objects)["nats.conf"]
+    _, container = _nats_pod(objects)
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert re.findall(r"^(https?): 0\.0\.0\.0:(\d+)$", conf, re.M) == [
+        ("http", str(ports["monitor"]))
+    ]
+    for probe in PROBES:
+        get = container[probe]["httpGet"]
+        assert get["port"] == "monitor" and get.get("scheme", "HTTP") == "HTTP", probe
+        assert "httpHeaders" not in get, probe
+    if build == "base":
+        for trigger in find(objects, "ScaledObject", "worker")["spec"]["triggers"]:
+            assert trigger["metadata"]["useHttps"] == "false"
+
+    pid_file = re.search(r"^pid_file: (\S+)$", conf, re.M)
+    assert pid_file
+    command = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert command == ["nats-server", "--signal", f"ldm={pid_file.group(1)}"]
+    (mount,) = [
+        m for m in container["volumeMounts"] if pid_file.group(1).startswith(m["mountPath"] + "/")
+    ]
+    assert not mount.get("readOnly"), "nats-server writes its pid file there"
+
+
+async def test_nats_server_admits_each_service_as_its_user_over_tls_and_no_one_else(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The base's users and TLS on a real nats-server (without the pod's listen, cluster and
+    store settings), with passwords made as the README says: the server asks every client for
+    TLS and a user; each service connects as its manifest configures it (its user, its password
+    file, the CA); another's password, an unknown user and a client of another CA do not."""
+    objects = render("base")
+    ca = trustme.CA()
+    _write_nats_config(objects, tmp_path, ca)
+    (tmp_path / "local.conf").write_text("include ./auth.conf\ninclude ./tls.conf\n")
+    env = _nats_environment("base", objects)
+    for variable, password in env.items():
+        monkeypatch.setenv(variable, password)
+    ca_file = certs.write_ca(ca, tmp_path / "ca.crt")
+    server = LocalNats(store_dir=tmp_path / "store", config_file=tmp_path / "local.conf")
+    server.start()
+
+    async def connects(auth: natsauth.NatsAuth) -> bool:
+        try:
+            client = await nats.connect(
+                server.url,
+                allow_reconnect=False,
+                max_reconnect_attempts=0,
+                connect_timeout=2,
+                **auth.options(),
+            )
+        except Exception:  # refused: the server's answer, a failed handshake, a timeout
+            return False
+        await client.close()
+        return True
+
+    try:
+        with socket.create_connection((server.host, server.port), timeout=2) as s:
+            info = json.loads(s.recv(4096).decode().removeprefix("INFO ").strip())
+        assert info["tls_required"] is True and info["auth_required"] is True
+
+        files = {}
+        for kind, name in SERVICE_WORKLOADS:
+            env_of = _env_values(_api_pod(objects, kind, name)[1])
+            user = env_of["SLUICEWAY_NATS_USER"]
+            files[user] = tmp_path / f"{user}.password"
+            files[user].write_text(env[deploy.nats_password_variable(user)] + "\n")
+            assert await connects(natsauth.NatsAuth(user, str(files[user]), str(ca_file))), user
+        assert set(files) == set(deploy.SERVICES)
+
+        other_ca = certs.write_ca(trustme.CA(), tmp_path / "other-ca.crt")
+        assert not await connects(natsauth.NatsAuth("worker", str(files["planner"]), str(ca_file)))
+        assert not await connects(natsauth.NatsAuth("worker", str(files["worker"]), str(other_ca)))
+        assert not await connects(natsauth.NatsAuth("nobody", str(files["worker"]), str(ca_file)))
+    finally:
+        server.kill()
+
+
 def test_the_secrets_the_base_needs_are_documented_with_how_to_make_them() -> None:
     kustomization = (deploy.BUILDS["base"] / "kustomization.yaml").read_text()
     header = " ".join(
@@ -758,7 +1078,7 @@ def test_the_secrets_the_base_needs_are_documented_with_how_to_make_them() -> No
     )
     readme = (deploy.K8S / "README.md").read_text()
     flat_readme = " ".join(readme.replace("\\\n", " ").split())
-    for name in deploy.EXTERNAL_SECRETS | API_SECRETS:
+    for name in deploy.EXTERNAL_SECRETS:
         assert name in header and name in readme, name
     make_principals = (
         "kubectl -n sluiceway create secret generic sluiceway-principals"
@@ -768,16 +1088,38 @@ def test_the_secrets_the_base_needs_are_documented_with_how_to_make_them() -> No
     assert make_principals in flat_readme
     assert "kubectl -n sluiceway create secret tls sluiceway-api-tls" in " ".join(header.split())
 
-    # the README's cert-manager Certificate writes the Secret the APIs mount, for their names
+    # the NATS passwords: random, one per user, as nats-server reads them from its environment
+    # (test_nats_server_admits_each_service_as_its_user_over_tls_and_no_one_else)
+    make_users = "kubectl -n sluiceway create secret generic sluiceway-nats-users"
+    assert make_users in flat_readme
+    for service in deploy.SERVICES:
+        assert f"--from-literal={service}=$(openssl rand -base64 24)" in flat_readme, service
+    assert "kubectl -n sluiceway create secret generic nats-tls --type=kubernetes.io/tls" in (
+        flat_readme
+    )
+
+    # the README's cert-manager Certificates write the Secrets the APIs and nats-server mount,
+    # for the names they are reached by
     blocks = re.findall(r"```yaml\n(.*?)```", readme, re.S)
-    (certificate,) = [
-        doc for doc in map(yaml.safe_load, blocks) if doc and doc.get("kind") == "Certificate"
-    ]
-    assert certificate["apiVersion"] == "cert-manager.io/v1"
-    spec = certificate["spec"]
-    assert spec["secretName"] == "sluiceway-api-tls"
-    assert "server auth" in spec["usages"]
+    certificates = {
+        doc["spec"]["secretName"]: doc
+        for doc in map(yaml.safe_load, blocks)
+        if doc and doc.get("kind") == "Certificate"
+    }
+    assert set(certificates) == {"sluiceway-api-tls", "nats-tls"}
+    for certificate in certificates.values():
+        assert certificate["apiVersion"] == "cert-manager.io/v1"
+        assert certificate["metadata"]["namespace"] == "sluiceway"
+        assert "server auth" in certificate["spec"]["usages"]
     objects = render("base")
+    config = find(objects, "ConfigMap", "sluiceway-config")["data"]
+    nats_hosts = {
+        url.split("://")[1].rsplit(":", 1)[0] for url in config["SLUICEWAY_NATS_URL"].split(",")
+    }
+    assert len(nats_hosts) == 3
+    assert nats_hosts <= set(certificates["nats-tls"]["spec"]["dnsNames"])
+    spec = certificates["sluiceway-api-tls"]["spec"]
+    certificate = certificates["sluiceway-api-tls"]
     for _, name in API_WORKLOADS:
         service = find(objects, "Service", name)
         namespace = service["metadata"]["namespace"]

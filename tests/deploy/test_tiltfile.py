@@ -101,13 +101,16 @@ def test_the_grpc_apis_are_forwarded_to_their_container_ports() -> None:
         r["workload"]: [f["port_forward"] for f in r.get("port_forwards", [])]
         for r in calls.resources
     }
-    for name, kind, port_name in (
-        ("planner", "Deployment", "grpc-control"),
-        ("tracker", "StatefulSet", "grpc-tracker"),
+    config = deploy.find(dev, "ConfigMap", "sluiceway-config")["data"]
+    for name, kind, port_name, setting in (
+        ("planner", "Deployment", "grpc-control", "SLUICEWAY_CONTROL_ADDR"),
+        ("tracker", "StatefulSet", "grpc-tracker", "SLUICEWAY_TRACKER_ADDR"),
     ):
         container = deploy.find(dev, kind, name)["spec"]["template"]["spec"]["containers"][0]
         grpc_port = {p["name"]: p["containerPort"] for p in container["ports"]}[port_name]
-        assert container["readinessProbe"]["tcpSocket"]["port"] == grpc_port
+        # the API, which the service serves on its address; not the probes' health-only port
+        assert grpc_port == deploy.port_of(config[setting])
+        assert container["readinessProbe"]["grpc"]["port"] != grpc_port
         assert forwards[name] == [[grpc_port, grpc_port]]
 
 

@@ -25,8 +25,22 @@ SERVICES = ("planner", "worker", "committer", "tracker")
 # the Kubernetes versions the manifests must be valid for: the oldest with native gRPC probes
 # generally available that is still common, and the newest whose schemas are shipped
 KUBERNETES_VERSIONS = ("1.29.0", "1.37.0")
-# Secrets that a deployment of the base makes outside of git (README "Run it on Kubernetes")
-EXTERNAL_SECRETS = {"sluiceway-source", "sluiceway-s3"}
+# Secrets that a deployment of the base makes outside of git (README "Run it on Kubernetes",
+# deploy/k8s/README.md): the sources, the object store, the APIs' principals and certificate,
+# the services' NATS passwords, and nats-server's certificate
+EXTERNAL_SECRETS = {
+    "sluiceway-source",
+    "sluiceway-s3",
+    "sluiceway-principals",
+    "sluiceway-api-tls",
+    "sluiceway-nats-users",
+    "nats-tls",
+}
+# the NATS users of the base: the file that nats.conf includes, generated from the code
+NATS_AUTH_CONF = BUILDS["base"] / "auth.conf"
+NATS_AUTH_REGENERATE = (
+    ".venv/bin/python -c 'from tests.support import deploy; deploy.write_nats_auth_conf()'"
+)
 WORKLOAD_KINDS = {"Deployment", "StatefulSet"}
 
 
@@ -141,6 +155,44 @@ def url_env_names() -> frozenset[str]:
             if isinstance(source, dict) and source.get("url_env"):
                 names.add(source["url_env"])
     return frozenset(names)
+
+
+# ---- the NATS users ------------------------------------------------------------------------------
+
+
+def nats_password_variable(service: str) -> str:
+    """The variable of nats-server's environment that holds `service`'s password."""
+    return f"{service.upper()}_NATS_PASSWORD"
+
+
+def base_settings() -> dict[str, str]:
+    """base/sluiceway.env: the services' settings (the sluiceway-config ConfigMap)."""
+    lines = (BUILDS["base"] / "sluiceway.env").read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if line and not line.startswith("#"))
+
+
+def nats_auth_conf() -> str:
+    """What base/auth.conf must hold: natsauth.authorization_block for the base's namespace, each
+    password the unquoted $<SERVICE>_NATS_PASSWORD that nats-server expands from its environment,
+    below a header that says how to regenerate the file."""
+    from sluiceway.common import natsauth
+    from sluiceway.common.bus import Names
+
+    names = Names(base_settings()["SLUICEWAY_NAMESPACE"])
+    passwords = {s: f"${nats_password_variable(s)}" for s in natsauth.SERVICES}
+    header = (
+        "# GENERATED from sluiceway.common.natsauth.authorization_block: do not edit. Regenerate\n"
+        "# (from the repository's root, after a change of the permissions) with\n"
+        f"#   {NATS_AUTH_REGENERATE}\n"
+        '# One user per service, allowed only its subjects (docs/security.md, "NATS"). Each\n'
+        "# password is a variable nats-server expands from its environment (the Secret\n"
+        "# sluiceway-nats-users, nats.yaml): this file holds no secret.\n"
+    )
+    return header + natsauth.authorization_block(names, passwords)
+
+
+def write_nats_auth_conf() -> None:
+    NATS_AUTH_CONF.write_text(nats_auth_conf())
 
 
 # ---- the Dockerfile ---------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import trustme
 import yaml
 
 from sluiceway.cli import main as cli
@@ -115,6 +116,19 @@ def test_each_image_build_names_a_dockerfile_target(words: list[str]) -> None:
     assert re.search(rf"^FROM \S+ AS {re.escape(target)}$", DOCKERFILE, re.M), target
 
 
+def _files_named_by(words: list[str], where: Path) -> None:
+    """The files a `kubectl create secret` reads (a real certificate and key for `tls`)."""
+    leaf = trustme.CA().issue_cert("planner.sluiceway.svc")
+    for word in words:
+        flag, _, name = word.partition("=")
+        if flag == "--cert":
+            (where / name).write_bytes(leaf.cert_chain_pems[0].bytes())
+        elif flag == "--key":
+            (where / name).write_bytes(leaf.private_key_pem.bytes())
+        elif flag == "--from-file":
+            (where / name.split("=")[-1]).write_text("principals: []\n")
+
+
 @pytest.mark.parametrize("words", [c for c in COMMANDS if c[0] == "kubectl"], ids=" ".join)
 def test_each_kubectl_command_is_accepted(words: list[str], tmp_path: Path) -> None:
     kubectl = str(BIN / "kubectl")
@@ -123,8 +137,12 @@ def test_each_kubectl_command_is_accepted(words: list[str], tmp_path: Path) -> N
         directory = words[words.index("-k") + 1]
         out = subprocess.run([kubectl, "kustomize", str(ROOT / directory)], capture_output=True)
     else:  # `create ...`: kubectl's own parser and object builder, client side only
+        _files_named_by(words, tmp_path)
         out = subprocess.run(
-            [kubectl, *words[1:], "--dry-run=client", "-o", "name"], capture_output=True, env=env
+            [kubectl, *words[1:], "--dry-run=client", "-o", "name"],
+            capture_output=True,
+            env=env,
+            cwd=tmp_path,
         )
     assert out.returncode == 0, out.stderr.decode()
 
