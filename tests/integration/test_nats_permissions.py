@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-import sqlite3
 import ssl
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from sluiceway.common.localnats import LocalNats
 from sluiceway.common.natsauth import SERVICES, authorization_block, inbox_prefix
 from sluiceway.v1 import events_pb2
 from tests.support.certs import server_cert, write_ca, write_leaf
+from tests.support.sqlitedb import items_db
 
 pytestmark = pytest.mark.integration
 
@@ -65,11 +65,7 @@ async def test_the_stack_runs_over_tls_as_one_user_per_service_and_each_may_only
                 "SLUICEWAY_NATS_USER": service,
                 "SLUICEWAY_NATS_PASSWORD_FILE": str(pw),
             }
-        con = sqlite3.connect(tmp_path / "items.db")
-        con.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT)")
-        con.executemany("INSERT INTO items VALUES (?, ?)", [(i, f"n{i}") for i in range(1000)])
-        con.commit()
-        con.close()
+        items_db(tmp_path / "items.db", 1000)
         (tmp_path / "exports.yaml").write_text(CONFIG)
         env = {**os.environ, "SLUICEWAY_NAMESPACE": ns, "SLUICEWAY_NATS_CA_FILE": str(ca_file)}
         stack = await asyncio.to_thread(

@@ -370,10 +370,10 @@ def _nats_users(sd: Path, env: Mapping[str, str], state: StackState) -> Path:
     users_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     passwords = {s: secrets.token_urlsafe(24) for s in natsauth.SERVICES}
     for service, password in passwords.items():
-        _write_private(users_dir / f"{service}.password", password + "\n")
+        write_private(users_dir / f"{service}.password", password + "\n")
     names = Names(env.get("SLUICEWAY_NAMESPACE", "sluiceway"))
     config = users_dir / "nats-users.conf"
-    _write_private(config, natsauth.authorization_block(names, passwords))
+    write_private(config, natsauth.authorization_block(names, passwords))
     state.nats_users_dir = str(users_dir)
     return config
 
@@ -401,7 +401,7 @@ def _local_auth(sd: Path, env: Mapping[str, str], state: StackState) -> dict[str
     auth_dir.mkdir(mode=0o700, exist_ok=True)
     token = principals.new_token()
     token_file = auth_dir / f"{LOCAL_ADMIN}.token"
-    _write_private(token_file, token + "\n")
+    write_private(token_file, token + "\n")
     doc = {
         "principals": [
             {
@@ -412,14 +412,15 @@ def _local_auth(sd: Path, env: Mapping[str, str], state: StackState) -> dict[str
         ]
     }
     principals_file = auth_dir / "principals.yaml"
-    _write_private(principals_file, yaml.safe_dump(doc, sort_keys=False))
+    write_private(principals_file, yaml.safe_dump(doc, sort_keys=False))
     state.token_file = str(token_file)
     return {"SLUICEWAY_AUTH": "on", "SLUICEWAY_AUTH_PRINCIPALS_FILE": str(principals_file)}
 
 
-def _write_private(path: Path, text: str) -> None:
-    """Write a file only its owner can read, atomically."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
+def write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read, atomically (a reader never sees half of it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(text)

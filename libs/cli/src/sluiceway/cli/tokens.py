@@ -4,7 +4,6 @@ stored; a new token is printed once). The services re-read the file when it chan
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
 from datetime import UTC, datetime, timedelta
@@ -13,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from sluiceway.cli.stack import write_private
 from sluiceway.common.domain.access import Role
 from sluiceway.common.principals import (
     NAME_PATTERN,
@@ -64,15 +64,10 @@ def _load(path: Path) -> dict[str, Any]:
 
 
 def _save(path: Path, doc: dict[str, Any]) -> None:
-    """Write atomically (the services never read half a file), readable by its owner only."""
+    """Write a file the services accept, atomically, readable by its owner only."""
     text = yaml.safe_dump(doc, sort_keys=False)
     parse(text, str(path))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    write_private(path, text)
 
 
 def expires_at(raw: str, now: datetime) -> datetime | None:

@@ -173,6 +173,10 @@ def _time_bound(request: Any, field: str) -> datetime | None:
     return dt
 
 
+def _owner(run: dict[str, Any]) -> Owner:
+    return Owner(run["owner"], run["team"])
+
+
 class TrackerServicer(tracker_pb2_grpc.TrackerServicer):
     """Reads go through `db.call` (one DuckDB thread), so no answer mixes two batches."""
 
@@ -213,7 +217,7 @@ class TrackerServicer(tracker_pb2_grpc.TrackerServicer):
         """Whether the caller may know of the run; a hidden run is audited as a denial."""
         if run is None:
             return False
-        if can_see(principal, Owner(run["owner"], run["team"])):
+        if can_see(principal, _owner(run)):
             return True
         self._audit.denied(method, "not_owner", principal.name, run_id)
         return False
@@ -321,7 +325,7 @@ class TrackerServicer(tracker_pb2_grpc.TrackerServicer):
         # run that does not exist (audited once, at the end)
         while True:
             run = await self._db.call(store.get_run, run_id)
-            if run is not None and can_see(principal, Owner(run["owner"], run["team"])):
+            if run is not None and can_see(principal, _owner(run)):
                 break
             remaining = deadline - loop.time()
             if remaining <= 0:
