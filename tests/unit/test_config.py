@@ -74,6 +74,44 @@ def test_a_url_in_url_env_is_refused() -> None:
     assert "must name an environment variable" in message
 
 
+def test_a_postgres_sources_tls_settings_reach_the_spec_with_absolute_paths(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "demo.db").touch()
+    (tmp_path / "ca.crt").touch()
+    text = GOOD.replace(
+        "url_env: SHOP_URL}", "url_env: SHOP_URL, sslmode: verify-full, sslrootcert: ca.crt}"
+    )
+    specs = load_text(text, base_dir=tmp_path, env={"SHOP_URL": "postgresql://u@h/db"})
+    source = specs["orders"].source
+    assert (source.sslmode, source.sslrootcert) == ("verify-full", str(tmp_path / "ca.crt"))
+    assert specs["customers"].source.sslmode == ""
+
+
+@pytest.mark.parametrize(
+    ("tls", "field", "says"),
+    [
+        ("sslmode: verify-everything", "source.sslmode", "unknown mode 'verify-everything'"),
+        ("sslmode: verify-full, sslcert: c.crt", "source.sslkey", "needs both sslcert and sslkey"),
+        ("sslmode: verify-full, sslkey: c.key", "source.sslcert", "needs both sslcert and sslkey"),
+        ("sslmode: prefer, sslrootcert: ca.crt", "source.sslmode", "falls back to plaintext"),
+        ("sslmode: disable, sslrootcert: ca.crt", "source.sslmode", "turns TLS off"),
+        ("sslmode: verify-full, sslrootcert: nope.crt", "source.sslrootcert", "no such file"),
+    ],
+)
+def test_a_wrong_tls_setting_is_named(tls: str, field: str, says: str) -> None:
+    message = _err(
+        GOOD.replace("url_env: SHOP_URL}", f"url_env: SHOP_URL, {tls}}}"),
+        env={"SHOP_URL": "postgresql://u@h/db"},
+    )
+    assert f"export 'orders': field '{field}'" in message and says in message
+
+
+def test_tls_settings_on_an_sqlite_source_are_refused() -> None:
+    message = _err(GOOD.replace("path: demo.db}", "path: demo.db, sslmode: require}"))
+    assert "field 'source.sslmode'" in message and "for postgres sources, not sqlite" in message
+
+
 def test_an_unknown_field_is_named() -> None:
     message = _err(GOOD.replace("chunk_size: 1000", "chunk_size: 1000\n    chunk_sise: 5"))
     assert "export 'orders': field 'chunk_sise': unknown field" in message

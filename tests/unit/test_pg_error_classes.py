@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 
 from sluiceway.common.sources import SourceError
 from sluiceway.common.sources.pgerrors import (
@@ -14,7 +15,7 @@ from sluiceway.common.sources.pgerrors import (
     describe,
     sqlstate_from_message,
 )
-from sluiceway.common.sources.postgres import classify, sqlstate_of
+from sluiceway.common.sources.postgres import classify, sqlstate_of, with_tls
 
 RETRYABLE = {
     "08000": "connection_exception",
@@ -264,3 +265,26 @@ def test_classify_redacts_the_reason_and_keeps_the_verdict() -> None:
     assert str(err).startswith("postgres sqlclient_unable_to_establish_sqlconnection [08001 from")
     mine = SourceError("kept", retryable=True)
     assert classify(mine) is mine
+
+
+# ---- a source's TLS settings, merged into its URL (sources/postgres.py with_tls) -------------
+
+
+def test_tls_settings_join_a_uri_or_a_key_value_url_quoted() -> None:
+    tls = {"sslmode": "verify-full", "sslrootcert": "/etc/ca dir/ca.pem", "sslcert": ""}
+    for url in ("postgresql://u:p@db.internal:5433/shop", "host=db.internal port=5433 user=u"):
+        merged = conninfo_to_dict(with_tls(url, tls))
+        assert merged["sslmode"] == "verify-full"
+        assert merged["sslrootcert"] == "/etc/ca dir/ca.pem"
+        assert "sslcert" not in merged  # an empty setting says nothing
+        assert (merged["host"], merged["port"]) == ("db.internal", "5433")
+    assert with_tls("postgresql://u@h/db", {"sslmode": ""}) == "postgresql://u@h/db"
+
+
+def test_a_tls_setting_in_both_the_url_and_the_source_is_refused_without_the_url() -> None:
+    with pytest.raises(SourceError, match="sslmode is set both") as both:
+        with_tls("postgresql://u:hunter2@h/db?sslmode=require", {"sslmode": "verify-full"})
+    with pytest.raises(SourceError, match="not a libpq connection string") as bad:
+        with_tls("postgresql://u:hunter2@h/db?nonsense=1", {"sslmode": "verify-full"})
+    for exc in (both.value, bad.value):
+        assert not exc.retryable and "hunter2" not in str(exc)

@@ -39,6 +39,9 @@ MAX_DAYS = 36_600
 FORMATS = ("parquet", "csv")
 COMPRESSIONS = ("zstd", "snappy", "gzip", "lz4", "none")
 ENGINES = ("postgres", "sqlite")
+# libpq's sslmode values, weakest first, and the files a PostgreSQL source's TLS may name
+SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+TLS_FILES = ("sslrootcert", "sslcert", "sslkey")
 IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)?$")
 MAX_QUERY_CHARS = 16_384
 MAX_PATH_CHARS = 4096
@@ -99,6 +102,10 @@ class _Source(_Strict):
     engine: str
     url_env: str = ""
     path: str = ""
+    sslmode: str = ""
+    sslrootcert: str = ""
+    sslcert: str = ""
+    sslkey: str = ""
 
 
 class _Quality(_Strict):
@@ -261,6 +268,11 @@ def load_text(
                 engine=source.engine,
                 url_env=source.url_env,
                 path=_absolute(base, source.path, field="source.path", **where),
+                sslmode=source.sslmode,
+                **{
+                    key: _absolute(base, getattr(source, key), field=f"source.{key}", **where)
+                    for key in TLS_FILES
+                },
             ),
             table=item.table,
             query=_query_text(item, base, query_file_bases, read_query_files, **where),
@@ -516,6 +528,31 @@ def check_spec(
             raise fail("source.url_env", "must name an environment variable (not hold a URL)")
         if env is not None and not env.get(src.url_env):
             raise fail("source.url_env", f"environment variable {_cut(src.url_env)} is not set")
+        if src.sslmode and src.sslmode not in SSLMODES:
+            raise fail(
+                "source.sslmode",
+                f"unknown mode {_show(src.sslmode)} (expected one of: {', '.join(SSLMODES)})",
+            )
+        if bool(src.sslcert) != bool(src.sslkey):
+            raise fail(
+                "source.sslcert" if not src.sslcert else "source.sslkey",
+                "a client certificate needs both sslcert and sslkey",
+            )
+        if src.sslmode == "disable" and (src.sslrootcert or src.sslcert):
+            raise fail("source.sslmode", "disable turns TLS off; drop sslrootcert/sslcert or TLS")
+        if src.sslmode in ("allow", "prefer") and src.sslrootcert:
+            raise fail(
+                "source.sslmode",
+                f"{src.sslmode} falls back to plaintext and never checks sslrootcert; "
+                "use verify-full (or verify-ca)",
+            )
+        if env is not None:
+            for key in TLS_FILES:
+                path = getattr(src, key)
+                if path and not _is_file(path):
+                    raise fail(f"source.{key}", f"no such file: {_cut(path, 200)}")
+    elif any(getattr(src, key) for key in ("sslmode", *TLS_FILES)):
+        raise fail("source.sslmode", f"TLS settings are for postgres sources, not {src.engine}")
     if src.engine == "sqlite":
         if spec.consistent_snapshot:
             raise fail(
@@ -716,6 +753,7 @@ def _texts(spec: ExportSpec) -> list[tuple[str, str]]:
         ("source.engine", spec.source.engine),
         ("source.url_env", spec.source.url_env),
         ("source.path", spec.source.path),
+        *((f"source.{k}", getattr(spec.source, k)) for k in ("sslmode", *TLS_FILES)),
         *(("columns", c) for c in spec.columns),
     ]
 

@@ -62,14 +62,22 @@ SEVERITY_WARN: Severity
 SEVERITY_FAIL: Severity
 
 class SourceSpec(_message.Message):
-    __slots__ = ("engine", "url_env", "path")
+    __slots__ = ("engine", "url_env", "path", "sslmode", "sslrootcert", "sslcert", "sslkey")
     ENGINE_FIELD_NUMBER: _ClassVar[int]
     URL_ENV_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
+    SSLMODE_FIELD_NUMBER: _ClassVar[int]
+    SSLROOTCERT_FIELD_NUMBER: _ClassVar[int]
+    SSLCERT_FIELD_NUMBER: _ClassVar[int]
+    SSLKEY_FIELD_NUMBER: _ClassVar[int]
     engine: str
     url_env: str
     path: str
-    def __init__(self, engine: _Optional[str] = ..., url_env: _Optional[str] = ..., path: _Optional[str] = ...) -> None: ...
+    sslmode: str
+    sslrootcert: str
+    sslcert: str
+    sslkey: str
+    def __init__(self, engine: _Optional[str] = ..., url_env: _Optional[str] = ..., path: _Optional[str] = ..., sslmode: _Optional[str] = ..., sslrootcert: _Optional[str] = ..., sslcert: _Optional[str] = ..., sslkey: _Optional[str] = ...) -> None: ...
 
 class ExportSpec(_message.Message):
     __slots__ = ("name", "source", "table", "query", "mode", "chunk_column", "chunk_size", "chunk_count", "format", "compression", "compression_level", "destination", "batch_size", "max_attempts", "row_group_rows", "columns", "cursor_column", "time_column", "days_window", "chunk_by_days", "max_file_bytes", "row_group_mb", "add_exported_at", "compression_profile", "row_filter", "schema_policy", "quality", "tuning_profile", "batch_size_memory_mb", "statement_timeout_s", "lock_timeout_s", "connect_timeout_s", "consistent_snapshot", "priority", "schedule")

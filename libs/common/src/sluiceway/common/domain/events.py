@@ -45,6 +45,12 @@ class SourceSpec:
     engine: str = ""
     url_env: str = ""
     path: str = ""
+    # PostgreSQL TLS, with libpq's names: sslmode, and the paths of the CA bundle and of a
+    # client certificate and key ("" = whatever the URL says, else libpq's default)
+    sslmode: str = ""
+    sslrootcert: str = ""
+    sslcert: str = ""
+    sslkey: str = ""
 
 
 @dataclass(frozen=True)

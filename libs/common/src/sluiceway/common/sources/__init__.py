@@ -103,7 +103,7 @@ def open_source(spec: ExportSpec, env: Mapping[str, str] | None = None) -> Sourc
     if engine == "postgres":
         import os
 
-        from .postgres import PostgresSource
+        from .postgres import PostgresSource, with_tls
 
         e = os.environ if env is None else env
         name = spec.source.url_env
@@ -116,8 +116,9 @@ def open_source(spec: ExportSpec, env: Mapping[str, str] | None = None) -> Sourc
         from sluiceway.common import tuning
 
         statement_ms, lock_ms = tuning.session_timeouts_ms(spec)
+        tls = {k: getattr(spec.source, k) for k in ("sslmode", "sslrootcert", "sslcert", "sslkey")}
         return PostgresSource(
-            url,
+            with_tls(url, tls),
             statement_timeout_ms=statement_ms,
             lock_timeout_ms=lock_ms,
             connect_timeout_s=tuning.connect_timeout_s(spec),

@@ -35,13 +35,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import replace
 from typing import Any
 
 import adbc_driver_postgresql.dbapi as pgdb
 import psycopg
 import pyarrow as pa
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from sluiceway.common import tuning
 from sluiceway.common.domain.events import ChunkRange, ExportSpec, SchemaField
@@ -68,6 +69,28 @@ def with_connect_timeout(url: str, seconds: int) -> str:
     if url.startswith(("postgresql://", "postgres://")):
         return f"{url}{'&' if '?' in url else '?'}connect_timeout={int(seconds)}"
     return f"{url} connect_timeout={int(seconds)}"
+
+
+def with_tls(url: str, tls: Mapping[str, str]) -> str:
+    """`url` with a source's TLS settings (libpq keywords: sslmode, sslrootcert, sslcert,
+    sslkey), as a key=value string. A keyword both in the URL and in the source is an error:
+    which one was meant cannot be told. The URL never appears in a message."""
+    given = {k: v for k, v in tls.items() if v}
+    if not given:
+        return url
+    try:
+        in_url = conninfo_to_dict(url)
+    except psycopg.ProgrammingError:
+        raise SourceError(
+            "the source URL is not a libpq connection string (postgresql://... or key=value)",
+            retryable=False,
+        ) from None
+    if both := sorted(set(given) & set(in_url)):
+        raise SourceError(
+            f"{', '.join(both)} is set both in the source URL and in the source's config; keep one",
+            retryable=False,
+        )
+    return make_conninfo(url, **given)
 
 
 def sqlstate_of(exc: BaseException) -> str:
