@@ -15,6 +15,7 @@ from sluiceway.common.localnats import LocalNats
 from sluiceway.v1 import control_pb2_grpc, tracker_pb2_grpc
 from tests.support.localpg import LocalPostgres
 from tests.support.s3server import LocalS3
+from tests.support.securenats import SecureNats
 
 
 @pytest.fixture(scope="session")
@@ -22,6 +23,15 @@ def nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNats]
     server = LocalNats(store_dir=tmp_path_factory.mktemp("nats")).start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def secure_nats(tmp_path: Path, namespace: str) -> Iterator[SecureNats]:
+    """A nats-server of the test's own, as deployed: TLS, one user per service for the test's
+    namespace, and a `harness` user for the test's reads (tests/support/securenats.py)."""
+    server = SecureNats(tmp_path / "secure-nats", busmod.Names(namespace)).start()
+    yield server
+    server.server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -24,10 +24,10 @@ import pytest
 from sluiceway.cli.stack import Stack, start_stack
 from sluiceway.common import fingerprint, telemetry
 from sluiceway.common.bus import Bus, Names, connect
-from sluiceway.common.localnats import LocalNats
 from sluiceway.v1 import control_pb2, control_pb2_grpc, events_pb2, tracker_pb2, tracker_pb2_grpc
 from tests.support.eventually import eventually
 from tests.support.localpg import PASSWORD, LocalPostgres
+from tests.support.securenats import SecureNats
 
 pytestmark = pytest.mark.integration
 
@@ -83,13 +83,27 @@ def orders_table(pg: LocalPostgres) -> LocalPostgres:
 
 
 @pytest.fixture
-def stack_env(namespace: str, orders_table: LocalPostgres) -> dict[str, str]:
-    return {**os.environ, "SLUICEWAY_NAMESPACE": namespace, "ORDERS_PG_URL": orders_table.url}
+def stack_env(
+    namespace: str, orders_table: LocalPostgres, secure_nats: SecureNats
+) -> dict[str, str]:
+    return {
+        **os.environ,
+        "SLUICEWAY_NAMESPACE": namespace,
+        "ORDERS_PG_URL": orders_table.url,
+        **secure_nats.env(),
+    }
 
 
 @pytest.fixture
-def stack(tmp_path: Path, nats_server: LocalNats, stack_env: dict[str, str]) -> Iterator[Stack]:
-    started = start_stack(tmp_path / "state", workers=2, nats_url=nats_server.url, env=stack_env)
+def stack(tmp_path: Path, secure_nats: SecureNats, stack_env: dict[str, str]) -> Iterator[Stack]:
+    """The stack as deployed: NATS over TLS as one user per service, authenticated APIs."""
+    started = start_stack(
+        tmp_path / "state",
+        workers=2,
+        nats_url=secure_nats.url,
+        nats_users_dir=secure_nats.users_dir,
+        env=stack_env,
+    )
     yield started
     started.stop()
 
@@ -201,7 +215,7 @@ async def test_a_chunked_postgres_export_runs_end_to_end(
     channels: tuple[grpc.aio.Channel, grpc.aio.Channel],
     config_file: Path,
     orders_table: LocalPostgres,
-    nats_server: LocalNats,
+    secure_nats: SecureNats,
     namespace: str,
     stack_env: dict[str, str],
 ) -> None:
@@ -277,7 +291,9 @@ async def test_a_chunked_postgres_export_runs_end_to_end(
     assert [e.event for e in live] == [e.event for e in events]
 
     # ---- the stream carries no rows and no secret
-    bus_nc = await connect(nats_server.url, name="scan", connect_timeout_s=10)
+    bus_nc = await connect(
+        secure_nats.url, name="scan", connect_timeout_s=10, options=secure_nats.options()
+    )
     try:
         bus = Bus(bus_nc, Names(namespace))
         stored = [m async for m in bus.iter_messages(bus.names.runs_all)]
@@ -298,6 +314,8 @@ async def test_a_chunked_postgres_export_runs_end_to_end(
     # nor do the services' logs or the manifest
     logs = b"".join(p.read_bytes() for p in (Path(stack.state.state_dir) / "logs").glob("*.log"))
     assert logs and PASSWORD.encode() not in logs and MARKER.encode() not in logs
+    for nats_password in secure_nats.passwords.values():  # nor the NATS users' passwords
+        assert nats_password.encode() not in blob and nats_password.encode() not in logs
     assert PASSWORD.encode() not in manifest_bytes
 
     # ---- the read model rebuilds from the stream

@@ -1,11 +1,12 @@
 """SIGKILL at every crash point (and a killed nats-server), restart, and check the outcome.
 
 Each scenario runs a fresh stack (planner, committer, tracker, 2 workers) in its own namespace
-against a 200k-row PostgreSQL table exported in 8 Parquet chunks. Exactly one instance carries
-SLUICEWAY_CRASH_AT; the harness waits until that process has died by SIGKILL (which proves the
-point fired), restarts it without the variable and waits for the run to end. The checks look
-at the outcome only: the manifest and the part files, the stream, and the read model against
-one rebuilt from the stream by a second, fresh tracker.
+against a 200k-row PostgreSQL table exported in 8 Parquet chunks, secured as deployed: its
+own nats-server over TLS with one NATS user per service, and token-authenticated gRPC APIs.
+Exactly one instance carries SLUICEWAY_CRASH_AT; the harness waits until that process has died
+by SIGKILL (which proves the point fired), restarts it without the variable and waits for the
+run to end. The checks look at the outcome only: the manifest and the part files, the stream,
+and the read model against one rebuilt from the stream by a second, fresh tracker.
 
 Worker points are armed `@1` on worker-1 while worker-2 runs too: both workers hold a pending
 pull (`fetch(1)`) when the planner publishes 8 tasks, so worker-1 takes one of the first ones;
@@ -46,6 +47,7 @@ from tests.support.faults import (
     wait_sigkilled,
 )
 from tests.support.localpg import LocalPostgres
+from tests.support.securenats import SecureNats
 
 pytestmark = pytest.mark.integration
 
@@ -151,7 +153,6 @@ async def test_a_run_recovers_from_a_sigkill_at(
     point: str,
     request: pytest.FixtureRequest,
     fault_source: LocalPostgres,
-    nats_server: LocalNats,
     namespace: str,
     tmp_path: Path,
     teardown: Teardown,
@@ -164,25 +165,22 @@ async def test_a_run_recovers_from_a_sigkill_at(
     dest = tmp_path / "dest"
     state_dir = tmp_path / "state"
 
-    # ---- start the stack with exactly one armed instance
-    own_nats: LocalNats | None = None
-    if point == NATS_KILL:
-        # its own nats-server: the session's is shared by the other tests
-        own_nats = teardown.nats(
-            LocalNats(store_dir=tmp_path / "nats", log_file=tmp_path / "nats-server.log")
-        )
-        await asyncio.to_thread(own_nats.start)
-        nats_url = own_nats.url
-        instance_env: dict[str, dict[str, str]] = {}
-    else:
-        nats_url = nats_server.url
-        instance_env = {instance: {crash.ENV: f"{point}@{NTH.get(point, 1)}"}}
+    # ---- start the stack with exactly one armed instance, on its own nats-server as a
+    # deployment runs it: TLS, one user per service (the gRPC APIs authenticate as always)
+    secure = SecureNats(tmp_path / "nats", Names(namespace), log_file=tmp_path / "nats.log")
+    nats = teardown.nats(secure.server)
+    await asyncio.to_thread(secure.start)
+    nats_url = secure.url
+    env.update(secure.env())
+    killing_nats = point == NATS_KILL
+    instance_env = {} if killing_nats else {instance: {crash.ENV: f"{point}@{NTH.get(point, 1)}"}}
     stack = teardown.stack(
         await asyncio.to_thread(
             start_stack,
             state_dir,
             workers=2,
             nats_url=nats_url,
+            nats_users_dir=secure.users_dir,
             env=env,
             instance_env=instance_env,
         )
@@ -190,8 +188,8 @@ async def test_a_run_recovers_from_a_sigkill_at(
 
     trigger = ChunkCompletions()
     aclosing.append(trigger.close)
-    if own_nats is not None:
-        await trigger.start(nats_url, Names(namespace))
+    if killing_nats:
+        await trigger.start(nats_url, Names(namespace), secure.options())
 
     # ---- submit
     control_ch = stack.channel(stack.state.control_addr)
@@ -211,7 +209,7 @@ async def test_a_run_recovers_from_a_sigkill_at(
     run_id = submitted.run_id
 
     # ---- the fault, then the restart
-    if own_nats is not None:
+    if killing_nats:
         try:
             await asyncio.wait_for(trigger.seen.wait(), DEATH_TIMEOUT_S)
         except TimeoutError:
@@ -221,11 +219,11 @@ async def test_a_run_recovers_from_a_sigkill_at(
         finally:
             await trigger.close()
         killed_at_wall = time.time()
-        await asyncio.to_thread(own_nats.kill)
-        assert own_nats.proc is not None and own_nats.proc.returncode == -9
+        await asyncio.to_thread(nats.kill)
+        assert nats.proc is not None and nats.proc.returncode == -9
         died = time.monotonic()
         await asyncio.sleep(NATS_DOWN_S)
-        await asyncio.to_thread(own_nats.start)  # same port, same store
+        await asyncio.to_thread(nats.start)  # same port, same store
     else:
         popen = stack.procs[instance]
         log = next(p.log for p in stack.state.processes if p.name == instance)
@@ -276,7 +274,7 @@ async def test_a_run_recovers_from_a_sigkill_at(
     assert latest["run_id"] == run_id
 
     # ---- the stream: one ManifestCommitted, and only winning attempts in the manifest
-    nc = await connect(nats_url, name="test-faults", connect_timeout_s=10)
+    nc = await connect(nats_url, name="test-faults", connect_timeout_s=10, options=secure.options())
     try:
         bus = Bus(nc, Names(namespace))
         await eventually(lambda: _tasks_settled(bus), timeout_s=30, what="every task settled")
@@ -310,7 +308,7 @@ async def test_a_run_recovers_from_a_sigkill_at(
     assert state.manifest is not None and state.manifest.fingerprint == fingerprint.of_bytes(
         manifest_bytes
     )
-    if own_nats is not None:  # the kill fell inside the run: chunks completed after it
+    if killing_nats:  # the kill fell inside the run: chunks completed after it
         after_kill = [
             e
             for _, e in history

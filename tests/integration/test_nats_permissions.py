@@ -13,16 +13,14 @@ from pathlib import Path
 
 import nats
 import pytest
-import trustme
 from nats.errors import Error as NatsError
 
 from sluiceway.cli.stack import start_stack
 from sluiceway.client import Client, ClientOptions, config_file, with_token
 from sluiceway.common.bus import Names
-from sluiceway.common.localnats import LocalNats
-from sluiceway.common.natsauth import SERVICES, authorization_block, inbox_prefix
+from sluiceway.common.natsauth import SERVICES, inbox_prefix
 from sluiceway.v1 import events_pb2
-from tests.support.certs import server_cert, write_ca, write_leaf
+from tests.support.securenats import SecureNats
 from tests.support.sqlitedb import items_db
 
 pytestmark = pytest.mark.integration
@@ -45,36 +43,19 @@ async def test_the_stack_runs_over_tls_as_one_user_per_service_and_each_may_only
 ) -> None:
     ns = "perm" + secrets.token_hex(3)
     names = Names(ns)
-    ca = trustme.CA()
-    ca_file = write_ca(ca, tmp_path / "ca.crt")
-    tls = write_leaf(server_cert(ca), tmp_path / "nats-tls")
-    passwords = {s: secrets.token_urlsafe(24) for s in SERVICES}
-    conf = tmp_path / "nats.conf"
-    conf.write_text(
-        authorization_block(names, passwords)
-        + f'tls: {{cert_file: "{tls.cert_file}", key_file: "{tls.key_file}"}}\n'
-    )
-    server = LocalNats(store_dir=tmp_path / "nats", config_file=conf).start()
+    secure = await asyncio.to_thread(SecureNats(tmp_path / "nats", names).start)
+    server, passwords, ca_file = secure.server, secure.passwords, secure.ca_file
     try:
-        instance_env: dict[str, dict[str, str]] = {}
-        for inst in ("planner-1", "committer-1", "tracker-1", "worker-1"):
-            service = inst.split("-")[0]
-            pw = tmp_path / f"{service}.password"
-            pw.write_text(passwords[service])
-            instance_env[inst] = {
-                "SLUICEWAY_NATS_USER": service,
-                "SLUICEWAY_NATS_PASSWORD_FILE": str(pw),
-            }
         items_db(tmp_path / "items.db", 1000)
         (tmp_path / "exports.yaml").write_text(CONFIG)
-        env = {**os.environ, "SLUICEWAY_NAMESPACE": ns, "SLUICEWAY_NATS_CA_FILE": str(ca_file)}
+        env = {**os.environ, "SLUICEWAY_NAMESPACE": ns, **secure.env()}
         stack = await asyncio.to_thread(
             start_stack,
             tmp_path / "state",
             workers=1,
             nats_url=server.url,
+            nats_users_dir=secure.users_dir,
             env=env,
-            instance_env=instance_env,
         )
         try:
             options = with_token(ClientOptions(timeout_s=15), stack.token())
@@ -89,7 +70,7 @@ async def test_the_stack_runs_over_tls_as_one_user_per_service_and_each_may_only
         # no NATS password (nor the stack's API token) in anything the stack wrote: logs,
         # DuckDB, parts, manifests, the stream's store
         leaks = [p.encode() for p in passwords.values()] + [stack.token().encode()]
-        for root in (tmp_path / "state", tmp_path / "out", tmp_path / "nats"):
+        for root in (tmp_path / "state", tmp_path / "out", tmp_path / "nats" / "store"):
             for path in root.rglob("*"):
                 if path.is_file() and path.parent.name != "auth":
                     data = path.read_bytes()

@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import nats
@@ -227,9 +228,9 @@ class ChunkCompletions:
         self._completed = 0
         self._nc: NATS | None = None
 
-    async def start(self, url: str, names: Names) -> None:
+    async def start(self, url: str, names: Names, options: Mapping[str, Any]) -> None:
         self._nc = await nats.connect(
-            server_urls(url), name="test-chunk-completions", allow_reconnect=False
+            server_urls(url), name="test-chunk-completions", allow_reconnect=False, **options
         )
 
         async def on_msg(msg: Msg) -> None:

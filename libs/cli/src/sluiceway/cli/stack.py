@@ -220,6 +220,7 @@ def start_stack(
     *,
     workers: int = 2,
     nats_url: str | None = None,
+    nats_users_dir: str | Path | None = None,
     env: Mapping[str, str] | None = None,
     instance_env: Mapping[str, Mapping[str, str]] | None = None,
     ready_timeout_s: float = READY_TIMEOUT_S,
@@ -227,7 +228,9 @@ def start_stack(
 ) -> Stack:
     """Start nats-server (unless `nats_url`) and every service; wait for every ready file;
     write state.json. On any failure, stop what was started and raise StackError.
-    `instance_env` adds variables to single instances ("worker-1": {...})."""
+    `nats_users_dir` (with `nats_url`) holds `<service>.password` files: each service connects
+    to that server as its own user. `instance_env` adds variables to single instances
+    ("worker-1": {...})."""
     sd = Path(state_dir).resolve()
     existing = read_state(sd)
     if existing is not None:
@@ -245,6 +248,8 @@ def start_stack(
     say = on_progress or (lambda _m: None)
 
     state = StackState(state_dir=str(sd), nats_url=nats_url or "", started_at=time.time())
+    if nats_url and nats_users_dir:
+        state.nats_users_dir = str(Path(nats_users_dir).resolve())
     stack = Stack(state=state)
     base_env = dict(os.environ if env is None else env)
     try:
@@ -379,8 +384,8 @@ def _nats_users(sd: Path, env: Mapping[str, str], state: StackState) -> Path:
 
 
 def nats_user_env(state: StackState, service: str) -> dict[str, str]:
-    """How `service` connects to the stack's own nats-server ({} for a server it did not
-    start)."""
+    """How `service` connects to the stack's nats-server ({} for a server whose users the
+    stack does not know)."""
     if not state.nats_users_dir:
         return {}
     return {
