@@ -25,6 +25,7 @@ import psycopg
 from rich.console import Console
 
 from bench import auth as auth_bench
+from bench import secured
 from sluiceway.cli import stack as stackmod
 from sluiceway.cli.client import connect, stack_endpoints
 from sluiceway.cli.main import follow, load_config
@@ -232,6 +233,8 @@ def main() -> int:
         stack = None
         log("API calls: plaintext with auth off vs TLS + token vs mutual TLS (bench/auth.py)")
         report["api_auth"] = asyncio.run(auth_bench.measure())
+        log("the export with authentication and TLS off vs on (bench/secured.py)")
+        report["export_auth"] = secured.measure(work / "auth", spec, EXPORT_RUNS, timed_export)
         print(json.dumps(report, indent=2))
         return 0 if ok else 2
     finally:

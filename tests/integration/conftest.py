@@ -14,6 +14,7 @@ from sluiceway.common import bus as busmod
 from sluiceway.common.localnats import LocalNats
 from sluiceway.v1 import control_pb2_grpc, tracker_pb2_grpc
 from tests.support.localpg import LocalPostgres
+from tests.support.otlp import OtlpReceiver
 from tests.support.s3server import LocalS3
 from tests.support.securenats import SecureNats
 
@@ -77,6 +78,14 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalS3]:
         yield server
     finally:
         server.close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[OtlpReceiver]:
+    """A real OTLP/gRPC trace receiver on loopback (OTEL_EXPORTER_OTLP_ENDPOINT=.endpoint)."""
+    rx = OtlpReceiver().start()
+    yield rx
+    rx.stop()
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ import asyncio
 import json
 import os
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -25,7 +24,7 @@ from sluiceway.cli.stack import Stack, start_stack
 from sluiceway.common import crash, telemetry
 from sluiceway.common.bus import Bus, Names, connect
 from sluiceway.common.localnats import LocalNats
-from sluiceway.v1 import control_pb2, control_pb2_grpc, events_pb2, tracker_pb2_grpc
+from sluiceway.v1 import control_pb2, control_pb2_grpc, events_pb2, tracker_pb2, tracker_pb2_grpc
 from tests.support.eventually import eventually
 from tests.support.faults import chunked_pg_config, logs_tail, terminal_run, wait_sigkilled
 from tests.support.localpg import LocalPostgres
@@ -53,13 +52,6 @@ def otel_source(pg: LocalPostgres) -> LocalPostgres:
     )
     pg.psql_admin(f"VACUUM ANALYZE {TABLE}")
     return pg
-
-
-@pytest.fixture
-def receiver() -> Iterator[OtlpReceiver]:
-    rx = OtlpReceiver().start()
-    yield rx
-    rx.stop()
 
 
 def _env(
@@ -318,6 +310,17 @@ async def test_a_run_is_one_whole_trace_with_metrics_health_and_logs(
         tracker = await eventually(caught_up, timeout_s=20, what="projection lag reaches 0")
         # a namespace of its own: every event of the stream is this run's, applied once
         assert _value(tracker, "sluiceway_events_total") == last_seq
+
+        # ---- WatchRun (a streaming method that writes through its context) still streams
+        # with the traced server: the run's whole log, then the end of the stream
+        async with stack.channel(stack.state.tracker_addr) as channel:
+            watched = [
+                e.seq
+                async for e in tracker_pb2_grpc.TrackerStub(channel).WatchRun(
+                    tracker_pb2.WatchRunRequest(run_id=run_id), timeout=30
+                )
+            ]
+        assert len(watched) == last_seq and watched == sorted(watched)
 
         # ---- health turns NOT_SERVING on shutdown (seen by a watcher opened before SIGTERM)
         worker = next(p for p in stack.state.processes if p.name == "worker-2")

@@ -66,6 +66,7 @@ class _Servicer(trace_service_pb2_grpc.TraceServiceServicer):
         with self._receiver.lock:
             self._receiver.spans += got
             self._receiver.requests += 1
+            self._receiver.raw.append(request.SerializeToString())
         return trace_service_pb2.ExportTraceServiceResponse()
 
 
@@ -76,6 +77,7 @@ class OtlpReceiver:
         self.lock = threading.Lock()
         self.spans: list[ReceivedSpan] = []
         self.requests = 0
+        self.raw: list[bytes] = []  # every export request as received, resources included
         self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(_Servicer(self), self._server)
         self.port = self._server.add_insecure_port("127.0.0.1:0")

@@ -143,6 +143,18 @@ def _guarded(handler: grpc.RpcMethodHandler, method: str, identify: Identify) ->
                         yield item
 
             return stream
+        if handler.response_streaming:
+            # a streaming method that answers with context.write() (WatchRun: it bounds each
+            # write's wait) is served as a generator that yields nothing: interceptors further
+            # out may iterate the behaviour (OpenTelemetry's aio server interceptor does)
+
+            async def writes(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                with acting_as(await identify(method, context)):
+                    await behavior(request, context)
+                return
+                yield  # pragma: no cover - makes this an async generator
+
+            return writes
 
         async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
             with acting_as(await identify(method, context)):
