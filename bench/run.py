@@ -5,6 +5,8 @@ BENCH_EXPORT_RUNS the number of exports (default 2). The table is frozen and che
 loading; then reference COPY and export alternate (COPY, export, COPY, export, COPY) and the
 ratio is best COPY time / best export time, with every reading in the report.
 The PostgreSQL URL reaches the services only through the BENCH_PG_URL environment variable.
+Then the cost of security, in the same run: `api_auth` (bench/auth.py, API calls) and
+`export_auth` (bench/secured.py, the same export with authentication and TLS off and on).
 """
 
 from __future__ import annotations
