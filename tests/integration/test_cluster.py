@@ -187,7 +187,7 @@ async def test_a_run_survives_the_loss_of_its_stream_leader(
 
         trigger = ChunkCompletions(KILL_AFTER)
         aclosing.append(trigger.close)
-        await trigger.start(cluster.urls, names)
+        await trigger.start(cluster.urls, names, {})  # a plain cluster: no TLS, no users
 
         # ---- submit
         control_ch = stack.channel(stack.state.control_addr)
