@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from datetime import UTC, datetime, timedelta, timezone
 
@@ -24,6 +25,7 @@ from sluiceway.planner.domain.chunks import (
     PlanError,
     empty_range,
     plan_chunks,
+    plan_page_chunks,
     temporal_kind,
 )
 from sluiceway.planner.domain.plan import build_plan, tasks_for
@@ -447,3 +449,77 @@ def test_chunk_by_days_on_an_integer_column_is_a_planning_error() -> None:
         PlanError, match="chunk_by_days needs a date or timestamp chunk_column: 'id'"
     ):
         build_plan(_spec(chunk_size=0, chunk_by_days=7, chunk_column="id"), intro)
+
+
+# ---- chunk_by pages: heap block ranges ---------------------------------------------------------
+
+
+def _blocks(ranges: tuple[ChunkRange, ...], pages: int) -> list[int]:
+    """The blocks [0, pages) each range covers, in order (the open last one up to `pages`)."""
+    out: list[int] = []
+    for r in ranges:
+        out.extend(range(int(r.start_key), int(r.end_key) if r.end_key else pages))
+    return out
+
+
+@given(pages=st.integers(0, 200_000), mb=st.integers(1, 4096))
+def test_page_ranges_by_size_cover_every_block_once_and_leave_the_end_open(
+    pages: int, mb: int
+) -> None:
+    ranges = plan_page_chunks(pages, block_size=8192, chunk_mb=mb)
+    assert _blocks(ranges, pages) == list(range(pages))
+    assert [r.index for r in ranges] == list(range(len(ranges)))
+    assert ranges[-1].end_key == "" and all(r.end_key for r in ranges[:-1])
+    per = mb * 2**20 // 8192
+    assert all(int(r.end_key) - int(r.start_key) == per for r in ranges[:-1])
+    assert len(ranges) == max(1, -(-pages // per))
+
+
+@given(pages=st.integers(0, 10**6), count=st.integers(1, 500))
+def test_page_ranges_by_count_are_near_equal_and_never_empty(pages: int, count: int) -> None:
+    ranges = plan_page_chunks(pages, block_size=8192, chunk_count=count)
+    assert _blocks(ranges, pages) == list(range(pages))
+    assert len(ranges) == max(1, min(count, pages))
+    sizes = [len(range(int(r.start_key), int(r.end_key) if r.end_key else pages)) for r in ranges]
+    assert max(sizes) - min(sizes) <= 1
+    assert pages == 0 or min(sizes) >= 1
+
+
+def test_an_empty_heap_is_one_open_range_and_too_many_ranges_is_a_plan_error() -> None:
+    assert plan_page_chunks(0, block_size=8192, chunk_mb=64) == (
+        ChunkRange(index=0, start_key="0", end_key=""),
+    )
+    with pytest.raises(PlanError, match="use a larger chunk_mb"):
+        plan_page_chunks(MAX_CHUNKS * 200, block_size=8192, chunk_mb=1)
+    with pytest.raises(PlanError, match="size is unknown"):
+        plan_page_chunks(-1, block_size=8192, chunk_mb=1)
+
+
+def test_a_page_plan_names_its_ranges_and_the_tasks_read_them() -> None:
+    spec = ev.ExportSpec(
+        name="p",
+        source=ev.SourceSpec(engine="postgres", url_env="U"),
+        table="public.t",
+        mode="chunked",
+        chunk_by=ev.CHUNK_BY_PAGES,
+        chunk_count=4,
+        consistent_snapshot=True,
+    )
+    intro = Introspection(
+        schema=(ev.SchemaField("a", "string"),), row_estimate=10, pages=100, block_size=8192
+    )
+    plan, warnings = build_plan(spec, intro)
+    assert warnings == [] and plan.chunk_by == ev.CHUNK_BY_PAGES and plan.chunk_column == ""
+    assert (plan.key_low, plan.key_high) == ("0", "100")
+    assert [(c.start_key, c.end_key) for c in plan.chunks] == [
+        ("0", "25"),
+        ("25", "50"),
+        ("50", "75"),
+        ("75", ""),
+    ]
+    tasks = tasks_for("run-1", spec, plan)
+    assert [t.range for t in tasks] == list(plan.chunks)
+    assert all(ev.reads_ranges(t.spec) for t in tasks)
+    # the block count is part of the plan: a table that grew plans differently
+    grown, _ = build_plan(spec, dataclasses.replace(intro, pages=101))
+    assert grown.plan_id != plan.plan_id

@@ -22,6 +22,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from sluiceway.common.domain.events import CHUNK_BY_PAGES
 from sluiceway.v1 import control_pb2, events_pb2, tracker_pb2
 
 
@@ -179,8 +180,7 @@ def plan_text(resp: control_pb2.PlanRunResponse) -> str:
     lines = [
         f"export:   {resp.spec.name}",
         f"plan:     {p.plan_id}",
-        f"strategy: {p.strategy}"
-        + (f" on {p.chunk_column} [{p.key_low} .. {p.key_high}]" if p.chunk_column else ""),
+        f"strategy: {p.strategy}" + _chunked_on(p),
         f"format:   {p.format}/{p.compression}, batch {p.batch_size}"
         + (f", profile {p.tuning_profile}" if p.tuning_profile else ""),
         f"estimate: {p.row_estimate:,} rows",
@@ -189,8 +189,9 @@ def plan_text(resp: control_pb2.PlanRunResponse) -> str:
     if resp.spec.consistent_snapshot:
         # a dry run exports no snapshot: the run's planner takes it and holds it to the end
         lines.append("snapshot: one exported snapshot for every chunk, taken when the run plans")
+    pages = p.chunk_by == CHUNK_BY_PAGES
     for c in p.chunks:
-        lines.append(f"  {c.index:>5}  {chunk_range(c)}")
+        lines.append(f"  {c.index:>5}  {page_range(c) if pages else chunk_range(c)}")
     lines.append("schema:")
     for f in p.schema:
         null = "" if f.nullable else " not null"
@@ -200,6 +201,16 @@ def plan_text(resp: control_pb2.PlanRunResponse) -> str:
         lines.append("warnings:")
         lines += [f"  [{w.rule}] {w.message}" for w in resp.warnings]
     return "\n".join(lines)
+
+
+def _chunked_on(p: events_pb2.PlanResolved) -> str:
+    if p.chunk_by == CHUNK_BY_PAGES:
+        return f" by heap pages ({p.key_high} blocks when planned, each range a TID range scan)"
+    return f" on {p.chunk_column} [{p.key_low} .. {p.key_high}]" if p.chunk_column else ""
+
+
+def page_range(c: events_pb2.ChunkRange) -> str:
+    return f"pages [{c.start_key}, {c.end_key or 'end'})"
 
 
 def chunk_range(c: events_pb2.ChunkRange) -> str:

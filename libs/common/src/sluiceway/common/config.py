@@ -23,6 +23,7 @@ from sluiceway.common import fileopts, tuning
 from sluiceway.common.destination import is_object_store, url_problem
 from sluiceway.common.domain import schedule
 from sluiceway.common.domain.events import (
+    CHUNK_BY_PAGES,
     PRIORITIES,
     ExportSpec,
     QualityRules,
@@ -127,6 +128,8 @@ class _Export(_Strict):
     chunk_size: int = Field(default=0, ge=0)
     chunk_count: int = Field(default=0, ge=0)
     chunk_by_days: int = Field(default=0, ge=0)
+    chunk_by: str = ""
+    chunk_mb: int = Field(default=0, ge=0)
     cursor_column: str = ""
     time_column: str = ""
     days_window: int = Field(default=0, ge=0)
@@ -282,6 +285,8 @@ def load_text(
             chunk_size=item.chunk_size,
             chunk_count=item.chunk_count,
             chunk_by_days=item.chunk_by_days,
+            chunk_by=item.chunk_by,
+            chunk_mb=item.chunk_mb,
             cursor_column=item.cursor_column,
             time_column=item.time_column,
             days_window=item.days_window,
@@ -307,7 +312,7 @@ def load_text(
             connect_timeout_s=pick("connect_timeout_s") or 0,
             priority=_priority(item.priority, **where),
             schedule=_schedule(item, **where),
-            consistent_snapshot=bool(pick("consistent_snapshot")),
+            consistent_snapshot=_consistent_snapshot(pick("consistent_snapshot"), item.chunk_by),
         )
         try:
             specs[item.name] = check_spec(spec, env=env, file_name=file_name)
@@ -316,6 +321,11 @@ def load_text(
                 raise
             raise ConfigError(exc.detail, field=exc.field, **where) from None
     return specs
+
+
+def _consistent_snapshot(value: bool | None, chunk_by: str) -> bool:
+    """As configured; unset, on for page ranges (which need it) and off otherwise."""
+    return chunk_by == CHUNK_BY_PAGES if value is None else value
 
 
 def _priority(value: str | int | None, *, file: str, export: str) -> int:
@@ -577,7 +587,9 @@ def check_spec(
             raise fail("columns", f"{_show(col)} is not a column name")
     if spec.mode not in MODES:
         raise fail("mode", f"unknown mode {_show(spec.mode)} (expected one of: {', '.join(MODES)})")
-    if is_chunked(spec):
+    if spec.chunk_by or spec.chunk_mb:
+        _check_pages(spec, fail)
+    elif is_chunked(spec):
         if not spec.chunk_column and (spec.query or spec.chunk_by_days):
             raise fail(
                 "chunk_column",
@@ -724,6 +736,43 @@ def _check_row_modes(spec: ExportSpec, fail: Callable[[str, str], ConfigError]) 
         raise fail("days_window", f"must be an integer from 1 to {MAX_DAYS} (days)")
 
 
+MAX_CHUNK_MB = 1 << 20  # 1 TiB of heap per chunk
+
+
+def _check_pages(spec: ExportSpec, fail: Callable[[str, str], ConfigError]) -> None:
+    """chunk_by: pages (docs/config-chunking.md): a PostgreSQL table read in ranges of heap
+    pages, each by a TID range scan, all in the plan's exported snapshot."""
+    if spec.chunk_by != CHUNK_BY_PAGES:
+        if spec.chunk_by:
+            raise fail("chunk_by", f"unknown {_show(spec.chunk_by)} (expected: pages)")
+        raise fail("chunk_mb", "sizes page ranges: it needs chunk_by: pages")
+    if spec.mode != "chunked":
+        raise fail("chunk_by", f"pages needs mode 'chunked' (the mode is {_show(spec.mode)})")
+    if spec.source.engine != "postgres":
+        raise fail("chunk_by", f"pages is for postgres sources, not {spec.source.engine}")
+    if not spec.table:
+        raise fail("chunk_by", "pages reads a table's heap: it needs 'table', not 'query'")
+    for name in ("chunk_column", "chunk_size", "chunk_by_days"):
+        if getattr(spec, name):
+            raise fail(name, "is for key ranges; chunk_by: pages takes chunk_mb or chunk_count")
+    if spec.chunk_mb and spec.chunk_count:
+        raise fail("chunk_mb", "chunk_by: pages takes one of chunk_mb or chunk_count, not both")
+    if not spec.chunk_mb and not spec.chunk_count:
+        raise fail(
+            "chunk_mb", "chunk_by: pages needs chunk_mb (MB of heap per chunk) or chunk_count"
+        )
+    if not 0 <= spec.chunk_mb <= MAX_CHUNK_MB:
+        raise fail("chunk_mb", f"must be an integer from 1 to {MAX_CHUNK_MB} (MB per chunk)")
+    if not spec.consistent_snapshot:
+        # an UPDATE writes the new row version on another page: without one snapshot for every
+        # chunk, a row updated during the run could be read twice or not at all
+        raise fail(
+            "consistent_snapshot",
+            "chunk_by: pages needs consistent_snapshot (a row updated during the run can move "
+            "to another page range); it is on unless set to false",
+        )
+
+
 # (field, lowest, highest) after defaults are filled: each fits its proto type and makes sense
 _INT_BOUNDS = (
     ("chunk_size", 0, INT64_MAX),
@@ -742,6 +791,7 @@ def _texts(spec: ExportSpec) -> list[tuple[str, str]]:
         "query",
         "mode",
         "chunk_column",
+        "chunk_by",
         "cursor_column",
         "time_column",
         "format",

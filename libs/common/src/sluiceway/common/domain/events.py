@@ -142,15 +142,25 @@ class ExportSpec:
     priority: int = 0  # 0 = normal; PRIORITY_LOW | PRIORITY_NORMAL | PRIORITY_HIGH
     schedule: ScheduleSpec | None = None
     consistent_snapshot: bool = False  # PostgreSQL: all chunks read the plan's snapshot
+    chunk_by: str = ""  # "" = key ranges on chunk_column; CHUNK_BY_PAGES = heap page ranges
+    chunk_mb: int = 0  # chunk_by pages: about this many MB of heap per chunk
 
 
 ROW_MODES = ("incremental", "time_window")  # their rows may be chunked too, on a chunk_column
+# chunk_by: ranges of heap pages [start_key, end_key) of a PostgreSQL table, read by ctid
+CHUNK_BY_PAGES = "pages"
 
 
 def is_chunked(spec: ExportSpec) -> bool:
     """Read in key ranges: mode chunked, or an incremental/time-window export that names a
     chunk_column (its new rows, or its window, split into ranges)."""
     return spec.mode == "chunked" or (spec.mode in ROW_MODES and bool(spec.chunk_column))
+
+
+def reads_ranges(spec: ExportSpec) -> bool:
+    """A chunk task of this spec reads its own range (a key range or a page range), not every
+    row of the export."""
+    return bool(spec.chunk_column) or spec.chunk_by == CHUNK_BY_PAGES
 
 
 @dataclass(frozen=True)
@@ -242,6 +252,7 @@ class PlanResolved:
     row_filter: RowFilter | None = None
     temp_bytes_at_plan: int | None = None  # pg_stat_database.temp_bytes; None: not measured
     snapshot_id: str = ""  # consistent_snapshot: the exported snapshot every chunk imports
+    chunk_by: str = ""  # CHUNK_BY_PAGES: chunks are heap page ranges (block numbers)
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,9 @@ class Introspection:
     temp_bytes: int | None = None
     # consistent_snapshot: the exported snapshot this introspection read (PlanResolved's)
     snapshot_id: str = ""
+    # chunk_by pages (PostgreSQL): the heap's blocks and their size when introspected
+    pages: int = -1
+    block_size: int = 0
 
 
 class Source(Protocol):

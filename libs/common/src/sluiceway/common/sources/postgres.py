@@ -45,7 +45,7 @@ import pyarrow as pa
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from sluiceway.common import tuning
-from sluiceway.common.domain.events import ChunkRange, ExportSpec, SchemaField
+from sluiceway.common.domain.events import CHUNK_BY_PAGES, ChunkRange, ExportSpec, SchemaField
 from sluiceway.common.redact import redact
 
 from . import arrow_schema, pgerrors, pgtypes
@@ -309,6 +309,15 @@ class PostgresSource:
             cur.execute(TEMP_BYTES_SQL)
             row = cur.fetchone()
             temp = int(row[0]) if row and row[0] is not None else None
+            if spec.chunk_by == CHUNK_BY_PAGES:
+                pages, block_size = self._heap_blocks(cur, spec)
+                return Introspection(
+                    schema=schema,
+                    row_estimate=estimate,
+                    temp_bytes=temp,
+                    pages=pages,
+                    block_size=block_size,
+                )
             if not column:
                 return Introspection(
                     schema=schema, row_estimate=estimate, primary_key=pk, temp_bytes=temp
@@ -328,6 +337,33 @@ class PostgresSource:
             primary_key=pk,
             temp_bytes=temp,
         )
+
+    @staticmethod
+    def _heap_blocks(cur: Any, spec: ExportSpec) -> tuple[int, int]:
+        """(blocks, block size) of a table's heap for chunk_by pages: its size now (relpages
+        is only as fresh as the last VACUUM or ANALYZE). Only a plain table or materialized
+        view has a heap whose pages a TID range scan reads, and only PostgreSQL 14+ has it."""
+        cur.execute(
+            "SELECT current_setting('server_version_num')::int, c.relkind, "
+            "pg_relation_size(c.oid), current_setting('block_size')::int "
+            "FROM pg_class c WHERE c.oid = %s::regclass",
+            (quote_ident(spec.table),),
+        )
+        version, kind, size, block_size = cur.fetchone()
+        if int(version) < 140000:
+            raise SourceError(
+                f"chunk_by pages needs PostgreSQL 14 or later (TID range scans); this server "
+                f"is {int(version) // 10000}: chunk on a key instead",
+                retryable=False,
+            )
+        if kind not in ("r", "m"):
+            what = {"v": "a view", "p": "a partitioned table", "f": "a foreign table"}
+            raise SourceError(
+                f"chunk_by pages reads a table's heap, and {spec.table} is "
+                f"{what.get(kind, f'of relkind {kind!r}')}: chunk on a key instead",
+                retryable=False,
+            )
+        return int(size) // int(block_size), int(block_size)
 
     @staticmethod
     def _primary_key(cur: Any, spec: ExportSpec) -> tuple[SchemaField, ...]:

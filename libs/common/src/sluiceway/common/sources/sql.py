@@ -16,7 +16,7 @@ from dataclasses import replace
 from datetime import date, datetime
 
 from sluiceway.common.config import IDENT
-from sluiceway.common.domain.events import ChunkRange, ExportSpec, RowFilter
+from sluiceway.common.domain.events import CHUNK_BY_PAGES, ChunkRange, ExportSpec, RowFilter
 
 from .base import SourceError
 
@@ -196,10 +196,44 @@ def key_predicate(
     return " WHERE " + " AND ".join(terms), params
 
 
+MAX_BLOCK = 2**32 - 1  # PostgreSQL block numbers are unsigned 32-bit
+
+
+def block_number(text: str) -> int:
+    """A page-range bound carried as text: a block number, through int() and range-checked."""
+    try:
+        block = int(text)
+    except ValueError:
+        raise SourceError(
+            f"page bound {text[:40]!r} is not a block number", retryable=False
+        ) from None
+    if not 0 <= block <= MAX_BLOCK:
+        raise SourceError(f"page bound {block} is not a block number", retryable=False)
+    return block
+
+
+def page_predicate(rng: ChunkRange | None) -> str:
+    """The WHERE clause of a page range [start_key, end_key) of a PostgreSQL table: ctid bounds,
+    which PostgreSQL 14+ reads as a TID range scan (only those pages, sequentially)."""
+    if rng is None:
+        return ""
+    terms = []
+    if rng.start_key:
+        terms.append(f"ctid >= '({block_number(rng.start_key)},0)'::tid")
+    if rng.end_key:
+        terms.append(f"ctid < '({block_number(rng.end_key)},0)'::tid")
+    return " WHERE " + " AND ".join(terms) if terms else ""
+
+
 def spec_predicate(
     spec: ExportSpec, rng: ChunkRange | None, placeholder: Placeholder, *, inline: bool = False
 ) -> tuple[str, list[Param]]:
-    """key_predicate for an export: its chunk column, its key kind and its engine."""
+    """key_predicate for an export: its chunk column, its key kind and its engine; or the
+    page_predicate of a chunk_by pages export."""
+    if spec.chunk_by == CHUNK_BY_PAGES:
+        if (spec.source.engine or "postgres") != "postgres":
+            raise SourceError("chunk_by pages is for PostgreSQL tables", retryable=False)
+        return page_predicate(rng), []
     return key_predicate(
         spec.chunk_column,
         rng,

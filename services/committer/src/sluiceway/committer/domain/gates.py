@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from sluiceway.common.domain import verify
 from sluiceway.common.domain.events import (
+    CHUNK_BY_PAGES,
     ChunkRange,
     FileWritten,
     PlanResolved,
@@ -51,8 +52,8 @@ def validate_parts(files: list[FileWritten], observed: Observed) -> ValidationRe
 def count_ranges(plan: PlanResolved) -> tuple[ChunkRange | None, ...]:
     """The ranges whose COUNT(*) sum is the run's predicate: everything (full, or no key), else
     the whole key span plus the NULL-key chunk. Few queries whatever the chunk count."""
-    if plan.strategy != "chunked":
-        return (None,)
+    if plan.strategy != "chunked" or plan.chunk_by == CHUNK_BY_PAGES:
+        return (None,)  # page ranges cover the whole table
     out: list[ChunkRange | None] = []
     if plan.key_low and plan.key_high:
         out.append(ChunkRange(start_key=plan.key_low, end_key=plan.key_high, end_inclusive=True))

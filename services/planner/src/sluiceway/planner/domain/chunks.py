@@ -196,3 +196,32 @@ def chunk_count_requested_exceeds_keys(
     if chunk_count <= 0 or key_low is None or key_high is None:
         return False
     return chunk_count > _int_key(key_high) - _int_key(key_low) + 1
+
+
+def plan_page_chunks(
+    pages: int, *, block_size: int, chunk_mb: int = 0, chunk_count: int = 0
+) -> tuple[ChunkRange, ...]:
+    """chunk_by pages: the heap's blocks [0, pages) as contiguous ranges [start, end) of block
+    numbers, of about `chunk_mb` MB each or `chunk_count` near-equal ones. The last range has no
+    end: rows on blocks added after planning are read by it (and, with the run's snapshot,
+    only those the snapshot sees). An empty heap is one open range."""
+    if pages < 0 or block_size <= 0:
+        raise PlanError(f"the table's size is unknown ({pages} blocks of {block_size} bytes)")
+    if chunk_mb > 0:
+        per = max(1, (chunk_mb << 20) // block_size)
+        n = max(1, -(-pages // per))
+        if n > MAX_CHUNKS:
+            raise PlanError(
+                f"chunk_mb {chunk_mb} over {pages} blocks gives {n} chunks "
+                f"(at most {MAX_CHUNKS}): use a larger chunk_mb"
+            )
+        bounds = [i * per for i in range(n)]
+    elif chunk_count > 0:
+        n = max(1, min(chunk_count, pages))  # never a range with no block in it
+        bounds = [(pages * i) // n for i in range(n)]
+    else:
+        raise PlanError("chunk_by pages needs chunk_mb or chunk_count")
+    return tuple(
+        ChunkRange(index=i, start_key=str(start), end_key=str(bounds[i + 1]) if i + 1 < n else "")
+        for i, start in enumerate(bounds)
+    )

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 from sluiceway.common import fileopts, fingerprint
 from sluiceway.common.domain.events import (
+    CHUNK_BY_PAGES,
     ChunkStatus,
     ChunkTask,
     ExportSpec,
@@ -37,6 +38,7 @@ from .chunks import (
     chunk_count_requested_exceeds_keys,
     is_integer_type,
     plan_chunks,
+    plan_page_chunks,
     temporal_kind,
 )
 
@@ -69,7 +71,8 @@ def build_plan(spec: ExportSpec, intro: Introspection) -> tuple[PlanResolved, li
     warnings: list[PlanWarning] = []
     key_column, key_kind = "", ""
     chunked = is_chunked(spec)
-    if chunked:
+    pages = spec.chunk_by == CHUNK_BY_PAGES
+    if chunked and not pages:
         key_column = spec.chunk_column or primary_key_column(spec, intro)
         # with a column projection the chunk key may be read without being exported
         if not spec.columns and key_column not in {f.name for f in intro.schema}:
@@ -89,16 +92,26 @@ def build_plan(spec: ExportSpec, intro: Introspection) -> tuple[PlanResolved, li
                     f"[{intro.key_low}, {intro.key_high}]: one chunk per key instead",
                 )
             )
-    chunks = plan_chunks(
-        "chunked" if chunked else spec.mode,
-        key_low=intro.key_low if chunked else None,
-        key_high=intro.key_high if chunked else None,
-        chunk_size=spec.chunk_size,
-        chunk_count=spec.chunk_count,
-        chunk_by_days=spec.chunk_by_days,
-        key_kind=key_kind,
-        null_keys=chunked and intro.key_nullable,
-    )
+    key_low, key_high = (intro.key_low or "", intro.key_high or "") if chunked else ("", "")
+    if pages:
+        chunks = plan_page_chunks(
+            intro.pages,
+            block_size=intro.block_size,
+            chunk_mb=spec.chunk_mb,
+            chunk_count=spec.chunk_count,
+        )
+        key_low, key_high = "0", str(intro.pages)  # the heap's blocks when planned
+    else:
+        chunks = plan_chunks(
+            "chunked" if chunked else spec.mode,
+            key_low=intro.key_low if chunked else None,
+            key_high=intro.key_high if chunked else None,
+            chunk_size=spec.chunk_size,
+            chunk_count=spec.chunk_count,
+            chunk_by_days=spec.chunk_by_days,
+            key_kind=key_kind,
+            null_keys=chunked and intro.key_nullable,
+        )
     schema = intro.schema
     if spec.add_exported_at:
         # the worker adds it to every row; listed in the plan, so the manifest's schema has it
@@ -129,14 +142,15 @@ def build_plan(spec: ExportSpec, intro: Introspection) -> tuple[PlanResolved, li
         schema_fingerprint=fingerprint.of_schema(schema),
         row_estimate=intro.row_estimate,
         chunk_column=key_column,
-        key_low=(intro.key_low or "") if chunked else "",
-        key_high=(intro.key_high or "") if chunked else "",
+        key_low=key_low,
+        key_high=key_high,
         source_engine=spec.source.engine,
         source_table=spec.table,
         query_fingerprint=fingerprint.of_bytes(spec.query.encode()) if spec.query else "",
         row_filter=spec.row_filter,
         temp_bytes_at_plan=intro.temp_bytes,
         snapshot_id=intro.snapshot_id,
+        chunk_by=spec.chunk_by,
     )
     return dataclasses.replace(plan, plan_id=plan_id_of(plan)), warnings
 

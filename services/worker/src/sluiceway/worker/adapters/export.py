@@ -6,7 +6,7 @@ import threading
 from collections.abc import Callable, Mapping
 
 from sluiceway.common import crash, destination, fileopts, layout
-from sluiceway.common.domain.events import ChunkTask, ExportSpec
+from sluiceway.common.domain.events import ChunkTask, ExportSpec, reads_ranges
 from sluiceway.common.parts import PartWriter
 from sluiceway.common.sources import Source, SourceError, arrow_schema, open_source
 from sluiceway.worker.domain.decide import ChunkExport, Part, Stopped
@@ -85,8 +85,8 @@ class FileExporter:
                 constants=constants,
                 destination=dest,
             )
-            # full mode (no chunk column): the one chunk is every row
-            rng = task.range if spec.chunk_column else None
+            # full mode (no chunk column, no page ranges): the one chunk is every row
+            rng = task.range if reads_ranges(spec) else None
             if spec.consistent_snapshot and not task.snapshot_id:
                 # never a quiet read of another snapshot than the plan's
                 raise SourceError(
