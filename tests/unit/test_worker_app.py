@@ -116,7 +116,9 @@ class FakeExporter:
         self.result, self.seconds, self.calls = result, seconds, 0
         self.set_aside_calls: list[int] = []
 
-    def export(self, task: ev.ChunkTask, attempt: int, stop: threading.Event) -> ChunkExport:
+    def export(
+        self, task: ev.ChunkTask, attempt: int, stop: threading.Event, phases: object = None
+    ) -> ChunkExport:
         self.calls += 1
         time.sleep(self.seconds)  # runs in a thread, like the real one
         if isinstance(self.result, Exception):
@@ -131,7 +133,9 @@ class FakeExporter:
 class BatchesUntilStopped(FakeExporter):
     """Reads 'batches' until asked to stop, as the real reader does between batches."""
 
-    def export(self, task: ev.ChunkTask, attempt: int, stop: threading.Event) -> ChunkExport:
+    def export(
+        self, task: ev.ChunkTask, attempt: int, stop: threading.Event, phases: object = None
+    ) -> ChunkExport:
         self.calls += 1
         for _ in range(200):  # at most 10 s
             if stop.is_set():
@@ -316,7 +320,9 @@ async def test_an_attempt_that_lost_the_race_sets_its_files_aside_and_says_so() 
     log, delivery = FakeLog(), FakeDelivery(codec.encode_task(TASK), delivered=2)
 
     class SlowExporter(FakeExporter):
-        def export(self, task: ev.ChunkTask, attempt: int, stop: threading.Event) -> ChunkExport:
+        def export(
+            self, task: ev.ChunkTask, attempt: int, stop: threading.Event, phases: object = None
+        ) -> ChunkExport:
             log.add(ev.ChunkCompleted(chunk_index=4, rows=100, files=2, attempt=1), attempt=1)
             return super().export(task, attempt, stop)
 

@@ -13,18 +13,22 @@ import contextlib
 import logging
 import math
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import Future
 from wsgiref.simple_server import WSGIServer
 
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from sluiceway.common.phases import PHASES
+
 log = logging.getLogger(__name__)
 
 RUN_STATUSES = ("SUCCEEDED", "FAILED", "CANCELED", "SKIPPED")
 # a chunk takes from a fraction of a second (a small range) to many minutes (a large table)
 CHUNK_SECONDS_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+# a phase takes from a millisecond (a kept session's connect, a small count) to a chunk's length
+PHASE_SECONDS_BUCKETS = (0.001, 0.005, 0.01, 0.05, *CHUNK_SECONDS_BUCKETS)
 CHUNK_OUTCOMES = ("completed", "retry", "failed", "lost", "stopped")
 PROBE_TIMEOUT_S = 2.0
 
@@ -79,10 +83,24 @@ class WorkerMetrics:
         )
         for outcome in CHUNK_OUTCOMES:
             self.chunk_duration.labels(outcome)
+        self.chunk_phase = Histogram(
+            "sluiceway_chunk_phase_seconds",
+            "Busy seconds of one completed chunk attempt in each phase (read and encode overlap)",
+            ["phase"],
+            buckets=PHASE_SECONDS_BUCKETS,
+            registry=registry,
+        )
+        for phase in PHASES:
+            self.chunk_phase.labels(phase)
 
     def chunk_completed(self, rows: int, size: int) -> None:
         self.rows.inc(rows)
         self.bytes.inc(size)
+
+    def phases_observed(self, seconds: Mapping[str, float]) -> None:
+        """One completed attempt's seconds per phase (sluiceway.common.phases)."""
+        for phase, value in seconds.items():
+            self.chunk_phase.labels(phase).observe(value)
 
     def attempt_ended(self, outcome: str, seconds: float) -> None:
         self.chunk_duration.labels(outcome).observe(seconds)

@@ -38,6 +38,7 @@ from sluiceway.common.destination import (
     make_dirs,
     set_aside_local,
 )
+from sluiceway.common.phases import Phases, timed
 
 PARQUET_CODECS = {
     "zstd": "zstd",
@@ -150,11 +151,13 @@ class _OpenPart:
                 self._stream.flush(zlib.Z_SYNC_FLUSH)
         self.rows += table.num_rows
 
-    def finish(self) -> WrittenPart:
-        self._writer.close()
-        if self._stream is not None:
-            self._stream.close()  # the gzip trailer; the file itself stays open
-        digest, size = self._sink.commit()
+    def finish(self, phases: Phases | None) -> WrittenPart:
+        with timed(phases, "encode"):
+            self._writer.close()
+            if self._stream is not None:
+                self._stream.close()  # the gzip trailer; the file itself stays open
+        with timed(phases, "fsync"):
+            digest, size = self._sink.commit()
         return WrittenPart(self.name, self.rows, size, self.part_index, digest, self.opened_ns)
 
     def discard(self, *, keep: bool = False) -> None:
@@ -183,7 +186,8 @@ class PartWriter:
 
     `constants` are columns of the schema the batches do not carry, with one value for the
     whole chunk (the `_exported_at` column). `destination` is where `run_dir` is (a local
-    directory when None).
+    directory when None). The time spent encoding and making parts durable is added to
+    `phases` (encode, fsync).
     """
 
     def __init__(
@@ -200,10 +204,12 @@ class PartWriter:
         row_group_bytes: int = 0,
         constants: Mapping[str, object] | None = None,
         destination: Destination | None = None,
+        phases: Phases | None = None,
     ) -> None:
         if fmt not in layout.EXTENSIONS:
             raise ValueError(f"unknown format {fmt!r}")
         self.destination = destination or Local(str(run_dir))
+        self._phases = phases
         self.run_dir = Path(run_dir)
         self.chunk_index = chunk_index
         self.attempt = attempt
@@ -295,7 +301,8 @@ class PartWriter:
             self._current = _OpenPart(self, self._next_index)
             self._next_index += 1
         before = self._current.size
-        self._current.write(head, self.row_group_rows)
+        with timed(self._phases, "encode"):
+            self._current.write(head, self.row_group_rows)
         self._pending = rest.to_batches()
         self._pending_rows = rest.num_rows
         if self.max_file_bytes > 0:
@@ -305,7 +312,7 @@ class PartWriter:
                 self._bytes_per_row = self._out_bytes / self._out_rows
                 self.row_group_rows = self._capped(self._base_rows)
             if self._current.size >= self.max_file_bytes:
-                self._written.append(self._current.finish())
+                self._written.append(self._current.finish(self._phases))
                 self._current = None
 
     def close(self) -> list[WrittenPart]:
@@ -315,7 +322,7 @@ class PartWriter:
         if self._pending_rows:
             self._flush(self._pending_rows)
         if self._current is not None:
-            self._written.append(self._current.finish())
+            self._written.append(self._current.finish(self._phases))
             self._current = None
         self._closed = True
         return list(self._written)

@@ -26,6 +26,7 @@ from sluiceway.common.domain.events import (
     Warning,
 )
 from sluiceway.common.metrics import WorkerMetrics
+from sluiceway.common.phases import Phases
 from sluiceway.common.redact import redact
 from sluiceway.common.runtrace import ATTEMPT_SPAN, ns
 from sluiceway.common.sources.base import SourceError
@@ -61,7 +62,13 @@ class EventLog(Protocol):
 
 
 class Exporter(Protocol):
-    def export(self, task: ChunkTask, attempt: int, stop: threading.Event) -> ChunkExport:
+    def export(
+        self,
+        task: ChunkTask,
+        attempt: int,
+        stop: threading.Event,
+        phases: Phases | None = None,
+    ) -> ChunkExport:
         """Read the range into parts; raise Stopped at the next batch boundary once `stop`
         is set."""
         ...
@@ -249,9 +256,10 @@ class ChunkWorker:
     ) -> Outcome:
         chunk = task.range.index
         stop = threading.Event()
+        phases = Phases()
         watch = asyncio.create_task(self._watch_run(task.run_id, stop))
         try:
-            exported = await asyncio.to_thread(self._exporter.export, task, attempt, stop)
+            exported = await asyncio.to_thread(self._exporter.export, task, attempt, stop, phases)
         except Stopped:
             reason = watch.result() if watch.done() and not watch.cancelled() else "stopped"
             return await self._stopped(task, delivery, attempt, reason)
@@ -276,6 +284,7 @@ class ChunkWorker:
                 await watch
 
         # fenced: if another attempt completed meanwhile, this one's files are set aside
+        events_began = time.perf_counter()
         winner = await self._log.chunk_winner(task.run_id, chunk)
         if winner is not None and winner != attempt:
             return await self._lost(task, delivery, attempt, winner)
@@ -302,8 +311,10 @@ class ChunkWorker:
             winner = await self._log.chunk_winner(task.run_id, chunk)
             if winner is not None and winner != attempt:
                 return await self._lost(task, delivery, attempt, winner)
+        phases.add("events", time.perf_counter() - events_began)
         if self._metrics is not None:
             self._metrics.chunk_completed(done.completed.rows, sum(f.bytes for f in done.files))
+            self._metrics.phases_observed(phases.seconds())
         crash.point("worker.after_chunk_completed")
         await delivery.ack()
         log.info(

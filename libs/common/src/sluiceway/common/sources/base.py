@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from sluiceway.common.domain.events import ChunkRange, ExportSpec, SchemaField
+from sluiceway.common.phases import Phases
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -75,9 +76,15 @@ class Source(Protocol):
         ...
 
     def read(
-        self, spec: ExportSpec, rng: ChunkRange | None, schema: tuple[SchemaField, ...]
+        self,
+        spec: ExportSpec,
+        rng: ChunkRange | None,
+        schema: tuple[SchemaField, ...],
+        *,
+        phases: Phases | None = None,
     ) -> Iterator[pa.RecordBatch]:
-        """Batches of `rng` (None: every row) conforming to `schema`, in bounded memory."""
+        """Batches of `rng` (None: every row) conforming to `schema`, in bounded memory; the
+        time each phase takes is added to `phases` (sluiceway.common.phases)."""
         ...
 
     def count_and_read(
@@ -87,9 +94,11 @@ class Source(Protocol):
         schema: tuple[SchemaField, ...],
         *,
         snapshot: str = "",
+        phases: Phases | None = None,
     ) -> tuple[int, Iterator[pa.RecordBatch]]:
         """COUNT(*) of `rng` and its batches, both from one snapshot (one transaction); with
-        `snapshot` (PostgreSQL), the exported snapshot of that id, or SnapshotLost."""
+        `snapshot` (PostgreSQL), the exported snapshot of that id, or SnapshotLost. The
+        batches may be read from another thread than the count (one thread at a time)."""
         ...
 
     def count(self, spec: ExportSpec, rng: ChunkRange | None) -> int:

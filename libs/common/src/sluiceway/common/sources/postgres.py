@@ -46,6 +46,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from sluiceway.common import tuning
 from sluiceway.common.domain.events import CHUNK_BY_PAGES, ChunkRange, ExportSpec, SchemaField
+from sluiceway.common.phases import Phases, timed, timed_batches
 from sluiceway.common.redact import redact
 
 from . import arrow_schema, pgerrors, pgtypes
@@ -410,9 +411,14 @@ class PostgresSource:
     # ---- reading (ADBC) ---------------------------------------------------------------------
 
     def read(
-        self, spec: ExportSpec, rng: ChunkRange | None, schema: tuple[SchemaField, ...]
+        self,
+        spec: ExportSpec,
+        rng: ChunkRange | None,
+        schema: tuple[SchemaField, ...],
+        *,
+        phases: Phases | None = None,
     ) -> Iterator[pa.RecordBatch]:
-        stream = self._stream(spec, rng, schema, counted=False)
+        stream = self._stream(spec, rng, schema, counted=False, phases=phases)
         next(stream)  # the transaction is open
         return stream
 
@@ -423,8 +429,9 @@ class PostgresSource:
         schema: tuple[SchemaField, ...],
         *,
         snapshot: str = "",
+        phases: Phases | None = None,
     ) -> tuple[int, Iterator[pa.RecordBatch]]:
-        stream = self._stream(spec, rng, schema, counted=True, snapshot=snapshot)
+        stream = self._stream(spec, rng, schema, counted=True, snapshot=snapshot, phases=phases)
         count = next(stream)
         assert isinstance(count, int)
         return count, stream
@@ -437,6 +444,7 @@ class PostgresSource:
         *,
         counted: bool,
         snapshot: str = "",
+        phases: Phases | None = None,
     ) -> Iterator[int | pa.RecordBatch]:
         """Yields the range's COUNT(*) first (-1 when not `counted`), then its batches, all in
         one READ ONLY transaction (REPEATABLE READ when counted: one snapshot for both; with
@@ -464,21 +472,24 @@ class PostgresSource:
         rows_mode = spec.batch_size_memory_mb <= 0 and spec.batch_size > 0
         done = False
         try:
-            cur = self._begin(begin, hint)
+            cur = self._begin(begin, hint, phases)
             try:
                 if snapshot:
                     self._import_snapshot(cur, snapshot)
                 if counted:
-                    cur.execute(f"SELECT COUNT(*) FROM {rel}{where}")
-                    row = cur.fetchone()
+                    with timed(phases, "count"):
+                        cur.execute(f"SELECT COUNT(*) FROM {rel}{where}")
+                        row = cur.fetchone()
                     assert row is not None
                     yield int(row[0])
                 else:
                     yield -1
-                cur.execute(f"SELECT {select} FROM {rel}{where}")
+                with timed(phases, "first_byte"):
+                    cur.execute(f"SELECT {select} FROM {rel}{where}")
                 measured = [0, 0]  # rows, bytes of the driver's batches
                 batches = (
-                    pgtypes.conform(b, target) for b in _measured(_record_batches(cur), measured)
+                    _conformed(b, target, phases)
+                    for b in _measured(timed_batches(iter(_record_batches(cur)), phases), measured)
                 )
                 yield from _rebatch(batches, spec.batch_size) if rows_mode else batches
                 if measured[0]:
@@ -513,7 +524,7 @@ class PostgresSource:
                 raise SnapshotLost(snapshot, "SQLSTATE 22023") from exc
             raise
 
-    def _begin(self, begin: str, hint: int) -> Any:
+    def _begin(self, begin: str, hint: int, phases: Phases | None = None) -> Any:
         """A cursor on the reading connection, inside a transaction opened by `begin`.
 
         A kept connection whose session ended while it sat idle between chunks (a restart or
@@ -522,7 +533,8 @@ class PostgresSource:
         backoff. A fresh connection's failure is the chunk's."""
         kept = self._reader is not None
         while True:
-            con = self._reading_connection()
+            with timed(phases if self._reader is None else None, "connect"):
+                con = self._reading_connection()
             cur = con.cursor()
             try:
                 cur.adbc_statement.set_options(
@@ -564,6 +576,11 @@ class PostgresSource:
         if meta is not None:
             with contextlib.suppress(Exception):
                 meta.close()
+
+
+def _conformed(batch: pa.RecordBatch, target: pa.Schema, phases: Phases | None) -> pa.RecordBatch:
+    with timed(phases, "convert"):
+        return pgtypes.conform(batch, target)
 
 
 def _measured(batches: Iterable[pa.RecordBatch], into: list[int]) -> Iterator[pa.RecordBatch]:

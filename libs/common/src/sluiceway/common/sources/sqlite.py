@@ -26,6 +26,7 @@ from typing import Any
 import pyarrow as pa
 
 from sluiceway.common.domain.events import ChunkRange, ExportSpec, SchemaField
+from sluiceway.common.phases import Phases, timed, timed_batches
 from sluiceway.common.redact import redact
 
 from . import arrow_schema
@@ -249,9 +250,14 @@ class SqliteSource:
     # ---- reading ----------------------------------------------------------------------------
 
     def read(
-        self, spec: ExportSpec, rng: ChunkRange | None, schema: tuple[SchemaField, ...]
+        self,
+        spec: ExportSpec,
+        rng: ChunkRange | None,
+        schema: tuple[SchemaField, ...],
+        *,
+        phases: Phases | None = None,
     ) -> Iterator[pa.RecordBatch]:
-        return self._batches(spec, rng, schema)
+        return timed_batches(self._batches(spec, rng, schema), phases)
 
     def count_and_read(
         self,
@@ -260,8 +266,10 @@ class SqliteSource:
         schema: tuple[SchemaField, ...],
         *,
         snapshot: str = "",
+        phases: Phases | None = None,
     ) -> tuple[int, Iterator[pa.RecordBatch]]:
-        """One read transaction: the count and the rows see the same database state."""
+        """One read transaction: the count and the rows see the same database state (rows are
+        converted as they are fetched: `read` includes `convert` here)."""
         if snapshot:  # config.check_spec refuses consistent_snapshot for SQLite
             raise SourceError("sqlite has no exported snapshots to import", retryable=False)
         try:
@@ -269,11 +277,13 @@ class SqliteSource:
         except sqlite3.Error as exc:
             raise _error(exc) from exc
         try:
-            count = self.count(spec, rng)
+            with timed(phases, "count"):
+                count = self.count(spec, rng)
         except BaseException:
             self._con.rollback()
             raise
-        return count, self._in_transaction(self._batches(spec, rng, schema))
+        batches = timed_batches(self._batches(spec, rng, schema), phases)
+        return count, self._in_transaction(batches)
 
     def _in_transaction(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         try:

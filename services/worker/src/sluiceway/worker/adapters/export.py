@@ -8,8 +8,14 @@ from collections.abc import Callable, Mapping
 from sluiceway.common import crash, destination, fileopts, layout
 from sluiceway.common.domain.events import ChunkTask, ExportSpec, reads_ranges
 from sluiceway.common.parts import PartWriter
+from sluiceway.common.phases import Phases
+from sluiceway.common.prefetch import Prefetch
 from sluiceway.common.sources import Source, SourceError, arrow_schema, open_source
 from sluiceway.worker.domain.decide import ChunkExport, Part, Stopped
+
+# batches waiting between the reader thread and the writer: enough to keep both busy, few
+# enough that a worker's memory stays bounded (a batch is about batch_size_memory_mb)
+PREFETCH_BATCHES = 2
 
 
 class FileExporter:
@@ -27,9 +33,10 @@ class FileExporter:
         # one open source per database, reused by the next chunks (a worker runs one at a time)
         self._sources: dict[tuple[object, ...], Source] = {}
 
-    def _source(self, spec: ExportSpec) -> Source:
+    @staticmethod
+    def _source_key(spec: ExportSpec) -> tuple[object, ...]:
         # the session's settings are the export's (tuning): a different one gets its own session
-        key = (
+        return (
             spec.source.engine,
             spec.source.url_env,
             spec.source.path,
@@ -38,6 +45,9 @@ class FileExporter:
             spec.lock_timeout_s,
             spec.connect_timeout_s,
         )
+
+    def _source(self, spec: ExportSpec) -> Source:
+        key = self._source_key(spec)
         if key not in self._sources:
             self._sources[key] = self._open(spec, self._env)
         return self._sources[key]
@@ -57,7 +67,16 @@ class FileExporter:
         target = destination.quarantine_dir(dest, spec.name, task.run_id)
         return dest.set_aside(run_dir, target, mine)
 
-    def export(self, task: ChunkTask, attempt: int, stop: threading.Event) -> ChunkExport:
+    def export(
+        self,
+        task: ChunkTask,
+        attempt: int,
+        stop: threading.Event,
+        phases: Phases | None = None,
+    ) -> ChunkExport:
+        """Read the task's range and write its parts. The source's next batches are read in
+        a reader thread while the writer encodes the previous ones (at most PREFETCH_BATCHES
+        waiting between them); the time of each phase is added to `phases`."""
         spec = task.spec
         source = self._source(spec)
         try:
@@ -84,6 +103,7 @@ class FileExporter:
                 row_group_bytes=spec.row_group_mb * 2**20,
                 constants=constants,
                 destination=dest,
+                phases=phases,
             )
             # full mode (no chunk column, no page ranges): the one chunk is every row
             rng = task.range if reads_ranges(spec) else None
@@ -96,14 +116,16 @@ class FileExporter:
                 )
             try:
                 source_rows, batches = source.count_and_read(
-                    spec, rng, read, snapshot=task.snapshot_id
+                    spec, rng, read, snapshot=task.snapshot_id, phases=phases
                 )
-                for n, batch in enumerate(batches):
-                    if stop.is_set():
-                        raise Stopped(f"chunk {task.range.index} attempt {attempt}")
-                    writer.write(batch)
-                    if n == 0:
-                        crash.point("worker.mid_read")
+                # the reader thread is joined, and the source's transaction ended, on leaving
+                with Prefetch(batches, depth=PREFETCH_BATCHES, name="chunk-reader") as ahead:
+                    for n, batch in enumerate(ahead):
+                        if stop.is_set():
+                            raise Stopped(f"chunk {task.range.index} attempt {attempt}")
+                        writer.write(batch)
+                        if n == 0:
+                            crash.point("worker.mid_read")
                 written = writer.close()
             except Stopped:
                 writer.abort(keep=True)  # what was read so far is set aside, not deleted
@@ -113,7 +135,7 @@ class FileExporter:
                 raise
         except BaseException:
             # the next attempt opens the source afresh
-            self._sources.pop((spec.source.engine, spec.source.url_env, spec.source.path), None)
+            self._sources.pop(self._source_key(spec), None)
             source.close()
             raise
         parts = tuple(
