@@ -7,7 +7,7 @@ UV := $(VENV)/bin/uv
 STAMP := $(VENV)/.installed
 
 .PHONY: install proto lint check test test-churn test-unit test-integration test-faults demo bench \
-	bench-durability bench-profiles bench-observability up down clean
+	bench-venv bench-durability bench-profiles bench-observability up down clean
 
 install: $(STAMP)
 
@@ -56,7 +56,12 @@ test-faults: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m sluiceway.cli.demo
 
-bench: $(STAMP)
+# DuckDB 1.4.4 and its postgres_scanner extension (a PyPI wheel: LOADed from its file, never
+# INSTALLed) in .venv-bench, for bench/references.py only; a stamp makes it idempotent
+bench-venv: $(STAMP)
+	$(PY) -m bench.references venv
+
+bench: $(STAMP) bench-venv
 	$(PY) -m bench.run
 
 # the same export with telemetry off and on (OTLP spans + scraped /metrics), alternating
