@@ -11,6 +11,13 @@ and the read model against one rebuilt from the stream by a second, fresh tracke
 Worker points are armed `@1` on worker-1 while worker-2 runs too: both workers hold a pending
 pull (`fetch(1)`) when the planner publishes 8 tasks, so worker-1 takes one of the first ones;
 if it ever did not, the point would not fire and the test fails (it never passes vacuously).
+
+`worker.mid_read` runs twice more on a `chunk_by: pages` export (6 heap page ranges, in the
+plan's one snapshot) of tables with no integer key: a uuid primary key, and no key at all with
+every row twice. Batches and row groups of 2,000 rows put the kill truly mid-range, with a
+torn part on disk. While the killed range waits for redelivery, every row of the table is
+updated (so it moves to another page); the range is read again after that, and the export
+must still be the table as planned, every row exactly once, checksum for checksum.
 """
 
 from __future__ import annotations
@@ -21,17 +28,20 @@ import json
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from sluiceway.cli.stack import Stack, start_stack
-from sluiceway.common import crash, fingerprint
+from sluiceway.common import crash, fingerprint, layout
 from sluiceway.common.bus import Bus, Names, connect
-from sluiceway.common.domain.events import ChunkStatus, RunStatus
+from sluiceway.common.domain.events import CHUNK_BY_PAGES, ChunkStarted, ChunkStatus, RunStatus
 from sluiceway.common.domain.run import fold
 from sluiceway.common.localnats import LocalNats
 from sluiceway.v1 import control_pb2, control_pb2_grpc, events_pb2, tracker_pb2_grpc
+from tests.support.checksums import checksum, difference, part_rows, pg_rows
 from tests.support.eventually import eventually
 from tests.support.faults import (
     NATS_KILL,
@@ -42,6 +52,7 @@ from tests.support.faults import (
     chunked_pg_config,
     fresh_tracker,
     logs_tail,
+    pages_pg_config,
     read_model,
     terminal_run,
     wait_sigkilled,
@@ -51,11 +62,18 @@ from tests.support.securenats import SecureNats
 
 pytestmark = pytest.mark.integration
 
+EXPORT = "faults"
 TABLE = "fault_src"
 ROWS = 200_000
 CHUNK_SIZE = 25_000  # ids 1..200000 -> 8 chunks
 CHUNKS = 8
 URL_ENV = "FAULT_PG_URL"
+PAGES_UUID = "fault_pages_uuid"
+PAGES_UUID_ROWS = 120_000  # ~2,300 heap blocks
+PAGES_NOKEY = "fault_pages_nokey"
+PAGES_NOKEY_ROWS = 60_000  # ~350 heap blocks
+PAGE_RANGES = 6
+PAGE_BATCH_ROWS = 2_000  # 5-10 batches (and row groups) per range
 
 DEATH_TIMEOUT_S = 30.0  # submit -> the armed process is dead (normally < 5 s)
 RECOVER_TIMEOUT_S = 90.0  # death -> terminal run state
@@ -90,12 +108,85 @@ SELECT g,
             ELSE timestamptz '2026-06-01 00:00:00+00' + (g * interval '1 minute') END
 FROM generate_series(1::bigint, {ROWS}::bigint) AS g;
 """
+CREATE_PAGES = f"""
+DROP TABLE IF EXISTS {PAGES_UUID};
+DROP TABLE IF EXISTS {PAGES_NOKEY};
+CREATE TABLE {PAGES_UUID} (id uuid PRIMARY KEY, gen int NOT NULL, body text NOT NULL);
+INSERT INTO {PAGES_UUID}
+SELECT md5(g::text)::uuid, 0, repeat(chr(65 + g % 26), 20 + g % 200)
+FROM generate_series(1, {PAGES_UUID_ROWS}) AS g;
+-- no key at all, and every row twice: only the heap tells the copies apart
+CREATE TABLE {PAGES_NOKEY} (n int, gen int NOT NULL, label text);
+INSERT INTO {PAGES_NOKEY}
+SELECT g % {PAGES_NOKEY_ROWS // 2}, 0,
+       CASE WHEN g % {PAGES_NOKEY_ROWS // 2} % 7 = 0 THEN NULL
+            ELSE 'label ' || (g % {PAGES_NOKEY_ROWS // 2}) END
+FROM generate_series(1, {PAGES_NOKEY_ROWS}) AS g;
+"""
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What a scenario exports (as export EXPORT), and what the export must then hold."""
+
+    variant: str  # shown after the crash point in the table; "" for the key-range export
+    table: str
+    rows: int
+    chunks: int
+    config: Callable[[Path], str]  # destination -> config text
+    # chunk_by pages: every column, rendered alike by PostgreSQL and by DuckDB over the parts
+    pg_columns: str = ""
+    part_columns: str = ""
+
+    @property
+    def by_pages(self) -> bool:
+        return bool(self.pg_columns)
+
+
+def _pages(table: str) -> Callable[[Path], str]:
+    return lambda dest: pages_pg_config(EXPORT, table, PAGE_RANGES, dest, URL_ENV, PAGE_BATCH_ROWS)
+
+
+KEY_RANGES = Workload(
+    "",
+    TABLE,
+    ROWS,
+    CHUNKS,
+    lambda dest: chunked_pg_config(EXPORT, TABLE, CHUNK_SIZE, dest, URL_ENV),
+)
+PAGE_RANGE_WORKLOADS = {
+    "uuid": Workload(
+        "pages, uuid key",
+        PAGES_UUID,
+        PAGES_UUID_ROWS,
+        PAGE_RANGES,
+        _pages(PAGES_UUID),
+        pg_columns="id::text, gen, body",
+        part_columns="id::varchar, gen, body",
+    ),
+    "nokey": Workload(
+        "pages, no key",
+        PAGES_NOKEY,
+        PAGES_NOKEY_ROWS,
+        PAGE_RANGES,
+        _pages(PAGES_NOKEY),
+        pg_columns="n, gen, label",
+        part_columns="n, gen, label",
+    ),
+}
+# every crash point on the key-range export (ids unchanged), then the page-range cases
+CASES = [pytest.param(point, KEY_RANGES, id=point) for point in SCENARIOS] + [
+    pytest.param("worker.mid_read", workload, id=f"worker.mid_read-pages-{name}")
+    for name, workload in PAGE_RANGE_WORKLOADS.items()
+]
 
 
 @pytest.fixture(scope="module")
 def fault_source(pg: LocalPostgres) -> LocalPostgres:
     pg.psql_admin(CREATE)
-    pg.psql_admin(f"VACUUM ANALYZE {TABLE}")
+    pg.psql_admin(CREATE_PAGES)
+    for table in (TABLE, PAGES_UUID, PAGES_NOKEY):
+        pg.psql_admin(f"VACUUM ANALYZE {table}")
     return pg
 
 
@@ -148,9 +239,18 @@ async def _tasks_settled(bus: Bus) -> bool:
     return not info.num_pending and not info.num_ack_pending
 
 
-@pytest.mark.parametrize("point", list(SCENARIOS))
+def _rewrite(url: str, table: str) -> tuple[int, float]:
+    """Update every row of `table` (gen + 1) in one transaction: each row's new version goes to
+    another page. Returns (rows updated, wall time after the commit)."""
+    with psycopg.connect(url, autocommit=True) as con:
+        rows = con.execute(f"UPDATE {table} SET gen = gen + 1").rowcount
+    return rows, time.time()
+
+
+@pytest.mark.parametrize(("point", "workload"), CASES)
 async def test_a_run_recovers_from_a_sigkill_at(
     point: str,
+    workload: Workload,
     request: pytest.FixtureRequest,
     fault_source: LocalPostgres,
     namespace: str,
@@ -160,7 +260,7 @@ async def test_a_run_recovers_from_a_sigkill_at(
 ) -> None:
     started = time.monotonic()
     instance = SCENARIOS[point]
-    result = RESULTS[request.node.nodeid] = FaultResult(point, instance)
+    result = RESULTS[request.node.nodeid] = FaultResult(point, instance, workload.variant)
     env = _env(namespace, fault_source)
     dest = tmp_path / "dest"
     state_dir = tmp_path / "state"
@@ -191,14 +291,19 @@ async def test_a_run_recovers_from_a_sigkill_at(
     if killing_nats:
         await trigger.start(nats_url, Names(namespace), secure.options())
 
-    # ---- submit
+    # ---- submit; a page-range export must then hold the table as it is now, when it is planned
+    expected: list[tuple[object, ...]] = []
+    if workload.by_pages:
+        select = f"SELECT {workload.pg_columns} FROM {workload.table}"
+        expected = await asyncio.to_thread(pg_rows, fault_source.url, select)
+        assert len(expected) == workload.rows
     control_ch = stack.channel(stack.state.control_addr)
     tracker_ch = stack.channel(stack.state.tracker_addr)
     aclosing += [control_ch.close, tracker_ch.close]
     submitted = await control_pb2_grpc.ControlStub(control_ch).SubmitRun(
         control_pb2.SubmitRunRequest(
             config=control_pb2.ConfigDocument(
-                text=chunked_pg_config("faults", TABLE, CHUNK_SIZE, dest, URL_ENV),
+                text=workload.config(dest),
                 base_dir=str(tmp_path),
                 file_name="faults.yaml",
             ),
@@ -209,6 +314,7 @@ async def test_a_run_recovers_from_a_sigkill_at(
     run_id = submitted.run_id
 
     # ---- the fault, then the restart
+    rewritten_at = 0.0
     if killing_nats:
         try:
             await asyncio.wait_for(trigger.seen.wait(), DEATH_TIMEOUT_S)
@@ -228,7 +334,15 @@ async def test_a_run_recovers_from_a_sigkill_at(
         popen = stack.procs[instance]
         log = next(p.log for p in stack.state.processes if p.name == instance)
         died = await asyncio.to_thread(wait_sigkilled, popen, DEATH_TIMEOUT_S, log)
-        await asyncio.to_thread(stack.restart, instance, drop_env=(crash.ENV,))
+        restart = asyncio.to_thread(stack.restart, instance, drop_env=(crash.ENV,))
+        if workload.by_pages:
+            # while the killed range waits for redelivery (ack_wait), every row moves to another
+            # page: only the plan's snapshot still sees each row once, where it was planned
+            rewrite = asyncio.to_thread(_rewrite, fault_source.url, workload.table)
+            _, (rewritten, rewritten_at) = await asyncio.gather(restart, rewrite)
+            assert rewritten == workload.rows
+        else:
+            await restart
         if instance == "tracker-1":  # a new port
             tracker_ch = stack.channel(stack.state.tracker_addr)
             aclosing.append(tracker_ch.close)
@@ -251,26 +365,32 @@ async def test_a_run_recovers_from_a_sigkill_at(
     )
 
     # ---- manifest, _SUCCESS and the part files
-    source_count = int(fault_source.psql_admin(f"SELECT count(*) FROM {TABLE}"))
+    source_count = int(fault_source.psql_admin(f"SELECT count(*) FROM {workload.table}"))
     result.source_rows = source_count
-    run_dir = dest / "faults" / "runs" / run_id
+    run_dir = dest / EXPORT / "runs" / run_id
     manifest_bytes = (run_dir / "manifest.json").read_bytes()
     manifest = json.loads(manifest_bytes)
     result.rows = manifest["row_count"]
+    if workload.by_pages:  # the parts the manifest lists hold the planned table, each row once
+        listed_files = [run_dir / p["path"] for p in manifest["parts"]]
+        exported = await asyncio.to_thread(part_rows, listed_files, workload.part_columns)
+        assert checksum(exported) == checksum(expected), difference(expected, exported)
     assert (run_dir / "_SUCCESS").read_text().strip() == fingerprint.of_bytes(manifest_bytes)
     assert manifest["run_id"] == run_id
-    assert manifest["row_count"] == source_count == ROWS
+    assert manifest["row_count"] == source_count == workload.rows, (
+        f"the manifest lists {manifest['row_count']} rows, the source has {source_count}"
+    )
     assert manifest["row_count"] == sum(p["rows"] for p in manifest["parts"])
     assert manifest["part_count"] == len(manifest["parts"])
     paths = [p["path"] for p in manifest["parts"]]
     assert len(set(paths)) == len(paths), "a part is listed twice"
-    assert sorted({p["chunk_index"] for p in manifest["parts"]}) == list(range(CHUNKS))
+    assert sorted({p["chunk_index"] for p in manifest["parts"]}) == list(range(workload.chunks))
     for part in manifest["parts"]:
         assert fingerprint.of_file(run_dir / part["path"]) == (
             part["content_fingerprint"],
             part["size_bytes"],
         ), part["path"]
-    latest = json.loads((dest / "faults" / "manifest.json").read_text())
+    latest = json.loads((dest / EXPORT / "manifest.json").read_text())
     assert latest["run_id"] == run_id
 
     # ---- the stream: one ManifestCommitted, and only winning attempts in the manifest
@@ -288,7 +408,10 @@ async def test_a_run_recovers_from_a_sigkill_at(
     assert len(committed) == 1, f"{len(committed)} ManifestCommitted for the run"
     state = fold((e for _, e in history), run_id)
     assert state.status is RunStatus.SUCCEEDED
-    assert len(state.chunks) == CHUNKS
+    assert len(state.chunks) == workload.chunks
+    if workload.by_pages:
+        assert state.plan is not None and state.plan.chunk_by == CHUNK_BY_PAGES
+        assert state.plan.snapshot_id, "chunk_by pages runs in the plan's one snapshot"
     assert all(c.status is ChunkStatus.COMPLETED for c in state.chunks.values())
     for part in manifest["parts"]:
         chunk = state.chunks[part["chunk_index"]]
@@ -296,8 +419,33 @@ async def test_a_run_recovers_from_a_sigkill_at(
             f"{part['path']}: attempt {part['attempt']}, "
             f"chunk {chunk.index} was won by attempt {chunk.winning_attempt}"
         )
-    if point in REDELIVERED:  # the crashed attempt lost: a later one won, and only it is listed
-        assert max(c.winning_attempt for c in state.chunks.values()) >= 2
+    if point in REDELIVERED:  # the killed attempt lost: a later one won, and only it is listed
+        # armed @1, the instance died in the first chunk it started
+        killed = next(
+            e.body
+            for _, e in history
+            if isinstance(e.body, ChunkStarted) and e.producer.instance == instance
+        )
+        chunk = state.chunks[killed.chunk_index]
+        assert chunk.winning_attempt > killed.attempt, (killed, chunk.winning_attempt)
+        dead = (killed.chunk_index, killed.attempt)
+        assert dead not in {(p["chunk_index"], p["attempt"]) for p in manifest["parts"]}
+        assert not layout.attempt_files(run_dir, *dead), "the killed attempt's files stayed"
+        set_aside = layout.attempt_files(dest / EXPORT / "_quarantine" / run_id, *dead)
+        # mid_read on the key-range export dies before its first row group (25,000-row batches,
+        # 262,144-row groups): nothing of it is on disk; otherwise its files were set aside
+        if point != "worker.mid_read" or workload.by_pages:
+            assert set_aside, f"no file of the killed attempt {dead} was set aside"
+        if workload.by_pages:
+            won = next(
+                e
+                for _, e in history
+                if isinstance(e.body, ChunkStarted)
+                and (e.body.chunk_index, e.body.attempt) == (chunk.index, chunk.winning_attempt)
+            )
+            assert won.occurred_at.timestamp() > rewritten_at, (
+                "the killed range was read again before every row had moved"
+            )
     winners = {
         (f.file_name, f.rows, f.bytes, f.content_fingerprint) for f in state.committed_files()
     }

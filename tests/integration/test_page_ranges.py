@@ -9,7 +9,6 @@ the table as of that generation, checksum for checksum.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 from collections.abc import Iterator
@@ -31,6 +30,7 @@ from sluiceway.common.sources.postgres import PostgresSource
 from sluiceway.common.sources.sql import page_predicate
 from sluiceway.planner.domain.plan import build_plan
 from sluiceway.v1 import control_pb2, control_pb2_grpc, events_pb2, tracker_pb2_grpc
+from tests.support.checksums import checksum, pg_rows
 from tests.support.eventually import eventually
 from tests.support.faults import terminal_run
 from tests.support.localpg import LocalPostgres
@@ -79,16 +79,6 @@ def _spec(url: str, dest: Path, table: str, chunks: int, name: str = "pages") ->
     return load_text(text, env={"PAGES_PG_URL": url})[name]
 
 
-def _checksum(rows: list[tuple[object, ...]]) -> str:
-    """An order-free checksum of a multiset of rows."""
-    return hashlib.sha256("\n".join(sorted(map(repr, rows))).encode()).hexdigest()
-
-
-def _table_rows(url: str, sql: str) -> list[tuple[object, ...]]:
-    with psycopg.connect(url) as con:
-        return [tuple(r) for r in con.execute(sql)]
-
-
 # ---- the source: plans, TID range scans, and what cannot be read by pages --------------------
 
 
@@ -130,11 +120,11 @@ def test_the_page_chunks_of_a_plan_hold_every_row_once(
             read.extend(zip(*(c.to_pylist() for c in table_.columns), strict=True))
     finally:
         source.close()
-    expected = _table_rows(tables.url, sql)
+    expected = pg_rows(tables.url, sql)
     if table.endswith("uuid"):
         read = [(str(i), g, b) for i, g, b in read]
     assert len(read) == len(expected)
-    assert _checksum(read) == _checksum(expected)
+    assert checksum(read) == checksum(expected)
 
 
 def test_a_view_cannot_be_read_by_pages(tables: LocalPostgres, tmp_path: Path) -> None:
@@ -245,7 +235,7 @@ async def test_a_page_export_of_a_table_rewritten_throughout_is_one_consistent_c
     assert len({i for i, _, _ in exported}) == ROWS, "a row was read twice"
     (gen,) = gens
     # the table as of that generation: every row's body is unchanged, gen is the snapshot's
-    now = _table_rows(tables.url, "SELECT id::text, gen, body FROM page_uuid")
+    now = pg_rows(tables.url, "SELECT id::text, gen, body FROM page_uuid")
     shift = now[0][1] - gen
     assert shift > 0, "no row moved after the snapshot was taken"
-    assert _checksum(exported) == _checksum([(i, g - shift, b) for i, g, b in now])
+    assert checksum(exported) == checksum([(i, g - shift, b) for i, g, b in now])

@@ -61,6 +61,7 @@ class FaultResult:
 
     point: str
     instance: str
+    variant: str = ""  # what the run exported, when not the key-range export: "pages, uuid key"
     status: str = "-"  # the run's terminal status, as the tracker reports it
     rows: int | None = None  # manifest row_count
     source_rows: int | None = None
@@ -103,7 +104,7 @@ def table(terminalreporter: object) -> tuple[list[str], list[dict[str, object]]]
     head = ("crash point", "instance", "outcome", "run status", "rows", "recover s", "total s")
     cells = [
         (
-            str(r["point"]),
+            f"{r['point']} ({r['variant']})" if r.get("variant") else str(r["point"]),
             str(r["instance"]),
             str(r["outcome"]),
             str(r["status"]),
@@ -345,6 +346,30 @@ exports:
     mode: chunked
     chunk_column: id
     chunk_size: {chunk_size}
+    format: parquet
+    destination: {dest}
+"""
+
+
+def pages_pg_config(
+    name: str, table: str, chunk_count: int, dest: Path, url_env: str, batch_rows: int
+) -> str:
+    """A config of one `chunk_by: pages` Parquet export of `public.<table>` (consistent_snapshot
+    by default) in `chunk_count` page ranges, read and written `batch_rows` rows at a time: every
+    batch is a row group of its own, so a worker killed after its first one leaves a torn part
+    on disk with the rest of its range unread."""
+    return f"""
+sources:
+  src: {{engine: postgres, url_env: {url_env}}}
+exports:
+  - name: {name}
+    source: src
+    table: public.{table}
+    mode: chunked
+    chunk_by: pages
+    chunk_count: {chunk_count}
+    batch_size: {batch_rows}
+    row_group_rows: {batch_rows}
     format: parquet
     destination: {dest}
 """
