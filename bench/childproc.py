@@ -34,7 +34,7 @@ class Secrets:
 
         params = conninfo_to_dict(url)
         password = str(params.pop("password", "") or "")
-        return cls(make_conninfo(**params), password)
+        return cls(make_conninfo("", **params), password)
 
     def env(self) -> dict[str, str]:
         env = {**os.environ, DSN_ENV: self.dsn}

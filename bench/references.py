@@ -22,10 +22,12 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-from bench.childproc import DSN_ENV, ROOT, Child, Secrets, peak_rss_mb, wait_all
+from bench.childproc import DSN_ENV, Child, Secrets, peak_rss_mb, wait_all
+from bench.childproc import ROOT as ROOT  # the repository; public here (bench/run.py uses it)
 
 BENCH_VENV = ".venv-bench"
 # DuckDB for the reference only (the project pins its own duckdb); the extension comes as a
@@ -196,8 +198,8 @@ def range_predicates(url: str, table: str, kind: str, ranges: int, key: str = "i
         raise ValueError(f"{table} has no integer column {key!r}: use range kind 'ctid'")
     with psycopg.connect(url) as con:
         if kind == "key":
-            row = con.execute(f'SELECT min("{key}"), max("{key}") FROM {qualified(table)}')
-            lo, hi = row.fetchone() or (None, None)
+            sql = f'SELECT min("{key}"), max("{key}") FROM {qualified(table)}'
+            lo, hi = con.execute(sql).fetchone() or (None, None)
             if lo is None or hi is None:
                 raise ValueError(f"{table} has no rows to split by {key!r}")
             step = -(-(hi - lo + 1) // ranges)
@@ -350,9 +352,7 @@ def measure(
     for kind in kinds:
         name = "adbc_processes" if kind == kinds[0] else f"adbc_processes_{kind}"
         out = work / f"{table}-adbc-{kind}"
-        steps.append(
-            (name, lambda out=out, kind=kind: adbc_processes(url, table, out, range_kind=kind))
-        )
+        steps.append((name, partial(adbc_processes, url, table, out, range_kind=kind)))
     for r in range(rounds):
         for name, step in steps:
             got = step()
@@ -362,9 +362,9 @@ def measure(
     for kind in kinds:
         shutil.rmtree(work / f"{table}-adbc-{kind}", ignore_errors=True)
     report: dict[str, Any] = {}
-    for name, got in runs.items():
-        best = dict(min(got, key=lambda g: g["seconds"]))
-        best["runs_s"] = [round(g["seconds"], 3) for g in got]
+    for name, readings in runs.items():
+        best = dict(min(readings, key=lambda g: g["seconds"]))
+        best["runs_s"] = [round(g["seconds"], 3) for g in readings]
         report[name] = {k: round(v, 3) if isinstance(v, float) else v for k, v in best.items()}
     return report
 

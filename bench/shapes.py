@@ -99,7 +99,8 @@ def finish_load(con: psycopg.Connection[tuple[object, ...]], table: str) -> None
         "SELECT relallvisible::float / greatest(relpages, 1) FROM pg_class WHERE relname = %s",
         (table,),
     ).fetchone()
-    log(f"{table}: pages all-visible after VACUUM: {100 * (row[0] if row else 0):.0f}%")
+    visible = float(row[0]) if row else 0.0  # type: ignore[arg-type]
+    log(f"{table}: pages all-visible after VACUUM: {100 * visible:.0f}%")
 
 
 def table_sizes(url: str, table: str) -> dict[str, float]:

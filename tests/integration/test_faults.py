@@ -26,6 +26,7 @@ import asyncio
 import contextlib
 import json
 import os
+import signal
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -334,15 +335,27 @@ async def test_a_run_recovers_from_a_sigkill_at(
         popen = stack.procs[instance]
         log = next(p.log for p in stack.state.processes if p.name == instance)
         died = await asyncio.to_thread(wait_sigkilled, popen, DEATH_TIMEOUT_S, log)
-        restart = asyncio.to_thread(stack.restart, instance, drop_env=(crash.ENV,))
         if workload.by_pages:
-            # while the killed range waits for redelivery (ack_wait), every row moves to another
-            # page: only the plan's snapshot still sees each row once, where it was planned
-            rewrite = asyncio.to_thread(_rewrite, fault_source.url, workload.table)
-            _, (rewritten, rewritten_at) = await asyncio.gather(restart, rewrite)
+            # before the killed range can be read again, every row moves to another page: only
+            # the plan's snapshot still sees each row once, where it was planned. The other
+            # workers are paused meanwhile (SIGSTOP), so that however long the UPDATE takes,
+            # no redelivery of the range is read before it commits
+            others = [
+                proc
+                for name, proc in stack.procs.items()
+                if name.startswith("worker-") and name != instance and proc.poll() is None
+            ]
+            for proc in others:
+                os.kill(proc.pid, signal.SIGSTOP)
+            try:
+                rewritten, rewritten_at = await asyncio.to_thread(
+                    _rewrite, fault_source.url, workload.table
+                )
+            finally:
+                for proc in others:
+                    os.kill(proc.pid, signal.SIGCONT)
             assert rewritten == workload.rows
-        else:
-            await restart
+        await asyncio.to_thread(stack.restart, instance, drop_env=(crash.ENV,))
         if instance == "tracker-1":  # a new port
             tracker_ch = stack.channel(stack.state.tracker_addr)
             aclosing.append(tracker_ch.close)
