@@ -162,7 +162,12 @@ async def test_a_high_priority_run_overtakes_a_low_priority_backfill(
     backfill = await control.SubmitRun(control_pb2.SubmitRunRequest(config=backfill_doc))
 
     async def backfill_started() -> bool:
-        run = await tracker.GetRun(tracker_pb2.GetRunRequest(run_id=backfill.run_id))
+        try:
+            run = await tracker.GetRun(tracker_pb2.GetRunRequest(run_id=backfill.run_id))
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.NOT_FOUND:
+                return False  # the tracker has not projected the request yet
+            raise
         return run.chunks_completed >= 2
 
     await eventually(backfill_started, timeout_s=60, what="backfill under way")

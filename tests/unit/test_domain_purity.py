@@ -35,6 +35,19 @@ def _domain_files() -> list[Path]:
     ]
 
 
+def _parse(text: str) -> ast.AST:
+    """ast.parse, tried a second time on "SystemError: AST constructor recursion depth
+    mismatch": CPython 3.11 can raise it spuriously in a process that runs other threads
+    (python/cpython#106905; seen once here, in a test process that had run many other tests).
+    A second parse of the same text gives the tree or the real error."""
+    try:
+        return ast.parse(text)
+    except SystemError as exc:
+        if "recursion depth mismatch" not in str(exc):
+            raise
+        return ast.parse(text)
+
+
 def test_there_are_domain_packages() -> None:
     assert len(_domain_files()) >= 4
 
@@ -42,7 +55,7 @@ def test_there_are_domain_packages() -> None:
 def test_domain_modules_import_no_io_library() -> None:
     offenders = []
     for path in _domain_files():
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in ast.walk(_parse(path.read_text())):
             names: list[str] = []
             if isinstance(node, ast.Import):
                 names = [a.name for a in node.names]
