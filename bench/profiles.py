@@ -25,11 +25,11 @@ from bench.run import (
     URL_ENV,
     RssSampler,
     bench_spec,
-    create_table,
     log,
     reference_copy,
     timed_export,
 )
+from bench.shapes import create_bench
 from bench.source_stats import SourceSampler, statements
 from sluiceway.cli import stack as stackmod
 from sluiceway.cli.client import connect, stack_endpoints
@@ -76,7 +76,7 @@ def main() -> int:
         pg.start(settings={"shared_preload_libraries": "pg_stat_statements"})
         pg.psql_admin("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         os.environ[URL_ENV] = pg.url  # the URL reaches the services only by this variable
-        create_table(pg.url, rows)
+        create_bench(pg.url, rows)
         specs = {
             p: bench_spec(work, rows, chunks, f"bench_{p}", f"    tuning_profile: {p}\n")
             for p in PROFILES

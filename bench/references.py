@@ -361,24 +361,20 @@ def measure(
     (work / f"{table}.parquet").unlink(missing_ok=True)
     for kind in kinds:
         shutil.rmtree(work / f"{table}-adbc-{kind}", ignore_errors=True)
-    report: dict[str, Any] = {}
-    for name, readings in runs.items():
-        best = dict(min(readings, key=lambda g: g["seconds"]))
-        best["runs_s"] = [round(g["seconds"], 3) for g in readings]
-        report[name] = {k: round(v, 3) if isinstance(v, float) else v for k, v in best.items()}
-    return report
+    return {name: best_of(readings) for name, readings in runs.items()}
 
 
-def _load_bench(url: str, rows: int) -> None:
-    from bench.run import create_table  # the whole stack's imports: only when asked for
-
-    create_table(url, rows)
+def best_of(readings: list[dict[str, Any]]) -> dict[str, Any]:
+    """The reading with the fewest `seconds`, with every reading's seconds as `runs_s`."""
+    best = dict(min(readings, key=lambda g: g["seconds"]))
+    best["runs_s"] = [round(g["seconds"], 3) for g in readings]
+    return {k: round(v, 3) if isinstance(v, float) else v for k, v in best.items()}
 
 
 def _loaders() -> dict[str, Callable[[str, int], None]]:
     from bench import shapes
 
-    return {"bench": _load_bench, "wide": shapes.create_wide, "uuid": shapes.create_uuid}
+    return shapes.LOADERS
 
 
 def run_shapes(shapes: Sequence[str], rows: int | None, rounds: int, both_kinds: bool) -> int:

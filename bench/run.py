@@ -78,44 +78,6 @@ def log(msg: str) -> None:
     print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
 
-def create_table(url: str, rows: int) -> None:
-    with psycopg.connect(url, autocommit=True) as con:
-        con.execute("DROP TABLE IF EXISTS bench")
-        con.execute("""
-            CREATE TABLE bench (
-                id bigint PRIMARY KEY,
-                qty int NOT NULL,
-                label text,
-                amount numeric(12,2),
-                attrs jsonb,
-                created_at timestamptz NOT NULL
-            )""")
-        con.execute(
-            """
-            INSERT INTO bench
-            SELECT g,
-                   (g * 7919) %% 1000,
-                   CASE WHEN g %% 17 = 0 THEN NULL ELSE 'label-' || md5(g::text) END,
-                   ((g * 104729) %% 10000000) / 100.0,
-                   jsonb_build_object('k', g %% 100, 'tag', 't' || (g %% 13), 'ok', g %% 2 = 0),
-                   timestamptz '2024-01-01 00:00:00+00' + g * interval '1 second'
-            FROM generate_series(1::bigint, %s::bigint) AS g""",
-            (rows,),
-        )
-        # The throwaway cluster commits asynchronously: a VACUUM straight after the load cannot
-        # mark pages all-visible until the commit record is flushed (hint bits wait for it),
-        # and the snapshot COUNT(*) would then fetch every heap tuple. Flush first, as a table
-        # of a running database would be.
-        con.execute("CHECKPOINT")
-        con.execute("VACUUM (FREEZE, ANALYZE) bench")
-        con.execute("CHECKPOINT")
-        visible = con.execute(
-            "SELECT relallvisible::float / greatest(relpages, 1) FROM pg_class"
-            " WHERE relname = 'bench'"
-        ).fetchone()
-        log(f"pages all-visible after VACUUM: {100 * (visible[0] if visible else 0):.0f}%")
-
-
 def reference_copy(url: str) -> tuple[float, int]:
     """Seconds to read `COPY (SELECT * FROM bench) TO STDOUT (FORMAT binary)` fully."""
     got = references.copy_binary(url, "bench")
@@ -276,12 +238,6 @@ def one_export(
 # ---- one shape ----------------------------------------------------------------------------------
 
 
-def _best(readings: list[dict[str, Any]]) -> dict[str, Any]:
-    best = dict(min(readings, key=lambda g: g["seconds"]))
-    best["runs_s"] = [round(g["seconds"], 3) for g in readings]
-    return {k: round(v, 3) if isinstance(v, float) else v for k, v in best.items()}
-
-
 def holding_back(best: dict[str, Any]) -> str:
     """The phase with the most busy time in Sluiceway's best run (read and convert happen in
     the reader thread, encode in the writer: the larger side bounds the chunk)."""
@@ -341,7 +297,7 @@ def measure_shape(
     report: dict[str, Any] = {
         "rows": source_rows,
         "sizes": shapes.table_sizes(url, shape),
-        **{name: _best(got) for name, got in readings.items()},
+        **{name: references.best_of(got) for name, got in readings.items()},
     }
     exports = {name: report[name] for name in variants}
     best_name = min(exports, key=lambda n: exports[n]["seconds"])
@@ -387,7 +343,6 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="sluiceway-bench-"))
     pg = LocalPostgres()
     stack: stackmod.Stack | None = None
-    loaders = {"bench": create_table, "wide": shapes.create_wide, "uuid": shapes.create_uuid}
     try:
         log("starting PostgreSQL (with pg_stat_statements)")
         pg.start(settings={"shared_preload_libraries": "pg_stat_statements"})
@@ -401,7 +356,7 @@ def main() -> int:
             )
         for shape in wanted:
             n, t0 = _rows_of(shape, scale), time.perf_counter()
-            loaders[shape](pg.url, n)
+            shapes.LOADERS[shape](pg.url, n)
             log(f"{shape}: {n:,} rows loaded in {time.perf_counter() - t0:.1f}s")
 
         log(f"starting the stack ({WORKERS} workers)")

@@ -1,4 +1,4 @@
-"""Table shapes for the references beside `bench`: `wide` (long text, jsonb, arrays) and `uuid`."""
+"""The benchmark's table shapes: `bench`, `wide` (long text, jsonb, arrays) and `uuid`."""
 
 from __future__ import annotations
 
@@ -61,37 +61,49 @@ def create_wide(url: str, rows: int) -> None:
         finish_load(con, "wide")
 
 
-def create_uuid(url: str, rows: int) -> None:
-    """`uuid`: a uuid primary key (md5-derived: deterministic, in random order) and bench's
-    ordinary columns; no integer key at all."""
-    sql = f"""
-        INSERT INTO uuid
-        SELECT md5(g::text)::uuid,
-               (g * 7919) % 1000,
+# the columns of `bench` beside its key, and each row's values from g; `uuid` has them too
+ORDINARY_COLUMNS = (
+    "qty int NOT NULL, label text, amount numeric(12,2), attrs jsonb, "
+    "created_at timestamptz NOT NULL"
+)
+ORDINARY_VALUES = """(g * 7919) % 1000,
                CASE WHEN g % 17 = 0 THEN NULL ELSE 'label-' || md5(g::text) END,
                ((g * 104729) % 10000000) / 100.0,
                jsonb_build_object('k', g % 100, 'tag', 't' || (g % 13), 'ok', g % 2 = 0),
-               timestamptz '2024-01-01 00:00:00+00' + g * interval '1 second'
-        FROM generate_series(1::bigint, {int(rows)}::bigint) AS g"""
+               timestamptz '2024-01-01 00:00:00+00' + g * interval '1 second'"""
+
+
+def _create_ordinary(url: str, table: str, key: str, key_value: str, rows: int) -> None:
+    """`table` with the key column `key` (its definition), made from g by `key_value`, and the
+    ordinary columns; a key defined without PRIMARY KEY gets one after the load."""
     with psycopg.connect(url, autocommit=True) as con:
-        con.execute("DROP TABLE IF EXISTS uuid")
-        con.execute("""
-            CREATE TABLE uuid (
-                id uuid NOT NULL,
-                qty int NOT NULL,
-                label text,
-                amount numeric(12,2),
-                attrs jsonb,
-                created_at timestamptz NOT NULL
-            )""")
-        con.execute(sql)
-        con.execute("ALTER TABLE uuid ADD PRIMARY KEY (id)")
-        finish_load(con, "uuid")
+        con.execute(f"DROP TABLE IF EXISTS {table}")
+        con.execute(f"CREATE TABLE {table} ({key}, {ORDINARY_COLUMNS})")
+        con.execute(
+            f"INSERT INTO {table} SELECT {key_value}, {ORDINARY_VALUES} "
+            f"FROM generate_series(1::bigint, {int(rows)}::bigint) AS g"
+        )
+        if "PRIMARY KEY" not in key:
+            con.execute(f"ALTER TABLE {table} ADD PRIMARY KEY ({key.split()[0]})")
+        finish_load(con, table)
+
+
+def create_bench(url: str, rows: int) -> None:
+    """`bench`: a bigint primary key, int, text, numeric(12,2), jsonb, timestamptz."""
+    _create_ordinary(url, "bench", "id bigint PRIMARY KEY", "g", rows)
+
+
+def create_uuid(url: str, rows: int) -> None:
+    """`uuid`: a uuid primary key (md5-derived: deterministic, in random order) and bench's
+    ordinary columns; no integer key at all."""
+    _create_ordinary(url, "uuid", "id uuid NOT NULL", "md5(g::text)::uuid", rows)
 
 
 def finish_load(con: psycopg.Connection[tuple[object, ...]], table: str) -> None:
-    """Flush, freeze and flush again, as bench/run.py's create_table does (its comment: the
-    asynchronous commit must reach disk before VACUUM can mark pages all-visible)."""
+    """Flush, freeze and flush again. The throwaway cluster commits asynchronously: a VACUUM
+    straight after the load cannot mark pages all-visible until the commit record is flushed
+    (hint bits wait for it), and a snapshot COUNT(*) would then fetch every heap tuple. Flush
+    first, as a table of a running database would be."""
     con.execute("CHECKPOINT")
     con.execute(f"VACUUM (FREEZE, ANALYZE) {table}")
     con.execute("CHECKPOINT")
@@ -124,3 +136,7 @@ def table_sizes(url: str, table: str) -> dict[str, float]:
         "indexes_mb": round(indexes / mb, 1),
         "heap_toast_mb": round((heap + toast) / mb, 1),
     }
+
+
+# shape -> its loader (url, rows)
+LOADERS = {"bench": create_bench, "wide": create_wide, "uuid": create_uuid}

@@ -333,9 +333,9 @@ async def read_model(
         await channel.close()
 
 
-def chunked_pg_config(name: str, table: str, chunk_size: int, dest: Path, url_env: str) -> str:
-    """A config of one chunked Parquet export of `public.<table>` from the PostgreSQL source
-    whose URL is in `url_env`."""
+def _pg_config(name: str, table: str, dest: Path, url_env: str, chunking: str) -> str:
+    """One chunked Parquet export of `public.<table>` from the PostgreSQL source whose URL is
+    in `url_env`; `chunking` holds its indented chunking lines."""
     return f"""
 sources:
   src: {{engine: postgres, url_env: {url_env}}}
@@ -344,11 +344,16 @@ exports:
     source: src
     table: public.{table}
     mode: chunked
-    chunk_column: id
-    chunk_size: {chunk_size}
-    format: parquet
+{chunking}    format: parquet
     destination: {dest}
 """
+
+
+def chunked_pg_config(name: str, table: str, chunk_size: int, dest: Path, url_env: str) -> str:
+    """A config of one chunked Parquet export of `public.<table>` in key ranges of `id`."""
+    return _pg_config(
+        name, table, dest, url_env, f"    chunk_column: id\n    chunk_size: {chunk_size}\n"
+    )
 
 
 def pages_pg_config(
@@ -358,18 +363,8 @@ def pages_pg_config(
     by default) in `chunk_count` page ranges, read and written `batch_rows` rows at a time: every
     batch is a row group of its own, so a worker killed after its first one leaves a torn part
     on disk with the rest of its range unread."""
-    return f"""
-sources:
-  src: {{engine: postgres, url_env: {url_env}}}
-exports:
-  - name: {name}
-    source: src
-    table: public.{table}
-    mode: chunked
-    chunk_by: pages
-    chunk_count: {chunk_count}
-    batch_size: {batch_rows}
-    row_group_rows: {batch_rows}
-    format: parquet
-    destination: {dest}
-"""
+    chunking = (
+        f"    chunk_by: pages\n    chunk_count: {chunk_count}\n"
+        f"    batch_size: {batch_rows}\n    row_group_rows: {batch_rows}\n"
+    )
+    return _pg_config(name, table, dest, url_env, chunking)
