@@ -198,3 +198,54 @@ def test_parts_of_a_losing_attempt_are_not_committed(store: TrackerStore) -> Non
     parts = {p["file_name"]: p["committed"] for p in store.list_parts("r1")}
     assert parts["part-0-0.parquet"] is True
     assert len(store.anomalies("r1")) == 1  # the late file of attempt 2 is fenced off
+
+
+def test_a_late_event_of_an_ended_run_replaces_its_rows(tmp_path: Path) -> None:
+    events = run_history("r1")
+    late = _event("r1", ev.ChunkCompleted(chunk_index=0, rows=5, files=1, attempt=2), 99)
+    apart = TrackerStore(tmp_path / "apart.duckdb")
+    apart.apply(raw(events))
+    apart.apply(raw([late], first_seq=len(events) + 1))  # reaches the run after it ended
+    together = TrackerStore(tmp_path / "together.duckdb")
+    together.apply(raw([*events, late]))
+    assert snapshot(apart) == snapshot(together)
+    assert [r["run_id"] for r in apart.table("runs")] == ["r1"]  # replaced, not added
+    assert apart.get_run("r1")["anomalies"] == 1  # type: ignore[index]
+
+
+def test_runs_in_flight_are_read_from_the_fold_and_ended_runs_from_the_file(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "t.duckdb"
+    done = run_history("r1")
+    live = run_history("r2", complete=False)
+    store = TrackerStore(path)
+    store.apply(raw(done + live))
+
+    # the file's per-run tables hold the ended run only; the journal holds both
+    in_file = store._con.execute("SELECT run_id FROM runs ORDER BY run_id").fetchall()
+    assert in_file == [("r1",)]
+    assert len(store.journal("r2")) == len(live)
+    # every read sees both, the run in flight with its current state
+    assert [r["run_id"] for r in store.list_runs()] == ["r2", "r1"]
+    assert [r["run_id"] for r in store.list_runs(statuses=["RUNNING"])] == ["r2"]
+    assert [r["run_id"] for r in store.list_runs(statuses=["SUCCEEDED"])] == ["r1"]
+    run = store.get_run("r2")
+    assert run is not None and run["status"] == "RUNNING" and run["chunks_completed"] == 2
+    assert [c["status"] for c in store.list_chunks("r2")] == ["COMPLETED", "COMPLETED"]
+    assert [p["file_name"] for p in store.list_parts("r2")] == [
+        "part-0-0.parquet",
+        "part-1-0.parquet",
+    ]
+    # typed as the file's rows: the same dict whether the run is read live or from the file
+    live_row = store.get_run("r2")
+    before = snapshot(store)
+    store.close()
+
+    reopened = TrackerStore(path)  # the fold of r2 is rebuilt from the journal in the file
+    assert snapshot(reopened) == before
+    assert reopened.get_run("r2") == live_row
+    reopened.apply(raw(run_history("r2")[len(live) :], first_seq=len(done) + len(live) + 1))
+    assert reopened.get_run("r2")["status"] == "SUCCEEDED"  # type: ignore[index]
+    in_file = reopened._con.execute("SELECT run_id FROM runs ORDER BY run_id").fetchall()
+    assert in_file == [("r1",), ("r2",)]

@@ -13,6 +13,7 @@ import enum
 import functools
 import types
 import typing
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -79,39 +80,61 @@ def to_message(obj: Any, msg: Message) -> Message:
     return msg
 
 
-def _convert(value: Any, tp: Any, field_desc: Any) -> Any:
+Converter = Callable[[Any], Any] | None  # None: the protobuf value is the domain value
+
+
+def _converter(tp: Any, field_desc: Any) -> Converter:
+    """How one protobuf field's value becomes the domain type `tp` (decided once per field)."""
     tp = _unwrap_optional(tp)
     if tp is datetime:
-        return value.ToDatetime(tzinfo=UTC)
+        return lambda value: value.ToDatetime(tzinfo=UTC)
     if isinstance(tp, type) and issubclass(tp, enum.Enum):
-        name = field_desc.enum_type.values_by_number[value].name
         prefix = _enum_prefix(tp)
-        return tp(name[len(prefix) :] if name.startswith(prefix) else "UNSPECIFIED")
+        by_number = {}
+        for v in field_desc.enum_type.values:
+            name = v.name[len(prefix) :] if v.name.startswith(prefix) else "UNSPECIFIED"
+            try:
+                by_number[v.number] = tp(name)
+            except ValueError:  # a value the domain lacks fails when met (a KeyError)
+                pass
+        return by_number.__getitem__
     if dataclasses.is_dataclass(tp):
-        return from_message(value, tp)  # type: ignore[arg-type]
+        return functools.partial(from_message, cls=tp)
     origin = typing.get_origin(tp)
     if origin is tuple:
         (item_tp, *_rest) = typing.get_args(tp)
-        return tuple(_convert(v, item_tp, field_desc) for v in value)
+        item = _converter(item_tp, field_desc)
+        if item is None:
+            return tuple
+        return lambda value: tuple(map(item, value))
     if origin is dict:
-        return dict(value)
-    return value
+        return dict
+    return None
+
+
+@functools.cache
+def _decoder(cls: Any, descriptor: Any) -> list[tuple[str, bool, Converter]]:
+    """Per (dataclass, message type): each shared field's name, whether an unset value keeps
+    the dataclass default (messages and proto3 `optional` scalars), and its converter."""
+    hints = _hints(cls)
+    plan = []
+    for f in dataclasses.fields(cls):
+        desc = descriptor.fields_by_name.get(f.name)
+        if desc is None:  # fields the message lacks are left at their defaults
+            continue
+        presence = not desc.is_repeated and (desc.message_type is not None or desc.has_presence)
+        plan.append((f.name, presence, _converter(hints[f.name], desc)))
+    return plan
 
 
 def from_message(msg: Message, cls: type[T]) -> T:
     """Build the dataclass `cls` from `msg`; fields the dataclass lacks are ignored."""
-    hints = _hints(cls)  # type: ignore[arg-type]
-    fields_by_name = msg.DESCRIPTOR.fields_by_name
     kwargs: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-        desc = fields_by_name.get(f.name)
-        if desc is None:
-            continue
-        # messages and proto3 `optional` scalars: unset stays the dataclass default (None)
-        if not desc.is_repeated and (desc.message_type is not None or desc.has_presence):
-            if not msg.HasField(f.name):
-                continue
-        kwargs[f.name] = _convert(getattr(msg, f.name), hints[f.name], desc)
+    for name, presence, convert in _decoder(cls, msg.DESCRIPTOR):
+        if presence and not msg.HasField(name):
+            continue  # unset stays the dataclass default (None)
+        value = getattr(msg, name)
+        kwargs[name] = value if convert is None else convert(value)
     return cls(**kwargs)
 
 

@@ -93,12 +93,15 @@ TABLES: dict[str, list[tuple[str, str, pa.DataType]]] = {
         [("seq", "int"), ("run_id", "str"), ("event_id", "str"), ("kind", "str"), ("reason", "str")]
     ),
 }
-# Tables whose rows are a function of a run's whole state: replaced per touched run.
-# Changes with any table, column or type: a file with another fingerprint is rebuilt.
+# What the file holds, beyond its tables: 2 = the per-run tables hold ended runs only (the runs in
+# flight are folded from the journal on start). Bump it when that meaning changes.
+LAYOUT = 2
+# Changes with any table, column, type or the layout: a file with another fingerprint is rebuilt.
 SCHEMA_FINGERPRINT = hashlib.blake2b(
-    repr([(t, [(n, sql) for n, sql, _ in cols]) for t, cols in TABLES.items()]).encode(),
+    repr([LAYOUT, *((t, [(n, sql) for n, sql, _ in cols]) for t, cols in TABLES.items())]).encode(),
     digest_size=8,
 ).hexdigest()
+# Tables whose rows are a function of a run's whole state: written when the run ends.
 PER_RUN_TABLES = ("runs", "chunks", "parts")
 
 
