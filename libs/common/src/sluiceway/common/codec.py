@@ -99,7 +99,7 @@ def _converter(tp: Any, field_desc: Any) -> Converter:
                 pass
         return by_number.__getitem__
     if dataclasses.is_dataclass(tp):
-        return functools.partial(from_message, cls=tp)
+        return functools.partial(from_message, cls=tp)  # type: ignore[arg-type]
     origin = typing.get_origin(tp)
     if origin is tuple:
         (item_tp, *_rest) = typing.get_args(tp)
@@ -130,7 +130,7 @@ def _decoder(cls: Any, descriptor: Any) -> list[tuple[str, bool, Converter]]:
 def from_message(msg: Message, cls: type[T]) -> T:
     """Build the dataclass `cls` from `msg`; fields the dataclass lacks are ignored."""
     kwargs: dict[str, Any] = {}
-    for name, presence, convert in _decoder(cls, msg.DESCRIPTOR):
+    for name, presence, convert in _decoder(cls, msg.DESCRIPTOR):  # type: ignore[arg-type]
         if presence and not msg.HasField(name):
             continue  # unset stays the dataclass default (None)
         value = getattr(msg, name)
