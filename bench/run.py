@@ -10,7 +10,8 @@ reference and export reports its best and all readings, and the report gives the
 (reference best / Sluiceway best: above 1 means Sluiceway is faster), peak RSS, where a chunk's
 time goes (the workers' sluiceway_chunk_phase_seconds), what the server ran
 (pg_stat_statements: reads, counts, others), its CPU, and the control plane's share of the wall
-time (planning, commit, the workers' event appends).
+time (planning, commit, the workers' event appends), and around every step the machine's busy
+CPU-seconds and idle share and each service's CPU-seconds (what saturates).
 
 BENCH_ROWS scales every shape (default 5M rows of `bench`, the others sized to a similar heap),
 BENCH_ROUNDS the rounds (3), BENCH_SHAPES the shapes (bench,wide,uuid). The PostgreSQL URL
@@ -154,6 +155,41 @@ class RssSampler:
         self._thread.join(timeout=2)
 
 
+class CpuMeter:
+    """CPU-seconds over one step: the whole machine's busy time and idle share (is the CPU the
+    limit?), and each stack service's own (workers summed), to name what saturates."""
+
+    def __init__(self, procs: list[tuple[str, psutil.Process]]) -> None:
+        self.procs = procs
+        self.report: dict[str, Any] = {}
+
+    @staticmethod
+    def _proc_s(proc: psutil.Process) -> float:
+        try:
+            t = proc.cpu_times()
+        except psutil.Error:
+            return 0.0
+        return float(t.user + t.system)
+
+    def __enter__(self) -> CpuMeter:
+        self._machine = psutil.cpu_times()
+        self._procs = [self._proc_s(p) for _, p in self.procs]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        now = psutil.cpu_times()
+        idle = (now.idle - self._machine.idle) + (now.iowait - self._machine.iowait)
+        total = sum(now) - sum(self._machine)
+        services: dict[str, float] = {}
+        for (service, proc), before in zip(self.procs, self._procs, strict=True):
+            services[service] = services.get(service, 0.0) + self._proc_s(proc) - before
+        self.report = {
+            "machine_busy_cpu_s": round(total - idle, 2),
+            "machine_idle_share": round(idle / total, 3) if total > 0 else 0.0,
+            "service_cpu_s": {k: round(v, 2) for k, v in sorted(services.items())},
+        }
+
+
 # ---- what one export did ----------------------------------------------------------------------
 
 
@@ -286,7 +322,9 @@ def measure_shape(
     for r in range(ROUNDS):
         # the order rotates so that no step always follows the same one
         for name, step in steps[r % len(steps) :] + steps[: r % len(steps)]:
-            got = step()
+            with CpuMeter(rss.procs) as cpu:
+                got = step()
+            got["cpu"] = cpu.report
             readings.setdefault(name, []).append(got)
             log(f"{shape} round {r + 1}/{ROUNDS}: {name} {got['seconds']:.2f}s")
             shutil.rmtree(out, ignore_errors=True)
