@@ -424,16 +424,3 @@ async def test_only_the_attempt_whose_completion_was_stored_counts_rows_and_byte
         assert sample("sluiceway_chunk_duration_seconds_count", outcome=outcome) == 1, outcome
     assert sample("sluiceway_chunk_duration_seconds_count", outcome="failed") == 0
 
-
-def test_the_worker_allocates_arrow_memory_from_the_system_unless_told_otherwise() -> None:
-    import pyarrow as pa
-
-    from sluiceway.worker.main import use_system_allocator
-
-    before = pa.default_memory_pool()
-    try:
-        pa.set_memory_pool(pa.mimalloc_memory_pool())
-        assert use_system_allocator({"ARROW_DEFAULT_MEMORY_POOL": "mimalloc"}) == "mimalloc"
-        assert use_system_allocator({}) == "system"
-    finally:
-        pa.set_memory_pool(before)

@@ -5,10 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 
-import pyarrow as pa
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 
@@ -130,16 +128,5 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
             metrics_server.stop()
 
 
-def use_system_allocator(env: Mapping[str, str]) -> str:
-    """Arrow's buffers (the batches in flight, Parquet encoding) from the system allocator,
-    unless ARROW_DEFAULT_MEMORY_POOL names one: mimalloc, pyarrow's default, keeps freed pages
-    for reuse, and the worker's peak RSS was 205 MB with it against 193 MB with the system's,
-    at the same speed (`make bench`, the bench table by pages). Returns the pool in use."""
-    if not env.get("ARROW_DEFAULT_MEMORY_POOL"):
-        pa.set_memory_pool(pa.system_memory_pool())
-    return str(pa.default_memory_pool().backend_name)
-
-
 def main() -> None:
-    use_system_allocator(os.environ)
     service.run("worker", serve)
