@@ -423,4 +423,3 @@ async def test_only_the_attempt_whose_completion_was_stored_counts_rows_and_byte
     for outcome in ("completed", "lost", "retry"):
         assert sample("sluiceway_chunk_duration_seconds_count", outcome=outcome) == 1, outcome
     assert sample("sluiceway_chunk_duration_seconds_count", outcome="failed") == 0
-

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 from collections.abc import Callable
@@ -18,6 +19,8 @@ from sluiceway.tracker.adapters.projection import RawMessage, TrackerStore
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+# how long the second fetch of a batch may wait: it only collects what is already stored
+DRAIN_S = 0.005
 
 
 class Db:
@@ -112,7 +115,7 @@ class Projection:
         try:
             while True:
                 try:
-                    msgs = await sub.fetch(self._batch_size, timeout=self._batch_wait_s)
+                    msgs = await self._fetch(sub)
                 except (TimeoutError, nats.errors.TimeoutError):
                     continue
                 batch: list[RawMessage] = []
@@ -134,6 +137,17 @@ class Projection:
                 await sub.unsubscribe()
             except Exception:  # the connection may already be closing
                 pass
+
+    async def _fetch(self, sub: Any) -> list[Any]:
+        """The next batch, as soon as there is one message. nats-py's fetch(n) waits for n
+        messages or its whole timeout once nothing was waiting, so a lone live event sat up to
+        `batch_wait_s` before it was applied: wait for one, then take (no-wait) whatever else
+        is already there, up to the batch size."""
+        msgs: list[Any] = await sub.fetch(1, timeout=self._batch_wait_s)
+        if self._batch_size > 1:
+            with contextlib.suppress(TimeoutError, nats.errors.TimeoutError):
+                msgs += await sub.fetch(self._batch_size - 1, timeout=DRAIN_S)
+        return msgs
 
     async def _apply(self, batch: list[RawMessage]) -> None:
         if not batch:
