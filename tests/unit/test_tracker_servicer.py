@@ -51,6 +51,9 @@ class Progress:
     def progress_marker(self) -> asyncio.Event:
         return self._event
 
+    def run_marker(self, run_id: str) -> asyncio.Event:
+        return self._event
+
 
 async def test_a_client_that_stops_reading_is_cut_off_with_a_resumable_seq(
     tmp_path: Path,

@@ -37,6 +37,8 @@ class ProgressPort(Protocol):
 
     def progress_marker(self) -> asyncio.Event: ...
 
+    def run_marker(self, run_id: str) -> asyncio.Event: ...
+
 
 # ---- row -> protobuf ------------------------------------------------------------------------
 
@@ -331,11 +333,11 @@ class TrackerServicer(tracker_pb2_grpc.TrackerServicer):
             if remaining <= 0:
                 self._visible(principal, run, "WatchRun", run_id)
                 await abort(context, grpc.StatusCode.NOT_FOUND, f"run {run_id!r} not found")
-            marker = self._progress.progress_marker()
+            marker = self._progress.run_marker(run_id)
             await _wait(marker, remaining)
         last = request.from_seq
         while True:
-            marker = self._progress.progress_marker()
+            marker = self._progress.run_marker(run_id)
             rows = await self._db.call(store.run_events, run_id, last, self._watch_page)
             for seq, kind, data in rows:
                 try:
@@ -357,9 +359,10 @@ class TrackerServicer(tracker_pb2_grpc.TrackerServicer):
                     return
             if len(rows) == self._watch_page:
                 continue
-            run = await self._db.call(store.get_run, run_id)
-            if run is not None and run["finished_at"] is not None and run["last_seq"] <= last:
-                return  # the run ended before from_seq: nothing more will come
+            if not rows:  # (an end among the rows returned above)
+                run = await self._db.call(store.get_run, run_id)
+                if run is not None and run["finished_at"] is not None and run["last_seq"] <= last:
+                    return  # the run ended before from_seq: nothing more will come
             await _wait(marker, 5.0)
 
 
