@@ -62,11 +62,11 @@ async def close_replicas(bus: Bus) -> AsyncIterator[None]:
         await REPLICAS.pop().close()
 
 
-def replica(bus: Bus, clock: Clock, name: str = "s1") -> Scheduler:
+def replica(bus: Bus, clock: Clock, name: str = "s1", max_per_poll: int = 5000) -> Scheduler:
     s = Scheduler(
         bus,
         ScheduleBucket(bus.js, f"{bus.names.namespace.upper()}_SCHEDULES"),
-        JetStreamRunFeed(bus, feed_subjects(bus.names)),
+        JetStreamRunFeed(bus, feed_subjects(bus.names), max_per_poll=max_per_poll),
         producer=ev.Producer("scheduler", name),
         clock=clock,
         grace=GRACE,
@@ -260,3 +260,40 @@ async def test_a_manual_run_in_flight_holds_a_scheduled_one_and_a_cancel_ends_a_
     runs = by_time(await runs_of(bus))
     assert runs[at(3)].status is ev.RunStatus.SKIPPED
     assert at(4) not in runs  # nothing new is scheduled while disabled
+
+
+async def test_a_history_longer_than_one_poll_is_read_to_its_end_before_any_decision(
+    bus: Bus,
+) -> None:
+    """Twelve other runs come and go, then a manual run of `orders` is requested: a replica
+    whose feed returns 5 facts a poll must still see it, both for the one-run-at-a-time check
+    of a submission and for the occurrence that falls due."""
+    producer = ev.Producer("planner", "p")
+    for i in range(12):
+        run_id = f"20261203T010000Z-other{i:03d}"
+        other = dataclasses.replace(spec(f"other{i}"), schedule=None)
+        for body in (
+            ev.RunRequested(spec=other, requested_by="me"),
+            ev.CancelRequested(reason="done"),
+            ev.RunCompleted(status=ev.RunStatus.CANCELED),
+        ):
+            await bus.append(ids.new_event(run_id, f"other{i}", body, producer=producer, now=at(1)))
+    manual = ids.new_event(
+        "20261203T015900Z-manual02",
+        "orders",
+        ev.RunRequested(spec=dataclasses.replace(spec(), schedule=None), requested_by="me"),
+        producer=producer,
+        now=at(1, 59),
+    )
+    await bus.append(manual)
+    clock = Clock(at(1, 59))
+    fresh = replica(bus, clock, "fresh", max_per_poll=5)
+    assert await fresh.holding_run("orders") == manual.run_id  # 37 facts: eight polls
+    s = replica(bus, clock, "s", max_per_poll=5)
+    await s.apply([spec()])
+    await s.tick()
+    clock.now = at(2, 0, 5)
+    await s.tick()
+    run = by_time(await runs_of(bus))[at(2)]
+    assert run.status is ev.RunStatus.READY and run.ready is not None
+    assert run.ready.waiting_for == manual.run_id  # not admitted beside the manual run

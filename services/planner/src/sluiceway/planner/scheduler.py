@@ -45,6 +45,10 @@ log = logging.getLogger(__name__)
 REQUESTED_BY = "scheduler"
 
 
+class FeedBehind(Exception):
+    """The feed has facts pending that it could not read yet: no decision is taken."""
+
+
 class ScheduleTaken(Exception):
     """An export's schedule belongs to a principal the caller may not act for."""
 
@@ -76,7 +80,10 @@ class ScheduleStore(Protocol):
 
 class RunFeed(Protocol):
     """The run facts the scheduler follows (scheduled, ready, requested, cancel_requested,
-    completed), from the start of the log, in stream order; each poll returns what is new."""
+    completed), from the start of the log, in stream order; each poll returns what is new, a
+    bounded part of it: `caught_up` says whether that poll reached the stream's end."""
+
+    caught_up: bool
 
     async def poll(self) -> list[RunEvent]: ...
 
@@ -237,9 +244,23 @@ class Scheduler:
         """The run of `export` that a new incremental submission would overlap, as the stream
         says now (the feed is read up to its end first); '' when none."""
         async with self._ticking:
-            for event in await self._feed.poll():
-                self.open.apply(event)
+            await self._catch_up()
             return holding_run(self.open.runs(export))
+
+    async def _catch_up(self) -> None:
+        """Apply the feed up to the stream's end: after a start on a long history that takes
+        several polls, and no decision is taken on a part of it (a run requested after the
+        first poll's end would be unseen, and another admitted beside it)."""
+        while True:
+            events = await self._feed.poll()
+            for event in events:
+                self.open.apply(event)
+            if self._feed.caught_up:
+                return
+            if not events:  # behind, and nothing came: fail this tick (or check), not decide
+                raise FeedBehind(
+                    "the scheduler's feed is behind the run stream and brought nothing"
+                )
 
     # ---- the loop ------------------------------------------------------------------------------
 
@@ -267,8 +288,7 @@ class Scheduler:
                     await self._after_tick()
 
     async def _tick(self) -> None:
-        for event in await self._feed.poll():
-            self.open.apply(event)
+        await self._catch_up()
         now = self._clock()
         installed = await self._store.all()
         for name in sorted(installed):

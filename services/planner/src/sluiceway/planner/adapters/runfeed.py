@@ -15,6 +15,8 @@ from sluiceway.common.domain.events import RunEvent
 log = logging.getLogger(__name__)
 
 MAX_PER_POLL = 5000
+# how long a fetch waits while the consumer has messages pending (it returns at the first batch)
+FETCH_S = 5.0
 
 
 class JetStreamRunFeed:
@@ -22,11 +24,14 @@ class JetStreamRunFeed:
     Each replica has its own (no acks, in memory); after an error it resumes after the last
     sequence it returned."""
 
-    def __init__(self, bus: Bus, subjects: list[str]) -> None:
+    def __init__(self, bus: Bus, subjects: list[str], *, max_per_poll: int = MAX_PER_POLL) -> None:
         self._bus = bus
         self._subjects = subjects
         self._sub = None  # type: ignore[var-annotated]
         self._last = 0
+        self._max = max_per_poll
+        # the last poll reached the end of the stream (False: it stopped at max_per_poll)
+        self.caught_up = False
 
     async def _subscribe(self):  # type: ignore[no-untyped-def]
         cfg = ConsumerConfig(
@@ -40,15 +45,21 @@ class JetStreamRunFeed:
         return await self._bus.js.pull_subscribe("", stream=self._bus.names.runs_stream, config=cfg)
 
     async def poll(self) -> list[RunEvent]:
+        """What is new, at most max_per_poll events (memory stays bounded on a long history);
+        `caught_up` says whether the stream's end was reached, as nats-server counts it (the
+        consumer's pending messages), never because a fetch timed out: the first message of a
+        filtered consumer far back on a long history can take longer than any short wait."""
         out: list[RunEvent] = []
+        self.caught_up = False
         try:
             if self._sub is None:
                 self._sub = await self._subscribe()
-            while len(out) < MAX_PER_POLL:
+            pending = (await self._sub.consumer_info()).num_pending
+            while pending and len(out) < self._max:
                 try:
-                    msgs = await self._sub.fetch(500, timeout=0.2)
+                    msgs = await self._sub.fetch(min(500, self._max - len(out)), timeout=FETCH_S)
                 except (TimeoutError, NatsTimeoutError):
-                    break
+                    break  # pending but not delivered yet: not caught up, the next poll goes on
                 for msg in msgs:
                     seq = msg.metadata.sequence.stream
                     if seq <= self._last:
@@ -58,8 +69,8 @@ class JetStreamRunFeed:
                         out.append(codec.decode(msg.data, subject=msg.subject))
                     except codec.Poison as exc:
                         log.warning("scheduler feed: skipping seq %d: %s", seq, exc)
-                if msgs and msgs[-1].metadata.num_pending == 0:
-                    break
+                pending = msgs[-1].metadata.num_pending if msgs else pending
+            self.caught_up = not pending
         except Exception:
             # resubscribe after the last seq returned; what was read so far is kept
             if self._sub is not None:

@@ -25,7 +25,13 @@ from sluiceway.planner.app import (
     RunNotFound,
 )
 from sluiceway.planner.domain.chunks import PlanError
-from sluiceway.planner.scheduler import Scheduler, ScheduleTaken, ScheduleView, installer
+from sluiceway.planner.scheduler import (
+    FeedBehind,
+    Scheduler,
+    ScheduleTaken,
+    ScheduleView,
+    installer,
+)
 from sluiceway.v1 import control_pb2 as cpb
 from sluiceway.v1 import control_pb2_grpc
 from sluiceway.v1 import events_pb2 as pb
@@ -178,6 +184,13 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
             )
         except ExportBusy as exc:
             await abort(context, grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        except FeedBehind as exc:  # the one-run-at-a-time check could not see the whole log
+            log.warning("SubmitRun: %s", exc)
+            await abort(
+                context,
+                grpc.StatusCode.UNAVAILABLE,
+                "the planner is still reading the run log to check for a run in flight: retry",
+            )
         except (nats.errors.Error, TimeoutError) as exc:
             log.warning("SubmitRun: the run log is unavailable: %s", exc)
             await abort(context, grpc.StatusCode.UNAVAILABLE, "the run log is unavailable: retry")
