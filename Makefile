@@ -62,7 +62,7 @@ bench-venv: $(STAMP)
 	$(PY) -m bench.references venv
 
 bench: $(STAMP) bench-venv
-	$(PY) -m bench.run
+	@$(PY) -m bench.run
 
 # the same export with telemetry off and on (OTLP spans + scraped /metrics), alternating
 bench-observability: $(STAMP)
@@ -88,4 +88,4 @@ bench-profiles: $(STAMP)
 # The control plane at 100,000 synthetic runs (5M+ events) on a local nats-server: projection
 # rate, rebuild time, gRPC read latency, WatchRun latency, planner start-up; JSON on stdout
 bench-control: $(STAMP)
-	$(PY) -m bench.control
+	@$(PY) -m bench.control
