@@ -315,13 +315,17 @@ class TrackerStore:
             self._live_rows[run_id] = rows
         return rows
 
+    def _live_table(self, table: str) -> pa.Table:
+        """One per-run table's rows of every run in flight."""
+        rows = [row for r in self._states for row in self._live(r)[table]]  # type: ignore[index]
+        return self._arrow(table, rows)
+
     def _runs_relation(self) -> str:
         """SQL naming every run: the ended ones in the file and those in flight."""
         if not self._states:
             return "runs"
         if not self._live_registered:
-            live = [row for r in self._states for row in self._live(r)["runs"]]  # type: ignore[index]
-            self._con.register("_live_runs", self._arrow("runs", live))
+            self._con.register("_live_runs", self._live_table("runs"))
             self._live_registered = True
         return "(SELECT * FROM runs UNION ALL SELECT * FROM _live_runs)"
 
@@ -423,8 +427,7 @@ class TrackerStore:
         if name not in TABLES and name != "projection_offset":
             raise ValueError(f"unknown table {name!r}")
         if name in PER_RUN_TABLES and self._states:
-            live = [row for r in self._states for row in self._live(r)[name]]  # type: ignore[index]
-            self._con.register("_live_rows", self._arrow(name, live))
+            self._con.register("_live_rows", self._live_table(name))
             try:
                 return self._dicts(
                     f"SELECT * FROM (SELECT * FROM {name} UNION ALL SELECT * FROM _live_rows) "
