@@ -48,6 +48,9 @@ class _Progress:
     def progress_marker(self) -> asyncio.Event:
         return asyncio.Event()
 
+    def run_marker(self, run_id: str) -> asyncio.Event:
+        return asyncio.Event()
+
 
 def _owned(history: list[ev.RunEvent]) -> list[ev.RunEvent]:
     out = []

@@ -35,18 +35,18 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import nats.errors
 import psutil
-from nats.js.api import AckPolicy
 
+from bench.run import RssSampler
 from sluiceway.cli import stack as stackmod
 from sluiceway.client import AsyncClient, ClientOptions
 from sluiceway.client.options import with_token
@@ -204,20 +204,24 @@ class Template:
     messages: tuple[tuple[str, pb.RunEvent], ...]  # (kind token of the subject, envelope)
 
 
-def _event(run_id: str, export: str, i: int, body: ev.Body) -> ev.RunEvent:
+def _event(
+    run_id: str, export: str, i: int, body: ev.Body, at: datetime | None = None
+) -> ev.RunEvent:
+    """The `i`th event of a run, at `at` (T0 + i seconds by default)."""
     if isinstance(body, ev.RunRequested):
         body = ev.RunRequested(spec=_spec(export), requested_by="bench")
     return ev.RunEvent(
         event_id=f"{run_id}.{i}",
         run_id=run_id,
         export_name=export,
-        occurred_at=T0 + timedelta(seconds=i),
+        occurred_at=at or T0 + timedelta(seconds=i),
         body=body,
     )
 
 
-def templates() -> list[Template]:
-    out = []
+def templates() -> dict[str, list[Template]]:
+    """Every template, by kind."""
+    out: dict[str, list[Template]] = {}
     for kind, _ in KINDS:
         for n in CHUNKS:
             bodies, status = template(kind, n)
@@ -234,7 +238,7 @@ def templates() -> list[Template]:
             for e in events:
                 suffix = NAMES.event_subject(e).split(".", 3)[3]  # kind[.chunk | .export]
                 msgs.append((suffix, codec.event_to_pb(e)))
-            out.append(Template(kind, tuple(msgs)))
+            out.setdefault(kind, []).append(Template(kind, tuple(msgs)))
     return out
 
 
@@ -257,10 +261,9 @@ def run_messages(
         yield f"{NS}.runs.{run_id}.{suffix}", msg.SerializeToString()
 
 
-def pick(rng: random.Random, tpls: Sequence[Template]) -> Template:
-    kinds = [k for k, _ in KINDS]
-    kind = rng.choices(kinds, weights=[w for _, w in KINDS])[0]
-    return rng.choice([t for t in tpls if t.kind == kind])
+def pick(rng: random.Random, tpls: dict[str, list[Template]]) -> Template:
+    kind = rng.choices([k for k, _ in KINDS], weights=[w for _, w in KINDS])[0]
+    return rng.choice(tpls[kind])
 
 
 # ---- processes ---------------------------------------------------------------------------------
@@ -328,32 +331,6 @@ def events_applied(tracker: Service) -> int:
     return 0
 
 
-class Peak:
-    """Peak RSS of one process, sampled every 0.2 s in a thread."""
-
-    def __init__(self, service: Service) -> None:
-        self.service = service
-        self.mb = 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.mb = max(self.mb, self.service.rss_mb())
-            except psutil.Error:
-                return
-            self._stop.wait(0.2)
-
-    def __enter__(self) -> Peak:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=2)
-
-
 def pct(values: Sequence[float], q: float) -> float:
     s = sorted(values)
     return round(s[min(len(s) - 1, int(q * len(s)))], 3) if s else 0.0
@@ -393,8 +370,9 @@ async def wait_stored(bus: busmod.Bus, expected: int, timeout_s: float = 120.0) 
         await asyncio.sleep(0.2)
 
 
-async def synthesize(bus: busmod.Bus, runs: int, rng: random.Random) -> dict[str, Any]:
-    tpls = templates()
+async def synthesize(
+    bus: busmod.Bus, runs: int, rng: random.Random, tpls: dict[str, list[Template]]
+) -> dict[str, Any]:
     t0 = time.perf_counter()
 
     def history() -> Iterator[tuple[str, bytes]]:
@@ -421,7 +399,7 @@ async def follow_rebuild(tracker: Service, total: int, nats: psutil.Process) -> 
     cpu0, ncpu0 = tracker.cpu_s(), nats.cpu_times()
     first_million = None
     deadline = t0 + 3600
-    with Peak(tracker) as peak:
+    with RssSampler([("tracker", tracker.ps)]) as rss:
         while True:
             applied = await asyncio.to_thread(events_applied, tracker)
             now = time.perf_counter() - t0
@@ -441,7 +419,7 @@ async def follow_rebuild(tracker: Service, total: int, nats: psutil.Process) -> 
         "first_1m_s": round(first_million or elapsed, 2),
         "tracker_cpu_s": round(tracker.cpu_s() - cpu0, 2),
         "nats_cpu_s": round((ncpu.user + ncpu.system) - (ncpu0.user + ncpu0.system), 2),
-        "tracker_peak_rss_mb": round(peak.mb, 1),
+        "tracker_peak_rss_mb": round(rss.peak.get("tracker", 0.0), 1),
     }
 
 
@@ -482,8 +460,8 @@ async def live(bus: busmod.Bus, client: AsyncClient, tracker: Service) -> dict[s
     head = 2  # requested, plan
     for r in runs:
         for i, body in enumerate(bodies[:head]):
-            e = _event(r, "export_live", i, body)
-            await bus.nc.publish(NAMES.event_subject(e), codec.encode(replace_time(e, now)))
+            e = _event(r, "export_live", i, body, at=now)
+            await bus.nc.publish(NAMES.event_subject(e), codec.encode(e))
     await bus.nc.flush()
     latencies: list[float] = []
     received = 0
@@ -510,10 +488,8 @@ async def live(bus: busmod.Bus, client: AsyncClient, tracker: Service) -> dict[s
     sent = 0
     for i, body in enumerate(plan):
         for r in runs:
-            e = _event(r, "export_live", head + i, body)
-            await bus.nc.publish(
-                NAMES.event_subject(e), codec.encode(replace_time(e, datetime.now(UTC)))
-            )
+            e = _event(r, "export_live", head + i, body, at=datetime.now(UTC))
+            await bus.nc.publish(NAMES.event_subject(e), codec.encode(e))
             sent += 1
             next_at += interval
             delay = next_at - time.perf_counter()
@@ -528,13 +504,10 @@ async def live(bus: busmod.Bus, client: AsyncClient, tracker: Service) -> dict[s
     return {"runs": LIVE_RUNS, "sent": sent, "received": received, **lat(latencies)}
 
 
-def replace_time(e: ev.RunEvent, at: datetime) -> ev.RunEvent:
-    return replace(e, occurred_at=at)
-
-
-async def burst(bus: busmod.Bus, tracker: Service, rng: random.Random) -> dict[str, Any]:
+async def burst(
+    bus: busmod.Bus, tracker: Service, rng: random.Random, tpls: dict[str, list[Template]]
+) -> dict[str, Any]:
     """BURST events of new runs appended as fast as possible while the tracker follows."""
-    tpls = [t for t in templates() if t.kind == "ok"]
     before = events_applied(tracker)
     start = datetime.now(UTC)
 
@@ -542,7 +515,7 @@ async def burst(bus: busmod.Bus, tracker: Service, rng: random.Random) -> dict[s
         n = 0
         r = 0
         while n < BURST:
-            for m in run_messages(rng.choice(tpls), f"b{r:06d}", "export_burst", start):
+            for m in run_messages(rng.choice(tpls["ok"]), f"b{r:06d}", "export_burst", start):
                 yield m
                 n += 1
             r += 1
@@ -569,15 +542,14 @@ async def burst(bus: busmod.Bus, tracker: Service, rng: random.Random) -> dict[s
 async def planner_start(bus: busmod.Bus, work: Path, env: dict[str, str]) -> dict[str, Any]:
     """A planner on the whole history, its request consumer already caught up."""
     subjects = [NAMES.runs_of_kind("requested"), NAMES.runs_of_kind("cancel_requested")]
-    cfg = await bus.ensure_run_consumer("planner-requests", subjects)
-    assert cfg.ack_policy is AckPolicy.EXPLICIT
+    await bus.ensure_run_consumer("planner-requests", subjects)
     sub = await bus.js.pull_subscribe_bind("planner-requests", stream=NAMES.runs_stream)
     acked = 0
     while True:
         try:
             msgs = await sub.fetch(1000, timeout=2)
-        except Exception:
-            break
+        except (TimeoutError, nats.errors.TimeoutError):
+            break  # every request acked
         for m in msgs:
             await m.ack()
         acked += len(msgs)
@@ -588,7 +560,7 @@ async def planner_start(bus: busmod.Bus, work: Path, env: dict[str, str]) -> dic
     planner = spawn("planner", work, env)
     ready_s = time.perf_counter() - t0
     try:
-        with Peak(planner) as peak:
+        with RssSampler([("planner", planner.ps)]) as rss:
             caught_up = None
             deadline = time.monotonic() + 900
             while caught_up is None and time.monotonic() < deadline:
@@ -598,14 +570,14 @@ async def planner_start(bus: busmod.Bus, work: Path, env: dict[str, str]) -> dic
                     if wanted == feed and delivered >= last_seq:
                         caught_up = time.perf_counter() - t0
                 await asyncio.sleep(0.1)
-            rss = planner.rss_mb()
+            rss_after = planner.rss_mb()
         return {
             "history_events": last_seq,
             "requests_acked_before": acked,
             "ready_s": round(ready_s, 2),
             "feed_caught_up_s": round(caught_up, 2) if caught_up is not None else None,
-            "peak_rss_mb": round(peak.mb, 1),
-            "rss_after_mb": round(rss, 1),
+            "peak_rss_mb": round(rss.peak.get("planner", 0.0), 1),
+            "rss_after_mb": round(rss_after, 1),
         }
     finally:
         planner.stop()
@@ -696,7 +668,8 @@ async def main_async(work: Path) -> dict[str, Any]:
         bus = busmod.Bus(nc, NAMES)
         await bus.ensure_streams()
         log(f"synthesizing {RUNS:,} runs")
-        history = await synthesize(bus, RUNS, rng)
+        tpls = templates()
+        history = await synthesize(bus, RUNS, rng, tpls)
         log(f"  {history['events']:,} events in {history['seconds']} s")
         log("rebuild: a tracker on an empty file catches up")
         tracker = spawn("tracker", work, env)
@@ -711,7 +684,7 @@ async def main_async(work: Path) -> dict[str, Any]:
             watched = await live(bus, client, tracker)
             log(f"  {json.dumps(watched)}")
         log(f"burst: {BURST:,} events appended as fast as possible")
-        burst_report = await burst(bus, tracker, rng)
+        burst_report = await burst(bus, tracker, rng, tpls)
         log(f"  {json.dumps(burst_report)}")
         tracker_rss = tracker.rss_mb()
         tracker.stop()

@@ -42,7 +42,7 @@ PROFILES = ("fast", "balanced", "safe")
 
 def one_export(client: Client, spec: Any, pg: LocalPostgres, stack: stackmod.Stack) -> dict:
     statements(pg.url, reset=True)
-    with RssSampler(stack.state) as rss, SourceSampler(pg) as source:
+    with RssSampler.of_stack(stack.state) as rss, SourceSampler(pg) as source:
         wall, summary, run_id = timed_export(client, spec)
     calls, exec_ms = statements(pg.url)
     status = events_pb2.RunStatus.Name(summary.status).removeprefix("RUN_STATUS_")

@@ -120,21 +120,28 @@ def timed_export(client: Client, spec: Any) -> tuple[float, Any, str]:
 
 
 class RssSampler:
-    """Peak RSS (MB) per service, sampled every 0.2 s; workers are folded into one max."""
+    """Peak RSS (MB) per service of `procs` ((service, process) pairs), sampled every 0.2 s;
+    processes of one service (the workers) are folded into one max."""
 
-    def __init__(self, state: stackmod.StackState, every_s: float = 0.2) -> None:
-        self.procs: list[tuple[str, psutil.Process]] = []
-        for p in state.processes:
-            if p.service == "nats-server":
-                continue
-            try:
-                self.procs.append((p.service, psutil.Process(p.pid)))
-            except psutil.NoSuchProcess:
-                pass
+    def __init__(self, procs: list[tuple[str, psutil.Process]], every_s: float = 0.2) -> None:
+        self.procs = procs
         self.peak: dict[str, float] = {}
         self.every_s = every_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @classmethod
+    def of_stack(cls, state: stackmod.StackState) -> RssSampler:
+        """Every service of a stack, nats-server aside."""
+        procs = []
+        for p in state.processes:
+            if p.service == "nats-server":
+                continue
+            try:
+                procs.append((p.service, psutil.Process(p.pid)))
+            except psutil.NoSuchProcess:
+                pass
+        return cls(procs)
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -408,7 +415,7 @@ def main() -> int:
             "targets": TARGETS,
             "shapes": {},
         }
-        with connect(stack_endpoints(stack)) as client, RssSampler(stack.state) as rss:
+        with connect(stack_endpoints(stack)) as client, RssSampler.of_stack(stack.state) as rss:
             # a warm-up: every process's first export pays its imports and connections
             timed_export(client, bench_spec(work, 1000, 2, name="warmup", table="warmup"))
             for shape in wanted:

@@ -14,9 +14,10 @@ from typing import Any, TypeVar
 import nats.errors
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from sluiceway.common.bus import Bus, Names
+from sluiceway.common.bus import Bus
 from sluiceway.common.metrics import ProjectionMetrics
 from sluiceway.tracker.adapters.projection import RawMessage, TrackerStore
+from sluiceway.tracker.adapters.tables import run_of_subject
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -174,7 +175,7 @@ class Projection:
         self.applied_seq = await self._db.call(self._db.store.apply, batch)
         if self._metrics is not None:
             self._metrics.applied(sum(1 for m in batch if before < m.seq <= self.applied_seq))
-        self._notify({Names.run_id_of(m.subject) for m in batch if m.subject.count(".") >= 2})
+        self._notify({run_of_subject(m.subject) for m in batch})
 
     async def lag(self) -> float:
         """The run stream's last sequence minus the last one applied here."""
