@@ -79,25 +79,70 @@ async def test_an_attempt_is_claimed_by_one_execution_only(bus: Bus) -> None:
     assert await bus.last_start("r4", 4) is None
 
 
-async def test_the_last_commit_of_an_export_is_one_direct_get(bus: Bus) -> None:
-    def commit(run_id: str, export: str, high: str) -> ev.RunEvent:
-        body = ev.ManifestCommitted(cursor_column="updated_at", cursor_high=high)
-        return ev.RunEvent(
-            event_id=event_id(run_id, body),
-            run_id=run_id,
-            export_name=export,
-            occurred_at=datetime(2026, 1, 1, tzinfo=UTC),
-            body=body,
-        )
+def _commit(run_id: str, export: str, high: str) -> ev.RunEvent:
+    body = ev.ManifestCommitted(cursor_column="updated_at", cursor_high=high)
+    return ev.RunEvent(
+        event_id=event_id(run_id, body),
+        run_id=run_id,
+        export_name=export,
+        occurred_at=datetime(2026, 1, 1, tzinfo=UTC),
+        body=body,
+    )
 
+
+def _plan(run_id: str, export: str, column: str) -> ev.RunEvent:
+    body = ev.PlanResolved(strategy="full", schema=(ev.SchemaField(column, "int64", False),))
+    return ev.RunEvent(
+        event_id(run_id, body), run_id, export, datetime(2026, 1, 1, tzinfo=UTC), body
+    )
+
+
+async def test_the_export_state_is_one_direct_get_and_only_moves_forward(bus: Bus) -> None:
     assert await bus.last_commit("shop.orders") is None
-    await bus.append(commit("r1", "shop.orders", "10"))
-    await bus.append(commit("r2", "shop~other", "99"))  # '~' never occurs in a real name
-    await bus.append(commit("r3", "shop_orders", "77"))  # nor does '.' map to '_'
-    await bus.append(commit("r4", "shop.orders", "20"))
+    for run_id, export, high in (
+        ("r1", "shop.orders", "10"),
+        ("r2", "shop~other", "99"),  # '~' never occurs in a real name
+        ("r3", "shop_orders", "77"),  # nor does '.' map to '_'
+        ("r4", "shop.orders", "20"),
+    ):
+        await bus.append(_plan(run_id, export, f"c_{run_id}"))
+        await bus.append(_commit(run_id, export, high))
     await bus.append(_event("r5", ev.ChunkStarted(chunk_index=0, attempt=1)))
+    assert await bus.last_commit("shop.orders") is None  # the run stream alone is not state
+    for run_id, export in (("r4", "shop.orders"), ("r3", "shop_orders"), ("r2", "shop~other")):
+        await bus.record_commit(run_id, export)
+    await bus.record_commit("r1", "shop.orders")  # late, and older: the state stays at r4
     last = await bus.last_commit("shop.orders")
     assert last is not None and last.run_id == "r4"
     assert isinstance(last.body, ev.ManifestCommitted) and last.body.cursor_high == "20"
+    baseline = await bus.baseline("shop.orders")
+    assert baseline is not None and isinstance(baseline.body, ev.PlanResolved)
+    assert baseline.run_id == "r4" and baseline.body.schema[0].name == "c_r4"
     other = await bus.last_commit("shop_orders")
     assert other is not None and other.run_id == "r3"
+    # one message per subject: recording again stores nothing new
+    await bus.record_commit("r4", "shop.orders")
+    info = await bus.js.stream_info(bus.names.state_stream)
+    assert info.state.messages == 6  # commit and baseline of three exports
+
+
+async def test_a_backfill_fills_the_export_state_from_the_run_stream_once(bus: Bus) -> None:
+    for run_id, high in (("b1", "1"), ("b2", "2")):
+        await bus.append(_plan(run_id, "orders", f"c_{run_id}"))
+        await bus.append(_commit(run_id, "orders", high))
+    at = datetime(2026, 1, 1, 6, tzinfo=UTC)
+    scheduled = ev.RunEvent(
+        "s1", "s1", "orders", at, ev.RunScheduled(scheduled_at=at, cron="0 6 * * *")
+    )
+    await bus.append(scheduled)
+    assert await bus.backfill_state() == 2  # the latest commit, the latest occurrence
+    last = await bus.last_commit("orders")
+    assert last is not None and last.run_id == "b2"
+    baseline = await bus.baseline("orders")
+    assert baseline is not None and baseline.run_id == "b2"
+    occurrence = await bus.last_scheduled("orders")
+    assert occurrence is not None and occurrence.run_id == "s1"
+    await bus.append(_commit("b3", "orders", "3"))
+    assert await bus.backfill_state() == 0  # done once: later commits are the committer's
+    last = await bus.last_commit("orders")
+    assert last is not None and last.run_id == "b2"

@@ -27,6 +27,8 @@ class FakeLog:
     def __init__(self) -> None:
         self.events: list[ev.RunEvent] = []
         self.fail_on: str = ""  # kind whose append raises once (a crash before it)
+        # (run, last kind on the log) each time a commit was copied into the export state
+        self.recorded: list[tuple[str, str]] = []
 
     async def append(self, event: ev.RunEvent) -> Appended:
         if event.kind == self.fail_on:
@@ -53,6 +55,9 @@ class FakeLog:
             if isinstance(e.body, ev.ManifestCommitted) and e.export_name == export_name
         ]
         return commits[-1] if commits else None
+
+    async def record_commit(self, run_id: str, export_name: str) -> None:
+        self.recorded.append((run_id, self.kinds()[-1]))  # and the last fact before it
 
     def kinds(self) -> list[str]:
         return [e.kind for e in self.events]
@@ -135,6 +140,8 @@ async def test_commit_writes_manifest_success_and_completes_once(dest: Path) -> 
     assert committed.fingerprint == fingerprint.of_bytes(data)
     assert (committed.row_count, committed.part_count) == (5, 2)
     assert committed.manifest_uri == mpath.resolve().as_uri()
+    # the export state moves after ManifestCommitted is stored, before the run ends
+    assert log.recorded == [(RUN, "manifest_committed")]
     assert layout.latest_pointer_path(str(dest), "orders").read_bytes() == data
     completed = log.events[-1].body
     assert isinstance(completed, ev.RunCompleted)
@@ -163,6 +170,8 @@ async def test_a_restart_after_a_crash_gives_the_same_manifest_and_one_commit(
     assert log.kinds().count("manifest_committed") == 1
     assert log.kinds()[-1] == "completed"
     assert layout.manifest_path(str(dest), "orders", RUN).read_text() == want
+    # recorded again on the way to RunCompleted after the restart (idempotent in the bus)
+    assert log.recorded == [(RUN, "manifest_committed")] * 2
 
 
 async def test_a_tampered_part_fails_validation_and_writes_no_manifest(dest: Path) -> None:

@@ -83,6 +83,15 @@ class FakeLog:
         ]
         return commits[-1] if commits else None
 
+    async def baseline(self, export_name: str) -> ev.RunEvent | None:
+        last = await self.last_commit(export_name)
+        plans = [
+            e
+            for e in self.events
+            if last is not None and e.run_id == last.run_id and isinstance(e.body, ev.PlanResolved)
+        ]
+        return plans[-1] if plans else None
+
     async def last_on_subject(self, subject: str) -> tuple[int, ev.RunEvent] | None:
         found = [
             (i, e)

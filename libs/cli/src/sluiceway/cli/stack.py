@@ -289,6 +289,8 @@ def start_stack(
                 "SLUICEWAY_CONTROL_ADDR": "127.0.0.1:0",
                 "SLUICEWAY_TRACKER_ADDR": "127.0.0.1:0",
                 "SLUICEWAY_TRACKER_DB": str(sd / "tracker.duckdb"),
+                # retention's archive: beside the read model unless the caller names one
+                "SLUICEWAY_ARCHIVE": base_env.get("SLUICEWAY_ARCHIVE") or str(sd / "archive"),
                 "SLUICEWAY_READY_FILE": str(ready_file),
                 "SLUICEWAY_INSTANCE": inst,
                 "PYTHONUNBUFFERED": "1",

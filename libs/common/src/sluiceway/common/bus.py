@@ -7,6 +7,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, fields
+from datetime import datetime
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -21,6 +22,7 @@ from nats.js.api import (
     ConsumerConfig,
     DeliverPolicy,
     DiscardPolicy,
+    RawStreamMsg,
     RetentionPolicy,
     StorageType,
     StreamConfig,
@@ -44,6 +46,7 @@ from sluiceway.common.domain.events import (
     ChunkStarted,
     ChunkTask,
     ManifestCommitted,
+    PlanResolved,
     RunCompleted,
     RunEvent,
     RunScheduled,
@@ -57,6 +60,9 @@ T = TypeVar("T")
 # JetStream error code for a failed Nats-Expected-Last-Subject-Sequence check.
 ERR_WRONG_LAST_SEQUENCE = 10071
 DUPLICATE_WINDOW_S = 300.0
+# the header of a state message naming the run-stream message it copies
+SOURCE_SEQ = "Sluiceway-Source-Seq"
+STATE_CAS_TRIES = 20
 URL_SCHEMES = ("nats", "tls", "ws", "wss")
 # Events are small, except PlanResolved, which lists every chunk range (about 30 bytes each):
 # 1 MiB (nats-server's default max_payload) holds a plan of MAX_CHUNKS chunks with room to spare.
@@ -147,8 +153,26 @@ class Names:
         return f"{self.namespace.upper()}_TASKS"
 
     @property
+    def state_stream(self) -> str:
+        return f"{self.namespace.upper()}_STATE"
+
+    @property
     def runs_all(self) -> str:
         return f"{self.namespace}.runs.>"
+
+    @property
+    def state_all(self) -> str:
+        return f"{self.namespace}.state.>"
+
+    def export_state(self, kind: str, export_name: str) -> str:
+        """One compacted fact of an export (STATE_KINDS): the state stream keeps the last
+        message of each subject only, whatever the run stream has dropped since."""
+        return f"{self.namespace}.state.{kind}.{export_token(export_name)}"
+
+    @property
+    def state_backfilled(self) -> str:
+        """Set once the export state holds every commit and occurrence of the run stream."""
+        return f"{self.namespace}.state.meta.backfilled"
 
     def run_subject(self, run_id: str, kind: str) -> str:
         return f"{self.namespace}.runs.{run_id}.{kind}"
@@ -162,15 +186,6 @@ class Names:
         elif isinstance(event.body, ManifestCommitted | RunScheduled):
             subject += f".{export_token(event.export_name)}"
         return subject
-
-    def export_occurrences(self, export_name: str) -> str:
-        """Every RunScheduled of one export: the last one is its latest scheduled occurrence."""
-        return f"{self.namespace}.runs.*.scheduled.{export_token(export_name)}"
-
-    def export_commits(self, export_name: str) -> str:
-        """Every ManifestCommitted of one export, whatever the run: the export's state (its
-        committed cursor, its last committed run) is the last message on this filter."""
-        return f"{self.namespace}.runs.*.manifest_committed.{export_token(export_name)}"
 
     def chunk_subject(self, run_id: str, kind: str, chunk_index: int) -> str:
         return f"{self.run_subject(run_id, kind)}.{chunk_index}"
@@ -210,6 +225,9 @@ class Appended:
 class StreamSettings:
     replicas: int = 1
     duplicate_window_s: float = DUPLICATE_WINDOW_S
+    # the run stream's size bound (-1: none). Reached, it refuses new events (discard new):
+    # history is dropped only once archived, never to make room.
+    runs_max_bytes: int = -1
 
 
 LANES: tuple[int, ...] = (PRIORITY_HIGH, PRIORITY_NORMAL, PRIORITY_LOW)
@@ -349,10 +367,27 @@ class Bus:
             num_replicas=settings.replicas,
             duplicate_window=settings.duplicate_window_s,
             max_msg_size=MAX_EVENT_BYTES,
-            discard=DiscardPolicy.OLD,
+            max_bytes=settings.runs_max_bytes,
+            discard=DiscardPolicy.NEW,
             allow_direct=True,
             deny_delete=True,
-            deny_purge=True,
+            # the archiver purges the archived prefix (below a sequence, never a subject); only
+            # the tracker's NATS user may (natsauth)
+            deny_purge=False,
+        )
+        state = StreamConfig(
+            name=self.names.state_stream,
+            description="Sluiceway export state: the last commit, schema baseline and "
+            "occurrence of each export, compacted (one message per subject)",
+            subjects=[self.names.state_all],
+            retention=RetentionPolicy.LIMITS,
+            storage=StorageType.FILE,
+            num_replicas=settings.replicas,
+            duplicate_window=settings.duplicate_window_s,
+            max_msg_size=MAX_EVENT_BYTES,
+            max_msgs_per_subject=1,
+            discard=DiscardPolicy.OLD,
+            allow_direct=True,
         )
         tasks = StreamConfig(
             name=self.names.tasks_stream,
@@ -365,7 +400,7 @@ class Bus:
             max_msg_size=64 * 1024,
             discard=DiscardPolicy.OLD,
         )
-        for cfg in (runs, tasks):
+        for cfg in (runs, tasks, state):
             await self._upsert_stream(cfg)
 
     async def _upsert_stream(self, cfg: StreamConfig) -> None:
@@ -474,13 +509,8 @@ class Bus:
     # ---- reads ----------------------------------------------------------------------------
 
     async def last_on_subject(self, subject: str) -> tuple[int, RunEvent] | None:
-        try:
-            raw = await retrying(
-                lambda: self.js.get_last_msg(self.names.runs_stream, subject),
-                f"reading the last message on {subject}",
-                budget_s=self.retry_budget_s,
-            )
-        except NotFoundError:
+        raw = await self._last_raw(self.names.runs_stream, subject)
+        if raw is None:
             return None
         return raw.seq or 0, codec.decode(raw.data or b"")
 
@@ -501,19 +531,125 @@ class Bus:
             return None
         return found[0], found[1].body.attempt
 
-    async def last_commit(self, export_name: str) -> RunEvent | None:
-        """The export's latest ManifestCommitted (one direct get over its commits), if any."""
-        found = await self.last_on_subject(self.names.export_commits(export_name))
-        if found is None or not isinstance(found[1].body, ManifestCommitted):
+    # ---- export state: compacted copies of run facts that must outlive the run stream ------
+
+    async def _last_raw(self, stream: str, subject: str) -> RawStreamMsg | None:
+        try:
+            return await retrying(
+                lambda: self.js.get_last_msg(stream, subject),
+                f"reading the last message on {subject}",
+                budget_s=self.retry_budget_s,
+            )
+        except NotFoundError:
             return None
-        return found[1]
+
+    async def _state(self, kind: str, export_name: str, body: type) -> RunEvent | None:
+        subject = self.names.export_state(kind, export_name)
+        raw = await self._last_raw(self.names.state_stream, subject)
+        if raw is None:
+            return None
+        event = codec.decode(raw.data or b"")
+        return event if isinstance(event.body, body) else None
+
+    async def last_commit(self, export_name: str) -> RunEvent | None:
+        """The export's latest ManifestCommitted (its compacted state, one direct get)."""
+        return await self._state("commit", export_name, ManifestCommitted)
+
+    async def baseline(self, export_name: str) -> RunEvent | None:
+        """The PlanResolved of the export's latest committed run: its schema is the baseline
+        that drift is measured against (one direct get)."""
+        return await self._state("baseline", export_name, PlanResolved)
 
     async def last_scheduled(self, export_name: str) -> RunEvent | None:
-        """The export's latest RunScheduled (one direct get over its occurrences), if any."""
-        found = await self.last_on_subject(self.names.export_occurrences(export_name))
-        if found is None or not isinstance(found[1].body, RunScheduled):
-            return None
-        return found[1]
+        """The export's latest RunScheduled (its compacted state, one direct get)."""
+        return await self._state("scheduled", export_name, RunScheduled)
+
+    async def put_state(self, subject: str, data: bytes, source_seq: int) -> bool:
+        """Store `data`, the run-stream message at `source_seq`, as the state on `subject`
+        unless the state already comes from that message or a later one: the state only
+        moves forward in stream order, whoever writes and in whatever order (a commit and a
+        backfill racing). Compare-and-set on the subject's last sequence; True if stored."""
+        for _ in range(STATE_CAS_TRIES):
+            current = await self._last_raw(self.names.state_stream, subject)
+            held = int((current.headers or {}).get(SOURCE_SEQ, 0)) if current else 0
+            if held >= source_seq:
+                return False
+            hdrs = {
+                "Nats-Msg-Id": f"{subject}@{source_seq}",
+                SOURCE_SEQ: str(source_seq),
+                "Nats-Expected-Last-Subject-Sequence": str(current.seq if current else 0),
+            }
+            try:
+                await retrying(
+                    lambda hdrs=hdrs: self.js.publish(subject, data, headers=hdrs),  # type: ignore[misc]
+                    f"storing the state {subject}",
+                    budget_s=self.retry_budget_s,
+                )
+            except APIError as exc:
+                if exc.err_code == ERR_WRONG_LAST_SEQUENCE:
+                    continue  # another writer moved it first: compare again
+                raise
+            return True
+        raise RuntimeError(f"the state {subject} kept changing under {STATE_CAS_TRIES} writes")
+
+    async def record_commit(self, run_id: str, export_name: str) -> None:
+        """Copy the run's ManifestCommitted (and its plan, the schema baseline) into the
+        export's state. Idempotent: the committer calls it after ManifestCommitted is stored
+        and before RunCompleted, again after a crash in between."""
+        commit_subject = f"{self.names.run_subject(run_id, 'manifest_committed')}."
+        commit = await self._last_raw(
+            self.names.runs_stream, commit_subject + export_token(export_name)
+        )
+        if commit is None:
+            raise LookupError(f"run {run_id} has no ManifestCommitted to record")
+        plan = await self._last_raw(
+            self.names.runs_stream, self.names.run_subject(run_id, "plan_resolved")
+        )
+        seq = commit.seq or 0
+        # the baseline first: a crash between the two leaves the commit where it was
+        if plan is not None:
+            await self.put_state(
+                self.names.export_state("baseline", export_name), plan.data or b"", seq
+            )
+        await self.put_state(
+            self.names.export_state("commit", export_name), commit.data or b"", seq
+        )
+
+    async def record_scheduled(self, export_name: str, seq: int) -> None:
+        """Copy the RunScheduled stored at `seq` into the export's state (idempotent)."""
+        raw = await retrying(
+            lambda: self.js.get_msg(self.names.runs_stream, seq=seq),
+            f"reading seq {seq}",
+            budget_s=self.retry_budget_s,
+        )
+        await self.put_state(
+            self.names.export_state("scheduled", export_name), raw.data or b"", seq
+        )
+
+    async def backfill_state(self) -> int:
+        """Make the export state hold the latest commit and occurrence of every export that the
+        run stream still has (a stream that predates the state, or a lost state stream): read
+        the commits and occurrences only, not the whole log. Done once (a marker says so);
+        several planners starting at once write the same facts. Returns the facts stored."""
+        if await self._last_raw(self.names.state_stream, self.names.state_backfilled):
+            return 0
+        last_seq = await self.stream_last_seq()
+        latest: dict[tuple[str, str], tuple[int, str]] = {}  # (kind, export) -> (seq, run)
+        for kind in ("manifest_committed", "scheduled"):
+            async for msg in self.iter_messages(f"{self.names.namespace}.runs.*.{kind}.*"):
+                assert msg.metadata.sequence is not None
+                export = msg.subject.split(".")[-1].replace("~", ".")
+                seq = msg.metadata.sequence.stream
+                latest[(kind, export)] = (seq, Names.run_id_of(msg.subject))
+        stored = 0
+        for (kind, export), (seq, run_id) in sorted(latest.items()):
+            if kind == "scheduled":
+                await self.record_scheduled(export, seq)
+            else:
+                await self.record_commit(run_id, export)
+            stored += 1
+        await self.put_state(self.names.state_backfilled, b"", max(1, last_seq))
+        return stored
 
     async def claim(self, event: RunEvent, expected_last_seq: int) -> bool:
         """Append `event` only if the last message of its subject is still at
@@ -600,6 +736,39 @@ class Bus:
                     pending = m.metadata.num_pending
         finally:
             await sub.unsubscribe()
+
+    async def stored_range(self, first: int, stop: int) -> list[tuple[int, str, datetime, bytes]]:
+        """(seq, subject, stored time, bytes) of the run stream's messages from `first` up to
+        `stop` (excluded), as stored; fewer when the stream no longer holds some of them."""
+
+        async def read() -> list[tuple[int, str, datetime, bytes]]:
+            cfg = ConsumerConfig(
+                ack_policy=AckPolicy.NONE,
+                deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                opt_start_seq=first,
+                inactive_threshold=30.0,
+                mem_storage=True,
+                # unfiltered, like the tracker's projection (see tracker/app.py)
+            )
+            sub = await self.js.pull_subscribe("", stream=self.names.runs_stream, config=cfg)
+            out: list[tuple[int, str, datetime, bytes]] = []
+            try:
+                pending = (await sub.consumer_info()).num_pending or 0
+                while pending > 0:
+                    for m in await sub.fetch(min(500, pending), timeout=5):
+                        meta = m.metadata
+                        assert meta.sequence is not None and meta.timestamp is not None
+                        if meta.sequence.stream >= stop:
+                            return out
+                        out.append((meta.sequence.stream, m.subject, meta.timestamp, m.data))
+                        pending = meta.num_pending
+            finally:
+                await sub.unsubscribe()
+            return out
+
+        return await retrying(
+            read, f"reading seq {first}..{stop - 1}", budget_s=self.retry_budget_s
+        )
 
     async def stream_last_seq(self) -> int:
         info = await retrying(

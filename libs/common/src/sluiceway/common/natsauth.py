@@ -50,6 +50,16 @@ APPENDS: dict[str, tuple[str, ...]] = {
 }
 
 
+# the export-state subjects each service writes (`<ns>.state.<kind>.<export>`): the committer
+# its commits, the scheduler its occurrences, and a planner's backfill all of them
+STATE_WRITES: dict[str, tuple[str, ...]] = {
+    "planner": ("commit.*", "baseline.*", "scheduled.*", "meta.*"),
+    "worker": (),
+    "committer": ("commit.*", "baseline.*"),
+    "tracker": (),
+}
+
+
 def inbox_prefix(service: str) -> str:
     """Each service's replies arrive under its own prefix, which only it may subscribe to."""
     return f"_INBOX_{service}"
@@ -57,17 +67,22 @@ def inbox_prefix(service: str) -> str:
 
 def permissions(service: str, names: Names) -> dict[str, Any]:
     """The publish/subscribe allow-lists of one service's user."""
-    runs, tasks = names.runs_stream, names.tasks_stream
+    runs, tasks, state = names.runs_stream, names.tasks_stream, names.state_stream
     ns = names.namespace
     publish = [
         "$JS.API.INFO",
-        *(f"$JS.API.STREAM.{op}.{s}" for op in ("INFO", "CREATE", "UPDATE") for s in (runs, tasks)),
-        # single-message reads of the run log (the last fact on a subject)
-        f"$JS.API.STREAM.MSG.GET.{runs}",
-        f"$JS.API.DIRECT.GET.{runs}",
-        f"$JS.API.DIRECT.GET.{runs}.>",
+        *(
+            f"$JS.API.STREAM.{op}.{s}"
+            for op in ("INFO", "CREATE", "UPDATE")
+            for s in (runs, tasks, state)
+        ),
+        # single-message reads of the run log and the export state (the last fact on a subject)
+        *(f"$JS.API.STREAM.MSG.GET.{s}" for s in (runs, state)),
+        *(f"$JS.API.DIRECT.GET.{s}" for s in (runs, state)),
+        *(f"$JS.API.DIRECT.GET.{s}.>" for s in (runs, state)),
     ]
     publish += [f"{ns}.runs.*.{kind}" for kind in APPENDS[service]]
+    publish += [f"{ns}.state.{kind}" for kind in STATE_WRITES[service]]
     consumes_runs = service in ("planner", "committer", "tracker")
     if consumes_runs:  # durable or ephemeral consumers over the run log
         publish += _consumer_api(runs)
@@ -79,6 +94,8 @@ def permissions(service: str, names: Names) -> dict[str, Any]:
         ]
         publish += [f"$JS.API.DIRECT.GET.{bucket}.>", f"$KV.{ns.upper()}_SCHEDULES.>"]
         publish += _consumer_api(bucket)
+    if service == "tracker":  # retention: the archived prefix of the run log, and only that
+        publish.append(f"$JS.API.STREAM.PURGE.{runs}")
     if service == "worker":  # the task lanes: take, ack, nak, heartbeat; a lane's oldest task
         publish += _consumer_api(tasks)
         publish += [f"$JS.API.STREAM.MSG.GET.{tasks}", f"$JS.API.DIRECT.GET.{tasks}"]

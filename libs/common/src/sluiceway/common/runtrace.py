@@ -124,6 +124,15 @@ class TracedRunLog:
     async def last_commit(self, export_name: str) -> RunEvent | None:
         return await self._bus.last_commit(export_name)
 
+    async def baseline(self, export_name: str) -> RunEvent | None:
+        return await self._bus.baseline(export_name)
+
+    async def record_commit(self, run_id: str, export_name: str) -> None:
+        await self._bus.record_commit(run_id, export_name)
+
+    async def record_scheduled(self, export_name: str, seq: int) -> None:
+        await self._bus.record_scheduled(export_name, seq)
+
     async def publish_task(self, task: ChunkTask, msg_id: str) -> Appended:
         return await self._bus.publish_task(task, msg_id)
 

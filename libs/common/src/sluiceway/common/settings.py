@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sluiceway.common.bus import Names, server_urls
+from sluiceway.common.bus import Names, StreamSettings, server_urls
 from sluiceway.common.natsauth import NatsAuth
 
 
@@ -41,6 +42,33 @@ def _positive(env: Mapping[str, str], name: str, default: float) -> float:
     if not value > 0:
         raise SettingsError(f"{name}={value}: expected a number above 0")
     return value
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d)?\s*$")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+_SIZE = re.compile(r"^\s*(\d+)\s*(|k|m|g|t)(?:i?b)?\s*$", re.IGNORECASE)
+
+
+def _duration(env: Mapping[str, str], name: str, default: float) -> float:
+    """Seconds, from `30d`, `12h`, `15m`, `2s` or a bare number of seconds (> 0)."""
+    raw = env.get(name, "")
+    if not raw:
+        return default
+    m = _DURATION.match(raw)
+    if m is None or float(m.group(1)) <= 0:
+        raise SettingsError(f"{name}={raw!r}: expected a duration such as 30d, 12h, 15m or 90s")
+    return float(m.group(1)) * _UNIT_S[m.group(2) or "s"]
+
+
+def _size(env: Mapping[str, str], name: str) -> int:
+    """Bytes, from `50GiB`, `500M`, `1T` or a bare number (binary units); -1 when unset."""
+    raw = env.get(name, "")
+    if not raw:
+        return -1
+    m = _SIZE.match(raw)
+    if m is None or int(m.group(1)) <= 0:
+        raise SettingsError(f"{name}={raw!r}: expected a size such as 50GiB, 500MiB or bytes")
+    return int(m.group(1)) << (10 * " kmgt".index(m.group(2).lower() or " "))
 
 
 def _switch(env: Mapping[str, str], name: str, default: bool) -> bool:
@@ -126,6 +154,18 @@ class Settings:
     nats_user: str = ""
     nats_password_file: str = ""
     nats_ca_file: str = ""
+    # retention of the run stream: a run that ended this long ago is archived, then purged
+    # (with an archive set; without one, history is kept); the stream's size bound (-1: none);
+    # where archived history goes (a directory or an object-store URL) and how often to look
+    runs_max_age_s: float = 30 * 86400.0
+    runs_max_bytes: int = -1
+    archive: str = ""
+    archive_interval_s: float = 60.0
+
+    def stream_settings(self) -> StreamSettings:
+        """The streams as every service declares them (all must agree, or they would keep
+        updating each other's configuration)."""
+        return StreamSettings(replicas=self.stream_replicas, runs_max_bytes=self.runs_max_bytes)
 
     def nats_options(self) -> dict[str, Any]:
         """nats.connect's keyword arguments for this service's user and TLS. Raises
@@ -181,4 +221,8 @@ class Settings:
             nats_user=e.get("SLUICEWAY_NATS_USER", ""),
             nats_password_file=e.get("SLUICEWAY_NATS_PASSWORD_FILE", ""),
             nats_ca_file=e.get("SLUICEWAY_NATS_CA_FILE", ""),
+            runs_max_age_s=_duration(e, "SLUICEWAY_RUNS_MAX_AGE", 30 * 86400.0),
+            runs_max_bytes=_size(e, "SLUICEWAY_RUNS_MAX_BYTES"),
+            archive=e.get("SLUICEWAY_ARCHIVE", ""),
+            archive_interval_s=_duration(e, "SLUICEWAY_ARCHIVE_INTERVAL_S", 60.0),
         )

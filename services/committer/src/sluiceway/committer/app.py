@@ -69,6 +69,8 @@ class RunLog(Protocol):
 
     async def last_commit(self, export_name: str) -> RunEvent | None: ...
 
+    async def record_commit(self, run_id: str, export_name: str) -> None: ...
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -332,10 +334,14 @@ class Committer:
             log.info("moved %d stray file(s) aside", len(moved), extra={"run_id": state.run_id})
 
     async def _finish(self, state: RunState, data: bytes | None) -> None:
-        """Latest pointer, then RunCompleted(SUCCEEDED). Re-run after a crash between
-        ManifestCommitted and RunCompleted, so every step is idempotent."""
+        """Export state, latest pointer, then RunCompleted(SUCCEEDED). Re-run after a crash
+        between ManifestCommitted and RunCompleted, so every step is idempotent. The state is
+        stored before RunCompleted: the export's next run (which waits for this one to end)
+        plans from this commit's cursor and schema."""
         spec = state.spec
         assert spec is not None
+        await self._log.record_commit(state.run_id, state.export_name)
+        crash.point("committer.after_state")
         if data is None:
             dest = destination.open_destination(spec.destination)
             mpath = dest.path(state.export_name, "runs", state.run_id, "manifest.json")

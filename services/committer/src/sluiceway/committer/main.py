@@ -43,7 +43,7 @@ async def serve(
     health = service.HealthServer()
     try:
         bus = busmod.Bus(nc, settings.names)
-        await bus.ensure_streams(busmod.StreamSettings(replicas=settings.stream_replicas))
+        await bus.ensure_streams(settings.stream_settings())
         registry = metrics.new_registry()
         run_log = TracedRunLog(bus, metrics.RunMetrics(registry))
         committer = Committer(

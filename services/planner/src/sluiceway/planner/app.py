@@ -80,6 +80,8 @@ class RunLog(Protocol):
 
     async def last_commit(self, export_name: str) -> RunEvent | None: ...
 
+    async def baseline(self, export_name: str) -> RunEvent | None: ...
+
 
 class SnapshotHold(Protocol):
     """A source transaction held open so that a run's chunks can import its snapshot."""
@@ -402,14 +404,10 @@ class Planner:
 
     async def _baseline(self, export_name: str) -> tuple[SchemaField, ...] | None:
         """The schema of the export's last committed run (its plan's), if it has one."""
-        last = await self._log.last_commit(export_name)
-        if last is None:
+        found = await self._log.baseline(export_name)
+        if found is None or not isinstance(found.body, PlanResolved):
             return None
-        subject = self._log.names.run_subject(last.run_id, "plan_resolved")
-        found = await self._log.last_on_subject(subject)
-        if found is None or not isinstance(found[1].body, PlanResolved):
-            return None
-        return found[1].body.schema
+        return found.body.schema
 
     async def _skip(self, state: RunState, reason: str) -> None:
         await self._append(state, skipped(state, reason, self._clock()))

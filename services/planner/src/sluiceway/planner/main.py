@@ -57,7 +57,10 @@ async def serve(
     metrics_server: metrics.MetricsServer | None = None
     try:
         bus = busmod.Bus(nc, settings.names)
-        await bus.ensure_streams(busmod.StreamSettings(replicas=settings.stream_replicas))
+        await bus.ensure_streams(settings.stream_settings())
+        backfilled = await bus.backfill_state()  # once: a log that predates the export state
+        if backfilled:
+            log.info("export state backfilled from the run stream: %d fact(s)", backfilled)
         keeper = SnapshotKeeper(bus.run_stopped, max_hold_s=settings.snapshot_max_hold_s)
         run_log = TracedRunLog(bus, metrics.RunMetrics(registry))
         names = settings.names

@@ -71,6 +71,8 @@ class SchedulerLog(Protocol):
 
     async def last_scheduled(self, export_name: str) -> RunEvent | None: ...
 
+    async def record_scheduled(self, export_name: str, seq: int) -> None: ...
+
 
 class ScheduleStore(Protocol):
     async def all(self) -> dict[str, Installed]: ...
@@ -336,6 +338,9 @@ class Scheduler:
                     team=item.installed_team,
                 )
                 appended = await self._append(run_id, export, body, now)
+                # stored, or found stored (a crash before the state was written): either way
+                # the export's state moves to it, so the next tick does not schedule it again
+                await self._log.record_scheduled(export, appended.seq)
                 if not appended.conflict and not appended.duplicate:
                     log.info(
                         "scheduled %s for %s", export, at.isoformat(), extra={"run_id": run_id}

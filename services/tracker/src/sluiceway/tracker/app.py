@@ -18,11 +18,14 @@ from sluiceway.common.bus import Bus
 from sluiceway.common.metrics import ProjectionMetrics
 from sluiceway.tracker.adapters.projection import RawMessage, TrackerStore
 from sluiceway.tracker.adapters.tables import run_of_subject
+from sluiceway.tracker.archive import Archive, ArchiveGap
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 # how long the second fetch of a batch may wait: it only collects what is already stored
 DRAIN_S = 0.005
+# how long a projection that cannot bridge the stream's start waits before it looks again
+GAP_RETRY_S = 30.0
 
 
 class Db:
@@ -60,8 +63,10 @@ class Projection:
         batch_size: int = 1000,
         batch_wait_s: float = 0.2,
         metrics: ProjectionMetrics | None = None,
+        archive: Archive | None = None,
     ) -> None:
         self._bus = bus
+        self._archive = archive
         self._metrics = metrics
         self._db = db
         self._batch_size = batch_size
@@ -107,14 +112,41 @@ class Projection:
         """Until cancelled. Any bus error recreates the consumer from the stored offset."""
         while True:
             try:
+                await self._from_archive()
                 await self._consume()
             except asyncio.CancelledError:
                 raise
+            except ArchiveGap as exc:  # nothing to serve from but a stale file: say it loudly
+                log.error("the read model cannot catch up: %s", exc)
+                await asyncio.sleep(GAP_RETRY_S)
             except Exception as exc:  # the projection never stops on a bus hiccup
                 log.warning(
                     "projection consumer failed (%s); resuming after seq %d", exc, self.applied_seq
                 )
                 await asyncio.sleep(0.5)
+
+    async def _from_archive(self) -> None:
+        """When the stream starts after the next event this file needs (retention purged it),
+        apply the archived events first: a new replica, or a rebuild, reads the archive and
+        then the stream. Raises ArchiveGap when neither holds them."""
+        info = await self._bus.js.stream_info(self._bus.names.runs_stream)
+        first = info.state.first_seq
+        if self.applied_seq + 1 >= first:
+            return
+        if self._archive is not None:
+            archive = self._archive
+            for segment in await asyncio.to_thread(archive.after, self.applied_seq):
+                messages = await asyncio.to_thread(archive.read, segment, self.applied_seq)
+                for i in range(0, len(messages), self._batch_size):
+                    await self._apply(messages[i : i + self._batch_size])
+            log.info("applied the archive up to seq %d", self.applied_seq)
+        if self.applied_seq + 1 < first:
+            where = f"the archive at {self._archive.url}" if self._archive else "no archive"
+            raise ArchiveGap(
+                f"the run stream starts at seq {first}, this read model ends at seq "
+                f"{self.applied_seq}, and {where} does not hold the events between "
+                "(set SLUICEWAY_ARCHIVE to the archive the other trackers write)"
+            )
 
     async def _consume(self) -> None:
         names = self._bus.names

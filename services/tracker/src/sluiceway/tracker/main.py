@@ -9,6 +9,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from datetime import timedelta
 
 from sluiceway.common import bus as busmod
 from sluiceway.common import metrics, service, telemetry
@@ -17,6 +18,7 @@ from sluiceway.common.settings import Settings, SettingsError
 from sluiceway.tracker.adapters.projection import TrackerStore
 from sluiceway.tracker.adapters.servicer import TrackerServicer
 from sluiceway.tracker.app import Db, Projection
+from sluiceway.tracker.archive import Archive, Archiver
 from sluiceway.v1 import tracker_pb2, tracker_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -38,17 +40,31 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     if nc is None:
         return
     bus = busmod.Bus(nc, settings.names)
-    await bus.ensure_streams(busmod.StreamSettings(replicas=settings.stream_replicas))
+    await bus.ensure_streams(settings.stream_settings())
 
     store = await asyncio.to_thread(TrackerStore, settings.tracker_db)
     db = Db(store)
     projection_metrics = metrics.ProjectionMetrics(registry)
-    projection = Projection(bus, db, metrics=projection_metrics)
+    archive = Archive(settings.archive, settings.names.namespace) if settings.archive else None
+    projection = Projection(bus, db, metrics=projection_metrics, archive=archive)
     projection_metrics.lag.set_function(
         metrics.loop_probe(asyncio.get_running_loop(), projection.lag)
     )
     await projection.start()
     projection_task = asyncio.create_task(projection.run(), name="tracker-projection")
+    archiver_task: asyncio.Task[None] | None = None
+    if archive is not None:  # retention: without an archive, the run stream keeps everything
+        archiver = Archiver(
+            bus,
+            archive,
+            lambda first, before: db.call(store.retained_from, first, before),
+            lambda: projection.applied_seq,
+            max_age=timedelta(seconds=settings.runs_max_age_s),
+            max_bytes=settings.runs_max_bytes,
+        )
+        archiver_task = asyncio.create_task(
+            archiver.run(stop, settings.archive_interval_s), name="tracker-archiver"
+        )
 
     api = ApiServer(security, (SERVICE_NAME,), settings.health_addr)
     tracker_pb2_grpc.add_TrackerServicer_to_server(  # type: ignore[no-untyped-call]
@@ -69,9 +85,11 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     finally:
         log.info("tracker stopping")
         await api.stop(GRACE_S)
-        projection_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await projection_task
+        for task in (projection_task, archiver_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         with contextlib.suppress(Exception):
             await nc.drain()
         await db.close()

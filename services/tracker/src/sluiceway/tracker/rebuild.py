@@ -1,4 +1,5 @@
-"""Rebuild the tracker's DuckDB read model from stream seq 1 into a new file, then swap it in."""
+"""Rebuild the tracker's DuckDB read model from the start of the log (the archive, then the run
+stream) into a new file, then swap it in."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from sluiceway.common.parts import fsync_dir
 from sluiceway.common.settings import Settings
 from sluiceway.tracker.adapters.projection import TrackerStore
 from sluiceway.tracker.app import Db, Projection
+from sluiceway.tracker.archive import Archive
 
 log = logging.getLogger(__name__)
 
@@ -207,6 +209,7 @@ async def rebuild(
     batch_size: int = BATCH_SIZE,
     stall_timeout_s: float = STALL_TIMEOUT_S,
     clock: Callable[[], float] = time.monotonic,
+    archive: Archive | None = None,
 ) -> RebuildResult:
     """Project the whole run stream into a fresh file beside `path` with the tracker's own
     Projection and TrackerStore, then atomically replace `path` with it. A crash before the
@@ -225,13 +228,16 @@ async def rebuild(
             "SLUICEWAY_NATS_URL)"
         ) from None
     first_seq = max(1, info.state.first_seq)
+    if archive is not None:  # the archive, then the stream (retention purged what it holds)
+        segments = await asyncio.to_thread(archive.segments)
+        first_seq = min([first_seq, *(s.first for s in segments)])
     last_seq = info.state.last_seq
     total = max(0, last_seq - first_seq + 1)
     started = clock()
 
     def progress(seq: int) -> Progress:
-        # the run stream denies deletes, so the messages up to `seq` are first_seq..seq (more
-        # than `total` when events were appended during the rebuild)
+        # the log (archive and stream) has no gaps: the messages up to `seq` are
+        # first_seq..seq (more than `total` when events were appended during the rebuild)
         applied = max(0, seq - first_seq + 1)
         return Progress(path, applied, total, seq, last_seq, clock() - started)
 
@@ -244,7 +250,7 @@ async def rebuild(
     replaced = False
     try:
         try:
-            projection = Projection(bus, db, batch_size=batch_size)
+            projection = Projection(bus, db, batch_size=batch_size, archive=archive)
             await projection.start()
             task = asyncio.create_task(projection.run(), name="tracker-rebuild")
             try:
@@ -312,7 +318,10 @@ def run_rebuild(
             ) from None
         try:
             bus = busmod.Bus(nc, settings.names)
-            return await rebuild(bus, path, report=printer, batch_size=batch_size)
+            archive = (
+                Archive(settings.archive, settings.names.namespace) if settings.archive else None
+            )
+            return await rebuild(bus, path, report=printer, batch_size=batch_size, archive=archive)
         finally:
             with contextlib.suppress(Exception):
                 await nc.drain()

@@ -39,7 +39,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     health = service.HealthServer()
     try:
         bus = busmod.Bus(nc, settings.names)
-        await bus.ensure_streams(busmod.StreamSettings(replicas=settings.stream_replicas))
+        await bus.ensure_streams(settings.stream_settings())
         consumer = busmod.TaskConsumerSettings(
             ack_wait_s=settings.worker_ack_wait_s, max_deliver=settings.worker_max_deliver
         )

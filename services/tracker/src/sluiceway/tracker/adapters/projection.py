@@ -146,6 +146,17 @@ class TrackerStore:
             self._load_run(run_id)
         return found
 
+    def retained_from(self, first_seq: int, ended_before: datetime) -> int | None:
+        """The first event at or after `first_seq` of a run that retention keeps: one still in
+        flight, or ended at or after `ended_before` (naive or aware UTC). None: every event
+        applied from there belongs to a run that ended before it."""
+        row = self._con.execute(
+            "SELECT min(seq) FROM events WHERE seq >= ? AND run_id NOT IN "
+            "(SELECT run_id FROM runs WHERE finished_at IS NOT NULL AND finished_at < ?)",
+            [first_seq, naive_utc(ended_before)],
+        ).fetchone()
+        return None if row is None or row[0] is None else int(row[0])
+
     def checkpoint(self) -> None:
         self._con.execute("CHECKPOINT")
 
