@@ -38,7 +38,13 @@ import pytest
 from sluiceway.cli.stack import Stack, start_stack
 from sluiceway.common import crash, fingerprint, layout
 from sluiceway.common.bus import Bus, Names, connect
-from sluiceway.common.domain.events import CHUNK_BY_PAGES, ChunkStarted, ChunkStatus, RunStatus
+from sluiceway.common.domain.events import (
+    CHUNK_BY_PAGES,
+    ChunkStarted,
+    ChunkStatus,
+    ManifestCommitted,
+    RunStatus,
+)
 from sluiceway.common.domain.run import fold
 from sluiceway.common.localnats import LocalNats
 from sluiceway.v1 import control_pb2, control_pb2_grpc, events_pb2, tracker_pb2_grpc
@@ -52,6 +58,7 @@ from tests.support.faults import (
     FaultResult,
     chunked_pg_config,
     fresh_tracker,
+    log_history,
     logs_tail,
     pages_pg_config,
     read_model,
@@ -83,6 +90,10 @@ NATS_DOWN_S = 1.0  # how long the nats-server stays dead
 # offset with a rolled-back batch to re-apply (the 1st batch holds RunRequested alone: the
 # planner takes longer than the tracker's 200 ms batch window). Every other point fires @1.
 NTH = {"tracker.before_commit": 2}
+# retention on for the archive's point: the run ages out 2 s after it ended, and the tracker
+# dies between storing its archive segment and purging the stream
+RETENTION = {"SLUICEWAY_RUNS_MAX_AGE": "2s", "SLUICEWAY_ARCHIVE_INTERVAL_S": "0.5"}
+INSTANCE_ENV = {"tracker.after_archive": RETENTION}
 # worker points where the crashed attempt never completed: its task is redelivered (after
 # ack_wait) and a later attempt must win the chunk
 REDELIVERED = ("worker.mid_read", "worker.after_rename", "worker.after_file_written")
@@ -233,6 +244,11 @@ def _env(namespace: str, source: LocalPostgres) -> dict[str, str]:
     return env
 
 
+async def _purged_below(bus: Bus, seq: int) -> bool:
+    info = await bus.js.stream_info(bus.names.runs_stream)
+    return bool(info.state.first_seq > seq)
+
+
 async def _tasks_settled(bus: Bus) -> bool:
     """No chunk task is waiting or in flight: the run's history is final (a redelivered task
     of a chunk that already won may still append after the run has ended)."""
@@ -265,6 +281,7 @@ async def test_a_run_recovers_from_a_sigkill_at(
     env = _env(namespace, fault_source)
     dest = tmp_path / "dest"
     state_dir = tmp_path / "state"
+    archive_dir = state_dir / "archive"  # the local stack's default SLUICEWAY_ARCHIVE
 
     # ---- start the stack with exactly one armed instance, on its own nats-server as a
     # deployment runs it: TLS, one user per service (the gRPC APIs authenticate as always)
@@ -274,7 +291,8 @@ async def test_a_run_recovers_from_a_sigkill_at(
     nats_url = secure.url
     env.update(secure.env())
     killing_nats = point == NATS_KILL
-    instance_env = {} if killing_nats else {instance: {crash.ENV: f"{point}@{NTH.get(point, 1)}"}}
+    armed = {crash.ENV: f"{point}@{NTH.get(point, 1)}", **INSTANCE_ENV.get(point, {})}
+    instance_env = {} if killing_nats else {instance: armed}
     stack = teardown.stack(
         await asyncio.to_thread(
             start_stack,
@@ -334,7 +352,9 @@ async def test_a_run_recovers_from_a_sigkill_at(
     else:
         popen = stack.procs[instance]
         log = next(p.log for p in stack.state.processes if p.name == instance)
-        died = await asyncio.to_thread(wait_sigkilled, popen, DEATH_TIMEOUT_S, log)
+        died = await asyncio.to_thread(
+            wait_sigkilled, popen, DEATH_TIMEOUT_S + (30.0 if point in INSTANCE_ENV else 0), log
+        )
         if workload.by_pages:
             # before the killed range can be read again, every row moves to another page: only
             # the plan's snapshot still sees each row once, where it was planned. The other
@@ -411,13 +431,15 @@ async def test_a_run_recovers_from_a_sigkill_at(
     try:
         bus = Bus(nc, Names(namespace))
         await eventually(lambda: _tasks_settled(bus), timeout_s=30, what="every task settled")
-        history = await bus.history(run_id)
-        # every message stored for the run under that kind, whatever the subject's suffix
-        committed = [
-            s async for s, _ in bus.iter_raw(bus.names.run_subject(run_id, "manifest_committed.>"))
-        ]
+        if point == "tracker.after_archive":  # the restarted tracker archived and purged
+            last = (await log_history(bus, archive_dir, run_id))[-1][0]
+            await eventually(lambda: _purged_below(bus, last), timeout_s=30, what="the run purged")
+            assert await bus.history(run_id) == []
+        # the whole log: what retention archived, then the run stream
+        history = await log_history(bus, archive_dir, run_id)
     finally:
         await nc.drain()
+    committed = [seq for seq, e in history if isinstance(e.body, ManifestCommitted)]
     assert len(committed) == 1, f"{len(committed)} ManifestCommitted for the run"
     state = fold((e for _, e in history), run_id)
     assert state.status is RunStatus.SUCCEEDED

@@ -22,7 +22,10 @@ from nats.aio.msg import Msg
 
 from sluiceway.cli.stack import log_tail
 from sluiceway.client import bearer_interceptors
-from sluiceway.common.bus import Names, server_urls
+from sluiceway.common import codec
+from sluiceway.common.bus import Bus, Names, server_urls
+from sluiceway.common.domain.events import RunEvent
+from sluiceway.tracker.archive import Archive
 from sluiceway.v1 import events_pb2, tracker_pb2, tracker_pb2_grpc
 from tests.support.eventually import eventually
 
@@ -40,7 +43,9 @@ SCENARIOS: dict[str, str] = {
     "committer.after_manifest": "committer-1",
     "committer.after_success": "committer-1",
     "committer.after_manifest_committed": "committer-1",
+    "committer.after_state": "committer-1",
     "tracker.before_commit": "tracker-1",
+    "tracker.after_archive": "tracker-1",
     NATS_KILL: "nats-server",
 }
 
@@ -283,6 +288,24 @@ async def caught_up_run(
         if exc.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.NOT_FOUND):
             return None
         raise
+
+
+async def log_history(bus: Bus, archive_dir: Path, run_id: str) -> list[tuple[int, RunEvent]]:
+    """Every event of one run in the whole log: what retention archived (segments under
+    `archive_dir`), then what the run stream still holds; each sequence once."""
+    archive = Archive(str(archive_dir), bus.names.namespace)
+    prefix = f"{bus.names.namespace}.runs.{run_id}."
+    found: dict[int, RunEvent] = {}
+    reached = 0
+    for segment in archive.after(0):
+        batch = archive.read(segment, reached)
+        for m in batch:
+            if m.subject.startswith(prefix):
+                found[m.seq] = codec.decode(m.data, subject=m.subject)
+        reached = batch[-1].seq if batch else reached
+    for seq, event in await bus.history(run_id):
+        found[seq] = event
+    return sorted(found.items())
 
 
 async def all_run_events(

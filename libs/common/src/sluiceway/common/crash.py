@@ -24,8 +24,10 @@ POINTS: dict[str, str] = {
     "committer.before_manifest": "after the gates, before manifest.json",
     "committer.after_manifest": "after manifest.json, before _SUCCESS",
     "committer.after_success": "after _SUCCESS, before ManifestCommitted",
-    "committer.after_manifest_committed": "after ManifestCommitted, before RunCompleted",
+    "committer.after_manifest_committed": "after ManifestCommitted, before the export state",
+    "committer.after_state": "after the export state, before RunCompleted",
     "tracker.before_commit": "after applying a batch, before its transaction commits",
+    "tracker.after_archive": "after storing an archive segment, before purging the stream",
 }
 
 
