@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from sluiceway.common.bus import Bus
+from sluiceway.common.bus import Bus, Names
 from sluiceway.common.domain import events as ev
 from sluiceway.common.domain import ids
 from sluiceway.common.domain.run import RunState, fold
@@ -62,7 +62,13 @@ async def close_replicas(bus: Bus) -> AsyncIterator[None]:
         await REPLICAS.pop().close()
 
 
-def replica(bus: Bus, clock: Clock, name: str = "s1", max_per_poll: int = 5000) -> Scheduler:
+def replica(
+    bus: Bus,
+    clock: Clock,
+    name: str = "s1",
+    max_per_poll: int = 5000,
+    ahead: timedelta = timedelta(days=1),
+) -> Scheduler:
     s = Scheduler(
         bus,
         ScheduleBucket(bus.js, f"{bus.names.namespace.upper()}_SCHEDULES"),
@@ -70,6 +76,7 @@ def replica(bus: Bus, clock: Clock, name: str = "s1", max_per_poll: int = 5000) 
         producer=ev.Producer("scheduler", name),
         clock=clock,
         grace=GRACE,
+        ahead=ahead,
     )
     REPLICAS.append(s)
     return s
@@ -297,3 +304,117 @@ async def test_a_history_longer_than_one_poll_is_read_to_its_end_before_any_deci
     run = by_time(await runs_of(bus))[at(2)]
     assert run.status is ev.RunStatus.READY and run.ready is not None
     assert run.ready.waiting_for == manual.run_id  # not admitted beside the manual run
+
+
+async def _come_and_go(bus: Bus, count: int, start: int = 0) -> None:
+    """`count` manual runs of other exports, requested and ended."""
+    producer = ev.Producer("planner", "p")
+    for i in range(start, start + count):
+        run_id = f"20261203T010000Z-gone{i:04d}"
+        other = dataclasses.replace(spec(f"gone{i}"), schedule=None)
+        for body in (
+            ev.RunRequested(spec=other, requested_by="me"),
+            ev.RunCompleted(status=ev.RunStatus.FAILED, error_message="gone"),
+        ):
+            await bus.append(ids.new_event(run_id, f"gone{i}", body, producer=producer, now=at(1)))
+
+
+async def test_a_restart_reads_the_open_runs_and_what_is_new_not_the_whole_history(
+    bus: Bus,
+) -> None:
+    """Start-up does not depend on the length of history: a replica stores a snapshot of the
+    open runs with its feed position, and a restart reads that plus the facts after it."""
+    await _come_and_go(bus, 400)  # 800 facts of runs that have ended
+    manual = ids.new_event(
+        "20261203T015900Z-manual03",
+        "orders",
+        ev.RunRequested(spec=dataclasses.replace(spec(), schedule=None), requested_by="me"),
+        producer=ev.Producer("planner", "p"),
+        now=at(1, 59),
+    )
+    await bus.append(manual)
+    clock = Clock(at(1, 59))
+    first_feed = JetStreamRunFeed(bus, feed_subjects(bus.names))
+    first = Scheduler(
+        bus,
+        ScheduleBucket(bus.js, f"{bus.names.namespace.upper()}_SCHEDULES"),
+        first_feed,
+        producer=ev.Producer("scheduler", "first"),
+        clock=clock,
+        grace=GRACE,
+    )
+    REPLICAS.append(first)
+    await first.tick()  # reads the whole history once, then stores its snapshot
+    assert first_feed.delivered >= 801
+    snapshot = await bus.scheduler_snapshot()
+    assert snapshot is not None and snapshot[0] == first_feed.position
+    await _come_and_go(bus, 5, start=400)  # history after the snapshot: 10 facts
+
+    feed = JetStreamRunFeed(bus, feed_subjects(bus.names))
+    restarted = Scheduler(
+        bus,
+        ScheduleBucket(bus.js, f"{bus.names.namespace.upper()}_SCHEDULES"),
+        feed,
+        producer=ev.Producer("scheduler", "restarted"),
+        clock=clock,
+        grace=GRACE,
+    )
+    REPLICAS.append(restarted)
+    assert await restarted.holding_run("orders") == manual.run_id  # the open run, restored
+    assert feed.delivered == 10  # the facts since the snapshot, not the 811 of the history
+    assert restarted.open.exports() == {"orders"}
+
+
+async def _after_downtime(bus: Bus, policy: str, *, purge: bool) -> dict[datetime, ev.RunStatus]:
+    """A schedule across a downtime, once with the history of its ended run purged as
+    retention would (its events archived), once with it kept. Occurrences are appended 30
+    minutes ahead, so that the 02:00 run's facts all come before the next occurrence's."""
+    half = timedelta(minutes=30)
+    clock = Clock(at(1, 40))
+    first = replica(bus, clock, ahead=half)
+    await first.apply([spec(catch_up=policy)])
+    await first.tick()  # 02:00 is scheduled ahead
+    clock.now = at(2, 0, 1)
+    await first.tick()  # 02:00 admitted
+    done = ids.scheduled_run_id("orders", at(2))
+    await end(bus, done)
+    clock.now = at(2, 0, 2)
+    await first.tick()
+    assert {ids.scheduled_run_id("orders", at(2))} == set(await runs_of(bus))
+    if purge:  # every run ended: retention may purge the whole stream
+        await bus.js.purge_stream(bus.names.runs_stream, seq=await bus.stream_last_seq() + 1)
+        assert await bus.history(done) == []
+    clock.now = at(5, 30)  # down until 05:30
+    restarted = replica(bus, clock, "s1-restarted", ahead=half)
+    await restarted.tick()
+    await restarted.tick()
+    return {t: r.status for t, r in by_time(await runs_of(bus)).items()}
+
+
+@pytest.mark.parametrize(
+    ("policy", "after"),
+    [
+        # the latest missed occurrence runs, the next is scheduled ahead
+        ("latest", {at(5): ev.RunStatus.REQUESTED, at(6): ev.RunStatus.SCHEDULED}),
+        # every missed one, oldest first: 03:00 runs, the others wait; 02:00 never again
+        (
+            "all",
+            {
+                at(3): ev.RunStatus.REQUESTED,
+                at(4): ev.RunStatus.READY,
+                at(5): ev.RunStatus.READY,
+                at(6): ev.RunStatus.SCHEDULED,
+            },
+        ),
+    ],
+)
+async def test_catch_up_behaves_the_same_once_the_history_is_gone(
+    bus: Bus, policy: str, after: dict[datetime, ev.RunStatus]
+) -> None:
+    other = Bus(bus.nc, Names(bus.names.namespace + "p"))
+    await other.ensure_streams()
+    kept = await _after_downtime(bus, policy, purge=False)
+    purged = await _after_downtime(other, policy, purge=True)
+    assert kept == {at(2): ev.RunStatus.CANCELED, **after}
+    # the purged 02:00 run is not scheduled again: its occurrence is in the export state
+    assert purged == after

@@ -93,6 +93,19 @@ def test_the_next_occurrence_is_appended_ahead_of_time_and_only_one() -> None:
     assert due_occurrences(HOURLY, anchor=at(2), now=at(2, 0, 1), grace=GRACE) == [at(3)]
 
 
+def test_an_occurrence_far_ahead_waits_until_it_is_within_the_horizon() -> None:
+    """An open occurrence holds the run stream's retention back, so it is appended at most
+    `ahead` before its time (a monthly schedule does not pin a month of history)."""
+    half = timedelta(minutes=30)
+    assert due_occurrences(HOURLY, anchor=at(2), now=at(2, 0, 1), grace=GRACE, ahead=half) == []
+    assert due_occurrences(HOURLY, anchor=at(2), now=at(2, 29), grace=GRACE, ahead=half) == []
+    assert due_occurrences(HOURLY, anchor=at(2), now=at(2, 30), grace=GRACE, ahead=half) == [at(3)]
+    # what is due is appended whatever the horizon
+    assert due_occurrences(HOURLY, anchor=at(2), now=at(3, 0, 5), grace=GRACE, ahead=half) == [
+        at(3)
+    ]
+
+
 @pytest.mark.parametrize(
     ("policy", "expected"),
     [

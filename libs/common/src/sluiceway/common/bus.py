@@ -170,6 +170,11 @@ class Names:
         return f"{self.namespace}.state.{kind}.{export_token(export_name)}"
 
     @property
+    def scheduler_snapshot(self) -> str:
+        """The scheduler's last snapshot of the open runs, with the feed position it covers."""
+        return f"{self.namespace}.state.meta.scheduler"
+
+    @property
     def state_backfilled(self) -> str:
         """Set once the export state holds every commit and occurrence of the run stream."""
         return f"{self.namespace}.state.meta.backfilled"
@@ -625,6 +630,24 @@ class Bus:
         await self.put_state(
             self.names.export_state("scheduled", export_name), raw.data or b"", seq
         )
+
+    async def scheduler_snapshot(self) -> tuple[int, bytes] | None:
+        """(run-stream seq, data) of the scheduler's last snapshot of the open runs."""
+        raw = await self._last_raw(self.names.state_stream, self.names.scheduler_snapshot)
+        if raw is None:
+            return None
+        return int((raw.headers or {}).get(SOURCE_SEQ, 0)), raw.data or b""
+
+    async def save_scheduler_snapshot(self, seq: int, data: bytes) -> bool:
+        return await self.put_state(self.names.scheduler_snapshot, data, seq)
+
+    async def stream_first_seq(self) -> int:
+        info = await retrying(
+            lambda: self.js.stream_info(self.names.runs_stream),
+            "reading the run stream's first sequence",
+            budget_s=self.retry_budget_s,
+        )
+        return int(info.state.first_seq)
 
     async def backfill_state(self) -> int:
         """Make the export state hold the latest commit and occurrence of every export that the

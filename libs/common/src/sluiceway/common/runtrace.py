@@ -133,6 +133,15 @@ class TracedRunLog:
     async def record_scheduled(self, export_name: str, seq: int) -> None:
         await self._bus.record_scheduled(export_name, seq)
 
+    async def scheduler_snapshot(self) -> tuple[int, bytes] | None:
+        return await self._bus.scheduler_snapshot()
+
+    async def save_scheduler_snapshot(self, seq: int, data: bytes) -> bool:
+        return await self._bus.save_scheduler_snapshot(seq, data)
+
+    async def stream_first_seq(self) -> int:
+        return await self._bus.stream_first_seq()
+
     async def publish_task(self, task: ChunkTask, msg_id: str) -> Appended:
         return await self._bus.publish_task(task, msg_id)
 

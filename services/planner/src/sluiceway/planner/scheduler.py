@@ -6,13 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
+import time
+import zlib
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Protocol
 
-from sluiceway.common.bus import Appended, Names
+from sluiceway.common import codec
+from sluiceway.common.bus import MAX_EVENT_BYTES, Appended, Names
 from sluiceway.common.domain import ids
 from sluiceway.common.domain.access import Owner
 from sluiceway.common.domain.events import (
@@ -73,6 +77,12 @@ class SchedulerLog(Protocol):
 
     async def record_scheduled(self, export_name: str, seq: int) -> None: ...
 
+    async def scheduler_snapshot(self) -> tuple[int, bytes] | None: ...
+
+    async def save_scheduler_snapshot(self, seq: int, data: bytes) -> bool: ...
+
+    async def stream_first_seq(self) -> int: ...
+
 
 class ScheduleStore(Protocol):
     async def all(self) -> dict[str, Installed]: ...
@@ -82,10 +92,14 @@ class ScheduleStore(Protocol):
 
 class RunFeed(Protocol):
     """The run facts the scheduler follows (scheduled, ready, requested, cancel_requested,
-    completed), from the start of the log, in stream order; each poll returns what is new, a
-    bounded part of it: `caught_up` says whether that poll reached the stream's end."""
+    completed), from the start of the log (or after `resume_after`), in stream order; each
+    poll returns what is new, a bounded part of it: `caught_up` says whether that poll reached
+    the stream's end, `position` is the last sequence it returned."""
 
     caught_up: bool
+    position: int
+
+    def resume_after(self, seq: int) -> None: ...
 
     async def poll(self) -> list[RunEvent]: ...
 
@@ -129,11 +143,39 @@ class OpenRuns:
         if all(e.event_id != event.event_id for e in events):
             events.append(event)
 
+    def events(self) -> list[RunEvent]:
+        """What is kept, each run's facts in the order they were applied."""
+        return [e for runs in self._runs.values() for events in runs.values() for e in events]
+
     def runs(self, export: str) -> list[RunState]:
         return [fold(events, run_id) for run_id, events in self._runs.get(export, {}).items()]
 
     def exports(self) -> set[str]:
         return {name for name, runs in self._runs.items() if runs}
+
+
+# how far ahead of its time an occurrence is appended (SCHEDULED): an open run keeps the run
+# stream's retention from passing it, so a monthly schedule must not hold a month of history
+SCHEDULE_AHEAD = timedelta(days=1)
+# a snapshot of the open runs is stored at most this often (seconds), when the feed has moved
+SNAPSHOT_EVERY_S = 10.0
+_LENGTH = struct.Struct(">I")
+
+
+def pack(events: Iterable[RunEvent]) -> bytes:
+    """The open runs' facts as one compressed message: length-prefixed encoded events."""
+    raw = b"".join(_LENGTH.pack(len(d)) + d for d in map(codec.encode, events))
+    return zlib.compress(raw, 6)
+
+
+def unpack(data: bytes) -> list[RunEvent]:
+    raw = zlib.decompress(data)
+    out, at = [], 0
+    while at < len(raw):
+        (n,) = _LENGTH.unpack_from(raw, at)
+        out.append(codec.decode(raw[at + 4 : at + 4 + n]))
+        at += 4 + n
+    return out
 
 
 @dataclass(frozen=True)
@@ -170,6 +212,7 @@ class Scheduler:
         producer: Producer,
         clock: Callable[[], datetime] = utcnow,
         grace: timedelta = timedelta(seconds=60),
+        ahead: timedelta = SCHEDULE_AHEAD,
         tick_s: float = 1.0,
         after_tick: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
@@ -179,11 +222,15 @@ class Scheduler:
         self._producer = producer
         self._clock = clock
         self._grace = grace
+        self._ahead = ahead
         self._tick_s = tick_s
         # the run log's after_message: the root spans of the runs this tick ended (skipped)
         self._after_tick = after_tick
         self.open = OpenRuns()
         self._ticking = asyncio.Lock()  # one tick at a time per replica
+        self._restored = False
+        self._snapshot_seq = 0  # the feed position of the last snapshot stored (or restored)
+        self._snapshot_at = 0.0
 
     # ---- Control: schedule apply / list ----------------------------------------------------
 
@@ -249,10 +296,45 @@ class Scheduler:
             await self._catch_up()
             return holding_run(self.open.runs(export))
 
+    async def _restore(self) -> None:
+        """Start from the last snapshot of the open runs (any replica's) instead of sequence
+        1, when the stream still holds everything after it: start-up then reads the open
+        runs and the facts since the snapshot, however long the history. A snapshot older than
+        the stream's start is dropped (a run it holds may have ended in what was purged)."""
+        self._restored = True
+        found = await self._log.scheduler_snapshot()
+        if found is None:
+            return
+        seq, data = found
+        if seq + 1 < await self._log.stream_first_seq():
+            log.warning("the scheduler's snapshot (seq %d) is older than the run stream", seq)
+            return
+        for event in unpack(data):
+            self.open.apply(event)
+        self._feed.resume_after(seq)
+        self._snapshot_seq = seq
+        log.info("scheduler restored %d open run fact(s) at seq %d", len(self.open.events()), seq)
+
+    async def _snapshot(self) -> None:
+        """Store the open runs as of the feed's position, at most every SNAPSHOT_EVERY_S."""
+        seq = self._feed.position
+        now = time.monotonic()
+        if seq <= self._snapshot_seq or now - self._snapshot_at < SNAPSHOT_EVERY_S:
+            return
+        data = pack(self.open.events())
+        self._snapshot_at = now
+        if len(data) > MAX_EVENT_BYTES - 4096:  # start-up then reads the stream from its start
+            log.warning("the open runs (%d bytes packed) are too many for a snapshot", len(data))
+            return
+        await self._log.save_scheduler_snapshot(seq, data)
+        self._snapshot_seq = seq
+
     async def _catch_up(self) -> None:
         """Apply the feed up to the stream's end: after a start on a long history that takes
         several polls, and no decision is taken on a part of it (a run requested after the
         first poll's end would be unseen, and another admitted beside it)."""
+        if not self._restored:
+            await self._restore()
         while True:
             events = await self._feed.poll()
             for event in events:
@@ -291,6 +373,7 @@ class Scheduler:
 
     async def _tick(self) -> None:
         await self._catch_up()
+        await self._snapshot()  # the open runs as of the feed's end, before this tick's acts
         now = self._clock()
         installed = await self._store.all()
         for name in sorted(installed):
@@ -311,7 +394,7 @@ class Scheduler:
         anchor = item.installed_at
         if last is not None and isinstance(last.body, RunScheduled) and last.body.scheduled_at:
             anchor = max(anchor, last.body.scheduled_at)
-        for at in due_occurrences(s, anchor=anchor, now=now, grace=self._grace):
+        for at in due_occurrences(s, anchor=anchor, now=now, grace=self._grace, ahead=self._ahead):
             await self._do(item.spec.name, Schedule(at), now, item=item)
 
     async def _do(

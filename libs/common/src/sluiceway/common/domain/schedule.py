@@ -119,12 +119,18 @@ Action = Schedule | MarkReady | Admit | Skip
 
 
 def due_occurrences(
-    s: ScheduleSpec, *, anchor: datetime, now: datetime, grace: timedelta
+    s: ScheduleSpec,
+    *,
+    anchor: datetime,
+    now: datetime,
+    grace: timedelta,
+    ahead: timedelta | None = None,
 ) -> list[datetime]:
     """Occurrences to append now: those due since `anchor` (the export's last appended
     occurrence, or when the schedule was installed) that the catch-up policy keeps, plus the
-    next one ahead of time when none is appended yet. An occurrence is on time when it is at
-    most `grace` old; an older one was missed (the scheduler was down) and follows catch_up."""
+    next one ahead of time when none is appended yet and it is due within `ahead` (None: however
+    far). An occurrence is on time when it is at most `grace` old; an older one was missed
+    (the scheduler was down) and follows catch_up."""
     due = occurrences(s, anchor, until=now)
     on_time = [t for t in due if now - t <= grace]
     missed = [t for t in due if now - t > grace]
@@ -137,7 +143,7 @@ def due_occurrences(
     out = keep + on_time
     if anchor <= now and len(due) < MAX_OCCURRENCES:
         # caught up, and no occurrence ahead yet: append the next one ahead of its time
-        out += occurrences(s, now, limit=1)
+        out += [t for t in occurrences(s, now, limit=1) if ahead is None or t - now <= ahead]
     return out
 
 

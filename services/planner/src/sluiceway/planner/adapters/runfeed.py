@@ -32,6 +32,17 @@ class JetStreamRunFeed:
         self._max = max_per_poll
         # the last poll reached the end of the stream (False: it stopped at max_per_poll)
         self.caught_up = False
+        self.delivered = 0  # messages read from the stream, in all (start-up cost)
+
+    @property
+    def position(self) -> int:
+        return self._last
+
+    def resume_after(self, seq: int) -> None:
+        """Start after `seq` (a snapshot's position) instead of the stream's start."""
+        if self._sub is not None:
+            raise RuntimeError("resume_after is for a feed that has not started")
+        self._last = seq
 
     async def _subscribe(self):  # type: ignore[no-untyped-def]
         cfg = ConsumerConfig(
@@ -60,6 +71,7 @@ class JetStreamRunFeed:
                     msgs = await self._sub.fetch(min(500, self._max - len(out)), timeout=FETCH_S)
                 except (TimeoutError, NatsTimeoutError):
                     break  # pending but not delivered yet: not caught up, the next poll goes on
+                self.delivered += len(msgs)
                 for msg in msgs:
                     seq = msg.metadata.sequence.stream
                     if seq <= self._last:
