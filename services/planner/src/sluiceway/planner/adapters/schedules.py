@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NoKeysError
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError
 from nats.js.kv import KeyValue
 
 from sluiceway.common import codec
@@ -78,13 +78,19 @@ class ScheduleBucket:
                 )
         return self._kv
 
+    async def keys(self) -> list[str]:
+        """Every key with a message in the bucket (deleted ones too: their marker), as the
+        server counts them in one request. nats-py's KeyValue.keys() reads a watcher, which
+        under load could end before its first key and answer "no keys": every installed
+        schedule then looked removed, and its due occurrence was skipped."""
+        prefix = f"$KV.{self._bucket}."
+        info = await self._js.stream_info(f"KV_{self._bucket}", subjects_filter=f"{prefix}>")
+        return sorted(s[len(prefix) :] for s in (info.state.subjects or {}))
+
     async def all(self) -> dict[str, Installed]:
         kv = await self._open()
-        try:
-            keys = await kv.keys()
-        except NoKeysError:
-            return {}
         out: dict[str, Installed] = {}
+        keys = await self.keys()
         for key in keys:
             try:
                 entry = await kv.get(key)
