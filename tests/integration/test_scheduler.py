@@ -20,6 +20,7 @@ from sluiceway.common.domain.schedule import check_schedule
 from sluiceway.planner.adapters.runfeed import JetStreamRunFeed
 from sluiceway.planner.adapters.schedules import ScheduleBucket
 from sluiceway.planner.scheduler import Scheduler, feed_subjects
+from tests.unit.histories import History
 
 pytestmark = pytest.mark.integration
 
@@ -418,3 +419,46 @@ async def test_catch_up_behaves_the_same_once_the_history_is_gone(
     assert kept == {at(2): ev.RunStatus.CANCELED, **after}
     # the purged 02:00 run is not scheduled again: its occurrence is in the export state
     assert purged == after
+
+
+async def test_a_run_open_longer_than_the_retention_window_is_failed_as_expired(
+    bus: Bus,
+) -> None:
+    """Retention never drops an open run, so one that stays open would hold the window back:
+    past it, the scheduler fails it with a named error. One that has reached its commit is
+    the committer's to end."""
+    producer = ev.Producer("planner", "p")
+
+    async def requested(run_id: str, export: str, *more: ev.Body) -> None:
+        manual = dataclasses.replace(spec(export), schedule=None)
+        for body in (ev.RunRequested(spec=manual, requested_by="me"), *more):
+            await bus.append(ids.new_event(run_id, export, body, producer=producer, now=at(1)))
+
+    await requested("20261203T010000Z-stuck0001", "stuck")
+    committing = History("20261203T010000Z-commit001").planned(1).chunk_done(0)
+    committing.add(ev.ValidationResult(passed=True))
+    committing.add(ev.ManifestCommitted(manifest_uri="file:///m", row_count=10, part_count=1))
+    for event in committing.events:  # requested long before: T0
+        await bus.append(event)
+    clock = Clock(at(1, 59))
+    s = Scheduler(
+        bus,
+        ScheduleBucket(bus.js, f"{bus.names.namespace.upper()}_SCHEDULES"),
+        JetStreamRunFeed(bus, feed_subjects(bus.names)),
+        producer=ev.Producer("scheduler", "s"),
+        clock=clock,
+        grace=GRACE,
+        max_open=timedelta(hours=1),
+    )
+    REPLICAS.append(s)
+    await s.tick()  # 59 minutes open: within the window
+    stuck = fold([e for _, e in await bus.history("20261203T010000Z-stuck0001")])
+    assert stuck.status is ev.RunStatus.REQUESTED
+    clock.now = at(2, 0, 1)
+    await s.tick()
+    stuck = fold([e for _, e in await bus.history("20261203T010000Z-stuck0001")])
+    assert stuck.status is ev.RunStatus.FAILED and stuck.completion is not None
+    assert stuck.completion.error_message.startswith(ev.EXPIRED + ": still open after 1h")
+    state = fold([e for _, e in await bus.history("20261203T010000Z-commit001")])
+    assert state.status is ev.RunStatus.COMMITTING and state.manifest is not None
+    assert s.open.exports() == {"orders"}

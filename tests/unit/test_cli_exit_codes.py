@@ -3,6 +3,8 @@ RunSummary (through the same row and protobuf mapping as GetRun) -> exit code.""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import grpc
 import pytest
 
@@ -10,6 +12,7 @@ from sluiceway.cli import main as cli
 from sluiceway.client import errors
 from sluiceway.common.domain import events as ev
 from sluiceway.common.domain.run import fold
+from sluiceway.common.domain.schedule import expiry_message
 from sluiceway.tracker.adapters.servicer import summary_to_pb
 from sluiceway.tracker.adapters.tables import summary_row
 from sluiceway.tracker.domain import summary as sm
@@ -51,6 +54,14 @@ def test_a_planning_failure_is_a_generic_error() -> None:
     h = History().add(ev.RunRequested(spec=ev.ExportSpec(name="orders"))).failed("planning failed")
     s = summary_of(h)
     assert (s.failure_cause, cli.exit_for(s)) == (sm.CAUSE_PLANNING, cli.EXIT_ERROR)
+
+
+def test_a_run_failed_for_staying_open_past_the_retention_window_exits_2() -> None:
+    """Expired: nothing was wrong with the data or the spec, a new run may pass."""
+    h = History().planned(2).chunk_done(0).failed(expiry_message(timedelta(days=30)))
+    s = summary_of(h)
+    assert (s.failure_cause, cli.exit_for(s)) == (sm.CAUSE_EXPIRED, cli.EXIT_RETRYABLE)
+    assert "SLUICEWAY_RUNS_MAX_AGE" in s.error_message
 
 
 def test_a_chunk_failed_on_a_permanent_error_exits_1() -> None:

@@ -19,6 +19,8 @@ from sluiceway.common.domain.schedule import (
     check_schedule,
     decide_export,
     due_occurrences,
+    expired,
+    expiry_message,
     holding_run,
     occurrences,
     serialises,
@@ -221,3 +223,19 @@ def test_an_incremental_submission_is_held_by_the_run_in_flight_else_the_oldest_
 
 def test_schedule_actions_are_values() -> None:
     assert Schedule(at(2)) == Schedule(at(2))
+
+
+def test_a_run_open_longer_than_the_window_has_expired() -> None:
+    week = timedelta(days=7)
+    requested = RunState(run_id="r", status=ev.RunStatus.RUNNING, requested_at=at(1))
+    assert not expired(requested, now=at(1) + week, max_open=week)  # exactly the window
+    assert expired(requested, now=at(1) + week + timedelta(seconds=1), max_open=week)
+    ended = RunState(run_id="r", status=ev.RunStatus.FAILED, requested_at=at(1))
+    assert not expired(ended, now=at(1) + 2 * week, max_open=week)
+    # not requested yet: counted from when its occurrence was due, never from before
+    waiting = scheduled(at(2))
+    assert waiting.status is ev.RunStatus.SCHEDULED
+    assert not expired(waiting, now=at(2) + week, max_open=week)
+    assert expired(waiting, now=at(2) + week + timedelta(minutes=1), max_open=week)
+    assert expiry_message(week).startswith(ev.EXPIRED + ": still open after 7d")
+    assert "SLUICEWAY_RUNS_MAX_AGE" in expiry_message(timedelta(seconds=2))

@@ -358,7 +358,7 @@ def exit_for(summary: tracker_pb2.RunSummary) -> int:
         return EXIT_DATA
     if cause == "schema_drift":
         return EXIT_SCHEMA
-    if cause == "chunk_retries_spent":
+    if cause in ("chunk_retries_spent", "expired"):
         return EXIT_RETRYABLE
     return EXIT_ERROR  # planning, a permanent chunk error, anything else
 

@@ -77,6 +77,7 @@ async def serve(
                 producer=Producer("scheduler", settings.instance),
                 clock=FileClock(settings.clock_file) if settings.clock_file else utcnow,
                 grace=timedelta(seconds=settings.scheduler_grace_s),
+                max_open=timedelta(seconds=settings.runs_max_age_s),
                 tick_s=settings.scheduler_tick_s,
                 after_tick=run_log.after_message,
             )

@@ -31,6 +31,7 @@ from sluiceway.common.domain.events import (
     RunStatus,
     priority_of,
 )
+from sluiceway.common.domain.lifecycle import TERMINAL_RUN
 from sluiceway.common.domain.run import RunState, fold
 from sluiceway.common.domain.schedule import (
     Admit,
@@ -39,6 +40,8 @@ from sluiceway.common.domain.schedule import (
     Skip,
     decide_export,
     due_occurrences,
+    expired,
+    expiry_message,
     holding_run,
     occurrences,
 )
@@ -82,6 +85,8 @@ class SchedulerLog(Protocol):
     async def save_scheduler_snapshot(self, seq: int, data: bytes) -> bool: ...
 
     async def stream_first_seq(self) -> int: ...
+
+    async def history(self, run_id: str) -> list[tuple[int, RunEvent]]: ...
 
 
 class ScheduleStore(Protocol):
@@ -213,6 +218,7 @@ class Scheduler:
         clock: Callable[[], datetime] = utcnow,
         grace: timedelta = timedelta(seconds=60),
         ahead: timedelta = SCHEDULE_AHEAD,
+        max_open: timedelta | None = None,
         tick_s: float = 1.0,
         after_tick: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
@@ -223,6 +229,8 @@ class Scheduler:
         self._clock = clock
         self._grace = grace
         self._ahead = ahead
+        # a run open longer than this is failed (the run stream's retention window; None: never)
+        self._max_open = max_open
         self._tick_s = tick_s
         # the run log's after_message: the root spans of the runs this tick ended (skipped)
         self._after_tick = after_tick
@@ -375,6 +383,7 @@ class Scheduler:
         await self._catch_up()
         await self._snapshot()  # the open runs as of the feed's end, before this tick's acts
         now = self._clock()
+        await self._expire(now)
         installed = await self._store.all()
         for name in sorted(installed):
             await self._schedule_ahead(installed[name], now)
@@ -385,6 +394,26 @@ class Scheduler:
                 schedule, self.open.runs(export), now=now, grace=self._grace
             ):
                 await self._do(export, action, now)
+
+    async def _expire(self, now: datetime) -> None:
+        """Fail every run open longer than the retention window (EXPIRED), from its whole
+        history: one that has reached its commit is left to the committer."""
+        if self._max_open is None:
+            return
+        for export in sorted(self.open.exports()):
+            for run in self.open.runs(export):
+                if not expired(run, now=now, max_open=self._max_open):
+                    continue
+                state = fold([e for _, e in await self._log.history(run.run_id)], run.run_id)
+                if state.status in TERMINAL_RUN or state.status is RunStatus.COMMITTING:
+                    continue
+                if state.manifest is not None:
+                    continue
+                body = RunCompleted(
+                    status=RunStatus.FAILED, error_message=expiry_message(self._max_open)
+                )
+                await self._append(run.run_id, export, body, now)
+                log.warning("run failed: %s", body.error_message, extra={"run_id": run.run_id})
 
     async def _schedule_ahead(self, item: Installed, now: datetime) -> None:
         s = item.spec.schedule

@@ -358,10 +358,16 @@ class ManifestCommitted:
 
 @dataclass(frozen=True)
 class RunCompleted:
+    """How a run ended. A run failed because it stayed open longer than the run stream's
+    retention window has an error_message starting with EXPIRED (failure_cause "expired")."""
+
     status: RunStatus = RunStatus.UNSPECIFIED
     error_message: str = ""
     duration_ms: int = 0
     skip_reason: str = ""
+
+
+EXPIRED = "run_expired"
 
 
 @dataclass(frozen=True)

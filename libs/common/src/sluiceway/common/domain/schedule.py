@@ -12,8 +12,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from cronsim import CronSim, CronSimError
 
-from .events import ExportSpec, RunStatus, ScheduleSpec
-from .lifecycle import IN_FLIGHT_RUN
+from .events import EXPIRED, ExportSpec, RunStatus, ScheduleSpec
+from .lifecycle import IN_FLIGHT_RUN, TERMINAL_RUN
 from .run import RunState
 
 CATCH_UP = ("latest", "all", "none")  # the first is the default
@@ -248,3 +248,28 @@ def waiting_reason(run: RunState, now: datetime | None = None) -> str:
             return f"waiting for run {run.ready.waiting_for} of the export to end"
         return "due: waiting to be admitted"
     return ""
+
+
+def expired(run: RunState, *, now: datetime, max_open: timedelta) -> bool:
+    """A run still open longer than `max_open` since it was requested (or, not requested yet,
+    since its occurrence was due): retention never drops an open run's events, so such a run
+    is failed (EXPIRED) rather than hold the run stream's window back for ever."""
+    if run.status in TERMINAL_RUN:
+        return False
+    since = run.requested_at or run.scheduled_at
+    return since is not None and now - since > max_open
+
+
+def expiry_message(max_open: timedelta) -> str:
+    return (
+        f"{EXPIRED}: still open after {_human(max_open)}, the run stream's retention window "
+        "(SLUICEWAY_RUNS_MAX_AGE)"
+    )
+
+
+def _human(d: timedelta) -> str:
+    s = d.total_seconds()
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s >= size and s % size == 0:
+            return f"{int(s // size)}{unit}"
+    return f"{s:g}s"

@@ -71,6 +71,7 @@ CAUSE_CHUNK_RETRIES_SPENT = "chunk_retries_spent"
 CAUSE_VALIDATION = "validation"
 CAUSE_QUALITY = "quality"
 CAUSE_RECONCILIATION = "reconciliation"
+CAUSE_EXPIRED = "expired"
 CAUSE_OTHER = "other"
 
 # The worker's final ChunkFailed is never `retryable` (the chunk is FAILED for good); when it
@@ -84,6 +85,8 @@ def failure_cause(state: RunState) -> str:
     chunk (the committer fails the run on it before any gate), validation, reconciliation."""
     if state.status is not ev.RunStatus.FAILED:
         return ""
+    if state.completion is not None and state.completion.error_message.startswith(ev.EXPIRED):
+        return CAUSE_EXPIRED
     drift = any(c.added or c.removed or c.type_changed for c in state.schema_changes)
     if drift and state.started_at is None:  # drift is checked before the plan, so no chunk ran
         return CAUSE_SCHEMA_DRIFT
