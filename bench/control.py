@@ -17,9 +17,15 @@ anomaly, so the history is one the services could have written. Then, against re
   then a burst of BENCH_CONTROL_BURST events from 500 new runs appended as fast as possible:
   the live projection rate;
 - `planner_start`: a planner started on that history (its request consumer already caught up,
-  as a planner that ran all along): time to ready, and until its scheduler's feed has read to
-  the stream's end (the feed consumer's delivered sequence, read from NATS), its peak RSS;
-- `stream`: bytes on disk per run and per event.
+  as a planner that ran all along), twice: the first start, with no snapshot of the open runs
+  yet, reads its scheduler feed from sequence 1; the restart begins at the snapshot the first
+  one stored. For each: time to ready, until nothing is pending for its feed's consumer on
+  NATS, the messages that feed read, its peak RSS. The target is the restart's;
+- `stream`: bytes on disk per run and per event;
+- `retention`: the tracker archives and purges every run that ended before the window (all
+  of the synthetic history but the runs left open): the events purged, how fast, the archive's
+  bytes per event; then a new replica on an empty file catches up from the archive and the
+  stream (events/s).
 
 Each figure stands beside its target; `saturates` says, for a missed one, what was busy.
 Everything runs on this machine: the tracker, nats-server and this client share its cores.
@@ -554,33 +560,108 @@ async def planner_start(bus: busmod.Bus, work: Path, env: dict[str, str]) -> dic
             await m.ack()
         acked += len(msgs)
     await sub.unsubscribe()
-    last_seq = await bus.stream_last_seq()
+    first = await _start_planner(bus, work, env)
+    # the first start stored a snapshot of the open runs; a restart begins there
+    snapshot = await bus.scheduler_snapshot()
+    restart = await _start_planner(bus, work, env)
+    return {
+        "history_events": await bus.stream_last_seq(),
+        "requests_acked_before": acked,
+        "first_start": first,
+        "snapshot_seq": snapshot[0] if snapshot else None,
+        "snapshot_bytes": len(snapshot[1]) if snapshot else None,
+        "restart": restart,
+    }
+
+
+async def _start_planner(bus: busmod.Bus, work: Path, env: dict[str, str]) -> dict[str, Any]:
+    """Start a planner and follow its scheduler feed's consumer on NATS until nothing is
+    pending for it: its time to ready and to caught up, the messages the feed read, its RSS.
+    Stopped after its snapshot of the open runs covers the end of its feed."""
     feed = sorted(feed_subjects(NAMES))
+    # a stopped planner's feed consumer lingers until its inactive threshold: not this one's
+    earlier = {c.name for c in await bus.js.consumers_info(NAMES.runs_stream)}
     t0 = time.perf_counter()
     planner = spawn("planner", work, env)
     ready_s = time.perf_counter() - t0
     try:
         with RssSampler([("planner", planner.ps)]) as rss:
-            caught_up = None
+            caught_up, read = None, 0
             deadline = time.monotonic() + 900
             while caught_up is None and time.monotonic() < deadline:
                 for c in await bus.js.consumers_info(NAMES.runs_stream):
-                    wanted = sorted(c.config.filter_subjects or [])
-                    delivered = c.delivered.stream_seq if c.delivered else 0
-                    if wanted == feed and delivered >= last_seq:
+                    if c.name in earlier or c.delivered is None:
+                        continue
+                    if sorted(c.config.filter_subjects or []) != feed:
+                        continue
+                    if not c.num_pending and c.delivered.consumer_seq is not None:
                         caught_up = time.perf_counter() - t0
-                await asyncio.sleep(0.1)
+                        read = c.delivered.consumer_seq
+                await asyncio.sleep(0.05)
             rss_after = planner.rss_mb()
+            position = 0
+            for _ in range(200):  # the snapshot follows the first tick after the catch-up
+                found = await bus.scheduler_snapshot()
+                position = found[0] if found else 0
+                if position and caught_up is not None:
+                    break
+                await asyncio.sleep(0.1)
         return {
-            "history_events": last_seq,
-            "requests_acked_before": acked,
             "ready_s": round(ready_s, 2),
             "feed_caught_up_s": round(caught_up, 2) if caught_up is not None else None,
+            "feed_messages_read": read,
             "peak_rss_mb": round(rss.peak.get("planner", 0.0), 1),
             "rss_after_mb": round(rss_after, 1),
         }
     finally:
         planner.stop()
+
+
+async def retention(
+    bus: busmod.Bus, work: Path, env: dict[str, str], nats: psutil.Process
+) -> dict[str, Any]:
+    """Retention on the whole history: the tracker (its file at the stream's end) archives
+    and purges every run that ended before the window, then a new replica on an empty file
+    catches up from the archive and the stream."""
+    archive = work / "archive"
+    retained = {
+        **env,
+        "SLUICEWAY_ARCHIVE": str(archive),
+        "SLUICEWAY_RUNS_MAX_AGE": "30d",  # every synthetic run ended in January
+        "SLUICEWAY_ARCHIVE_INTERVAL_S": "1",
+    }
+    before = (await bus.js.stream_info(NAMES.runs_stream)).state
+    t0 = time.perf_counter()
+    tracker = spawn("tracker", work, retained)
+    try:
+        first, moved_at = before.first_seq, time.perf_counter()
+        while time.perf_counter() - moved_at < 10.0:  # until a pass has nothing more to do
+            now = (await bus.js.stream_info(NAMES.runs_stream)).state.first_seq
+            if now != first:
+                first, moved_at = now, time.perf_counter()
+            await asyncio.sleep(0.2)
+        archived_s = moved_at - t0
+    finally:
+        tracker.stop()
+    after = (await bus.js.stream_info(NAMES.runs_stream)).state
+    purged = after.first_seq - before.first_seq
+    archive_bytes = sum(f.stat().st_size for f in archive.rglob("*.parquet"))
+    replica_env = {**retained, "SLUICEWAY_TRACKER_DB": str(work / "replica.duckdb")}
+    replica = spawn("tracker", work, replica_env)
+    try:
+        bootstrap = await follow_rebuild(replica, after.last_seq, nats)
+    finally:
+        replica.stop()
+    return {
+        "events_purged": purged,
+        "archive_s": round(archived_s, 2),
+        "archive_events_per_s": round(purged / archived_s) if archived_s > 0 else None,
+        "archive_bytes_per_event": round(archive_bytes / purged, 1) if purged else None,
+        "stream_events_left": after.messages,
+        "stream_bytes_before": before.bytes,
+        "stream_bytes_after": after.bytes,
+        "replica_from_archive": bootstrap,
+    }
 
 
 # ---- the report ---------------------------------------------------------------------------------
@@ -594,7 +675,8 @@ def verdicts(report: dict[str, Any]) -> dict[str, Any]:
         report["burst"],
         report["planner_start"],
     )
-    start = ps["feed_caught_up_s"] if ps["feed_caught_up_s"] is not None else float("inf")
+    restarted = ps["restart"]["feed_caught_up_s"]
+    start = restarted if restarted is not None else float("inf")
     figures = {
         "projection_rebuild_events_per_s": (
             rb["events_per_s"],
@@ -694,6 +776,9 @@ async def main_async(work: Path) -> dict[str, Any]:
         log(f"  {json.dumps(planner)}")
         _, size = await stream_state(bus)
         events = await bus.stream_last_seq()
+        log("retention: archive and purge the ended runs, then a replica from the archive")
+        kept = await retention(bus, work, env, nats_ps)
+        log(f"  {json.dumps(kept)}")
         report: dict[str, Any] = {
             "machine": {"cpus": os.cpu_count(), "load_avg_at_start": os.getloadavg()},
             "history": history,
@@ -702,6 +787,7 @@ async def main_async(work: Path) -> dict[str, Any]:
             "live": watched,
             "burst": burst_report,
             "planner_start": planner,
+            "retention": kept,
             "tracker_rss_mb_after": round(tracker_rss, 1),
             "stream": {
                 "bytes": size,
