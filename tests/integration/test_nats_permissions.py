@@ -1,7 +1,8 @@
 """The whole stack over NATS TLS, each service as its own NATS user allowed only its subjects
 (natsauth.permissions): an export runs end to end, and a process holding the worker's
-credentials is refused by nats-server when it appends a ManifestCommitted, reads the run log
-as a consumer, or listens to the tracker's replies."""
+credentials is refused by nats-server when it appends a ManifestCommitted, writes an export's
+state, purges the run log, reads the run log as a consumer, or listens to the tracker's
+replies."""
 
 from __future__ import annotations
 
@@ -99,13 +100,19 @@ async def test_the_stack_runs_over_tls_as_one_user_per_service_and_each_may_only
                 await js.publish(forged, b"forged")
             with pytest.raises((NatsError, asyncio.TimeoutError)):
                 await js.pull_subscribe(f"{ns}.runs.>", stream=names.runs_stream)
+            # nor move an export's committed cursor, nor purge the run log's history
+            forged_state = names.export_state("commit", "items")
+            with pytest.raises((NatsError, asyncio.TimeoutError)):
+                await js.publish(forged_state, b"forged")
+            with pytest.raises((NatsError, asyncio.TimeoutError)):
+                await js.purge_stream(names.runs_stream, seq=2)
             await nc.subscribe(f"{inbox_prefix('tracker')}.>")
             await nc.flush(timeout=2)
             # what the worker may do still works: its own kind of fact
             allowed = await js.publish(f"{ns}.runs.{run_id}.warning", b"x")
             assert allowed.seq > 0
             for _ in range(50):
-                if len(refusals) >= 3:
+                if len(refusals) >= 5:
                     break
                 await asyncio.sleep(0.05)
         finally:
@@ -114,6 +121,9 @@ async def test_the_stack_runs_over_tls_as_one_user_per_service_and_each_may_only
         said = "\n".join(refusals)
         assert f'permissions violation for publish to "{forged.lower()}"' in said
         assert 'permissions violation for publish to "$js.api.consumer.create' in said
+        assert f'permissions violation for publish to "{forged_state.lower()}"' in said
+        purge = f"$js.api.stream.purge.{names.runs_stream.lower()}"
+        assert f'permissions violation for publish to "{purge}"' in said
         tracker_replies = f"{inbox_prefix('tracker')}.>".lower()
         assert f'permissions violation for subscription to "{tracker_replies}"' in said
 
