@@ -69,15 +69,19 @@ def replica(
     name: str = "s1",
     max_per_poll: int = 5000,
     ahead: timedelta = timedelta(days=1),
+    *,
+    feed: JetStreamRunFeed | None = None,
+    max_open: timedelta | None = None,
 ) -> Scheduler:
     s = Scheduler(
         bus,
         ScheduleBucket(bus.js, f"{bus.names.namespace.upper()}_SCHEDULES"),
-        JetStreamRunFeed(bus, feed_subjects(bus.names), max_per_poll=max_per_poll),
+        feed or JetStreamRunFeed(bus, feed_subjects(bus.names), max_per_poll=max_per_poll),
         producer=ev.Producer("scheduler", name),
         clock=clock,
         grace=GRACE,
         ahead=ahead,
+        max_open=max_open,
     )
     REPLICAS.append(s)
     return s
@@ -336,15 +340,7 @@ async def test_a_restart_reads_the_open_runs_and_what_is_new_not_the_whole_histo
     await bus.append(manual)
     clock = Clock(at(1, 59))
     first_feed = JetStreamRunFeed(bus, feed_subjects(bus.names))
-    first = Scheduler(
-        bus,
-        ScheduleBucket(bus.js, f"{bus.names.namespace.upper()}_SCHEDULES"),
-        first_feed,
-        producer=ev.Producer("scheduler", "first"),
-        clock=clock,
-        grace=GRACE,
-    )
-    REPLICAS.append(first)
+    first = replica(bus, clock, "first", feed=first_feed)
     await first.tick()  # reads the whole history once, then stores its snapshot
     assert first_feed.delivered >= 801
     snapshot = await bus.scheduler_snapshot()
@@ -352,15 +348,7 @@ async def test_a_restart_reads_the_open_runs_and_what_is_new_not_the_whole_histo
     await _come_and_go(bus, 5, start=400)  # history after the snapshot: 10 facts
 
     feed = JetStreamRunFeed(bus, feed_subjects(bus.names))
-    restarted = Scheduler(
-        bus,
-        ScheduleBucket(bus.js, f"{bus.names.namespace.upper()}_SCHEDULES"),
-        feed,
-        producer=ev.Producer("scheduler", "restarted"),
-        clock=clock,
-        grace=GRACE,
-    )
-    REPLICAS.append(restarted)
+    restarted = replica(bus, clock, "restarted", feed=feed)
     assert await restarted.holding_run("orders") == manual.run_id  # the open run, restored
     assert feed.delivered == 10  # the facts since the snapshot, not the 811 of the history
     assert restarted.open.exports() == {"orders"}
@@ -441,16 +429,7 @@ async def test_a_run_open_longer_than_the_retention_window_is_failed_as_expired(
     for event in committing.events:  # requested long before: T0
         await bus.append(event)
     clock = Clock(at(1, 59))
-    s = Scheduler(
-        bus,
-        ScheduleBucket(bus.js, f"{bus.names.namespace.upper()}_SCHEDULES"),
-        JetStreamRunFeed(bus, feed_subjects(bus.names)),
-        producer=ev.Producer("scheduler", "s"),
-        clock=clock,
-        grace=GRACE,
-        max_open=timedelta(hours=1),
-    )
-    REPLICAS.append(s)
+    s = replica(bus, clock, "s", max_open=timedelta(hours=1))
     await s.tick()  # 59 minutes open: within the window
     stuck = fold([e for _, e in await bus.history("20261203T010000Z-stuck0001")])
     assert stuck.status is ev.RunStatus.REQUESTED

@@ -39,6 +39,22 @@ def write_ready_file(path: str, **info: Any) -> None:
     os.replace(tmp, target)
 
 
+async def every(
+    interval_s: float, stop: asyncio.Event, step: Callable[[], Awaitable[object]], what: str
+) -> None:
+    """Run `step` every `interval_s` until `stop`. A step that fails is logged and tried again
+    at the next interval (the loops that use this repeat idempotent work)."""
+    while not stop.is_set():
+        try:
+            await step()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.warning("%s failed; trying again in %.1f s", what, interval_s, exc_info=True)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=interval_s)
+
+
 def stop_event() -> asyncio.Event:
     """An event set by SIGTERM or SIGINT: the signal to shut down gracefully."""
     stop = asyncio.Event()

@@ -45,6 +45,7 @@ from sluiceway.common.domain.schedule import (
     holding_run,
     occurrences,
 )
+from sluiceway.common.service import every
 from sluiceway.planner.adapters.schedules import Installed
 
 log = logging.getLogger(__name__)
@@ -359,17 +360,7 @@ class Scheduler:
     async def run(self, stop: asyncio.Event) -> None:
         """Tick until `stop`. A failed tick (the bus is down) is logged and retried next tick:
         every append is once-only, so a tick repeated after a partial failure is harmless."""
-        while not stop.is_set():
-            try:
-                await self.tick()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.warning("scheduler tick failed; retrying", exc_info=True)
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=self._tick_s)
-            except TimeoutError:
-                pass
+        await every(self._tick_s, stop, self.tick, "scheduler tick")
 
     async def tick(self) -> None:
         async with self._ticking:

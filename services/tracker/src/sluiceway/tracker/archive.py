@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 from sluiceway.common import crash
 from sluiceway.common.bus import Bus, retrying
 from sluiceway.common.destination import Destination, open_destination
+from sluiceway.common.service import every
 from sluiceway.tracker.adapters.projection import RawMessage
 
 log = logging.getLogger(__name__)
@@ -181,17 +182,7 @@ class Archiver:
         self._clock = clock
 
     async def run(self, stop: asyncio.Event, interval_s: float) -> None:
-        while not stop.is_set():
-            try:
-                await self.archive_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.warning("archiving failed; trying again in %.0f s", interval_s, exc_info=True)
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=interval_s)
-            except TimeoutError:
-                pass
+        await every(interval_s, stop, self.archive_once, "archiving")
 
     async def archive_once(self) -> PassResult:
         bus = self._bus
