@@ -5,8 +5,9 @@ The stack runs with SLUICEWAY_RUNS_MAX_AGE=2s and its archive in the test's dire
 an incremental run has ended and aged out, the stream no longer holds a single event of it,
 yet: the live tracker answers GetRun, ListRuns, ListChunks, ListParts and GetRunEvents as
 before; a new tracker on an empty file (the archive, then the stream) and a `tracker rebuild`
-give the same answers; and the export's next run continues from the cursor that run committed
-(the export state outlives the events it was copied from).
+give the same answers (one without the archive tells its readiness probe it cannot); and the
+export's next run continues from the cursor that run committed (the export state outlives the
+events it was copied from).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 import duckdb
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from sluiceway.cli.stack import Stack, start_stack
 from sluiceway.client import bearer_interceptors
@@ -122,6 +124,17 @@ async def _purged(bus: Bus, last_seq: int) -> bool:
     return info.state.first_seq > last_seq
 
 
+TRACKER = "sluiceway.v1.Tracker"
+
+
+async def _health(addr: str, service: str) -> int:
+    async with grpc.aio.insecure_channel(addr) as channel:
+        reply = await health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=service), timeout=5
+        )
+        return int(reply.status)
+
+
 def _ids(dest: Path, run_id: str) -> list[int]:
     run_dir = layout.run_dir(str(dest), "retained", run_id)
     rows = duckdb.sql(f"SELECT id FROM read_parquet('{run_dir}/part-*.parquet') ORDER BY id")
@@ -175,6 +188,16 @@ async def test_ended_runs_leave_the_stream_and_every_answer_stays_the_same(
 
     # a new replica on an empty file: the archive, then the stream
     env = stack.envs["tracker-1"]
+    # without the archive it cannot: it says so to a readiness probe (the process stays up)
+    blind = {k: v for k, v in env.items() if k != "SLUICEWAY_ARCHIVE"}
+    with fresh_tracker(tmp_path / "blind", blind, stack.state.nats_url) as addr:
+
+        async def not_ready() -> bool:
+            return await _health(addr, TRACKER) == health_pb2.HealthCheckResponse.NOT_SERVING
+
+        await eventually(not_ready, timeout_s=30, what="the replica with no archive is not ready")
+        assert await _health(addr, "") == health_pb2.HealthCheckResponse.SERVING
+
     with fresh_tracker(tmp_path / "replica", env, stack.state.nats_url) as addr:
         assert await _answers(addr, runs, second_last, token) == live
 

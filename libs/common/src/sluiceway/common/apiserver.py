@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 from sluiceway.common.authn import Audit, Authenticator, AuthInterceptor
 from sluiceway.common.metrics import reachable_host
 from sluiceway.common.principals import PrincipalsError, PrincipalsFile
-from sluiceway.common.service import HealthServer
+from sluiceway.common.service import HealthServer, serving_status
 from sluiceway.common.settings import Settings, SettingsError, split_addr
 from sluiceway.common.tlsfiles import ServerTlsFiles, TlsError
 
@@ -105,6 +105,8 @@ class ApiServer:
             self.probe = HealthServer()
             await self.probe.start(self._health_addr)
             await self.probe.serving()
+            for name in self._names:  # per service too, for a readiness probe that names it
+                await self.probe.set(name, True)
         bound = f"{reachable_host(host)}:{port}"
         log.info(
             "serving %s on %s (%s, authentication %s)",
@@ -114,6 +116,13 @@ class ApiServer:
             "on" if self.security.authenticator.enabled else "OFF",
         )
         return bound
+
+    async def set_serving(self, name: str, ok: bool) -> None:
+        """One of this server's services is (not) fit to answer, on the API port and the probe
+        port alike; the process itself ("") stays SERVING (liveness is not readiness)."""
+        await self.health.set(name, serving_status(ok))
+        if self.probe is not None:
+            await self.probe.set(name, ok)
 
     async def stop(self, grace_s: float) -> None:
         """NOT_SERVING first (probes stop routing here), then stop with grace."""

@@ -76,6 +76,12 @@ def start_metrics(settings: Settings, registry: CollectorRegistry) -> MetricsSer
     return server
 
 
+def serving_status(ok: bool) -> int:
+    return int(
+        health_pb2.HealthCheckResponse.SERVING if ok else health_pb2.HealthCheckResponse.NOT_SERVING
+    )
+
+
 class HealthServer:
     """grpc.health.v1 on SLUICEWAY_HEALTH_ADDR, for services that serve no gRPC API (worker,
     committer), so that Kubernetes' native gRPC probes can ask them. NOT_SERVING until
@@ -101,6 +107,10 @@ class HealthServer:
 
     async def serving(self) -> None:
         await self._servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+
+    async def set(self, name: str, ok: bool) -> None:
+        """The status of one named service (a readiness probe may ask for it by name)."""
+        await self._servicer.set(name, serving_status(ok))
 
     async def stop(self, grace_s: float) -> None:
         with contextlib.suppress(Exception):

@@ -72,6 +72,9 @@ class Projection:
         self._batch_size = batch_size
         self._batch_wait_s = batch_wait_s
         self.applied_seq = 0
+        # why the projection cannot go on ('' while it can), and an event set when that changes
+        self.gap = ""
+        self.gap_changed = asyncio.Event()
         self._progress = asyncio.Event()
         # per run, the marker of its next batch; a marker no watcher holds any more goes away
         self._run_markers: weakref.WeakValueDictionary[str, asyncio.Event] = (
@@ -113,17 +116,24 @@ class Projection:
         while True:
             try:
                 await self._from_archive()
+                self._set_gap("")
                 await self._consume()
             except asyncio.CancelledError:
                 raise
             except ArchiveGap as exc:  # nothing to serve from but a stale file: say it loudly
                 log.error("the read model cannot catch up: %s", exc)
+                self._set_gap(str(exc))
                 await asyncio.sleep(GAP_RETRY_S)
             except Exception as exc:  # the projection never stops on a bus hiccup
                 log.warning(
                     "projection consumer failed (%s); resuming after seq %d", exc, self.applied_seq
                 )
                 await asyncio.sleep(0.5)
+
+    def _set_gap(self, why: str) -> None:
+        if why != self.gap:
+            self.gap = why
+            self.gap_changed.set()
 
     async def _from_archive(self) -> None:
         """When the stream starts after the next event this file needs (retention purged it),
@@ -141,11 +151,15 @@ class Projection:
                     await self._apply(messages[i : i + self._batch_size])
             log.info("applied the archive up to seq %d", self.applied_seq)
         if self.applied_seq + 1 < first:
-            where = f"the archive at {self._archive.url}" if self._archive else "no archive"
+            archive = (
+                f"the archive at {self._archive.url} does not hold them"
+                if self._archive
+                else "SLUICEWAY_ARCHIVE is not set"
+            )
             raise ArchiveGap(
-                f"the run stream starts at seq {first}, this read model ends at seq "
-                f"{self.applied_seq}, and {where} does not hold the events between "
-                "(set SLUICEWAY_ARCHIVE to the archive the other trackers write)"
+                f"the run stream starts at seq {first} and this read model ends at seq "
+                f"{self.applied_seq}: events {self.applied_seq + 1}..{first - 1} were archived, "
+                f"and {archive} (use the archive the other trackers write)"
             )
 
     async def _consume(self) -> None:

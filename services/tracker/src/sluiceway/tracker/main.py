@@ -71,6 +71,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         TrackerServicer(db, projection, audit=security.audit), api.server
     )
     bound = await api.start(settings.tracker_addr, "SLUICEWAY_TRACKER_ADDR")
+    readiness = asyncio.create_task(_ready_while_whole(projection, api), name="tracker-ready")
     metrics_server = service.start_metrics(settings, registry)
     service.write_ready_file(
         settings.ready_file,
@@ -85,7 +86,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     finally:
         log.info("tracker stopping")
         await api.stop(GRACE_S)
-        for task in (projection_task, archiver_task):
+        for task in (projection_task, archiver_task, readiness):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -96,6 +97,16 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         if metrics_server is not None:
             metrics_server.stop()
         log.info("tracker stopped")
+
+
+async def _ready_while_whole(projection: Projection, api: ApiServer) -> None:
+    """The Tracker service is NOT_SERVING (the readiness probe takes the replica out of the
+    Service) while its projection cannot catch up: neither the stream nor an archive holds the
+    events it lacks. The process stays SERVING: restarting it would not bring them back."""
+    while True:
+        await projection.gap_changed.wait()
+        projection.gap_changed.clear()
+        await api.set_serving(SERVICE_NAME, not projection.gap)
 
 
 def build_parser() -> argparse.ArgumentParser:
