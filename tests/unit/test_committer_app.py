@@ -13,6 +13,7 @@ from sluiceway.common import fingerprint, layout
 from sluiceway.common.bus import Appended
 from sluiceway.common.domain import events as ev
 from sluiceway.common.domain.ids import event_id
+from sluiceway.common.domain.run import fold
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 RUN = "20260301T120000Z-aabbccdd"
@@ -63,7 +64,9 @@ class FakeLog:
         return [e.kind for e in self.events]
 
 
-def _history(dest: Path, rows: tuple[int, ...] = (3, 2), run_id: str = RUN) -> list[ev.RunEvent]:
+def _history(
+    dest: Path, rows: tuple[int, ...] = (3, 2), run_id: str = RUN, *, skip_empty: bool = False
+) -> list[ev.RunEvent]:
     spec = ev.ExportSpec(
         name="orders",
         source=ev.SourceSpec("sqlite", path="/x.db"),
@@ -74,6 +77,7 @@ def _history(dest: Path, rows: tuple[int, ...] = (3, 2), run_id: str = RUN) -> l
         format="csv",
         compression="none",
         destination=str(dest),
+        skip_empty=skip_empty,
     )
     plan = ev.PlanResolved(
         plan_id="plan-1",
@@ -220,6 +224,53 @@ async def test_an_empty_run_commits_a_manifest_with_no_parts(dest: Path) -> None
     doc = json.loads(layout.manifest_path(str(dest), "orders", RUN).read_text())
     assert doc["row_count"] == 0 and doc["part_count"] == 1  # a header-only CSV part
     assert log.kinds()[-1] == "completed"
+
+
+async def test_with_skip_empty_a_run_of_zero_rows_is_skipped_and_commits_nothing(
+    dest: Path,
+) -> None:
+    previous = FakeLog()
+    previous.events = _history(dest, rows=(3,), run_id="r-before")
+    await _feed(_committer(previous), previous)
+    pointer = layout.latest_pointer_path(str(dest), "orders").read_bytes()
+
+    log = FakeLog()
+    log.events = _history(dest, rows=(0,), skip_empty=True)
+    await _feed(_committer(log), log)
+    # the part of zero rows (a worker writes none; this history has one) goes aside, said so
+    assert log.kinds()[-3:] == ["reconciliation_result", "warning", "completed"]
+    done = log.events[-1].body
+    assert isinstance(done, ev.RunCompleted) and done.status is ev.RunStatus.SKIPPED
+    assert "skip_empty" in done.skip_reason and done.duration_ms == 60_000
+    assert "manifest_committed" not in log.kinds() and log.recorded == []
+    assert not layout.manifest_path(str(dest), "orders", RUN).exists()
+    assert not layout.success_path(str(dest), "orders", RUN).exists()
+    assert not list(layout.run_dir(str(dest), "orders", RUN).iterdir())
+    assert layout.latest_pointer_path(str(dest), "orders").read_bytes() == pointer
+    assert fold(log.events, RUN).status is ev.RunStatus.SKIPPED  # the table allows it
+
+
+async def test_skip_empty_skips_nothing_when_the_source_has_rows(dest: Path) -> None:
+    """Zero rows read while the source counts 7: no skip, reconciliation fails the run."""
+
+    class Seven:
+        def count(self, spec: ev.ExportSpec, rng: ev.ChunkRange | None) -> int:
+            return 7
+
+        def close(self) -> None:
+            pass
+
+    log = FakeLog()
+    log.events = _history(dest, rows=(0,), skip_empty=True)
+    committer = Committer(
+        log,
+        producer=ev.Producer("committer", "t"),
+        source_factory=lambda s: Seven(),  # type: ignore[arg-type,return-value]
+    )
+    await _feed(committer, log)
+    failed = log.events[-1].body
+    assert isinstance(failed, ev.RunCompleted) and failed.status is ev.RunStatus.FAILED
+    assert "reconciliation" in failed.error_message
 
 
 async def test_files_no_manifest_lists_are_set_aside_with_a_warning(dest: Path) -> None:

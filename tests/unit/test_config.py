@@ -236,3 +236,15 @@ def test_any_document_loads_or_fails_with_a_config_error(doc: object) -> None:
         load_text(yaml.safe_dump(doc), base_dir="/base", env={})
     except ConfigError as exc:
         assert str(exc) and "\n" not in str(exc)
+
+
+def test_skip_empty_is_off_unless_set_and_an_exports_own_value_wins(tmp_path: Path) -> None:
+    (tmp_path / "demo.db").touch()
+    env = {"SHOP_URL": "postgresql://u@h/db"}
+    assert not any(s.skip_empty for s in load_text(GOOD, base_dir=tmp_path, env=env).values())
+    text = GOOD.replace("  destination: out\n", "  destination: out\n  skip_empty: true\n")
+    text = text.replace("    table: customers\n", "    table: customers\n    skip_empty: false\n")
+    specs = load_text(text, base_dir=tmp_path, env=env)
+    assert specs["orders"].skip_empty and not specs["customers"].skip_empty
+    bad = GOOD.replace("    table: customers\n", "    table: customers\n    skip_empty: maybe\n")
+    assert "skip_empty" in _err(bad, env)

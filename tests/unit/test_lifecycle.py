@@ -58,14 +58,20 @@ def test_a_run_succeeds_only_from_committing() -> None:
     assert sources == {RunStatus.COMMITTING}
 
 
-def test_skipped_only_from_planning_or_before_admission() -> None:
+def test_skipped_only_from_planning_before_admission_or_an_empty_commit() -> None:
     sources = {
         src
         for (src, trigger), dst in RUN_TRANSITIONS.items()
         if dst is RunStatus.SKIPPED and src is not dst
     }
-    # nothing to export (PLANNING); a missed tick or an overlap skip (SCHEDULED, READY)
-    assert sources == {RunStatus.PLANNING, RunStatus.SCHEDULED, RunStatus.READY}
+    # nothing to export (PLANNING); a missed tick or an overlap skip (SCHEDULED, READY); zero
+    # rows with skip_empty, once the gates have passed (COMMITTING)
+    assert sources == {
+        RunStatus.PLANNING,
+        RunStatus.SCHEDULED,
+        RunStatus.READY,
+        RunStatus.COMMITTING,
+    }
     assert next_run_status(RunStatus.RUNNING, "completed:SKIPPED") is None
 
 

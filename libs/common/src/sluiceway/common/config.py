@@ -147,6 +147,7 @@ class _Export(_Strict):
     max_file_size: int | str | None = None  # bytes, or "256MB" / "1GiB"
     row_group_mb: int | None = Field(default=None, gt=0, le=fileopts.MAX_ROW_GROUP_MB)
     add_exported_at: bool | None = None
+    skip_empty: bool | None = None
     tuning_profile: str | None = None
     batch_size_memory_mb: int | None = Field(default=None, gt=0)
     statement_timeout_s: int | None = Field(default=None, gt=0)
@@ -174,6 +175,7 @@ class _Defaults(_Strict):
     max_file_size: int | str | None = None  # bytes, or "256MB" / "1GiB"
     row_group_mb: int | None = Field(default=None, gt=0, le=fileopts.MAX_ROW_GROUP_MB)
     add_exported_at: bool | None = None
+    skip_empty: bool | None = None
     schema_policy: str | None = None
     quality: _Quality | None = None
     tuning_profile: str | None = None
@@ -305,6 +307,7 @@ def load_text(
             max_file_bytes=_file_bytes(pick("max_file_size"), **where),
             row_group_mb=_row_group_mb(item, doc.defaults, **where),
             add_exported_at=bool(pick("add_exported_at")),
+            skip_empty=bool(pick("skip_empty")),
             tuning_profile=pick("tuning_profile") or "",
             batch_size_memory_mb=pick("batch_size_memory_mb") or 0,
             statement_timeout_s=pick("statement_timeout_s") or 0,

@@ -23,6 +23,7 @@ from sluiceway.committer.domain.decide import (
     quality_message,
     reconciliation_message,
     set_aside_warning,
+    skipped_empty,
     validation_message,
 )
 from sluiceway.committer.domain.gates import (
@@ -239,6 +240,14 @@ class Committer:
             )
             return "terminal"
 
+        # skip_empty: zero rows, and the source has none either: nothing is committed
+        empty = skipped_empty(state, self._clock())
+        if empty is not None:
+            await self._set_aside_strays(state, committing=False)  # a zero-row chunk writes none
+            await self._append(state, empty)
+            log.info("run skipped: %s", empty.skip_reason, extra={"run_id": state.run_id})
+            return "terminal"
+
         # manifest -> _SUCCESS -> ManifestCommitted (DESIGN §6: a crash leaves none or a whole one)
         manifest = build_manifest(state)
         data = serialize(manifest)
@@ -310,16 +319,16 @@ class Committer:
 
         return await asyncio.to_thread(count)
 
-    async def _set_aside_strays(self, state: RunState) -> None:
+    async def _set_aside_strays(self, state: RunState, *, committing: bool = True) -> None:
         """Move every file of the run directory that the manifest does not list (losing
-        attempts, attempts that died before FileWritten, torn temporary files) to
-        _quarantine/<run_id>/, and say so with a Warning."""
+        attempts, attempts that died before FileWritten, torn temporary files; with nothing
+        `committing`, every file) to _quarantine/<run_id>/, and say so with a Warning."""
         spec = state.spec
         assert spec is not None
         dest = destination.open_destination(spec.destination)
         run_dir = destination.run_dir(dest, state.export_name, state.run_id)
         target = destination.quarantine_dir(dest, state.export_name, state.run_id)
-        keep = [f.file_name for f in state.committed_files()]
+        keep = [f.file_name for f in state.committed_files()] if committing else []
         try:
             moved = await asyncio.to_thread(
                 lambda: dest.set_aside(

@@ -144,6 +144,8 @@ class ExportSpec:
     consistent_snapshot: bool = False  # PostgreSQL: all chunks read the plan's snapshot
     chunk_by: str = ""  # "" = key ranges on chunk_column; CHUNK_BY_PAGES = heap page ranges
     chunk_mb: int = 0  # chunk_by pages: about this many MB of heap per chunk
+    # zero rows: the run ends SKIPPED (no files, no manifest; the last commit stays the latest)
+    skip_empty: bool = False
 
 
 ROW_MODES = ("incremental", "time_window")  # their rows may be chunked too, on a chunk_column

@@ -49,6 +49,8 @@ RUN_TRANSITIONS: dict[tuple[RunStatus, str], RunStatus] = {
     **{(R.COMMITTING, kind): R.COMMITTING for kind in _GATES},
     (R.COMMITTING, "manifest_committed"): R.COMMITTING,
     (R.COMMITTING, "completed:SUCCEEDED"): R.SUCCEEDED,
+    # skip_empty: the gates passed on zero rows, and nothing is committed
+    (R.COMMITTING, "completed:SKIPPED"): R.SKIPPED,
     # late chunk facts of a losing attempt may still arrive while the run commits; the chunk
     # table decides whether they count (they do not: attempts are fenced)
     **{(R.COMMITTING, kind): R.COMMITTING for kind in _CHUNK_WORK},

@@ -97,6 +97,24 @@ def completed(state: RunState, status: RunStatus, now: datetime, error: str = ""
     return RunCompleted(status=status, error_message=error, duration_ms=duration_ms(state, now))
 
 
+SKIP_EMPTY_REASON = (
+    "no row to export (skip_empty): nothing committed, the export's last commit stays its latest"
+)
+
+
+def skipped_empty(state: RunState, now: datetime) -> RunCompleted | None:
+    """With skip_empty, a run that read no row, the source agreeing (its reconciliation
+    matched), ends SKIPPED instead of committing an empty manifest; None otherwise."""
+    spec = state.spec
+    if spec is None or not spec.skip_empty or state.total_rows != 0:
+        return None
+    if state.reconciliation is None or not state.reconciliation.matched:
+        return None
+    return RunCompleted(
+        status=RunStatus.SKIPPED, skip_reason=SKIP_EMPTY_REASON, duration_ms=duration_ms(state, now)
+    )
+
+
 def set_aside_warning(run_id: str, moved: list[str], shown: int = 5) -> Warning:
     """The Warning that files no manifest lists were moved to _quarantine/<run_id>/."""
     names = ", ".join(moved[:shown]) + (
