@@ -26,6 +26,7 @@ from nats.js.api import (
     RetentionPolicy,
     StorageType,
     StreamConfig,
+    StreamState,
 )
 from nats.js.errors import (
     APIError,
@@ -189,8 +190,13 @@ class Names:
         if type(event.body) in PER_CHUNK_SUBJECT:
             subject += f".{event.body.chunk_index}"  # type: ignore[union-attr]
         elif isinstance(event.body, ManifestCommitted | RunScheduled):
-            subject += f".{export_token(event.export_name)}"
+            return self.export_fact(event.run_id, event.kind, event.export_name)
         return subject
+
+    def export_fact(self, run_id: str, kind: str, export_name: str) -> str:
+        """A fact stored under one more token, its export's name (ManifestCommitted,
+        RunScheduled): the backfill of the export state finds each export's latest by it."""
+        return f"{self.run_subject(run_id, kind)}.{export_token(export_name)}"
 
     def chunk_subject(self, run_id: str, kind: str, chunk_index: int) -> str:
         return f"{self.run_subject(run_id, kind)}.{chunk_index}"
@@ -601,9 +607,9 @@ class Bus:
         """Copy the run's ManifestCommitted (and its plan, the schema baseline) into the
         export's state. Idempotent: the committer calls it after ManifestCommitted is stored
         and before RunCompleted, again after a crash in between."""
-        commit_subject = f"{self.names.run_subject(run_id, 'manifest_committed')}."
         commit = await self._last_raw(
-            self.names.runs_stream, commit_subject + export_token(export_name)
+            self.names.runs_stream,
+            self.names.export_fact(run_id, "manifest_committed", export_name),
         )
         if commit is None:
             raise LookupError(f"run {run_id} has no ManifestCommitted to record")
@@ -642,12 +648,7 @@ class Bus:
         return await self.put_state(self.names.scheduler_snapshot, data, seq)
 
     async def stream_first_seq(self) -> int:
-        info = await retrying(
-            lambda: self.js.stream_info(self.names.runs_stream),
-            "reading the run stream's first sequence",
-            budget_s=self.retry_budget_s,
-        )
-        return int(info.state.first_seq)
+        return int((await self.stream_state()).first_seq)
 
     async def backfill_state(self) -> int:
         """Make the export state hold the latest commit and occurrence of every export that the
@@ -793,13 +794,17 @@ class Bus:
             read, f"reading seq {first}..{stop - 1}", budget_s=self.retry_budget_s
         )
 
-    async def stream_last_seq(self) -> int:
+    async def stream_state(self) -> StreamState:
+        """The run stream's first and last sequence, messages and bytes."""
         info = await retrying(
             lambda: self.js.stream_info(self.names.runs_stream),
-            "reading the run stream's last sequence",
+            "reading the run stream's state",
             budget_s=self.retry_budget_s,
         )
-        return info.state.last_seq
+        return info.state
+
+    async def stream_last_seq(self) -> int:
+        return int((await self.stream_state()).last_seq)
 
 
 def config_differs(current: StreamConfig, wanted: StreamConfig) -> bool:

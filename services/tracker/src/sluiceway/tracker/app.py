@@ -139,8 +139,7 @@ class Projection:
         """When the stream starts after the next event this file needs (retention purged it),
         apply the archived events first: a new replica, or a rebuild, reads the archive and
         then the stream. Raises ArchiveGap when neither holds them."""
-        info = await self._bus.js.stream_info(self._bus.names.runs_stream)
-        first = info.state.first_seq
+        first = await self._bus.stream_first_seq()
         if self.applied_seq + 1 >= first:
             return
         if self._archive is not None:

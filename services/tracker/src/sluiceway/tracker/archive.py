@@ -152,13 +152,6 @@ class Archive:
         ]
 
 
-@dataclass(frozen=True)
-class PassResult:
-    first_seq: int  # the stream's first sequence before the pass
-    cut: int  # the stream's first sequence after it
-    segments: tuple[str, ...]
-
-
 class Archiver:
     """One pass at a time: find the cut, archive below it, purge. Runs in the tracker."""
 
@@ -184,19 +177,15 @@ class Archiver:
     async def run(self, stop: asyncio.Event, interval_s: float) -> None:
         await every(interval_s, stop, self.archive_once, "archiving")
 
-    async def archive_once(self) -> PassResult:
+    async def archive_once(self) -> None:
         bus = self._bus
-        info = await retrying(
-            lambda: bus.js.stream_info(bus.names.runs_stream), "reading the run stream's state"
-        )
-        first = max(1, info.state.first_seq)
+        state = await bus.stream_state()
+        first = max(1, state.first_seq)
         now = self._clock()
         ended_before = now - self._max_age
-        if self._max_bytes > 0 and info.state.bytes > SIZE_PRESSURE * self._max_bytes:
+        if self._max_bytes > 0 and state.bytes > SIZE_PRESSURE * self._max_bytes:
             ended_before = now  # near the size bound: every ended run may go
         cut = cut_below(await self._blocking_seq(first, ended_before), self._offset())
-        written: list[str] = []
-        kept_from = first
         for a, b in ranges(first, cut):
             messages = await bus.stored_range(a, b)
             if [m[0] for m in messages] != list(range(a, b)):
@@ -204,12 +193,9 @@ class Archiver:
                 log.info("the stream moved during archiving (seq %d..%d); next pass", a, b - 1)
                 break
             name = await asyncio.to_thread(self.archive.write, messages)
-            written.append(name)
             crash.point("tracker.after_archive")
             await retrying(
                 lambda b=b: bus.js.purge_stream(bus.names.runs_stream, seq=b),  # type: ignore[misc]
                 f"purging the run stream below seq {b}",
             )
-            kept_from = b
             log.info("archived seq %d..%d as %s and purged them from the stream", a, b - 1, name)
-        return PassResult(first, kept_from, tuple(written))
