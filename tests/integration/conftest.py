@@ -1,4 +1,5 @@
-"""Real parts for integration tests: a nats-server and a PostgreSQL cluster on free ports."""
+"""Real parts for integration tests: a nats-server, a PostgreSQL cluster and a MariaDB server
+on free ports."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from sluiceway.cli.stack import Stack
 from sluiceway.common import bus as busmod
 from sluiceway.common.localnats import LocalNats
 from sluiceway.v1 import control_pb2_grpc, tracker_pb2_grpc
+from tests.support.localmaria import LocalMariaDB
 from tests.support.localpg import LocalPostgres
 from tests.support.otlp import OtlpReceiver
 from tests.support.s3server import LocalS3
@@ -40,6 +42,13 @@ def pg() -> Iterator[LocalPostgres]:
     cluster = LocalPostgres().start()
     yield cluster
     cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def maria() -> Iterator[LocalMariaDB]:
+    server = LocalMariaDB().start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture

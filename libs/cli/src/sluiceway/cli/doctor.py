@@ -28,6 +28,17 @@ _PG_HINTS = {
 }
 # fields of the config that a source problem points at, by SQLSTATE
 _PG_FIELDS = {"42P01": "table", "42501": "table", "42703": "columns"}
+# MySQL's error number -> the same, with the field it points at
+_MYSQL_HINTS = {
+    2002: ("source.url_env", "cannot reach the database server named in {var}"),
+    2003: ("source.url_env", "cannot reach the database server named in {var}"),
+    1045: ("source.url_env", "the server refused the login of {var}'s user (its password)"),
+    1044: ("source.url_env", "the user of {var} may not use the database named there"),
+    1049: ("source.url_env", "the database named in {var} does not exist"),
+    1142: ("table", "the user of {var} may not read {rel} (GRANT SELECT ON {rel} TO it)"),
+    1146: ("table", "no table {rel} in the database of {var}"),
+    1054: ("columns", "a column of the export is not in {rel}"),
+}
 
 
 @dataclass(frozen=True)
@@ -53,12 +64,19 @@ def relation_of(spec: ExportSpec) -> str:
 
 def source_problem(spec: ExportSpec, exc: SourceError) -> tuple[str, str]:
     """(config field, one-line problem) for a source failure: what it means, then the
-    driver's redacted reason. PostgreSQL's by SQLSTATE, SQLite's by its message."""
+    driver's redacted reason. PostgreSQL's by SQLSTATE, MySQL's by error number, SQLite's by
+    its message."""
     rel, reason = relation_of(spec), str(exc)
     if spec.source.engine == "postgres":
         code = exc.sqlstate
         hint = _PG_HINTS.get(code) or _PG_HINTS.get(code[:2], "")
         where = _PG_FIELDS.get(code, "source.url_env")
+        if hint:
+            text = hint.format(rel=rel, var=f"${spec.source.url_env}")
+            return where, f"{text} ({reason})"
+        return "source.url_env", reason
+    if spec.source.engine == "mysql":
+        where, hint = _MYSQL_HINTS.get(exc.code, ("source.url_env", ""))
         if hint:
             text = hint.format(rel=rel, var=f"${spec.source.url_env}")
             return where, f"{text} ({reason})"
@@ -91,7 +109,7 @@ def check_source(spec: ExportSpec, env: Mapping[str, str], path: str = "") -> Ch
             source.close()
     except SourceError as exc:
         return Check("source", False, located(path, spec, *source_problem(spec, exc)))
-    what = f"${spec.source.url_env}" if spec.source.engine == "postgres" else spec.source.path
+    what = f"${spec.source.url_env}" if spec.source.url_env else spec.source.path
     return Check("source", True, f"{relation_of(spec)} readable via {what} ({len(schema)} columns)")
 
 

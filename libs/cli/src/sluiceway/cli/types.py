@@ -15,7 +15,7 @@ from sluiceway.common.sources import arrow_schema, open_source
 
 _UNITS = {"milliseconds": "ms", "microseconds": "us", "nanoseconds": "ns"}
 HEADER = ("column", "source type", "arrow type", "parquet type", "nullable")
-ENGINES = {"postgres": "PostgreSQL", "sqlite": "SQLite"}
+ENGINES = {"postgres": "PostgreSQL", "mysql": "MySQL", "sqlite": "SQLite"}
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,8 @@ SCHEMA_POLICIES = ("warn", "continue", "fail")
 MAX_DAYS = 36_600
 FORMATS = ("parquet", "csv")
 COMPRESSIONS = ("zstd", "snappy", "gzip", "lz4", "none")
-ENGINES = ("postgres", "sqlite")
+ENGINES = ("postgres", "mysql", "sqlite")
+URL_ENGINES = ("postgres", "mysql")  # the URL comes from an environment variable
 # libpq's sslmode values, weakest first, and the files a PostgreSQL source's TLS may name
 SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 TLS_FILES = ("sslrootcert", "sslcert", "sslkey")
@@ -531,7 +532,7 @@ def check_spec(
             "source.engine",
             f"unknown engine {_show(src.engine)} (expected one of: {', '.join(ENGINES)})",
         )
-    if src.engine == "postgres":
+    if src.engine in URL_ENGINES:
         if not src.url_env:
             raise fail(
                 "source.url_env",
@@ -541,6 +542,13 @@ def check_spec(
             raise fail("source.url_env", "must name an environment variable (not hold a URL)")
         if env is not None and not env.get(src.url_env):
             raise fail("source.url_env", f"environment variable {_cut(src.url_env)} is not set")
+    if src.engine == "mysql" and spec.consistent_snapshot:
+        raise fail(
+            "consistent_snapshot",
+            "is PostgreSQL only (MySQL cannot share one snapshot between sessions; each chunk "
+            "still reads its count and rows in one consistent snapshot); remove it",
+        )
+    if src.engine == "postgres":
         if src.sslmode and src.sslmode not in SSLMODES:
             raise fail(
                 "source.sslmode",

@@ -89,7 +89,7 @@ def arrow_schema(fields: Iterable[SchemaField]) -> pa.Schema:
 def preload() -> None:
     """Import every engine's driver now. psycopg and ADBC take about 0.4 s to import; services
     call this at start-up, before they report ready, so that no run pays for it."""
-    from . import postgres, sqlite  # noqa: F401
+    from . import mysql, postgres, sqlite  # noqa: F401
 
 
 def open_source(spec: ExportSpec, env: Mapping[str, str] | None = None) -> Source:
@@ -100,10 +100,8 @@ def open_source(spec: ExportSpec, env: Mapping[str, str] | None = None) -> Sourc
         from .sqlite import SqliteSource
 
         return SqliteSource(spec.source.path)
-    if engine == "postgres":
+    if engine in ("postgres", "mysql"):
         import os
-
-        from .postgres import PostgresSource, with_tls
 
         e = os.environ if env is None else env
         name = spec.source.url_env
@@ -116,6 +114,17 @@ def open_source(spec: ExportSpec, env: Mapping[str, str] | None = None) -> Sourc
         from sluiceway.common import tuning
 
         statement_ms, lock_ms = tuning.session_timeouts_ms(spec)
+        if engine == "mysql":
+            from .mysql import MySqlSource
+
+            return MySqlSource(
+                url,
+                statement_timeout_ms=statement_ms,
+                lock_timeout_ms=lock_ms,
+                connect_timeout_s=tuning.connect_timeout_s(spec),
+            )
+        from .postgres import PostgresSource, with_tls
+
         tls = {k: getattr(spec.source, k) for k in ("sslmode", "sslrootcert", "sslcert", "sslkey")}
         return PostgresSource(
             with_tls(url, tls),

@@ -16,12 +16,14 @@ if TYPE_CHECKING:
 class SourceError(Exception):
     """A source failure. `retryable` says whether another attempt may succeed (connection lost,
     serialization failure, lock timeout, too many connections). The message is redacted.
-    `sqlstate` is PostgreSQL's code for the failure when there is one (given or inferred)."""
+    `sqlstate` is PostgreSQL's code for the failure when there is one (given or inferred);
+    `code` is MySQL's error number, 0 when there is none."""
 
-    def __init__(self, message: str, *, retryable: bool, sqlstate: str = "") -> None:
+    def __init__(self, message: str, *, retryable: bool, sqlstate: str = "", code: int = 0) -> None:
         super().__init__(message)
         self.retryable = retryable
         self.sqlstate = sqlstate
+        self.code = code
 
 
 class SnapshotLost(SourceError):

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 
 from sluiceway.common.config import IDENT
 from sluiceway.common.domain.events import CHUNK_BY_PAGES, ChunkRange, ExportSpec, RowFilter
@@ -37,11 +37,13 @@ def dollar(n: int) -> str:
     return f"${n}"
 
 
-def quote_ident(name: str) -> str:
-    """A validated identifier (optionally schema-qualified), each part double-quoted."""
+def quote_ident(name: str, dialect: str = "postgres") -> str:
+    """A validated identifier (optionally schema-qualified), each part double-quoted; in
+    MySQL, back-quoted (double quotes are string literals there unless ANSI_QUOTES is set)."""
     if not IDENT.fullmatch(name):
         raise SourceError(f"invalid identifier {name!r}", retryable=False)
-    return ".".join('"' + part.replace('"', '""') + '"' for part in name.split("."))
+    q = "`" if dialect == "mysql" else '"'
+    return ".".join(q + part.replace(q, q + q) + q for part in name.split("."))
 
 
 def quote_literal(text: str) -> str:
@@ -59,10 +61,15 @@ def relation(spec: ExportSpec) -> str:
     base = _base_relation(spec)
     if spec.row_filter is None:
         return base
-    terms = filter_terms(spec.row_filter, spec.source.engine or "postgres")
+    terms = filter_terms(spec.row_filter, dialect_of(spec))
     if not terms:
         return base
     return f"(SELECT * FROM {base} WHERE {' AND '.join(terms)}) AS f"
+
+
+def dialect_of(spec: ExportSpec) -> str:
+    """The SQL dialect of an export's source: its engine (postgres when unset)."""
+    return spec.source.engine or "postgres"
 
 
 def is_temporal(key_type: str) -> bool:
@@ -74,7 +81,7 @@ def filter_terms(rf: RowFilter, dialect: str) -> list[str]:
     """The row filter as SQL terms. Its bounds are parsed (integers, ISO dates or timestamps)
     and written back as literals, never pasted as they came."""
     temporal = is_temporal(rf.key_type)
-    column = quote_ident(rf.column)
+    column = quote_ident(rf.column, dialect)
     if temporal and dialect == "sqlite":
         column = sqlite_instant(column)
 
@@ -84,7 +91,7 @@ def filter_terms(rf: RowFilter, dialect: str) -> list[str]:
             return str(value)
         if dialect == "sqlite":
             return f"julianday({quote_literal(value.isoformat())})"  # type: ignore[union-attr]
-        return pg_literal(value)
+        return typed_literal(value, dialect)
 
     terms = []
     if rf.low:
@@ -99,11 +106,11 @@ def _base_relation(spec: ExportSpec) -> str:
         return f"({spec.query.strip().rstrip(';')}) AS q"
     if not spec.table:
         raise SourceError(f"export {spec.name!r} has neither table nor query", retryable=False)
-    return quote_ident(spec.table)
+    return quote_ident(spec.table, dialect_of(spec))
 
 
-def column_list(columns: Sequence[str]) -> str:
-    return ", ".join(quote_ident(c) for c in columns) if columns else "*"
+def column_list(columns: Sequence[str], dialect: str = "postgres") -> str:
+    return ", ".join(quote_ident(c, dialect) for c in columns) if columns else "*"
 
 
 def parse_key(text: str, *, temporal: bool = False) -> Key:
@@ -137,6 +144,22 @@ def pg_literal(key: Key) -> str:
     return str(int(key))
 
 
+def mysql_literal(key: Key) -> str:
+    """A typed MySQL literal of a parsed key (re-rendered): `TIMESTAMP'...'` (an instant with an
+    offset is written in UTC, the reading session's time zone), `DATE'...'`, or an integer."""
+    if isinstance(key, datetime):
+        if key.tzinfo is not None:
+            key = key.astimezone(UTC).replace(tzinfo=None)
+        return f"TIMESTAMP{quote_literal(key.isoformat(sep=' ', timespec='microseconds'))}"
+    if isinstance(key, date):
+        return f"DATE{quote_literal(key.isoformat())}"
+    return str(int(key))
+
+
+def typed_literal(key: Key, dialect: str) -> str:
+    return mysql_literal(key) if dialect == "mysql" else pg_literal(key)
+
+
 def sqlite_instant(expr: str) -> str:
     """A SQLite date/time value as a julianday instant in UTC: ISO text (naive text is UTC, an
     offset is honoured), numbers as Unix seconds (as the SQLite reader converts them). Text
@@ -167,7 +190,7 @@ def key_predicate(
         return "", []
     if not column:
         raise SourceError("a chunk range needs spec.chunk_column", retryable=False)
-    key = quote_ident(column)
+    key = quote_ident(column, dialect)
     if temporal and dialect == "sqlite":
         key = sqlite_instant(key)
     if rng.null_keys:
@@ -178,7 +201,7 @@ def key_predicate(
     def marker(text: str) -> str:
         value = parse_key(text, temporal=temporal)
         if temporal and dialect != "sqlite":
-            return pg_literal(value)
+            return typed_literal(value, dialect)
         if inline and not temporal:
             return str(value)
         params.append(value if isinstance(value, int) else value.isoformat())
@@ -240,7 +263,7 @@ def spec_predicate(
         placeholder,
         inline=inline,
         temporal=spec.chunk_by_days > 0,
-        dialect=spec.source.engine or "postgres",
+        dialect=dialect_of(spec),
     )
 
 
@@ -248,7 +271,7 @@ def select_sql(
     spec: ExportSpec, rng: ChunkRange | None, placeholder: Placeholder, columns: Sequence[str] = ()
 ) -> tuple[str, list[Param]]:
     where, params = spec_predicate(spec, rng, placeholder)
-    cols = column_list(columns or spec.columns)
+    cols = column_list(columns or spec.columns, dialect_of(spec))
     return f"SELECT {cols} FROM {relation(spec)}{where}", params
 
 
@@ -263,10 +286,10 @@ def bounds_sql(spec: ExportSpec, column: str = "", *, temporal: bool | None = No
     """MIN, MAX (as text) and whether a NULL key exists, of `column` (default: the spec's chunk
     column). Date/time bounds (`temporal`; by default when chunk_by_days) come back as ISO 8601
     text whatever the server's DateStyle: `to_json()` in PostgreSQL, the julianday instant
-    formatted in UTC in SQLite."""
-    key = quote_ident(column or spec.chunk_column)
+    formatted in UTC in SQLite, MySQL's own text form (ISO with a space) in MySQL."""
+    engine = dialect_of(spec)
+    key = quote_ident(column or spec.chunk_column, engine)
     rel = relation(spec)
-    engine = spec.source.engine or "postgres"
     if temporal is None:
         temporal = spec.chunk_by_days > 0
     if temporal and engine == "sqlite":
@@ -276,7 +299,11 @@ def bounds_sql(spec: ExportSpec, column: str = "", *, temporal: bool | None = No
             f"SELECT strftime({iso}, MIN({instant})), strftime({iso}, MAX({instant})), "
             f"EXISTS (SELECT 1 FROM {rel} WHERE {instant} IS NULL) FROM {rel}"
         )
-    if temporal:
+    if engine == "mysql":
+        # integers as digits; dates as 'YYYY-MM-DD', date-times as 'YYYY-MM-DD HH:MM:SS[.ffffff]'
+        # in the session's time zone (UTC): the source adds the offset for TIMESTAMP columns
+        low, high = f"CAST(MIN({key}) AS CHAR)", f"CAST(MAX({key}) AS CHAR)"
+    elif temporal:
         low, high = f"to_json(MIN({key})) #>> '{{}}'", f"to_json(MAX({key})) #>> '{{}}'"
     elif engine == "sqlite":
         low, high = f"MIN({key})", f"MAX({key})"
