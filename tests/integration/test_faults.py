@@ -18,6 +18,10 @@ every row twice. Batches and row groups of 2,000 rows put the kill truly mid-ran
 torn part on disk. While the killed range waits for redelivery, every row of the table is
 updated (so it moves to another page); the range is read again after that, and the export
 must still be the table as planned, every row exactly once, checksum for checksum.
+
+The points where the source is read (the planner's and the workers') run once more on the
+same table in a throwaway MariaDB server (the `mysql` engine); the committer's, the tracker's
+and the nats-server's never touch the source.
 """
 
 from __future__ import annotations
@@ -65,6 +69,7 @@ from tests.support.faults import (
     terminal_run,
     wait_sigkilled,
 )
+from tests.support.localmaria import LocalMariaDB
 from tests.support.localpg import LocalPostgres
 from tests.support.securenats import SecureNats
 
@@ -76,6 +81,7 @@ ROWS = 200_000
 CHUNK_SIZE = 25_000  # ids 1..200000 -> 8 chunks
 CHUNKS = 8
 URL_ENV = "FAULT_PG_URL"
+MY_URL_ENV = "FAULT_MY_URL"
 PAGES_UUID = "fault_pages_uuid"
 PAGES_UUID_ROWS = 120_000  # ~2,300 heap blocks
 PAGES_NOKEY = "fault_pages_nokey"
@@ -120,6 +126,28 @@ SELECT g,
             ELSE timestamptz '2026-06-01 00:00:00+00' + (g * interval '1 minute') END
 FROM generate_series(1::bigint, {ROWS}::bigint) AS g;
 """
+CREATE_MY = f"""
+DROP TABLE IF EXISTS {TABLE};
+CREATE TABLE {TABLE} (
+  id bigint PRIMARY KEY,
+  account int NOT NULL,
+  label text,
+  amount decimal(14,3),
+  ratio double,
+  created_at timestamp(6) NOT NULL DEFAULT '2026-01-01 00:00:00',
+  closed_at timestamp(6) NULL
+) CHARACTER SET utf8mb4;
+INSERT INTO {TABLE}
+SELECT seq,
+       (seq * 7919) % 50000,
+       IF(seq % 11 = 0, NULL, CONCAT('label ', seq, ' ünïcødé')),
+       IF(seq % 13 = 0, NULL, ((seq * 37) % 10000000) / 1000 - 4000),
+       seq / 7e0,
+       TIMESTAMP'2026-01-01 00:00:00' + INTERVAL (seq * 3) SECOND,
+       IF(seq % 4 = 0, NULL, TIMESTAMP'2026-06-01 00:00:00' + INTERVAL seq MINUTE)
+FROM seq_1_to_{ROWS};
+ANALYZE TABLE {TABLE};
+"""
 CREATE_PAGES = f"""
 DROP TABLE IF EXISTS {PAGES_UUID};
 DROP TABLE IF EXISTS {PAGES_NOKEY};
@@ -149,6 +177,7 @@ class Workload:
     # chunk_by pages: every column, rendered alike by PostgreSQL and by DuckDB over the parts
     pg_columns: str = ""
     part_columns: str = ""
+    engine: str = "postgres"
 
     @property
     def by_pages(self) -> bool:
@@ -186,11 +215,25 @@ PAGE_RANGE_WORKLOADS = {
         part_columns="n, gen, label",
     ),
 }
-# every crash point on the key-range export (ids unchanged), then the page-range cases
-CASES = [pytest.param(point, KEY_RANGES, id=point) for point in SCENARIOS] + [
-    pytest.param("worker.mid_read", workload, id=f"worker.mid_read-pages-{name}")
-    for name, workload in PAGE_RANGE_WORKLOADS.items()
-]
+MARIADB = Workload(
+    "mariadb",
+    TABLE,
+    ROWS,
+    CHUNKS,
+    lambda dest: chunked_pg_config(EXPORT, TABLE, CHUNK_SIZE, dest, MY_URL_ENV, "mysql"),
+    engine="mysql",
+)
+SOURCE_POINTS = [p for p in SCENARIOS if p.startswith(("planner.", "worker."))]
+# every crash point on the key-range export (ids unchanged), then the page-range cases, then
+# the points that read the source on a MariaDB export
+CASES = (
+    [pytest.param(point, KEY_RANGES, id=point) for point in SCENARIOS]
+    + [
+        pytest.param("worker.mid_read", workload, id=f"worker.mid_read-pages-{name}")
+        for name, workload in PAGE_RANGE_WORKLOADS.items()
+    ]
+    + [pytest.param(point, MARIADB, id=f"{point}-mariadb") for point in SOURCE_POINTS]
+)
 
 
 @pytest.fixture(scope="module")
@@ -200,6 +243,12 @@ def fault_source(pg: LocalPostgres) -> LocalPostgres:
     for table in (TABLE, PAGES_UUID, PAGES_NOKEY):
         pg.psql_admin(f"VACUUM ANALYZE {table}")
     return pg
+
+
+@pytest.fixture(scope="module")
+def fault_maria(maria: LocalMariaDB) -> LocalMariaDB:
+    maria.sql_admin(CREATE_MY)
+    return maria
 
 
 class Teardown:
@@ -230,8 +279,10 @@ def teardown() -> Iterator[Teardown]:
         td.close()
 
 
-def _env(namespace: str, source: LocalPostgres) -> dict[str, str]:
+def _env(namespace: str, source: LocalPostgres, maria: LocalMariaDB | None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != crash.ENV}
+    if maria is not None:
+        env[MY_URL_ENV] = maria.url
     env.update(
         {
             "SLUICEWAY_NAMESPACE": namespace,
@@ -278,7 +329,8 @@ async def test_a_run_recovers_from_a_sigkill_at(
     started = time.monotonic()
     instance = SCENARIOS[point]
     result = RESULTS[request.node.nodeid] = FaultResult(point, instance, workload.variant)
-    env = _env(namespace, fault_source)
+    maria = request.getfixturevalue("fault_maria") if workload.engine == "mysql" else None
+    env = _env(namespace, fault_source, maria)
     dest = tmp_path / "dest"
     state_dir = tmp_path / "state"
     archive_dir = state_dir / "archive"  # the local stack's default SLUICEWAY_ARCHIVE
@@ -398,7 +450,9 @@ async def test_a_run_recovers_from_a_sigkill_at(
     )
 
     # ---- manifest, _SUCCESS and the part files
-    source_count = int(fault_source.psql_admin(f"SELECT count(*) FROM {workload.table}"))
+    count_sql = f"SELECT count(*) FROM {workload.table}"
+    admin = maria.sql_admin if maria is not None else fault_source.psql_admin
+    source_count = int(admin(count_sql))
     result.source_rows = source_count
     run_dir = dest / EXPORT / "runs" / run_id
     manifest_bytes = (run_dir / "manifest.json").read_bytes()

@@ -356,27 +356,32 @@ async def read_model(
         await channel.close()
 
 
-def _pg_config(name: str, table: str, dest: Path, url_env: str, chunking: str) -> str:
+def _pg_config(
+    name: str, table: str, dest: Path, url_env: str, chunking: str, engine: str = "postgres"
+) -> str:
     """One chunked Parquet export of `public.<table>` from the PostgreSQL source whose URL is
-    in `url_env`; `chunking` holds its indented chunking lines."""
+    in `url_env` (of `<table>` in the database of a `mysql` source); `chunking` holds its
+    indented chunking lines."""
+    relation = f"public.{table}" if engine == "postgres" else table
     return f"""
 sources:
-  src: {{engine: postgres, url_env: {url_env}}}
+  src: {{engine: {engine}, url_env: {url_env}}}
 exports:
   - name: {name}
     source: src
-    table: public.{table}
+    table: {relation}
     mode: chunked
 {chunking}    format: parquet
     destination: {dest}
 """
 
 
-def chunked_pg_config(name: str, table: str, chunk_size: int, dest: Path, url_env: str) -> str:
+def chunked_pg_config(
+    name: str, table: str, chunk_size: int, dest: Path, url_env: str, engine: str = "postgres"
+) -> str:
     """A config of one chunked Parquet export of `public.<table>` in key ranges of `id`."""
-    return _pg_config(
-        name, table, dest, url_env, f"    chunk_column: id\n    chunk_size: {chunk_size}\n"
-    )
+    chunking = f"    chunk_column: id\n    chunk_size: {chunk_size}\n"
+    return _pg_config(name, table, dest, url_env, chunking, engine)
 
 
 def pages_pg_config(
