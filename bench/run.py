@@ -17,6 +17,8 @@ BENCH_ROWS scales every shape (default 5M rows of `bench`, the others sized to a
 BENCH_ROUNDS the rounds (3), BENCH_SHAPES the shapes (bench,wide,uuid). The PostgreSQL URL
 reaches the services only through the BENCH_PG_URL environment variable. Then the cost of
 security, in the same run: `api_auth` (bench/auth.py) and `export_auth` (bench/secured.py).
+Then MariaDB (bench/mariadb.py; BENCH_MARIADB=0 leaves it out): the `bench` table from a
+throwaway MariaDB server, beside the server's own client and the bare reader, in the same run.
 Prints one JSON report on stdout; progress goes to stderr.
 """
 
@@ -39,7 +41,7 @@ import psycopg
 from rich.console import Console
 
 from bench import auth as auth_bench
-from bench import references, secured, shapes
+from bench import mariadb, references, secured, shapes
 from bench.source_stats import SourceSampler, statement_kinds, statements
 from sluiceway.cli import stack as stackmod
 from sluiceway.cli.client import connect, stack_endpoints
@@ -278,6 +280,26 @@ def one_export(
     return got
 
 
+def reading_of(client: Client, spec: Any, stack: stackmod.Stack) -> dict[str, Any]:
+    """One export of a source other than the PostgreSQL cluster: wall time, outcome, and where
+    the workers' time went."""
+    before, n_before = worker_phases(stack)
+    wall, summary, _ = timed_export(client, spec)
+    after, n_after = worker_phases(stack)
+    attempts = max(1, n_after - n_before)
+    got: dict[str, Any] = {
+        "seconds": wall,
+        "status": events_pb2.RunStatus.Name(summary.status).removeprefix("RUN_STATUS_"),
+        "rows": summary.total_rows,
+        "reconciled": summary.reconciled,
+        "bytes": summary.bytes_written,
+        "phases_s_per_chunk": {k: round((after[k] - before[k]) / attempts, 4) for k in PHASES},
+    }
+    if summary.status != events_pb2.RUN_STATUS_SUCCEEDED:
+        got["error_message"] = summary.error_message
+    return got
+
+
 # ---- one shape ----------------------------------------------------------------------------------
 
 
@@ -388,7 +410,12 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="sluiceway-bench-"))
     pg = LocalPostgres()
     stack: stackmod.Stack | None = None
+    maria = None
+    with_mariadb = os.environ.get("BENCH_MARIADB", "1") != "0"
     try:
+        if with_mariadb:
+            log("starting MariaDB")
+            maria = mariadb.start(_rows_of("bench", scale))
         log("starting PostgreSQL (with pg_stat_statements)")
         pg.start(settings={"shared_preload_libraries": "pg_stat_statements"})
         pg.psql_admin("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
@@ -429,6 +456,19 @@ def main() -> int:
                     work=work,
                     rss=rss,
                 )
+            if maria is not None:
+                rss.peak.clear()
+                report["mariadb"] = mariadb.measure(
+                    maria,
+                    _rows_of("bench", scale),
+                    rounds=ROUNDS,
+                    chunks=CHUNKS,
+                    workers=WORKERS,
+                    work=work,
+                    export=lambda spec: reading_of(client, spec, stack),
+                    load_config=load_config,
+                )
+                report["mariadb"]["worker_peak_rss_mb"] = round(rss.peak.get("worker", 0.0), 1)
         report["met"] = all(s["met"] for s in report["shapes"].values())
         stack.stop()
         stack = None
@@ -443,6 +483,8 @@ def main() -> int:
     finally:
         if stack is not None:
             stack.stop()
+        if maria is not None:
+            maria.stop()
         pg.stop()
         shutil.rmtree(work, ignore_errors=True)
 
