@@ -258,3 +258,32 @@ def test_a_url_gives_the_driver_its_parts() -> None:
         "password": "p/w",
         "database": "shop",
     }
+
+
+@pytest.mark.parametrize(
+    ("code", "field", "words"),
+    [
+        (1146, "table", "no table orders in the database of $SHOP_MY_URL"),
+        (1045, "source.url_env", "refused the login of $SHOP_MY_URL's user"),
+        (1054, "columns", "a column of the export is not in orders"),
+        (2003, "source.url_env", "cannot reach the database server named in $SHOP_MY_URL"),
+    ],
+)
+def test_doctor_names_the_field_and_the_remedy_of_a_mysql_error(
+    code: int, field: str, words: str
+) -> None:
+    from sluiceway.cli.doctor import source_problem
+
+    spec = ExportSpec(
+        name="orders", source=SourceSpec(engine="mysql", url_env="SHOP_MY_URL"), table="orders"
+    )
+    where, text = source_problem(spec, SourceError("mysql ...", retryable=False, code=code))
+    assert where == field and words in text
+
+
+def test_a_reader_panic_is_permanent_and_never_quotes_the_value() -> None:
+    class PanicException(BaseException):  # pyo3_runtime's, which is not importable by name
+        pass
+
+    error = classify(PanicException("Couldn't convert the value `Bytes(\"secret-row-value\")`"))
+    assert not error.retryable and "secret-row-value" not in str(error)

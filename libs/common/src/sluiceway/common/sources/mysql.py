@@ -55,6 +55,14 @@ def classify(exc: BaseException) -> SourceError:
     decision of the mysqlerrors table and a redacted reason."""
     if isinstance(exc, SourceError):
         return exc
+    if type(exc).__name__ == "PanicException":
+        # the reader's panic text may quote the value it choked on: a row value never goes
+        # into an event, so only the kind of failure is kept
+        return SourceError(
+            "mysql reader error: ConnectorX could not convert a value of the result "
+            "(its panic text is left out: it may quote row data)",
+            retryable=False,
+        )
     text = str(exc).strip() or type(exc).__name__
     verdict = mysqlerrors.classify(mysqlerrors.code_of(exc), text)
     return SourceError(
