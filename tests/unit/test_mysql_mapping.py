@@ -285,5 +285,13 @@ def test_a_reader_panic_is_permanent_and_never_quotes_the_value() -> None:
     class PanicException(BaseException):  # pyo3_runtime's, which is not importable by name
         pass
 
-    error = classify(PanicException("Couldn't convert the value `Bytes(\"secret-row-value\")`"))
+    error = classify(PanicException('Couldn\'t convert the value `Bytes("secret-row-value")`'))
     assert not error.retryable and "secret-row-value" not in str(error)
+
+
+def test_a_reader_panic_over_a_lost_connection_stays_retryable() -> None:
+    class PanicException(BaseException):
+        pass
+
+    text = "cx writer failed: Source(MySQLError(CodecError { IO error: `bytes remaining` }))"
+    assert classify(PanicException(text)).retryable

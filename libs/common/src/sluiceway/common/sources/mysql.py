@@ -55,15 +55,16 @@ def classify(exc: BaseException) -> SourceError:
     decision of the mysqlerrors table and a redacted reason."""
     if isinstance(exc, SourceError):
         return exc
-    if type(exc).__name__ == "PanicException":
-        # the reader's panic text may quote the value it choked on: a row value never goes
-        # into an event, so only the kind of failure is kept
+    text = str(exc).strip() or type(exc).__name__
+    if type(exc).__name__ == "PanicException" and not mysqlerrors.connection_failed(text):
+        # ConnectorX also panics on a lost connection (kept above: its text holds no data);
+        # otherwise the panic text may quote the value it choked on, and a row value never
+        # goes into an event: only the kind of failure is kept
         return SourceError(
             "mysql reader error: ConnectorX could not convert a value of the result "
             "(its panic text is left out: it may quote row data)",
             retryable=False,
         )
-    text = str(exc).strip() or type(exc).__name__
     verdict = mysqlerrors.classify(mysqlerrors.code_of(exc), text)
     return SourceError(
         redact(mysqlerrors.describe(verdict, text)), retryable=verdict.retryable, code=verdict.code

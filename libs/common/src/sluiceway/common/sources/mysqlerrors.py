@@ -78,12 +78,17 @@ def code_of(exc: BaseException) -> int:
     return 0
 
 
+def connection_failed(message: str) -> bool:
+    """The message says the connection itself failed (refused, reset, cut mid-result)."""
+    return bool(_LOST.search(message))
+
+
 def classify(code: int, message: str) -> Verdict:
     if code in RETRYABLE:
         return Verdict(True, RETRYABLE[code], code)
     if code in PERMANENT:
         return Verdict(False, PERMANENT[code], code)
-    if not code and _LOST.search(message):
+    if not code and connection_failed(message):
         return Verdict(True, "connection_lost", 0)
     return Verdict(False, UNKNOWN, code)
 
