@@ -241,7 +241,7 @@ def _env_names(objects: tuple[dict[str, Any], ...], container: dict[str, Any]) -
     for source in container.get("envFrom", []):
         if "configMapRef" in source:
             names |= set(find(objects, "ConfigMap", source["configMapRef"]["name"]).get("data", {}))
-        if "secretRef" in source:
+        if "secretRef" in source and not source["secretRef"].get("optional"):
             name = source["secretRef"]["name"]
             try:
                 secret = find(objects, "Secret", name)
@@ -350,7 +350,8 @@ def test_every_referenced_config_map_and_secret_exists(build: str) -> None:
             for source in container.get("envFrom", []):
                 if "configMapRef" in source:
                     need("ConfigMap", source["configMapRef"]["name"])
-                if "secretRef" in source:
+                # an optional secret (the webhook's) is one the deployment may leave out
+                if "secretRef" in source and not source["secretRef"].get("optional"):
                     need("Secret", source["secretRef"]["name"])
             for e in container.get("env", []):
                 ref = e.get("valueFrom", {})

@@ -453,12 +453,19 @@ class Bus:
         return cfg
 
     async def ensure_run_consumer(
-        self, durable: str, filter_subjects: list[str], *, ack_wait_s: float = 30.0
+        self,
+        durable: str,
+        filter_subjects: list[str],
+        *,
+        ack_wait_s: float = 30.0,
+        deliver_new: bool = False,
     ) -> ConsumerConfig:
-        """A durable pull consumer over run events (planner-requests, committer-runs)."""
+        """A durable pull consumer over run events (planner-requests, committer-runs); with
+        `deliver_new`, of the events stored after it was first declared (committer-notify:
+        enabling notifications never notifies the history)."""
         cfg = ConsumerConfig(
             durable_name=durable,
-            deliver_policy=DeliverPolicy.ALL,
+            deliver_policy=DeliverPolicy.NEW if deliver_new else DeliverPolicy.ALL,
             ack_policy=AckPolicy.EXPLICIT,
             ack_wait=ack_wait_s,
             max_deliver=-1,

@@ -46,6 +46,7 @@ class RunEventConsumer:
         ack_wait_s: float = 30.0,
         spans: Mapping[str, str] | None = None,
         after_message: AfterMessage | None = None,
+        deliver_new: bool = False,
     ) -> None:
         self._bus = bus
         self._durable = durable
@@ -55,6 +56,7 @@ class RunEventConsumer:
         self._ack_wait_s = ack_wait_s
         self._spans = dict(spans or {})
         self._after = after_message
+        self._deliver_new = deliver_new
         self._sub: JetStreamContext.PullSubscription | None = None
 
     @property
@@ -68,7 +70,10 @@ class RunEventConsumer:
 
     async def start(self) -> None:
         await self._bus.ensure_run_consumer(
-            self._durable, self._subjects, ack_wait_s=self._ack_wait_s
+            self._durable,
+            self._subjects,
+            ack_wait_s=self._ack_wait_s,
+            deliver_new=self._deliver_new,
         )
         self._sub = await self._bus.js.pull_subscribe_bind(
             durable=self._durable, stream=self._bus.names.runs_stream

@@ -6,8 +6,9 @@ import os
 import re
 import socket
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from sluiceway.common.bus import Names, StreamSettings, server_urls
 from sluiceway.common.natsauth import NatsAuth
@@ -161,6 +162,11 @@ class Settings:
     runs_max_bytes: int = -1
     archive: str = ""
     archive_interval_s: float = 60.0
+    # webhook notifications of ended runs (the committer): the URL and the HMAC secret are
+    # secrets, never shown; the reasons notified (failed, schema_changed, degraded)
+    webhook_url: str = field(default="", repr=False)
+    webhook_secret: str = field(default="", repr=False)
+    webhook_on: frozenset[str] = frozenset()
 
     def stream_settings(self) -> StreamSettings:
         """The streams as every service declares them (all must agree, or they would keep
@@ -225,4 +231,39 @@ class Settings:
             runs_max_bytes=_size(e, "SLUICEWAY_RUNS_MAX_BYTES"),
             archive=e.get("SLUICEWAY_ARCHIVE", ""),
             archive_interval_s=_duration(e, "SLUICEWAY_ARCHIVE_INTERVAL_S", 60.0),
+            webhook_url=_webhook_url(e, "SLUICEWAY_WEBHOOK_URL"),
+            webhook_secret=e.get("SLUICEWAY_WEBHOOK_SECRET", ""),
+            webhook_on=_reasons(e, "SLUICEWAY_WEBHOOK_ON"),
         )
+
+
+# the committer's notify.REASONS (a service's domain is not imported here)
+WEBHOOK_REASONS = ("failed", "schema_changed", "degraded")
+
+
+def _webhook_url(env: Mapping[str, str], name: str) -> str:
+    """An http(s) URL with a host, or "" (no webhook). The value is never shown: it may hold
+    a token."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return ""
+    try:
+        u = urlsplit(raw)
+        ok = u.scheme in ("http", "https") and bool(u.hostname)
+        u.port  # noqa: B018  (raises on a bad port)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise SettingsError(f"{name}: expected an http:// or https:// URL with a host")
+    return raw
+
+
+def _reasons(env: Mapping[str, str], name: str) -> frozenset[str]:
+    names = [n.strip() for n in env.get(name, "").split(",") if n.strip()]
+    unknown = sorted(set(names) - set(WEBHOOK_REASONS))
+    if unknown:
+        raise SettingsError(
+            f"{name}: unknown reason(s) {', '.join(unknown)} "
+            f"(expected some of: {', '.join(WEBHOOK_REASONS)})"
+        )
+    return frozenset(names or WEBHOOK_REASONS)

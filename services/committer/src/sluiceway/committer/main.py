@@ -1,4 +1,5 @@
-"""Composition root of the committer: wires the bus and the `committer-runs` consumer."""
+"""Composition root of the committer: wires the bus, the `committer-runs` consumer and, with
+SLUICEWAY_WEBHOOK_URL set, the `committer-notify` consumer of ended runs (notify.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import contextlib
 import logging
 
 from sluiceway.committer.app import Committer, SourceFactory
+from sluiceway.committer.notify import Notifier, where
 from sluiceway.common import bus as busmod
 from sluiceway.common import metrics, service, sources
 from sluiceway.common.consumer import RunEventConsumer
@@ -19,6 +21,7 @@ log = logging.getLogger(__name__)
 
 SERVICE = "committer"
 DURABLE = "committer-runs"
+NOTIFY_DURABLE = "committer-notify"
 GRACE_S = 5.0
 
 
@@ -39,6 +42,7 @@ async def serve(
     if nc is None:
         return
     consumer: RunEventConsumer | None = None
+    notifications: RunEventConsumer | None = None
     metrics_server: metrics.MetricsServer | None = None
     health = service.HealthServer()
     try:
@@ -60,9 +64,30 @@ async def serve(
             after_message=run_log.after_message,
         )
         await consumer.start()
-        metrics.consumer_lag(registry).labels(DURABLE).set_function(
+        lag = metrics.consumer_lag(registry)
+        lag.labels(DURABLE).set_function(
             metrics.loop_probe(asyncio.get_running_loop(), consumer.pending)
         )
+        if settings.webhook_url:
+            notifier = Notifier(
+                bus,
+                settings.webhook_url,
+                secret=settings.webhook_secret,
+                wanted=settings.webhook_on,
+            )
+            notifications = RunEventConsumer(
+                bus,
+                NOTIFY_DURABLE,
+                notifier.subjects,
+                notifier.handle,
+                ack_wait_s=settings.consumer_ack_wait_s,
+                deliver_new=True,  # enabling notifications never notifies the history
+            )
+            await notifications.start()
+            lag.labels(NOTIFY_DURABLE).set_function(
+                metrics.loop_probe(asyncio.get_running_loop(), notifications.pending)
+            )
+            log.info("webhook notifications to %s", where(settings.webhook_url))
         metrics_server = service.start_metrics(settings, registry)
         if settings.health_addr:
             await health.start(settings.health_addr)
@@ -75,20 +100,22 @@ async def serve(
             health_addr=health.bound,
         )
         log.info("committer consuming %s", settings.names.runs_all)
-        consuming = asyncio.create_task(consumer.run(stop))
+        loops = [asyncio.create_task(c.run(stop)) for c in (consumer, notifications) if c]
         stopped = asyncio.create_task(stop.wait())
-        done, _ = await asyncio.wait({consuming, stopped}, return_when=asyncio.FIRST_COMPLETED)
-        if consuming in done:
-            consuming.result()
+        done, _ = await asyncio.wait({*loops, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        for task in loops:
+            if task in done:
+                task.result()
         stop.set()
-        await consuming
+        await asyncio.gather(*loops)
         stopped.cancel()
     finally:
         # reverse order: health NOT_SERVING -> consumer -> NATS -> metrics (telemetry is
         # flushed by service.run, last)
         await health.stop(GRACE_S)
-        if consumer is not None:
-            await consumer.stop()
+        for c in (consumer, notifications):
+            if c is not None:
+                await c.stop()
         with contextlib.suppress(Exception):
             await nc.drain()
         if metrics_server is not None:
