@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
+from sluiceway.common import fingerprint
 from tests.integration.test_cli import CONFIG, cli, source  # noqa: F401  (the fixture)
 
 pytestmark = pytest.mark.integration
@@ -126,3 +129,53 @@ def test_validate_a_real_export_and_every_tampering(
     assert validate(tmp_path / "garbage.json")[0] == 1
     code, _, err = validate("gs://bucket/out/small/manifest.json")
     assert code == 1 and "only s3://" in err
+
+
+def _rewrite_part(run_dir: Path, change: Callable[[pa.Table], pa.Table], codec: str) -> str:
+    """Rewrite the manifest's first part from its own values (changed by `change`) with
+    `codec`, then make the manifest and _SUCCESS agree with the new bytes, as a tool that
+    re-encodes files would: only the values can tell. Returns the part's path."""
+    manifest_path = run_dir / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    part = manifest["parts"][0]
+    path = run_dir / part["path"]
+    pq.write_table(change(pq.read_table(path)), path, compression=codec)
+    part["content_fingerprint"], part["size_bytes"] = fingerprint.of_file(path)
+    data = json.dumps(manifest, indent=2).encode()
+    manifest_path.write_bytes(data)
+    (run_dir / "_SUCCESS").write_text(fingerprint.of_bytes(data))
+    return str(part["path"])
+
+
+def test_validate_depth_full_checks_every_columns_values(
+    exported: tuple[Path, dict[str, object]], tmp_path: Path
+) -> None:
+    export_dir, summary = exported
+    run_id = str(summary["run_id"])
+    run_dir = export_dir / "runs" / run_id
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert set(manifest["parts"][0]["column_checksums"]) == {"id", "name", "price", "seen"}
+    code, report, _ = validate(run_dir, "--depth", "full")
+    assert code == 0 and report["passed"], report
+
+    # the same values in other bytes (another codec): both depths pass
+    same = copy_run(export_dir, run_id, tmp_path / "same")
+    _rewrite_part(same, lambda t: t, "gzip")
+    for depth in ("files", "full"):
+        code, report, _ = validate(same, "--depth", depth)
+        assert code == 0 and report["passed"], (depth, report)
+
+    # one value changed, the files re-fingerprinted: only --depth full sees it
+    def one_name_changed(t: pa.Table) -> pa.Table:
+        names = t.column("name").to_pylist()
+        names[3] = names[3] + "!"
+        return t.set_column(t.schema.get_field_index("name"), "name", pa.array(names, pa.string()))
+
+    changed = copy_run(export_dir, run_id, tmp_path / "changed")
+    part = _rewrite_part(changed, one_name_changed, "zstd")
+    code, report, _ = validate(changed, "--depth", "files")
+    assert code == 0 and report["passed"], report
+    code, report, _ = validate(changed, "--depth", "full")
+    assert code == 3 and report["codes"] == ["COLUMN_CHECKSUM_MISMATCH"], report
+    (failure,) = report["failures"]
+    assert failure["part"] == part and "column 'name'" in failure["message"]

@@ -218,6 +218,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     validate.add_argument("path", metavar="PATH")
     validate.add_argument("--json", action="store_true", help="print the report as JSON")
+    validate.add_argument(
+        "--depth",
+        choices=("files", "full"),
+        default="files",
+        help="files: sizes, fingerprints and row counts (default); full: also every Parquet "
+        "column's values against the manifest's column checksums",
+    )
 
     cancel = sub.add_parser(
         "cancel",
@@ -603,7 +610,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from sluiceway.cli import validate  # imported here: pyarrow is only needed by this command
 
     try:
-        code, text = validate.run(args.path, as_json=args.json)
+        code, text = validate.run(args.path, as_json=args.json, depth=args.depth)
     except validate.CannotCheck as exc:
         raise Failure(str(exc), EXIT_ERROR) from None
     print(text)

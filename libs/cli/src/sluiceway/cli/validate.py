@@ -16,9 +16,9 @@ EXIT_DATA = 3  # the data is wrong: at least one failure code
 SHOWN = 20  # failures listed in the human report; --json lists every one
 
 
-def run(path: str, *, as_json: bool) -> tuple[int, str]:
+def run(path: str, *, as_json: bool, depth: str = "files") -> tuple[int, str]:
     """(exit code, text for stdout). CannotCheck propagates: the caller prints it (exit 1)."""
-    report = verify_path(path)
+    report = verify_path(path, depth=depth)
     code = EXIT_OK if report.passed else EXIT_DATA
     return code, (to_json(report) if as_json else to_text(report))
 

@@ -63,6 +63,16 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
+# shape drift: a string column's longest value this many times the last commit's is a Warning
+SHAPE_DRIFT_RATIO = 10
+MAX_SHAPE_DRIFT_RATIO = 1000
+
+
+def _or_default(value: int | None, default: int) -> int:
+    """An explicit value (0 included: off) or the default."""
+    return default if value is None else value
+
+
 def _cut(text: str, limit: int = 80) -> str:
     """At most `limit` characters: error lines stay one short line whatever the input."""
     return text if len(text) <= limit else text[: limit - 1] + "…"
@@ -149,6 +159,7 @@ class _Export(_Strict):
     row_group_mb: int | None = Field(default=None, gt=0, le=fileopts.MAX_ROW_GROUP_MB)
     add_exported_at: bool | None = None
     skip_empty: bool | None = None
+    shape_drift_ratio: int | None = Field(default=None, ge=0, le=MAX_SHAPE_DRIFT_RATIO)
     tuning_profile: str | None = None
     batch_size_memory_mb: int | None = Field(default=None, gt=0)
     statement_timeout_s: int | None = Field(default=None, gt=0)
@@ -177,6 +188,7 @@ class _Defaults(_Strict):
     row_group_mb: int | None = Field(default=None, gt=0, le=fileopts.MAX_ROW_GROUP_MB)
     add_exported_at: bool | None = None
     skip_empty: bool | None = None
+    shape_drift_ratio: int | None = Field(default=None, ge=0, le=MAX_SHAPE_DRIFT_RATIO)
     schema_policy: str | None = None
     quality: _Quality | None = None
     tuning_profile: str | None = None
@@ -309,6 +321,7 @@ def load_text(
             row_group_mb=_row_group_mb(item, doc.defaults, **where),
             add_exported_at=bool(pick("add_exported_at")),
             skip_empty=bool(pick("skip_empty")),
+            shape_drift_ratio=_or_default(pick("shape_drift_ratio"), SHAPE_DRIFT_RATIO),
             tuning_profile=pick("tuning_profile") or "",
             batch_size_memory_mb=pick("batch_size_memory_mb") or 0,
             statement_timeout_s=pick("statement_timeout_s") or 0,
@@ -793,6 +806,7 @@ _INT_BOUNDS = (
     ("max_attempts", 1, 10),
     ("row_group_rows", 1, INT64_MAX),
     ("days_window", 0, MAX_DAYS),
+    ("shape_drift_ratio", 0, MAX_SHAPE_DRIFT_RATIO),
 )
 
 

@@ -20,7 +20,7 @@ import gzip
 import time
 import zlib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -30,6 +30,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from sluiceway.common import layout
+from sluiceway.common.colstats import PartStats
 from sluiceway.common.destination import (
     Destination,
     Local,
@@ -58,6 +59,10 @@ class WrittenPart:
     part_index: int
     content_fingerprint: str
     opened_ns: int = 0  # wall clock when the part was opened (its span's start)
+    # Parquet: each column's value checksum (colstats; `validate --depth full` recomputes it)
+    column_checksums: Mapping[str, str] = field(default_factory=dict)
+    # the longest value of each string/binary column, in bytes (shape drift)
+    max_lengths: Mapping[str, int] = field(default_factory=dict)
 
 
 __all__ = ["PartWriter", "WrittenPart", "fsync_dir", "make_dirs", "set_aside", "strays"]
@@ -105,6 +110,7 @@ class _OpenPart:
         )
         self.rows = 0
         self.opened_ns = time.time_ns()
+        self.stats = PartStats(owner.schema)
         self._sink = owner.destination.open_part(str(owner.run_dir), self.name)
         self._file: BinaryIO = self._sink.file
         self._stream: Any = None
@@ -141,6 +147,7 @@ class _OpenPart:
         return self._file.tell()
 
     def write(self, table: pa.Table, row_group_rows: int) -> None:
+        self.stats.update(table)
         if self.fmt == "parquet":
             self._writer.write_table(table, row_group_size=row_group_rows)
         else:
@@ -158,7 +165,17 @@ class _OpenPart:
                 self._stream.close()  # the gzip trailer; the file itself stays open
         with timed(phases, "fsync"):
             digest, size = self._sink.commit()
-        return WrittenPart(self.name, self.rows, size, self.part_index, digest, self.opened_ns)
+        return WrittenPart(
+            self.name,
+            self.rows,
+            size,
+            self.part_index,
+            digest,
+            self.opened_ns,
+            # a CSV part's values cannot be read back as the same Arrow values: no checksums
+            column_checksums=self.stats.checksums() if self.fmt == "parquet" else {},
+            max_lengths=self.stats.max_lengths(),
+        )
 
     def discard(self, *, keep: bool = False) -> None:
         """Close and delete the temporary file; with `keep`, close it (a Parquet footer makes

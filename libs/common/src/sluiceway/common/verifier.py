@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from sluiceway.common import destination, fingerprint
+from sluiceway.common import colstats, destination, fingerprint
 from sluiceway.common.domain import verify
 from sluiceway.common.domain.events import ValidationFailure
 
@@ -94,9 +94,16 @@ def _is_latest_pointer(manifest: Path) -> bool:
     return (parent / "runs").is_dir()
 
 
-def verify_path(given: str) -> Report:
+DEPTHS = ("files", "full")
+
+
+def verify_path(given: str, depth: str = "files") -> Report:
+    """Every check of a committed run; with depth "full", also each Parquet part's column
+    checksums recomputed from its values."""
+    if depth not in DEPTHS:
+        raise CannotCheck(f"unknown depth {depth!r} (expected one of: {', '.join(DEPTHS)})")
     if destination.is_object_store(given):
-        return verify_object_store(given)
+        return verify_object_store(given, depth=depth)
     manifest = locate(given)
     if _read(manifest) is None:
         raise CannotCheck(f"{manifest}: no such file")
@@ -106,8 +113,9 @@ def verify_path(given: str) -> Report:
         observe=lambda run_dir, name, fmt, gz: observe(Path(run_dir), name, fmt, gzip_csv=gz),
         join=lambda *parts: str(Path(*parts)),
         dirname=lambda key: str(Path(key).parent),
+        open_binary=lambda key: open(key, "rb"),
     )
-    return _verify(given, str(manifest), tree)
+    return _verify(given, str(manifest), tree, depth=depth)
 
 
 @dataclass(frozen=True)
@@ -119,9 +127,12 @@ class _Tree:
     observe: Callable[[str, str, str, bool], verify.PartSeen | None]
     join: Callable[..., str]
     dirname: Callable[[str], str]
+    open_binary: Callable[[str], Any]  # a part's bytes, as a seekable file (depth full)
 
 
-def _verify(given: str, manifest: str, tree: _Tree, scheme: str = "") -> Report:
+def _verify(
+    given: str, manifest: str, tree: _Tree, scheme: str = "", depth: str = "files"
+) -> Report:
     """Every check of a committed run, the same for any tree; verify.* decides."""
     data = tree.read(manifest)
     if data is None:
@@ -173,7 +184,26 @@ def _verify(given: str, manifest: str, tree: _Tree, scheme: str = "") -> Report:
         if verify.safe_relative(c.path)
     }
     failures.extend(verify.check_parts(claims, observed))
+    if depth == "full" and fmt == "parquet":
+        broken = {f.part for f in failures}
+        for claim in claims:
+            if claim.column_checksums and claim.path not in broken and observed.get(claim.path):
+                computed = _column_checksums(tree, tree.join(run_dir, claim.path))
+                failures.extend(verify.check_columns(claim, computed))
     return _report(given, kind, scheme + checked, scheme + run_dir, doc, failures)
+
+
+def _column_checksums(tree: _Tree, key: str) -> dict[str, str]:
+    """The column checksums of a Parquet part, recomputed from its values batch by batch."""
+    try:
+        with tree.open_binary(key) as f:
+            parquet = pq.ParquetFile(f)
+            stats = colstats.PartStats(parquet.schema_arrow)
+            for batch in parquet.iter_batches(batch_size=65_536):
+                stats.update(batch)
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise CannotCheck(f"cannot read {key} as Parquet: {exc}") from None
+    return stats.checksums()
 
 
 def _report(
@@ -259,7 +289,9 @@ def csv_rows(path: Path, *, gzip_csv: bool = False) -> int:
 # ---- object stores ---------------------------------------------------------------------------
 
 
-def verify_object_store(given: str, env: dict[str, str] | None = None) -> Report:
+def verify_object_store(
+    given: str, env: dict[str, str] | None = None, depth: str = "files"
+) -> Report:
     """The same checks as verify_path for s3://bucket/key (a run prefix, a manifest.json or an
     export prefix's latest pointer), with the endpoint and credentials from the environment."""
     url = given.rstrip("/")
@@ -276,8 +308,9 @@ def verify_object_store(given: str, env: dict[str, str] | None = None) -> Report
         ),
         join=posixpath.join,
         dirname=posixpath.dirname,
+        open_binary=lambda key: store.arrow().open_input_file(key),
     )
-    return _verify(given, manifest, tree, scheme="s3://")
+    return _verify(given, manifest, tree, scheme="s3://", depth=depth)
 
 
 def _read_store(store: destination.ObjectStore, key: str) -> bytes | None:

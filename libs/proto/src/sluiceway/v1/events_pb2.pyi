@@ -80,7 +80,7 @@ class SourceSpec(_message.Message):
     def __init__(self, engine: _Optional[str] = ..., url_env: _Optional[str] = ..., path: _Optional[str] = ..., sslmode: _Optional[str] = ..., sslrootcert: _Optional[str] = ..., sslcert: _Optional[str] = ..., sslkey: _Optional[str] = ...) -> None: ...
 
 class ExportSpec(_message.Message):
-    __slots__ = ("name", "source", "table", "query", "mode", "chunk_column", "chunk_size", "chunk_count", "format", "compression", "compression_level", "destination", "batch_size", "max_attempts", "row_group_rows", "columns", "cursor_column", "time_column", "days_window", "chunk_by_days", "max_file_bytes", "row_group_mb", "add_exported_at", "compression_profile", "row_filter", "schema_policy", "quality", "tuning_profile", "batch_size_memory_mb", "statement_timeout_s", "lock_timeout_s", "connect_timeout_s", "consistent_snapshot", "priority", "schedule", "chunk_by", "chunk_mb", "skip_empty")
+    __slots__ = ("name", "source", "table", "query", "mode", "chunk_column", "chunk_size", "chunk_count", "format", "compression", "compression_level", "destination", "batch_size", "max_attempts", "row_group_rows", "columns", "cursor_column", "time_column", "days_window", "chunk_by_days", "max_file_bytes", "row_group_mb", "add_exported_at", "compression_profile", "row_filter", "schema_policy", "quality", "tuning_profile", "batch_size_memory_mb", "statement_timeout_s", "lock_timeout_s", "connect_timeout_s", "consistent_snapshot", "priority", "schedule", "chunk_by", "chunk_mb", "skip_empty", "shape_drift_ratio")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     TABLE_FIELD_NUMBER: _ClassVar[int]
@@ -119,6 +119,7 @@ class ExportSpec(_message.Message):
     CHUNK_BY_FIELD_NUMBER: _ClassVar[int]
     CHUNK_MB_FIELD_NUMBER: _ClassVar[int]
     SKIP_EMPTY_FIELD_NUMBER: _ClassVar[int]
+    SHAPE_DRIFT_RATIO_FIELD_NUMBER: _ClassVar[int]
     name: str
     source: SourceSpec
     table: str
@@ -157,7 +158,8 @@ class ExportSpec(_message.Message):
     chunk_by: str
     chunk_mb: int
     skip_empty: bool
-    def __init__(self, name: _Optional[str] = ..., source: _Optional[_Union[SourceSpec, _Mapping]] = ..., table: _Optional[str] = ..., query: _Optional[str] = ..., mode: _Optional[str] = ..., chunk_column: _Optional[str] = ..., chunk_size: _Optional[int] = ..., chunk_count: _Optional[int] = ..., format: _Optional[str] = ..., compression: _Optional[str] = ..., compression_level: _Optional[int] = ..., destination: _Optional[str] = ..., batch_size: _Optional[int] = ..., max_attempts: _Optional[int] = ..., row_group_rows: _Optional[int] = ..., columns: _Optional[_Iterable[str]] = ..., cursor_column: _Optional[str] = ..., time_column: _Optional[str] = ..., days_window: _Optional[int] = ..., chunk_by_days: _Optional[int] = ..., max_file_bytes: _Optional[int] = ..., row_group_mb: _Optional[int] = ..., add_exported_at: _Optional[bool] = ..., compression_profile: _Optional[str] = ..., row_filter: _Optional[_Union[RowFilter, _Mapping]] = ..., schema_policy: _Optional[str] = ..., quality: _Optional[_Union[QualityRules, _Mapping]] = ..., tuning_profile: _Optional[str] = ..., batch_size_memory_mb: _Optional[int] = ..., statement_timeout_s: _Optional[int] = ..., lock_timeout_s: _Optional[int] = ..., connect_timeout_s: _Optional[int] = ..., consistent_snapshot: _Optional[bool] = ..., priority: _Optional[int] = ..., schedule: _Optional[_Union[ScheduleSpec, _Mapping]] = ..., chunk_by: _Optional[str] = ..., chunk_mb: _Optional[int] = ..., skip_empty: _Optional[bool] = ...) -> None: ...
+    shape_drift_ratio: int
+    def __init__(self, name: _Optional[str] = ..., source: _Optional[_Union[SourceSpec, _Mapping]] = ..., table: _Optional[str] = ..., query: _Optional[str] = ..., mode: _Optional[str] = ..., chunk_column: _Optional[str] = ..., chunk_size: _Optional[int] = ..., chunk_count: _Optional[int] = ..., format: _Optional[str] = ..., compression: _Optional[str] = ..., compression_level: _Optional[int] = ..., destination: _Optional[str] = ..., batch_size: _Optional[int] = ..., max_attempts: _Optional[int] = ..., row_group_rows: _Optional[int] = ..., columns: _Optional[_Iterable[str]] = ..., cursor_column: _Optional[str] = ..., time_column: _Optional[str] = ..., days_window: _Optional[int] = ..., chunk_by_days: _Optional[int] = ..., max_file_bytes: _Optional[int] = ..., row_group_mb: _Optional[int] = ..., add_exported_at: _Optional[bool] = ..., compression_profile: _Optional[str] = ..., row_filter: _Optional[_Union[RowFilter, _Mapping]] = ..., schema_policy: _Optional[str] = ..., quality: _Optional[_Union[QualityRules, _Mapping]] = ..., tuning_profile: _Optional[str] = ..., batch_size_memory_mb: _Optional[int] = ..., statement_timeout_s: _Optional[int] = ..., lock_timeout_s: _Optional[int] = ..., connect_timeout_s: _Optional[int] = ..., consistent_snapshot: _Optional[bool] = ..., priority: _Optional[int] = ..., schedule: _Optional[_Union[ScheduleSpec, _Mapping]] = ..., chunk_by: _Optional[str] = ..., chunk_mb: _Optional[int] = ..., skip_empty: _Optional[bool] = ..., shape_drift_ratio: _Optional[int] = ...) -> None: ...
 
 class ScheduleSpec(_message.Message):
     __slots__ = ("cron", "timezone", "enabled", "catch_up", "overlap")
@@ -372,7 +374,21 @@ class ChunkStarted(_message.Message):
     def __init__(self, chunk_index: _Optional[int] = ..., start_key: _Optional[str] = ..., end_key: _Optional[str] = ..., attempt: _Optional[int] = ..., priority: _Optional[int] = ...) -> None: ...
 
 class FileWritten(_message.Message):
-    __slots__ = ("file_name", "rows", "bytes", "part_index", "chunk_index", "attempt", "content_fingerprint")
+    __slots__ = ("file_name", "rows", "bytes", "part_index", "chunk_index", "attempt", "content_fingerprint", "column_checksums", "max_lengths")
+    class ColumnChecksumsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class MaxLengthsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     FILE_NAME_FIELD_NUMBER: _ClassVar[int]
     ROWS_FIELD_NUMBER: _ClassVar[int]
     BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -380,6 +396,8 @@ class FileWritten(_message.Message):
     CHUNK_INDEX_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     CONTENT_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    COLUMN_CHECKSUMS_FIELD_NUMBER: _ClassVar[int]
+    MAX_LENGTHS_FIELD_NUMBER: _ClassVar[int]
     file_name: str
     rows: int
     bytes: int
@@ -387,7 +405,9 @@ class FileWritten(_message.Message):
     chunk_index: int
     attempt: int
     content_fingerprint: str
-    def __init__(self, file_name: _Optional[str] = ..., rows: _Optional[int] = ..., bytes: _Optional[int] = ..., part_index: _Optional[int] = ..., chunk_index: _Optional[int] = ..., attempt: _Optional[int] = ..., content_fingerprint: _Optional[str] = ...) -> None: ...
+    column_checksums: _containers.ScalarMap[str, str]
+    max_lengths: _containers.ScalarMap[str, int]
+    def __init__(self, file_name: _Optional[str] = ..., rows: _Optional[int] = ..., bytes: _Optional[int] = ..., part_index: _Optional[int] = ..., chunk_index: _Optional[int] = ..., attempt: _Optional[int] = ..., content_fingerprint: _Optional[str] = ..., column_checksums: _Optional[_Mapping[str, str]] = ..., max_lengths: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class ChunkCompleted(_message.Message):
     __slots__ = ("chunk_index", "rows", "files", "attempt", "source_rows", "source_counted")
@@ -486,7 +506,14 @@ class ReconciliationResult(_message.Message):
     def __init__(self, source_count: _Optional[int] = ..., exported_rows: _Optional[int] = ..., matched: _Optional[bool] = ...) -> None: ...
 
 class ManifestCommitted(_message.Message):
-    __slots__ = ("manifest_uri", "fingerprint", "row_count", "part_count", "cursor_low", "cursor_high", "bytes", "cursor_column", "temp_bytes_at_end")
+    __slots__ = ("manifest_uri", "fingerprint", "row_count", "part_count", "cursor_low", "cursor_high", "bytes", "cursor_column", "temp_bytes_at_end", "max_lengths")
+    class MaxLengthsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     MANIFEST_URI_FIELD_NUMBER: _ClassVar[int]
     FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     ROW_COUNT_FIELD_NUMBER: _ClassVar[int]
@@ -496,6 +523,7 @@ class ManifestCommitted(_message.Message):
     BYTES_FIELD_NUMBER: _ClassVar[int]
     CURSOR_COLUMN_FIELD_NUMBER: _ClassVar[int]
     TEMP_BYTES_AT_END_FIELD_NUMBER: _ClassVar[int]
+    MAX_LENGTHS_FIELD_NUMBER: _ClassVar[int]
     manifest_uri: str
     fingerprint: str
     row_count: int
@@ -505,7 +533,8 @@ class ManifestCommitted(_message.Message):
     bytes: int
     cursor_column: str
     temp_bytes_at_end: int
-    def __init__(self, manifest_uri: _Optional[str] = ..., fingerprint: _Optional[str] = ..., row_count: _Optional[int] = ..., part_count: _Optional[int] = ..., cursor_low: _Optional[str] = ..., cursor_high: _Optional[str] = ..., bytes: _Optional[int] = ..., cursor_column: _Optional[str] = ..., temp_bytes_at_end: _Optional[int] = ...) -> None: ...
+    max_lengths: _containers.ScalarMap[str, int]
+    def __init__(self, manifest_uri: _Optional[str] = ..., fingerprint: _Optional[str] = ..., row_count: _Optional[int] = ..., part_count: _Optional[int] = ..., cursor_low: _Optional[str] = ..., cursor_high: _Optional[str] = ..., bytes: _Optional[int] = ..., cursor_column: _Optional[str] = ..., temp_bytes_at_end: _Optional[int] = ..., max_lengths: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class RunCompleted(_message.Message):
     __slots__ = ("status", "error_message", "duration_ms", "skip_reason")

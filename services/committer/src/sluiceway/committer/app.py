@@ -14,6 +14,7 @@ from typing import Protocol, assert_never
 from sluiceway.committer.adapters import files
 from sluiceway.committer.domain.cursor import cursor_of
 from sluiceway.committer.domain.decide import (
+    SHAPE_CONTEXT,
     Commit,
     Fail,
     Finish,
@@ -22,7 +23,9 @@ from sluiceway.committer.domain.decide import (
     decide,
     quality_message,
     reconciliation_message,
+    run_max_lengths,
     set_aside_warning,
+    shape_warnings,
     skipped_empty,
     validation_message,
 )
@@ -248,6 +251,18 @@ class Committer:
             log.info("run skipped: %s", empty.skip_reason, extra={"run_id": state.run_id})
             return "terminal"
 
+        # shape drift: a string column's longest value grown shape_drift_ratio-fold since the
+        # export's last commit is a Warning (once: a restart finds it in the log)
+        lengths = run_max_lengths(state)
+        if spec.shape_drift_ratio and not any(w.context == SHAPE_CONTEXT for w in state.warnings):
+            last = await self._log.last_commit(state.export_name)
+            if last is not None and isinstance(last.body, ManifestCommitted):
+                baseline = dict(last.body.max_lengths)
+                for warning in shape_warnings(
+                    spec.shape_drift_ratio, lengths, baseline, last.run_id
+                ):
+                    await self._append(state, warning)
+
         # manifest -> _SUCCESS -> ManifestCommitted (DESIGN §6: a crash leaves none or a whole one)
         manifest = build_manifest(state)
         data = serialize(manifest)
@@ -269,6 +284,7 @@ class Committer:
             bytes=total_bytes(manifest),
             **cursor_of(spec, plan),
             temp_bytes_at_end=temp_bytes,
+            max_lengths=lengths,
         )
         appended = await self._append(state, body)
         crash.point("committer.after_manifest_committed")

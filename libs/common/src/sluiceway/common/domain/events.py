@@ -146,6 +146,9 @@ class ExportSpec:
     chunk_mb: int = 0  # chunk_by pages: about this many MB of heap per chunk
     # zero rows: the run ends SKIPPED (no files, no manifest; the last commit stays the latest)
     skip_empty: bool = False
+    # a string/binary column's longest value this many times the last commit's: a Warning
+    # (0: not checked)
+    shape_drift_ratio: int = 0
 
 
 ROW_MODES = ("incremental", "time_window")  # their rows may be chunked too, on a chunk_column
@@ -281,6 +284,10 @@ class FileWritten:
     chunk_index: int = 0
     attempt: int = 0
     content_fingerprint: str = ""
+    # Parquet: column -> checksum of its values (sluiceway.common.colstats); string/binary
+    # column -> its longest value in bytes
+    column_checksums: dict[str, str] = field(default_factory=dict)
+    max_lengths: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -356,6 +363,8 @@ class ManifestCommitted:
     bytes: int = 0
     cursor_column: str = ""
     temp_bytes_at_end: int | None = None  # pg_stat_database.temp_bytes; None: not measured
+    # string/binary column -> the run's longest value in bytes (the next run's shape baseline)
+    max_lengths: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ renamed (PART_MISSING and PART_PATH_INVALID predate this module and keep their n
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -27,6 +27,7 @@ MANIFEST_FIELDS = "MANIFEST_FIELDS"  # a DESIGN §6 field is missing or has the 
 MANIFEST_TOTALS = "MANIFEST_TOTALS"  # row_count / part_count differ from the sums over parts
 SUCCESS_MISSING = "SUCCESS_MISSING"  # no _SUCCESS next to the manifest
 SUCCESS_MISMATCH = "SUCCESS_MISMATCH"  # _SUCCESS does not hold the xxh3 of the manifest bytes
+COLUMN_CHECKSUM_MISMATCH = "COLUMN_CHECKSUM_MISMATCH"  # --depth full: a column's values differ
 POINTER_MISMATCH = "POINTER_MISMATCH"  # the latest pointer differs from its run's manifest
 
 CODES: frozenset[str] = frozenset(
@@ -90,6 +91,8 @@ class PartClaim:
     rows: int
     size_bytes: int
     content_fingerprint: str
+    # Parquet: column -> the checksum of its values (sluiceway.common.colstats)
+    column_checksums: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -165,12 +168,19 @@ def check_manifest(doc: Mapping[str, Any]) -> tuple[list[ValidationFailure], lis
             failures.append(_fail(PART_DUPLICATE, entry["path"], "listed more than once"))
             continue
         seen_paths.add(entry["path"])
+        sums = entry.get("column_checksums", {})
+        if not isinstance(sums, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in sums.items()
+        ):
+            failures.append(_fail(MANIFEST_FIELDS, label, "column_checksums: not a string map"))
+            sums = {}
         claims.append(
             PartClaim(
                 path=entry["path"],
                 rows=entry["rows"],
                 size_bytes=entry["size_bytes"],
                 content_fingerprint=entry["content_fingerprint"],
+                column_checksums=sums,
             )
         )
 
@@ -220,6 +230,27 @@ def check_parts(claims: Sequence[PartClaim], observed: Observed) -> list[Validat
         elif seen.rows is not None and seen.rows != c.rows:
             failures.append(
                 _fail(ROW_COUNT_MISMATCH, c.path, f"{seen.rows} rows in the file, {c.rows} listed")
+            )
+    return failures
+
+
+def check_columns(claim: PartClaim, computed: Mapping[str, str]) -> list[ValidationFailure]:
+    """`validate --depth full`: each column checksum the manifest lists against the one
+    computed from the part's values."""
+    failures = []
+    for column, listed in sorted(claim.column_checksums.items()):
+        got = computed.get(column)
+        if got is None:
+            failures.append(
+                _fail(COLUMN_CHECKSUM_MISMATCH, claim.path, f"column {column!r} is not in the part")
+            )
+        elif got != listed:
+            failures.append(
+                _fail(
+                    COLUMN_CHECKSUM_MISMATCH,
+                    claim.path,
+                    f"column {column!r}: its values give {got}, the manifest lists {listed}",
+                )
             )
     return failures
 

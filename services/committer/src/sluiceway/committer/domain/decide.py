@@ -132,3 +132,42 @@ def quality_message(state: RunState) -> str:
         return "quality check failed"
     more = f" (and {len(failing) - 1} more)" if len(failing) > 1 else ""
     return f"quality check failed: {failing[0].rule}: {failing[0].message}{more}"
+
+
+SHAPE_CONTEXT = "shape"
+# below this many bytes a longer value is no change of shape worth a warning (1 -> 10 bytes)
+MIN_SHAPE_BYTES = 64
+
+
+def run_max_lengths(state: RunState) -> dict[str, int]:
+    """Each string/binary column's longest value over the run's committed parts, in bytes."""
+    out: dict[str, int] = {}
+    for f in state.committed_files():
+        for column, length in f.max_lengths.items():
+            out[column] = max(length, out.get(column, 0))
+    return out
+
+
+def shape_warnings(
+    ratio: int, now: dict[str, int], baseline: dict[str, int], baseline_run: str
+) -> list[Warning]:
+    """A Warning per string/binary column whose longest value grew `ratio`-fold or more since
+    the export's last commit (`baseline`, of run `baseline_run`), and to MIN_SHAPE_BYTES at
+    least; none with `ratio` 0 or no baseline."""
+    if ratio <= 0:
+        return []
+    out = []
+    for column in sorted(now):
+        before, longest = baseline.get(column, 0), now[column]
+        if before > 0 and longest >= ratio * before and longest >= MIN_SHAPE_BYTES:
+            out.append(
+                Warning(
+                    context=SHAPE_CONTEXT,
+                    message=(
+                        f"column {column!r}: its longest value is {longest} bytes, "
+                        f"{longest / before:.0f}x the {before} of run {baseline_run} "
+                        f"(shape_drift_ratio {ratio})"
+                    ),
+                )
+            )
+    return out

@@ -41,6 +41,12 @@ def build_manifest(state: RunState) -> dict[str, Any]:
             "content_fingerprint": f.content_fingerprint,
             "chunk_index": f.chunk_index,
             "attempt": f.attempt,
+            # Parquet: each column's value checksum, recomputed by `validate --depth full`
+            **(
+                {"column_checksums": dict(sorted(f.column_checksums.items()))}
+                if f.column_checksums
+                else {}
+            ),
         }
         for f in files
     ]

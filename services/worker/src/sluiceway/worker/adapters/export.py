@@ -140,7 +140,16 @@ class FileExporter:
             source.close()
             raise
         parts = tuple(
-            Part(w.file_name, w.rows, w.bytes, w.part_index, w.content_fingerprint, w.opened_ns)
+            Part(
+                w.file_name,
+                w.rows,
+                w.bytes,
+                w.part_index,
+                w.content_fingerprint,
+                w.opened_ns,
+                column_checksums=w.column_checksums,
+                max_lengths=w.max_lengths,
+            )
             for w in written
         )
         return ChunkExport(parts, source_rows)

@@ -6,7 +6,8 @@ replay of the same history always makes the same decision.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from sluiceway.common.domain.events import (
     ChunkCompleted,
@@ -151,6 +152,8 @@ class Part:
     part_index: int
     content_fingerprint: str
     opened_ns: int = 0  # when the writer opened it (wall clock, ns): the start of its span
+    column_checksums: Mapping[str, str] = field(default_factory=dict)
+    max_lengths: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -175,6 +178,8 @@ def decide_on_success(
             chunk_index=chunk_index,
             attempt=attempt,
             content_fingerprint=p.content_fingerprint,
+            column_checksums=dict(p.column_checksums),
+            max_lengths=dict(p.max_lengths),
         )
         for p in sorted(parts, key=lambda p: p.part_index)
     )
