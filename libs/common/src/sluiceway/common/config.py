@@ -40,7 +40,13 @@ MAX_DAYS = 36_600
 FORMATS = ("parquet", "csv")
 COMPRESSIONS = ("zstd", "snappy", "gzip", "lz4", "none")
 ENGINES = ("postgres", "mysql", "sqlite")
-URL_ENGINES = ("postgres", "mysql")  # the URL comes from an environment variable
+URL_ENGINES = ("postgres", "mysql")
+PARTITION_GRANULARITIES = (
+    "",
+    "day",
+    "month",
+    "year",
+)  # sluiceway.common.partitions  # the URL comes from an environment variable
 # libpq's sslmode values, weakest first, and the files a PostgreSQL source's TLS may name
 SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 TLS_FILES = ("sslrootcert", "sslcert", "sslkey")
@@ -66,6 +72,16 @@ DEFAULTS: dict[str, Any] = {
 # shape drift: a string column's longest value this many times the last commit's is a Warning
 SHAPE_DRIFT_RATIO = 10
 MAX_SHAPE_DRIFT_RATIO = 1000
+
+
+def _partition_by(value: str | _PartitionBy | None) -> tuple[str, str]:
+    """`partition_by: column` or `{column: ..., granularity: day|month|year}`: (column,
+    granularity)."""
+    if value is None:
+        return "", ""
+    if isinstance(value, str):
+        return value, ""
+    return value.column, value.granularity
 
 
 def _or_default(value: int | None, default: int) -> int:
@@ -160,6 +176,7 @@ class _Export(_Strict):
     add_exported_at: bool | None = None
     skip_empty: bool | None = None
     shape_drift_ratio: int | None = Field(default=None, ge=0, le=MAX_SHAPE_DRIFT_RATIO)
+    partition_by: str | _PartitionBy | None = None
     tuning_profile: str | None = None
     batch_size_memory_mb: int | None = Field(default=None, gt=0)
     statement_timeout_s: int | None = Field(default=None, gt=0)
@@ -173,6 +190,11 @@ class _Export(_Strict):
     overlap: str = ""
     priority: str | int | None = None
     consistent_snapshot: bool | None = None
+
+
+class _PartitionBy(_Strict):
+    column: str
+    granularity: str = ""
 
 
 class _Defaults(_Strict):
@@ -322,6 +344,8 @@ def load_text(
             add_exported_at=bool(pick("add_exported_at")),
             skip_empty=bool(pick("skip_empty")),
             shape_drift_ratio=_or_default(pick("shape_drift_ratio"), SHAPE_DRIFT_RATIO),
+            partition_column=_partition_by(item.partition_by)[0],
+            partition_granularity=_partition_by(item.partition_by)[1],
             tuning_profile=pick("tuning_profile") or "",
             batch_size_memory_mb=pick("batch_size_memory_mb") or 0,
             statement_timeout_s=pick("statement_timeout_s") or 0,
@@ -609,6 +633,17 @@ def check_spec(
     for col in spec.columns:
         if not IDENT.fullmatch(col) or "." in col:
             raise fail("columns", f"{_show(col)} is not a column name")
+    if spec.partition_column or spec.partition_granularity:
+        if not IDENT.fullmatch(spec.partition_column) or "." in spec.partition_column:
+            raise fail("partition_by", f"{_show(spec.partition_column)} is not a column name")
+        if spec.partition_granularity not in PARTITION_GRANULARITIES:
+            raise fail(
+                "partition_by.granularity",
+                f"unknown granularity {_show(spec.partition_granularity)} (expected one of: "
+                "day, month, year; or none for the column's own value)",
+            )
+        if spec.columns and spec.partition_column not in spec.columns:
+            raise fail("partition_by", f"{spec.partition_column!r} is not one of the columns")
     if spec.mode not in MODES:
         raise fail("mode", f"unknown mode {_show(spec.mode)} (expected one of: {', '.join(MODES)})")
     if spec.chunk_by or spec.chunk_mb:

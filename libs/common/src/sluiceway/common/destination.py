@@ -87,7 +87,10 @@ class Destination(Protocol):
 
     def put(self, path: str, data: bytes) -> None: ...
 
-    def files(self, directory: str) -> list[str]: ...
+    def files(self, directory: str) -> list[str]:
+        """The names of the files in `directory` and, below it, in its partition folders
+        (as `key=value/name`)."""
+        ...
 
     def set_aside(self, directory: str, target: str, names: Iterable[str]) -> list[str]: ...
 
@@ -166,8 +169,11 @@ def set_aside_local(run_dir: Path, target: Path, names: Iterable[str]) -> list[s
 
 
 def local_files(directory: Path) -> list[str]:
+    """Files of `directory`, and of its subfolders as `sub/name` (a partitioned run's)."""
     try:
-        return sorted(p.name for p in directory.iterdir() if p.is_file())
+        return sorted(
+            p.relative_to(directory).as_posix() for p in directory.rglob("*") if p.is_file()
+        )
     except FileNotFoundError:
         return []
 
@@ -401,9 +407,14 @@ class ObjectStore:
             out.write(data)
 
     def files(self, directory: str) -> list[str]:
-        selector = pafs.FileSelector(directory, allow_not_found=True, recursive=False)
+        selector = pafs.FileSelector(directory, allow_not_found=True, recursive=True)
         infos = self.arrow().get_file_info(selector)
-        return sorted(i.base_name for i in infos if i.type == pafs.FileType.File)
+        prefix = directory.rstrip("/") + "/"
+        return sorted(
+            i.path[len(prefix) :] if i.path.startswith(prefix) else i.base_name
+            for i in infos
+            if i.type == pafs.FileType.File
+        )
 
     def set_aside(self, directory: str, target: str, names: Iterable[str]) -> list[str]:
         moved: list[str] = []

@@ -1,4 +1,5 @@
-"""Destination layout: <dest>/<export>/runs/<run_id>/part-<chunk>-<n>-a<attempt>.<ext>."""
+"""Destination layout: <dest>/<export>/runs/<run_id>/[<key>=<value>/]part-<chunk>-<n>-a<attempt>
+.<ext> (the partition folder with `partition_by`, sluiceway.common.partitions)."""
 
 from __future__ import annotations
 
@@ -32,17 +33,23 @@ def temp_name(final_name: str) -> str:
 def attempt_files(run_dir: Path, chunk_index: int, attempt: int) -> list[str]:
     """Names of the files (parts and temporary parts) one chunk attempt has in `run_dir`."""
     try:
-        names = sorted(p.name for p in run_dir.iterdir() if p.is_file())
+        names = sorted(p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*") if p.is_file())
     except FileNotFoundError:
         return []
     return attempt_names(names, chunk_index, attempt)
 
 
 def attempt_names(names: list[str], chunk_index: int, attempt: int) -> list[str]:
-    """Of a run directory's file names, those of one chunk attempt (parts and temporaries)."""
+    """Of a run directory's file names (`name`, or `key=value/name` in a partition folder),
+    those of one chunk attempt (parts and temporaries)."""
     prefix = f"part-{chunk_index:05d}-"
     suffix = f"-a{attempt}."
-    return [n for n in names if n.lstrip(".").startswith(prefix) and suffix in n]
+
+    def mine(name: str) -> bool:
+        base = name.rsplit("/", 1)[-1].lstrip(".")
+        return base.startswith(prefix) and suffix in base
+
+    return [n for n in names if mine(n)]
 
 
 def manifest_path(destination: str, export_name: str, run_id: str) -> Path:

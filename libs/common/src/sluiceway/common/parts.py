@@ -19,7 +19,7 @@ from __future__ import annotations
 import gzip
 import time
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -222,6 +222,7 @@ class PartWriter:
         constants: Mapping[str, object] | None = None,
         destination: Destination | None = None,
         phases: Phases | None = None,
+        next_part_index: Callable[[], int] | None = None,
     ) -> None:
         if fmt not in layout.EXTENSIONS:
             raise ValueError(f"unknown format {fmt!r}")
@@ -251,6 +252,9 @@ class PartWriter:
         self._current: _OpenPart | None = None
         self._written: list[WrittenPart] = []
         self._next_index = 0
+        # partitioned output: one numbering shared by the chunk's writers (a part's index is
+        # unique in its chunk attempt, as FileWritten's id needs)
+        self._next_part_index = next_part_index
         self._closed = False
         # decided from the first row group, then kept for every part of this chunk
         self.dictionary_columns: list[str] | bool = True
@@ -315,6 +319,8 @@ class PartWriter:
             self.dictionary_columns = dictionary_columns(head.slice(0, DICTIONARY_SAMPLE_ROWS))
             self._dictionary_decided = True
         if self._current is None:
+            if self._next_part_index is not None:
+                self._next_index = self._next_part_index()
             self._current = _OpenPart(self, self._next_index)
             self._next_index += 1
         before = self._current.size

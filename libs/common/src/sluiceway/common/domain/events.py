@@ -149,6 +149,10 @@ class ExportSpec:
     # a string/binary column's longest value this many times the last commit's: a Warning
     # (0: not checked)
     shape_drift_ratio: int = 0
+    # Hive-partitioned output (sluiceway.common.partitions): the column, and "" (its value),
+    # "day", "month" or "year" (of a date or timestamp)
+    partition_column: str = ""
+    partition_granularity: str = ""
 
 
 ROW_MODES = ("incremental", "time_window")  # their rows may be chunked too, on a chunk_column

@@ -50,7 +50,12 @@ def observe_quality(
     con = duckdb.connect(config={"threads": 1})
     try:
         if dest is None or isinstance(dest, Local):
-            reader = "read_parquet(?)" if fmt == "parquet" else "read_csv(?, header = true)"
+            # the parts' own values: never a partition folder's name read as a column
+            reader = (
+                "read_parquet(?, hive_partitioning = false)"
+                if fmt == "parquet"
+                else "read_csv(?, header = true, hive_partitioning = false)"
+            )
             row = con.execute(
                 f"SELECT {', '.join(terms)} FROM {reader}", [[str(p) for p in paths]]
             ).fetchone()

@@ -8,6 +8,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sluiceway.committer.domain.cursor import cursor_of
+from sluiceway.common.domain import partitioning as partitions
+from sluiceway.common.domain.events import ExportSpec
 from sluiceway.common.domain.run import RunState
 
 MANIFEST_VERSION = 1
@@ -66,7 +68,9 @@ def build_manifest(state: RunState) -> dict[str, Any]:
     else:
         source["query_fingerprint"] = plan.query_fingerprint
     finished = [c.finished_at for c in state.chunks.values() if c.finished_at is not None]
+    partitioned = partition_listing(spec, parts) if spec.partition_column else {}
     return {
+        **partitioned,
         "manifest_version": MANIFEST_VERSION,
         "run_id": state.run_id,
         "export_name": state.export_name,
@@ -83,6 +87,30 @@ def build_manifest(state: RunState) -> dict[str, Any]:
         "part_count": len(parts),
         "parts": parts,
         "plan_id": plan.plan_id,
+    }
+
+
+def partition_listing(spec: ExportSpec, parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """`partition_by` (the column, granularity and folder key) and `partitions`: each folder
+    with its value (None: NULL), rows and parts, in folder order."""
+    folders: dict[str, dict[str, Any]] = {}
+    for part in parts:
+        parsed = partitions.parse_directory(part["path"])
+        if parsed is None:
+            raise ManifestError(f"part {part['path']} is in no partition folder")
+        folder = part["path"].split("/", 1)[0]
+        entry = folders.setdefault(
+            folder, {"path": folder, "value": parsed[1], "rows": 0, "parts": 0}
+        )
+        entry["rows"] += part["rows"]
+        entry["parts"] += 1
+    return {
+        "partition_by": {
+            "column": spec.partition_column,
+            "granularity": spec.partition_granularity,
+            "key": partitions.key_name(spec.partition_column, spec.partition_granularity),
+        },
+        "partitions": [folders[k] for k in sorted(folders)],
     }
 
 

@@ -120,6 +120,8 @@ def build_plan(spec: ExportSpec, intro: Introspection) -> tuple[PlanResolved, li
                 f"add_exported_at: the source already has a column {fileopts.EXPORTED_AT!r}"
             )
         schema = (*schema, fileopts.EXPORTED_AT_FIELD)
+    if spec.partition_column:
+        partition_problem(spec, schema)
     if spec.quality is not None:
         names = {f.name for f in schema}
         unknown = sorted(
@@ -477,3 +479,29 @@ def drift_outcome(
     if policy == "warn":
         return [Warning(context="schema", message=drift_message(change))]
     return []
+
+
+RAW_PARTITION_TYPES = frozenset(
+    {"bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "string"}
+)
+
+
+def partition_problem(spec: ExportSpec, schema: tuple[SchemaField, ...]) -> None:
+    """partition_by: the column must be exported; a date or timestamp for a granularity, and
+    otherwise of a type whose values name folders (no floats, binaries, lists, timestamps)."""
+    field = next((f for f in schema if f.name == spec.partition_column), None)
+    if field is None:
+        raise PlanError(f"partition_by: no column {spec.partition_column!r} in the export")
+    temporal = field.type.startswith(("date", "timestamp"))
+    if spec.partition_granularity and not temporal:
+        raise PlanError(
+            f"partition_by: {spec.partition_granularity} needs a date or timestamp column; "
+            f"{field.name!r} is {field.type}"
+        )
+    usable = field.type.startswith("date") or field.type in RAW_PARTITION_TYPES
+    if not spec.partition_granularity and not usable:
+        raise PlanError(
+            f"partition_by: the values of {field.name!r} ({field.type}) cannot name a folder "
+            "(or would make one per value); partition by an integer, string, boolean or date "
+            "column, or a timestamp with a granularity"
+        )

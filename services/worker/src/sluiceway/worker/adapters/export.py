@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import threading
 from collections.abc import Callable, Mapping
 
 from sluiceway.common import crash, destination, fileopts, layout
 from sluiceway.common.domain.events import ChunkTask, ExportSpec, reads_ranges
-from sluiceway.common.parts import PartWriter
+from sluiceway.common.partitions import PartitionedWriter
+from sluiceway.common.parts import PartWriter, WrittenPart
 from sluiceway.common.phases import Phases
 from sluiceway.common.prefetch import Prefetch
 from sluiceway.common.sources import Source, SourceError, arrow_schema, open_source
@@ -68,6 +71,24 @@ class FileExporter:
         target = destination.quarantine_dir(dest, spec.name, task.run_id)
         return dest.set_aside(run_dir, target, mine)
 
+    @staticmethod
+    def _partitioned(
+        task: ChunkTask,
+        dest: destination.Destination,
+        part_writer: Callable[[str, Callable[[], int] | None], PartWriter],
+    ) -> PartitionedWriter:
+        """One part writer per partition folder of the run directory, numbering the chunk
+        attempt's parts together (a part index is unique in its attempt)."""
+        spec = task.spec
+        indices = itertools.count()
+
+        def make(folder: str) -> PartWriter:
+            directory = dest.path(spec.name, "runs", task.run_id, folder)
+            dest.make_dirs(directory)
+            return part_writer(directory, lambda: next(indices))
+
+        return PartitionedWriter(spec.partition_column, spec.partition_granularity, make)
+
     def export(
         self,
         task: ChunkTask,
@@ -91,21 +112,32 @@ class FileExporter:
             dest = destination.open_destination(spec.destination, self._env)
             run_dir = destination.run_dir(dest, spec.name, task.run_id)
             dest.make_dirs(run_dir)
-            writer = PartWriter(
-                run_dir,
-                task.range.index,
-                attempt,
-                spec.format or "parquet",
-                spec.compression or "zstd",
-                spec.compression_level,
-                spec.row_group_rows,
-                arrow_schema(fields),
-                max_file_bytes=spec.max_file_bytes,
-                row_group_bytes=spec.row_group_mb * 2**20,
-                constants=constants,
-                destination=dest,
-                phases=phases,
-            )
+
+            def part_writer(
+                directory: str, next_index: Callable[[], int] | None = None
+            ) -> PartWriter:
+                return PartWriter(
+                    directory,
+                    task.range.index,
+                    attempt,
+                    spec.format or "parquet",
+                    spec.compression or "zstd",
+                    spec.compression_level,
+                    spec.row_group_rows,
+                    arrow_schema(fields),
+                    max_file_bytes=spec.max_file_bytes,
+                    row_group_bytes=spec.row_group_mb * 2**20,
+                    constants=constants,
+                    destination=dest,
+                    phases=phases,
+                    next_part_index=next_index,
+                )
+
+            writer: PartWriter | PartitionedWriter
+            if spec.partition_column:
+                writer = self._partitioned(task, dest, part_writer)
+            else:
+                writer = part_writer(run_dir)
             # full mode (no chunk column, no page ranges): the one chunk is every row
             rng = task.range if reads_ranges(spec) else None
             if spec.consistent_snapshot and not task.snapshot_id:
@@ -127,7 +159,7 @@ class FileExporter:
                         writer.write(batch)
                         if n == 0:
                             crash.point("worker.mid_read")
-                written = writer.close()
+                written = _named(writer.close())
             except Stopped:
                 writer.abort(keep=True)  # what was read so far is set aside, not deleted
                 raise
@@ -153,3 +185,16 @@ class FileExporter:
             for w in written
         )
         return ChunkExport(parts, source_rows)
+
+
+def _named(written: list[WrittenPart] | list[tuple[str, WrittenPart]]) -> list[WrittenPart]:
+    """The parts with names relative to the run directory (`key=value/part-...` for a
+    partition's part)."""
+    out: list[WrittenPart] = []
+    for item in written:
+        if isinstance(item, tuple):
+            folder, part = item
+            out.append(dataclasses.replace(part, file_name=f"{folder}/{part.file_name}"))
+        else:
+            out.append(item)
+    return out
