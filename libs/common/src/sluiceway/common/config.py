@@ -23,6 +23,7 @@ from sluiceway.common import fileopts, tuning
 from sluiceway.common.destination import is_object_store, url_problem
 from sluiceway.common.domain import schedule
 from sluiceway.common.domain.events import (
+    CHUNK_BY_KEYS,
     CHUNK_BY_PAGES,
     PRIORITIES,
     ExportSpec,
@@ -156,6 +157,7 @@ class _Export(_Strict):
     chunk_count: int = Field(default=0, ge=0)
     chunk_by_days: int = Field(default=0, ge=0)
     chunk_by: str = ""
+    chunk_columns: list[str] = Field(default_factory=list)  # chunk_by keys
     chunk_mb: int = Field(default=0, ge=0)
     cursor_column: str = ""
     time_column: str = ""
@@ -323,6 +325,7 @@ def load_text(
             chunk_count=item.chunk_count,
             chunk_by_days=item.chunk_by_days,
             chunk_by=item.chunk_by,
+            chunk_columns=tuple(item.chunk_columns),
             chunk_mb=item.chunk_mb,
             cursor_column=item.cursor_column,
             time_column=item.time_column,
@@ -646,7 +649,11 @@ def check_spec(
             raise fail("partition_by", f"{spec.partition_column!r} is not one of the columns")
     if spec.mode not in MODES:
         raise fail("mode", f"unknown mode {_show(spec.mode)} (expected one of: {', '.join(MODES)})")
-    if spec.chunk_by or spec.chunk_mb:
+    if spec.chunk_by == CHUNK_BY_KEYS:
+        _check_keys(spec, fail)
+    elif spec.chunk_columns:
+        raise fail("chunk_columns", "name the key of chunk_by: keys; set chunk_by: keys")
+    elif spec.chunk_by or spec.chunk_mb:
         _check_pages(spec, fail)
     elif is_chunked(spec):
         if not spec.chunk_column and (spec.query or spec.chunk_by_days):
@@ -798,12 +805,31 @@ def _check_row_modes(spec: ExportSpec, fail: Callable[[str, str], ConfigError]) 
 MAX_CHUNK_MB = 1 << 20  # 1 TiB of heap per chunk
 
 
+def _check_keys(spec: ExportSpec, fail: Callable[[str, str], ConfigError]) -> None:
+    """chunk_by: keys (docs/config-chunking.md): ranges of a key's tuples (chunk_columns, by
+    default the table's primary key), each about chunk_size rows when planned."""
+    if spec.mode != "chunked":
+        raise fail("chunk_by", f"keys needs mode 'chunked' (the mode is {_show(spec.mode)})")
+    for name in ("chunk_column", "chunk_by_days", "chunk_mb"):
+        if getattr(spec, name):
+            raise fail(name, "is not for chunk_by: keys (it takes chunk_columns, chunk_size)")
+    if bool(spec.chunk_size) == bool(spec.chunk_count):
+        raise fail("chunk_size", "chunk_by: keys needs one of chunk_size (rows) or chunk_count")
+    for col in spec.chunk_columns:
+        if not IDENT.fullmatch(col) or "." in col:
+            raise fail("chunk_columns", f"{_show(col)} is not a column name")
+    if len(set(spec.chunk_columns)) != len(spec.chunk_columns):
+        raise fail("chunk_columns", "names a column twice")
+    if spec.query and not spec.chunk_columns:
+        raise fail("chunk_columns", "chunk_by: keys over a query needs chunk_columns")
+
+
 def _check_pages(spec: ExportSpec, fail: Callable[[str, str], ConfigError]) -> None:
     """chunk_by: pages (docs/config-chunking.md): a PostgreSQL table read in ranges of heap
     pages, each by a TID range scan, all in the plan's exported snapshot."""
     if spec.chunk_by != CHUNK_BY_PAGES:
         if spec.chunk_by:
-            raise fail("chunk_by", f"unknown {_show(spec.chunk_by)} (expected: pages)")
+            raise fail("chunk_by", f"unknown {_show(spec.chunk_by)} (expected: pages or keys)")
         raise fail("chunk_mb", "sizes page ranges: it needs chunk_by: pages")
     if spec.mode != "chunked":
         raise fail("chunk_by", f"pages needs mode 'chunked' (the mode is {_show(spec.mode)})")

@@ -80,7 +80,7 @@ class SourceSpec(_message.Message):
     def __init__(self, engine: _Optional[str] = ..., url_env: _Optional[str] = ..., path: _Optional[str] = ..., sslmode: _Optional[str] = ..., sslrootcert: _Optional[str] = ..., sslcert: _Optional[str] = ..., sslkey: _Optional[str] = ...) -> None: ...
 
 class ExportSpec(_message.Message):
-    __slots__ = ("name", "source", "table", "query", "mode", "chunk_column", "chunk_size", "chunk_count", "format", "compression", "compression_level", "destination", "batch_size", "max_attempts", "row_group_rows", "columns", "cursor_column", "time_column", "days_window", "chunk_by_days", "max_file_bytes", "row_group_mb", "add_exported_at", "compression_profile", "row_filter", "schema_policy", "quality", "tuning_profile", "batch_size_memory_mb", "statement_timeout_s", "lock_timeout_s", "connect_timeout_s", "consistent_snapshot", "priority", "schedule", "chunk_by", "chunk_mb", "skip_empty", "shape_drift_ratio", "partition_column", "partition_granularity")
+    __slots__ = ("name", "source", "table", "query", "mode", "chunk_column", "chunk_size", "chunk_count", "format", "compression", "compression_level", "destination", "batch_size", "max_attempts", "row_group_rows", "columns", "cursor_column", "time_column", "days_window", "chunk_by_days", "max_file_bytes", "row_group_mb", "add_exported_at", "compression_profile", "row_filter", "schema_policy", "quality", "tuning_profile", "batch_size_memory_mb", "statement_timeout_s", "lock_timeout_s", "connect_timeout_s", "consistent_snapshot", "priority", "schedule", "chunk_by", "chunk_mb", "skip_empty", "shape_drift_ratio", "partition_column", "partition_granularity", "chunk_columns")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     TABLE_FIELD_NUMBER: _ClassVar[int]
@@ -122,6 +122,7 @@ class ExportSpec(_message.Message):
     SHAPE_DRIFT_RATIO_FIELD_NUMBER: _ClassVar[int]
     PARTITION_COLUMN_FIELD_NUMBER: _ClassVar[int]
     PARTITION_GRANULARITY_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_COLUMNS_FIELD_NUMBER: _ClassVar[int]
     name: str
     source: SourceSpec
     table: str
@@ -163,7 +164,8 @@ class ExportSpec(_message.Message):
     shape_drift_ratio: int
     partition_column: str
     partition_granularity: str
-    def __init__(self, name: _Optional[str] = ..., source: _Optional[_Union[SourceSpec, _Mapping]] = ..., table: _Optional[str] = ..., query: _Optional[str] = ..., mode: _Optional[str] = ..., chunk_column: _Optional[str] = ..., chunk_size: _Optional[int] = ..., chunk_count: _Optional[int] = ..., format: _Optional[str] = ..., compression: _Optional[str] = ..., compression_level: _Optional[int] = ..., destination: _Optional[str] = ..., batch_size: _Optional[int] = ..., max_attempts: _Optional[int] = ..., row_group_rows: _Optional[int] = ..., columns: _Optional[_Iterable[str]] = ..., cursor_column: _Optional[str] = ..., time_column: _Optional[str] = ..., days_window: _Optional[int] = ..., chunk_by_days: _Optional[int] = ..., max_file_bytes: _Optional[int] = ..., row_group_mb: _Optional[int] = ..., add_exported_at: _Optional[bool] = ..., compression_profile: _Optional[str] = ..., row_filter: _Optional[_Union[RowFilter, _Mapping]] = ..., schema_policy: _Optional[str] = ..., quality: _Optional[_Union[QualityRules, _Mapping]] = ..., tuning_profile: _Optional[str] = ..., batch_size_memory_mb: _Optional[int] = ..., statement_timeout_s: _Optional[int] = ..., lock_timeout_s: _Optional[int] = ..., connect_timeout_s: _Optional[int] = ..., consistent_snapshot: _Optional[bool] = ..., priority: _Optional[int] = ..., schedule: _Optional[_Union[ScheduleSpec, _Mapping]] = ..., chunk_by: _Optional[str] = ..., chunk_mb: _Optional[int] = ..., skip_empty: _Optional[bool] = ..., shape_drift_ratio: _Optional[int] = ..., partition_column: _Optional[str] = ..., partition_granularity: _Optional[str] = ...) -> None: ...
+    chunk_columns: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., source: _Optional[_Union[SourceSpec, _Mapping]] = ..., table: _Optional[str] = ..., query: _Optional[str] = ..., mode: _Optional[str] = ..., chunk_column: _Optional[str] = ..., chunk_size: _Optional[int] = ..., chunk_count: _Optional[int] = ..., format: _Optional[str] = ..., compression: _Optional[str] = ..., compression_level: _Optional[int] = ..., destination: _Optional[str] = ..., batch_size: _Optional[int] = ..., max_attempts: _Optional[int] = ..., row_group_rows: _Optional[int] = ..., columns: _Optional[_Iterable[str]] = ..., cursor_column: _Optional[str] = ..., time_column: _Optional[str] = ..., days_window: _Optional[int] = ..., chunk_by_days: _Optional[int] = ..., max_file_bytes: _Optional[int] = ..., row_group_mb: _Optional[int] = ..., add_exported_at: _Optional[bool] = ..., compression_profile: _Optional[str] = ..., row_filter: _Optional[_Union[RowFilter, _Mapping]] = ..., schema_policy: _Optional[str] = ..., quality: _Optional[_Union[QualityRules, _Mapping]] = ..., tuning_profile: _Optional[str] = ..., batch_size_memory_mb: _Optional[int] = ..., statement_timeout_s: _Optional[int] = ..., lock_timeout_s: _Optional[int] = ..., connect_timeout_s: _Optional[int] = ..., consistent_snapshot: _Optional[bool] = ..., priority: _Optional[int] = ..., schedule: _Optional[_Union[ScheduleSpec, _Mapping]] = ..., chunk_by: _Optional[str] = ..., chunk_mb: _Optional[int] = ..., skip_empty: _Optional[bool] = ..., shape_drift_ratio: _Optional[int] = ..., partition_column: _Optional[str] = ..., partition_granularity: _Optional[str] = ..., chunk_columns: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ScheduleSpec(_message.Message):
     __slots__ = ("cron", "timezone", "enabled", "catch_up", "overlap")
@@ -308,7 +310,7 @@ class RunRequested(_message.Message):
     def __init__(self, spec: _Optional[_Union[ExportSpec, _Mapping]] = ..., requested_by: _Optional[str] = ..., plan_id: _Optional[str] = ..., options: _Optional[_Mapping[str, str]] = ..., priority: _Optional[int] = ..., owner: _Optional[str] = ..., team: _Optional[str] = ...) -> None: ...
 
 class PlanResolved(_message.Message):
-    __slots__ = ("plan_id", "strategy", "chunks", "format", "compression", "compression_level", "batch_size", "batch_size_memory_mb", "tuning_profile", "schema", "schema_fingerprint", "row_estimate", "chunk_column", "key_low", "key_high", "source_engine", "source_table", "query_fingerprint", "row_filter", "temp_bytes_at_plan", "snapshot_id", "chunk_by")
+    __slots__ = ("plan_id", "strategy", "chunks", "format", "compression", "compression_level", "batch_size", "batch_size_memory_mb", "tuning_profile", "schema", "schema_fingerprint", "row_estimate", "chunk_column", "key_low", "key_high", "source_engine", "source_table", "query_fingerprint", "row_filter", "temp_bytes_at_plan", "snapshot_id", "chunk_by", "key_columns")
     PLAN_ID_FIELD_NUMBER: _ClassVar[int]
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
     CHUNKS_FIELD_NUMBER: _ClassVar[int]
@@ -331,6 +333,7 @@ class PlanResolved(_message.Message):
     TEMP_BYTES_AT_PLAN_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_ID_FIELD_NUMBER: _ClassVar[int]
     CHUNK_BY_FIELD_NUMBER: _ClassVar[int]
+    KEY_COLUMNS_FIELD_NUMBER: _ClassVar[int]
     plan_id: str
     strategy: str
     chunks: _containers.RepeatedCompositeFieldContainer[ChunkRange]
@@ -353,7 +356,8 @@ class PlanResolved(_message.Message):
     temp_bytes_at_plan: int
     snapshot_id: str
     chunk_by: str
-    def __init__(self, plan_id: _Optional[str] = ..., strategy: _Optional[str] = ..., chunks: _Optional[_Iterable[_Union[ChunkRange, _Mapping]]] = ..., format: _Optional[str] = ..., compression: _Optional[str] = ..., compression_level: _Optional[int] = ..., batch_size: _Optional[int] = ..., batch_size_memory_mb: _Optional[int] = ..., tuning_profile: _Optional[str] = ..., schema: _Optional[_Iterable[_Union[SchemaField, _Mapping]]] = ..., schema_fingerprint: _Optional[str] = ..., row_estimate: _Optional[int] = ..., chunk_column: _Optional[str] = ..., key_low: _Optional[str] = ..., key_high: _Optional[str] = ..., source_engine: _Optional[str] = ..., source_table: _Optional[str] = ..., query_fingerprint: _Optional[str] = ..., row_filter: _Optional[_Union[RowFilter, _Mapping]] = ..., temp_bytes_at_plan: _Optional[int] = ..., snapshot_id: _Optional[str] = ..., chunk_by: _Optional[str] = ...) -> None: ...
+    key_columns: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, plan_id: _Optional[str] = ..., strategy: _Optional[str] = ..., chunks: _Optional[_Iterable[_Union[ChunkRange, _Mapping]]] = ..., format: _Optional[str] = ..., compression: _Optional[str] = ..., compression_level: _Optional[int] = ..., batch_size: _Optional[int] = ..., batch_size_memory_mb: _Optional[int] = ..., tuning_profile: _Optional[str] = ..., schema: _Optional[_Iterable[_Union[SchemaField, _Mapping]]] = ..., schema_fingerprint: _Optional[str] = ..., row_estimate: _Optional[int] = ..., chunk_column: _Optional[str] = ..., key_low: _Optional[str] = ..., key_high: _Optional[str] = ..., source_engine: _Optional[str] = ..., source_table: _Optional[str] = ..., query_fingerprint: _Optional[str] = ..., row_filter: _Optional[_Union[RowFilter, _Mapping]] = ..., temp_bytes_at_plan: _Optional[int] = ..., snapshot_id: _Optional[str] = ..., chunk_by: _Optional[str] = ..., key_columns: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class PlanWarning(_message.Message):
     __slots__ = ("rule", "message")

@@ -16,6 +16,7 @@ from sluiceway.common.bus import Appended, Names
 from sluiceway.common.domain import ids
 from sluiceway.common.domain.access import ANONYMOUS, Owner, Principal, Verdict, cancel_verdict
 from sluiceway.common.domain.events import (
+    CHUNK_BY_KEYS,
     Body,
     CancelRequested,
     ChunkTask,
@@ -49,6 +50,8 @@ from sluiceway.planner.domain.plan import (
     drift_message,
     drift_outcome,
     incremental_filter,
+    key_every,
+    key_fields,
     pinned_high,
     planning_failed,
     row_column_type,
@@ -474,6 +477,12 @@ class Planner:
         options: Mapping[str, str],
     ) -> tuple[ExportSpec, Introspection, Skip | None]:
         intro = source.introspect(spec)
+        if spec.chunk_by == CHUNK_BY_KEYS:  # equal-row ranges of the key, read off the source
+            fields = key_fields(spec, intro)
+            # chunk_count: of the rows there are (a row estimate would give other shares)
+            rows = source.count(spec, None) if not spec.chunk_size else intro.row_estimate
+            bounds = source.key_boundaries(spec, fields, key_every(spec, rows))
+            intro = replace(intro, key_fields=fields, key_boundaries=tuple(map(tuple, bounds)))
         if spec.mode == "incremental":
             key_type = row_column_type(spec, intro, spec.cursor_column, "cursor_column")
             after = incremental_filter(spec, key_type, committed)

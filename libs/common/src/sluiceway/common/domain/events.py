@@ -153,11 +153,14 @@ class ExportSpec:
     # "day", "month" or "year" (of a date or timestamp)
     partition_column: str = ""
     partition_granularity: str = ""
+    # chunk_by keys: ranges of these columns' tuples (default: the table's primary key)
+    chunk_columns: tuple[str, ...] = ()
 
 
 ROW_MODES = ("incremental", "time_window")  # their rows may be chunked too, on a chunk_column
 # chunk_by: ranges of heap pages [start_key, end_key) of a PostgreSQL table, read by ctid
 CHUNK_BY_PAGES = "pages"
+CHUNK_BY_KEYS = "keys"  # ranges of a (composite, any-typed) key's tuples, equal in rows
 
 
 def is_chunked(spec: ExportSpec) -> bool:
@@ -169,7 +172,7 @@ def is_chunked(spec: ExportSpec) -> bool:
 def reads_ranges(spec: ExportSpec) -> bool:
     """A chunk task of this spec reads its own range (a key range or a page range), not every
     row of the export."""
-    return bool(spec.chunk_column) or spec.chunk_by == CHUNK_BY_PAGES
+    return bool(spec.chunk_column) or spec.chunk_by in (CHUNK_BY_PAGES, CHUNK_BY_KEYS)
 
 
 @dataclass(frozen=True)
@@ -262,6 +265,8 @@ class PlanResolved:
     temp_bytes_at_plan: int | None = None  # pg_stat_database.temp_bytes; None: not measured
     snapshot_id: str = ""  # consistent_snapshot: the exported snapshot every chunk imports
     chunk_by: str = ""  # CHUNK_BY_PAGES: chunks are heap page ranges (block numbers)
+    # CHUNK_BY_KEYS: the key columns whose tuples the chunks' JSON bounds hold
+    key_columns: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

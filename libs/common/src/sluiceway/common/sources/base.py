@@ -61,6 +61,9 @@ class Introspection:
     # chunk_by pages (PostgreSQL): the heap's blocks and their size when introspected
     pages: int = -1
     block_size: int = 0
+    # chunk_by keys: the key columns, and the key tuple of every chunk_size-th row in key order
+    key_fields: tuple[SchemaField, ...] = ()
+    key_boundaries: tuple[tuple[int | str, ...], ...] = ()
 
 
 class Source(Protocol):
@@ -105,6 +108,14 @@ class Source(Protocol):
 
     def count(self, spec: ExportSpec, rng: ChunkRange | None) -> int:
         """COUNT(*) with the same predicate as read()."""
+        ...
+
+    def key_boundaries(
+        self, spec: ExportSpec, fields: tuple[SchemaField, ...], every: int
+    ) -> list[list[int | str]]:
+        """chunk_by keys: the key tuple (of `fields`, in order) of every `every`-th row in key
+        order, the first row's first (sql.boundaries_sql); integers as numbers, the rest as
+        the server's text."""
         ...
 
     def close(self) -> None: ...

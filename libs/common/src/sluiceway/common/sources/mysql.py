@@ -34,13 +34,22 @@ from urllib.parse import quote, unquote, urlencode, urlsplit
 import pyarrow as pa
 
 from sluiceway.common import tuning
-from sluiceway.common.domain.events import ChunkRange, ExportSpec, SchemaField
+from sluiceway.common.domain.events import CHUNK_BY_KEYS, ChunkRange, ExportSpec, SchemaField
 from sluiceway.common.phases import Phases, timed, timed_batches
 from sluiceway.common.redact import redact
 
 from . import arrow_schema, mysqlerrors, mysqltypes
 from .base import Introspection, SourceError
-from .sql import bounds_sql, count_sql, qmark, quote_ident, relation, spec_predicate, with_key
+from .sql import (
+    boundaries_sql,
+    bounds_sql,
+    count_sql,
+    qmark,
+    quote_ident,
+    relation,
+    spec_predicate,
+    with_key,
+)
 
 log = logging.getLogger(__name__)
 COUNT_VARIABLE = "@sluiceway_rows"
@@ -250,7 +259,9 @@ class MySqlSource:
             pk: tuple[SchemaField, ...] = ()
             if not column and spec.mode == "chunked" and spec.table and not spec.query:
                 pk = self._primary_key(cur, spec)  # the `table:` shortcut; the planner decides
-                column = pk[0].name if len(pk) == 1 else ""
+                # a single-column key's bounds, unless ranges of key tuples are planned
+                keyset = spec.chunk_by == CHUNK_BY_KEYS
+                column = pk[0].name if len(pk) == 1 and not keyset else ""
             if not column:
                 return Introspection(schema=schema, row_estimate=estimate, primary_key=pk)
             cur.execute(bounds_sql(spec, column))
@@ -409,6 +420,15 @@ class MySqlSource:
         with self._cursor() as cur:
             cur.execute(f"SELECT COUNT(*) FROM {relation(spec)}{where}", params)
             return int(cur.fetchone()[0])
+
+    def key_boundaries(
+        self, spec: ExportSpec, fields: tuple[SchemaField, ...], every: int
+    ) -> list[list[int | str]]:
+        sql = boundaries_sql(spec, [(f.name, f.type) for f in fields], every)
+        with self._cursor() as cur:
+            cur.execute(sql)
+            rows = cur.fetchall()
+        return [[v if isinstance(v, int) else str(v) for v in row] for row in rows]
 
     def close(self) -> None:
         self._drop()

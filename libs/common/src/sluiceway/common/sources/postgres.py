@@ -45,13 +45,28 @@ import pyarrow as pa
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from sluiceway.common import tuning
-from sluiceway.common.domain.events import CHUNK_BY_PAGES, ChunkRange, ExportSpec, SchemaField
+from sluiceway.common.domain.events import (
+    CHUNK_BY_KEYS,
+    CHUNK_BY_PAGES,
+    ChunkRange,
+    ExportSpec,
+    SchemaField,
+)
 from sluiceway.common.phases import Phases, timed, timed_batches
 from sluiceway.common.redact import redact
 
 from . import arrow_schema, pgerrors, pgtypes
 from .base import Introspection, SnapshotLost, SourceError
-from .sql import bounds_sql, count_sql, dollar, quote_ident, relation, spec_predicate, with_key
+from .sql import (
+    boundaries_sql,
+    bounds_sql,
+    count_sql,
+    dollar,
+    quote_ident,
+    relation,
+    spec_predicate,
+    with_key,
+)
 
 log = logging.getLogger(__name__)
 BATCH_HINT_BYTES = 16 << 20
@@ -306,7 +321,9 @@ class PostgresSource:
             pk: tuple[SchemaField, ...] = ()
             if not column and spec.mode == "chunked" and spec.table and not spec.query:
                 pk = self._primary_key(cur, spec)  # the `table:` shortcut; the planner decides
-                column = pk[0].name if len(pk) == 1 else ""
+                # a single-column key's bounds, unless ranges of key tuples are planned
+                keyset = spec.chunk_by == CHUNK_BY_KEYS
+                column = pk[0].name if len(pk) == 1 and not keyset else ""
             cur.execute(TEMP_BYTES_SQL)
             row = cur.fetchone()
             temp = int(row[0]) if row and row[0] is not None else None
@@ -569,6 +586,14 @@ class PostgresSource:
         with self._cursor() as cur:
             row = cur.execute(f"SELECT COUNT(*) FROM {relation(spec)}{where}", params).fetchone()
         return int(row[0])
+
+    def key_boundaries(
+        self, spec: ExportSpec, fields: tuple[SchemaField, ...], every: int
+    ) -> list[list[int | str]]:
+        sql = boundaries_sql(spec, [(f.name, f.type) for f in fields], every)
+        with self._cursor() as cur:
+            rows = cur.execute(sql).fetchall()
+        return [[v if isinstance(v, int) else str(v) for v in row] for row in rows]
 
     def close(self) -> None:
         self._drop_reading_connection()

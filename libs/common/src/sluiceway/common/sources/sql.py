@@ -10,13 +10,20 @@ keeps the comparison typed and an index condition; SQLite, which has no date typ
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import UTC, date, datetime
 
 from sluiceway.common.config import IDENT
-from sluiceway.common.domain.events import CHUNK_BY_PAGES, ChunkRange, ExportSpec, RowFilter
+from sluiceway.common.domain.events import (
+    CHUNK_BY_KEYS,
+    CHUNK_BY_PAGES,
+    ChunkRange,
+    ExportSpec,
+    RowFilter,
+)
 
 from .base import SourceError
 
@@ -248,11 +255,113 @@ def page_predicate(rng: ChunkRange | None) -> str:
     return " WHERE " + " AND ".join(terms) if terms else ""
 
 
+# ---- chunk_by keys: ranges of a key's tuples ---------------------------------------------------
+
+KeyValue = int | str  # a tuple element: integers as numbers, every other type as its text
+_DOLLAR_TAG = "$sluiceway_k$"
+
+
+def key_tuple(text: str, width: int) -> list[KeyValue]:
+    """A keyset bound carried as text: a JSON array of `width` integers and strings."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    ok = isinstance(value, list) and len(value) == width
+    if ok and all(
+        (isinstance(v, int) and not isinstance(v, bool)) or isinstance(v, str) for v in value
+    ):
+        return value  # type: ignore[no-any-return]
+    raise SourceError(
+        f"key bound {text[:MAX_KEY_CHARS]!r} is not a JSON array of {width} key value(s)",
+        retryable=False,
+    )
+
+
+def key_literal(value: KeyValue, dialect: str) -> str:
+    """A key value as a literal the column's type accepts: an integer as digits; text as an
+    untyped string that PostgreSQL and MySQL coerce to the column's type (uuid, timestamptz,
+    numeric, varchar...) without giving up the index. No text is ever pasted as it came:
+    PostgreSQL gets a dollar-quoted string, MySQL the hex of its UTF-8 bytes, SQLite a
+    standard literal (it has no escapes)."""
+    if isinstance(value, int):
+        return str(int(value))
+    if dialect == "mysql":
+        return f"_utf8mb4 X'{value.encode().hex()}'"
+    if dialect == "sqlite":
+        if "\x00" in value:
+            raise SourceError("a key value holds NUL", retryable=False)
+        return "'" + value.replace("'", "''") + "'"
+    if _DOLLAR_TAG in value or "\x00" in value:
+        raise SourceError("a key value holds NUL or the literal's own tag", retryable=False)
+    return f"{_DOLLAR_TAG}{value}{_DOLLAR_TAG}"
+
+
+def _tuple_compare(keys: list[str], values: list[str], op: str, dialect: str) -> str:
+    """(k1, k2, ...) op (v1, v2, ...) for op in >=, <: a row-value comparison in PostgreSQL
+    and SQLite (an index range), spelled out for MySQL, whose range optimizer reads the
+    expanded form: k1 > v1 OR (k1 = v1 AND (k2 > v2 OR ...)), with k1 >= / <= v1 beside it."""
+    if dialect != "mysql" or len(keys) == 1:
+        if len(keys) == 1:
+            return f"{keys[0]} {op} {values[0]}"
+        return f"({', '.join(keys)}) {op} ({', '.join(values)})"
+    strict, last = (">", ">=") if op == ">=" else ("<", "<")
+    expr = f"{keys[-1]} {last} {values[-1]}"
+    for k, v in zip(reversed(keys[:-1]), reversed(values[:-1]), strict=True):
+        expr = f"({k} {strict} {v} OR ({k} = {v} AND {expr}))"
+    lead = ">=" if op == ">=" else "<="
+    return f"({keys[0]} {lead} {values[0]} AND {expr})"
+
+
+def keyset_predicate(spec: ExportSpec, rng: ChunkRange | None) -> str:
+    """The WHERE clause of a keyset range [start_key, end_key) over spec.chunk_columns."""
+    if rng is None:
+        return ""
+    columns = list(spec.chunk_columns)
+    if not columns:
+        raise SourceError("chunk_by keys needs the key columns (chunk_columns)", retryable=False)
+    dialect = dialect_of(spec)
+    keys = [quote_ident(c, dialect) for c in columns]
+    terms = []
+    for bound, op in ((rng.start_key, ">="), (rng.end_key, "<")):
+        if bound:
+            values = [key_literal(v, dialect) for v in key_tuple(bound, len(columns))]
+            terms.append(_tuple_compare(keys, values, op, dialect))
+    return " WHERE " + " AND ".join(terms) if terms else ""
+
+
+def key_text(column: str, key_type: str, dialect: str) -> str:
+    """A key column as a bound value: integers as they are, the rest as the server's text."""
+    col = quote_ident(column, dialect)
+    if key_type.startswith(("int", "uint")):
+        return col
+    if dialect == "mysql":
+        return f"CAST({col} AS CHAR)"
+    if dialect == "sqlite":
+        return f"CAST({col} AS TEXT)"
+    return f"{col}::text"
+
+
+def boundaries_sql(spec: ExportSpec, fields: Sequence[tuple[str, str]], every: int) -> str:
+    """The key tuple of every `every`-th row in key order (the 1st, the every+1-th, ...):
+    where each chunk of `every` rows starts. One pass over the key, in order."""
+    dialect = dialect_of(spec)
+    keys = ", ".join(quote_ident(name, dialect) for name, _ in fields)
+    texts = ", ".join(key_text(name, typ, dialect) for name, typ in fields)
+    return (
+        f"SELECT {texts} FROM (SELECT {keys}, row_number() OVER (ORDER BY {keys}) AS sluiceway_rn "
+        f"FROM {relation(spec)}) AS k WHERE (sluiceway_rn - 1) % {int(every)} = 0 "
+        "ORDER BY sluiceway_rn"
+    )
+
+
 def spec_predicate(
     spec: ExportSpec, rng: ChunkRange | None, placeholder: Placeholder, *, inline: bool = False
 ) -> tuple[str, list[Param]]:
     """key_predicate for an export: its chunk column, its key kind and its engine; or the
-    page_predicate of a chunk_by pages export."""
+    page_predicate of a chunk_by pages export; or the keyset_predicate of chunk_by keys."""
+    if spec.chunk_by == CHUNK_BY_KEYS:
+        return keyset_predicate(spec, rng), []
     if spec.chunk_by == CHUNK_BY_PAGES:
         if (spec.source.engine or "postgres") != "postgres":
             raise SourceError("chunk_by pages is for PostgreSQL tables", retryable=False)

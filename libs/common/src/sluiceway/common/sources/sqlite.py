@@ -25,13 +25,22 @@ from typing import Any
 
 import pyarrow as pa
 
-from sluiceway.common.domain.events import ChunkRange, ExportSpec, SchemaField
+from sluiceway.common.domain.events import CHUNK_BY_KEYS, ChunkRange, ExportSpec, SchemaField
 from sluiceway.common.phases import Phases, timed, timed_batches
 from sluiceway.common.redact import redact
 
 from . import arrow_schema
 from .base import Introspection, SourceError
-from .sql import bounds_sql, count_sql, qmark, quote_ident, relation, select_sql, with_key
+from .sql import (
+    boundaries_sql,
+    bounds_sql,
+    count_sql,
+    qmark,
+    quote_ident,
+    relation,
+    select_sql,
+    with_key,
+)
 
 _DEC = re.compile(r"^(?:DECIMAL|NUMERIC)\s*\(\s*(\d+)\s*(?:,\s*(\d+)\s*)?\)$", re.I)
 _TS_UTC = pa.timestamp("us", tz="UTC")
@@ -214,7 +223,9 @@ class SqliteSource:
             pk: tuple[SchemaField, ...] = ()
             if not column and spec.mode == "chunked" and spec.table and not spec.query:
                 pk = self._primary_key(spec)  # the `table:` shortcut; the planner decides
-                column = pk[0].name if len(pk) == 1 else ""
+                # a single-column key's bounds, unless ranges of key tuples are planned
+                keyset = spec.chunk_by == CHUNK_BY_KEYS
+                column = pk[0].name if len(pk) == 1 and not keyset else ""
             if not column:
                 return Introspection(schema=schema, row_estimate=int(rows), primary_key=pk)
             low, high, has_null = self._con.execute(bounds_sql(spec, column)).fetchone()
@@ -321,6 +332,16 @@ class SqliteSource:
         except sqlite3.Error as exc:
             raise _error(exc) from exc
         return int(n)
+
+    def key_boundaries(
+        self, spec: ExportSpec, fields: tuple[SchemaField, ...], every: int
+    ) -> list[list[int | str]]:
+        sql = boundaries_sql(spec, [(f.name, f.type) for f in fields], every)
+        try:
+            rows = self._con.execute(sql).fetchall()
+        except sqlite3.Error as exc:
+            raise _error(exc) from exc
+        return [[v if isinstance(v, int) else str(v) for v in row] for row in rows]
 
     def close(self) -> None:
         self._con.close()

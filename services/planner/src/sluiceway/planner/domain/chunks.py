@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from datetime import UTC, date, datetime, timedelta
 
 from sluiceway.common.domain.events import ChunkRange
@@ -19,6 +21,9 @@ def empty_range(index: int = 0) -> ChunkRange:
     never empty and a run always commits a manifest (with zero parts)."""
     return ChunkRange(index=index, start_key="0", end_key="0", end_inclusive=False)
 
+
+# chunk_by keys: the bounds' JSON text, all of it, stays well inside one PlanResolved
+MAX_KEY_BOUNDS_CHARS = 256 * 1024
 
 # ISO timestamp keys are longer than integer ones: fewer of them fit in one PlanResolved
 MAX_DAY_CHUNKS = 10_000  # 27 years of daily chunks
@@ -224,4 +229,31 @@ def plan_page_chunks(
     return tuple(
         ChunkRange(index=i, start_key=str(start), end_key=str(bounds[i + 1]) if i + 1 < n else "")
         for i, start in enumerate(bounds)
+    )
+
+
+def plan_key_chunks(boundaries: Sequence[Sequence[int | str]]) -> tuple[ChunkRange, ...]:
+    """chunk_by keys: ranges of key tuples [b_i, b_i+1), JSON arrays, from the key of every
+    n-th row in key order (so every chunk holds n rows when planned). The first range has no
+    start and the last no end: keys inserted below the first or above the last after planning
+    are read too. No boundary (an empty table) is one open range."""
+    if len(boundaries) > MAX_CHUNKS:
+        raise PlanError(
+            f"{len(boundaries)} key ranges (at most {MAX_CHUNKS}): use a larger chunk_size"
+        )
+    if not boundaries:
+        return (ChunkRange(index=0),)
+    texts = [json.dumps(list(b), ensure_ascii=False, separators=(",", ":")) for b in boundaries]
+    if sum(map(len, texts)) > MAX_KEY_BOUNDS_CHARS:
+        raise PlanError(
+            f"the {len(texts)} key ranges' bounds take {sum(map(len, texts)):,} characters "
+            f"(at most {MAX_KEY_BOUNDS_CHARS:,} fit a plan): use a larger chunk_size"
+        )
+    return tuple(
+        ChunkRange(
+            index=i,
+            start_key=texts[i] if i else "",
+            end_key=texts[i + 1] if i + 1 < len(texts) else "",
+        )
+        for i in range(len(texts))
     )

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 from sluiceway.common import fileopts, fingerprint
 from sluiceway.common.domain.events import (
+    CHUNK_BY_KEYS,
     CHUNK_BY_PAGES,
     ChunkStatus,
     ChunkTask,
@@ -38,6 +39,7 @@ from .chunks import (
     chunk_count_requested_exceeds_keys,
     is_integer_type,
     plan_chunks,
+    plan_key_chunks,
     plan_page_chunks,
     temporal_kind,
 )
@@ -72,7 +74,8 @@ def build_plan(spec: ExportSpec, intro: Introspection) -> tuple[PlanResolved, li
     key_column, key_kind = "", ""
     chunked = is_chunked(spec)
     pages = spec.chunk_by == CHUNK_BY_PAGES
-    if chunked and not pages:
+    keys = spec.chunk_by == CHUNK_BY_KEYS
+    if chunked and not pages and not keys:
         key_column = spec.chunk_column or primary_key_column(spec, intro)
         # with a column projection the chunk key may be read without being exported
         if not spec.columns and key_column not in {f.name for f in intro.schema}:
@@ -93,7 +96,10 @@ def build_plan(spec: ExportSpec, intro: Introspection) -> tuple[PlanResolved, li
                 )
             )
     key_low, key_high = (intro.key_low or "", intro.key_high or "") if chunked else ("", "")
-    if pages:
+    if keys:
+        chunks = plan_key_chunks(intro.key_boundaries)
+        key_low, key_high = "", ""
+    elif pages:
         chunks = plan_page_chunks(
             intro.pages,
             block_size=intro.block_size,
@@ -153,8 +159,45 @@ def build_plan(spec: ExportSpec, intro: Introspection) -> tuple[PlanResolved, li
         temp_bytes_at_plan=intro.temp_bytes,
         snapshot_id=intro.snapshot_id,
         chunk_by=spec.chunk_by,
+        key_columns=tuple(f.name for f in intro.key_fields) if keys else (),
     )
     return dataclasses.replace(plan, plan_id=plan_id_of(plan)), warnings
+
+
+def key_fields(spec: ExportSpec, intro: Introspection) -> tuple[SchemaField, ...]:
+    """chunk_by keys: the key columns (chunk_columns, else the table's primary key), which
+    must all be NOT NULL (a NULL has no place in a tuple order: its row would be in no range)
+    and of a type with a total order the server and the bounds agree on."""
+    if spec.chunk_columns:
+        by_name = {f.name: f for f in (*intro.primary_key, *intro.schema)}
+        missing = [c for c in spec.chunk_columns if c not in by_name]
+        if missing:
+            raise PlanError(f"chunk_columns: no column {', '.join(map(repr, missing))}")
+        fields = tuple(by_name[c] for c in spec.chunk_columns)
+    elif intro.primary_key:
+        fields = intro.primary_key
+    else:
+        where = f"table {spec.table!r}" if spec.table else "a query"
+        raise PlanError(f"chunk_by keys: {where} has no primary key; set chunk_columns")
+    for f in fields:
+        if f.nullable:
+            raise PlanError(
+                f"chunk_by keys: {f.name!r} may be NULL, and a row with a NULL key would be in "
+                "no range; choose NOT NULL columns (chunk_columns)"
+            )
+        if f.type in ("float", "double", "halffloat") or f.type.startswith(("binary", "list")):
+            raise PlanError(
+                f"chunk_by keys: {f.name!r} is {f.type}, which cannot bound a key range "
+                "exactly; choose other columns (chunk_columns)"
+            )
+    return fields
+
+
+def key_every(spec: ExportSpec, rows: int) -> int:
+    """chunk_by keys: rows per chunk (chunk_size, or `rows` over chunk_count)."""
+    if spec.chunk_size > 0:
+        return spec.chunk_size
+    return max(1, -(-max(rows, 1) // max(spec.chunk_count, 1)))
 
 
 def primary_key_column(spec: ExportSpec, intro: Introspection) -> str:
@@ -324,7 +367,9 @@ def tasks_for(
     """One ChunkTask per chunk (or per chosen chunk), in chunk order, on the run's priority
     lane."""
     wanted = None if indexes is None else set(indexes)
-    if plan.strategy == "chunked" and not spec.chunk_column and plan.chunk_column:
+    if plan.chunk_by == CHUNK_BY_KEYS:  # the plan's key columns, whatever the spec named
+        spec = dataclasses.replace(spec, chunk_columns=plan.key_columns)
+    elif plan.strategy == "chunked" and not spec.chunk_column and plan.chunk_column:
         # a `table:` export chunked on its primary key: workers read the plan's key column
         spec = dataclasses.replace(spec, chunk_column=plan.chunk_column)
     if plan.row_filter is not None:  # the run's rows: after the cursor, or in the window
