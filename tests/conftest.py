@@ -6,13 +6,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import hypothesis  # noqa: F401
+import hypothesis
 import pytest
 
 # Imported here, at the top level: hypothesis's pytest plugin imports it lazily in its terminal
 # summary, deep inside pytest's hook stack, where rewriting its modules can trip CPython
 # 3.11's "AST constructor recursion depth mismatch" (seen on a run that imported no
 # hypothesis test) and end a passing session with a traceback.
+
+# No per-example deadline: the suite shares 2 cores with its own servers, and an example that
+# waits for the CPU is no failure of the property (speed is for the benchmarks to judge)
+hypothesis.settings.register_profile("sluiceway", deadline=None)
+hypothesis.settings.load_profile("sluiceway")
 
 # ---- the fault harness's table (tests/integration/test_faults.py) ----------------------------
 

@@ -85,6 +85,14 @@ def _partition_by(value: str | _PartitionBy | None) -> tuple[str, str]:
     return value.column, value.granularity
 
 
+def _cursor(value: str | list[str]) -> tuple[str, tuple[str, ...]]:
+    """`cursor_column: updated_at` or `[updated_at, created_at]` (COALESCE of them, in order):
+    (the column, its fallbacks)."""
+    if isinstance(value, str):
+        return value, ()
+    return (value[0] if value else ""), tuple(value[1:])
+
+
 def _or_default(value: int | None, default: int) -> int:
     """An explicit value (0 included: off) or the default."""
     return default if value is None else value
@@ -159,7 +167,7 @@ class _Export(_Strict):
     chunk_by: str = ""
     chunk_columns: list[str] = Field(default_factory=list)  # chunk_by keys
     chunk_mb: int = Field(default=0, ge=0)
-    cursor_column: str = ""
+    cursor_column: str | list[str] = ""  # several: COALESCE(first, second, ...)
     time_column: str = ""
     days_window: int = Field(default=0, ge=0)
     schema_policy: str | None = None
@@ -327,7 +335,8 @@ def load_text(
             chunk_by=item.chunk_by,
             chunk_columns=tuple(item.chunk_columns),
             chunk_mb=item.chunk_mb,
-            cursor_column=item.cursor_column,
+            cursor_column=_cursor(item.cursor_column)[0],
+            cursor_fallbacks=_cursor(item.cursor_column)[1],
             time_column=item.time_column,
             days_window=item.days_window,
             schema_policy=pick("schema_policy") or "warn",
@@ -794,10 +803,15 @@ def _check_row_modes(spec: ExportSpec, fail: Callable[[str, str], ConfigError]) 
             raise fail(name, f"needs mode {mode!r} (the export's mode is {_show(spec.mode)})")
         if name in wanted and not value:
             raise fail(name, f"is required in {spec.mode} mode")
-    for name in ("cursor_column", "time_column"):
-        value = getattr(spec, name)
+    for name, value in (
+        *(("cursor_column", c) for c in (spec.cursor_column, *spec.cursor_fallbacks)),
+        ("time_column", spec.time_column),
+    ):
         if value and (not IDENT.fullmatch(value) or "." in value):
             raise fail(name, f"{_show(value)} is not a column name")
+    cursor = (spec.cursor_column, *spec.cursor_fallbacks)
+    if spec.cursor_fallbacks and (len(set(cursor)) != len(cursor) or not all(cursor)):
+        raise fail("cursor_column", "lists a column twice, or an empty one")
     if spec.days_window and not 1 <= spec.days_window <= MAX_DAYS:
         raise fail("days_window", f"must be an integer from 1 to {MAX_DAYS} (days)")
 

@@ -80,7 +80,7 @@ class SourceSpec(_message.Message):
     def __init__(self, engine: _Optional[str] = ..., url_env: _Optional[str] = ..., path: _Optional[str] = ..., sslmode: _Optional[str] = ..., sslrootcert: _Optional[str] = ..., sslcert: _Optional[str] = ..., sslkey: _Optional[str] = ...) -> None: ...
 
 class ExportSpec(_message.Message):
-    __slots__ = ("name", "source", "table", "query", "mode", "chunk_column", "chunk_size", "chunk_count", "format", "compression", "compression_level", "destination", "batch_size", "max_attempts", "row_group_rows", "columns", "cursor_column", "time_column", "days_window", "chunk_by_days", "max_file_bytes", "row_group_mb", "add_exported_at", "compression_profile", "row_filter", "schema_policy", "quality", "tuning_profile", "batch_size_memory_mb", "statement_timeout_s", "lock_timeout_s", "connect_timeout_s", "consistent_snapshot", "priority", "schedule", "chunk_by", "chunk_mb", "skip_empty", "shape_drift_ratio", "partition_column", "partition_granularity", "chunk_columns")
+    __slots__ = ("name", "source", "table", "query", "mode", "chunk_column", "chunk_size", "chunk_count", "format", "compression", "compression_level", "destination", "batch_size", "max_attempts", "row_group_rows", "columns", "cursor_column", "time_column", "days_window", "chunk_by_days", "max_file_bytes", "row_group_mb", "add_exported_at", "compression_profile", "row_filter", "schema_policy", "quality", "tuning_profile", "batch_size_memory_mb", "statement_timeout_s", "lock_timeout_s", "connect_timeout_s", "consistent_snapshot", "priority", "schedule", "chunk_by", "chunk_mb", "skip_empty", "shape_drift_ratio", "partition_column", "partition_granularity", "chunk_columns", "cursor_fallbacks")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     TABLE_FIELD_NUMBER: _ClassVar[int]
@@ -123,6 +123,7 @@ class ExportSpec(_message.Message):
     PARTITION_COLUMN_FIELD_NUMBER: _ClassVar[int]
     PARTITION_GRANULARITY_FIELD_NUMBER: _ClassVar[int]
     CHUNK_COLUMNS_FIELD_NUMBER: _ClassVar[int]
+    CURSOR_FALLBACKS_FIELD_NUMBER: _ClassVar[int]
     name: str
     source: SourceSpec
     table: str
@@ -165,7 +166,8 @@ class ExportSpec(_message.Message):
     partition_column: str
     partition_granularity: str
     chunk_columns: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., source: _Optional[_Union[SourceSpec, _Mapping]] = ..., table: _Optional[str] = ..., query: _Optional[str] = ..., mode: _Optional[str] = ..., chunk_column: _Optional[str] = ..., chunk_size: _Optional[int] = ..., chunk_count: _Optional[int] = ..., format: _Optional[str] = ..., compression: _Optional[str] = ..., compression_level: _Optional[int] = ..., destination: _Optional[str] = ..., batch_size: _Optional[int] = ..., max_attempts: _Optional[int] = ..., row_group_rows: _Optional[int] = ..., columns: _Optional[_Iterable[str]] = ..., cursor_column: _Optional[str] = ..., time_column: _Optional[str] = ..., days_window: _Optional[int] = ..., chunk_by_days: _Optional[int] = ..., max_file_bytes: _Optional[int] = ..., row_group_mb: _Optional[int] = ..., add_exported_at: _Optional[bool] = ..., compression_profile: _Optional[str] = ..., row_filter: _Optional[_Union[RowFilter, _Mapping]] = ..., schema_policy: _Optional[str] = ..., quality: _Optional[_Union[QualityRules, _Mapping]] = ..., tuning_profile: _Optional[str] = ..., batch_size_memory_mb: _Optional[int] = ..., statement_timeout_s: _Optional[int] = ..., lock_timeout_s: _Optional[int] = ..., connect_timeout_s: _Optional[int] = ..., consistent_snapshot: _Optional[bool] = ..., priority: _Optional[int] = ..., schedule: _Optional[_Union[ScheduleSpec, _Mapping]] = ..., chunk_by: _Optional[str] = ..., chunk_mb: _Optional[int] = ..., skip_empty: _Optional[bool] = ..., shape_drift_ratio: _Optional[int] = ..., partition_column: _Optional[str] = ..., partition_granularity: _Optional[str] = ..., chunk_columns: _Optional[_Iterable[str]] = ...) -> None: ...
+    cursor_fallbacks: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., source: _Optional[_Union[SourceSpec, _Mapping]] = ..., table: _Optional[str] = ..., query: _Optional[str] = ..., mode: _Optional[str] = ..., chunk_column: _Optional[str] = ..., chunk_size: _Optional[int] = ..., chunk_count: _Optional[int] = ..., format: _Optional[str] = ..., compression: _Optional[str] = ..., compression_level: _Optional[int] = ..., destination: _Optional[str] = ..., batch_size: _Optional[int] = ..., max_attempts: _Optional[int] = ..., row_group_rows: _Optional[int] = ..., columns: _Optional[_Iterable[str]] = ..., cursor_column: _Optional[str] = ..., time_column: _Optional[str] = ..., days_window: _Optional[int] = ..., chunk_by_days: _Optional[int] = ..., max_file_bytes: _Optional[int] = ..., row_group_mb: _Optional[int] = ..., add_exported_at: _Optional[bool] = ..., compression_profile: _Optional[str] = ..., row_filter: _Optional[_Union[RowFilter, _Mapping]] = ..., schema_policy: _Optional[str] = ..., quality: _Optional[_Union[QualityRules, _Mapping]] = ..., tuning_profile: _Optional[str] = ..., batch_size_memory_mb: _Optional[int] = ..., statement_timeout_s: _Optional[int] = ..., lock_timeout_s: _Optional[int] = ..., connect_timeout_s: _Optional[int] = ..., consistent_snapshot: _Optional[bool] = ..., priority: _Optional[int] = ..., schedule: _Optional[_Union[ScheduleSpec, _Mapping]] = ..., chunk_by: _Optional[str] = ..., chunk_mb: _Optional[int] = ..., skip_empty: _Optional[bool] = ..., shape_drift_ratio: _Optional[int] = ..., partition_column: _Optional[str] = ..., partition_granularity: _Optional[str] = ..., chunk_columns: _Optional[_Iterable[str]] = ..., cursor_fallbacks: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ScheduleSpec(_message.Message):
     __slots__ = ("cron", "timezone", "enabled", "catch_up", "overlap")
@@ -249,20 +251,22 @@ class ResourceUsage(_message.Message):
     def __init__(self, rss_mb_before: _Optional[float] = ..., rss_mb_after: _Optional[float] = ..., cpu_seconds_before: _Optional[float] = ..., cpu_seconds_after: _Optional[float] = ...) -> None: ...
 
 class RowFilter(_message.Message):
-    __slots__ = ("column", "key_type", "low", "low_inclusive", "high", "high_inclusive")
+    __slots__ = ("column", "key_type", "low", "low_inclusive", "high", "high_inclusive", "fallbacks")
     COLUMN_FIELD_NUMBER: _ClassVar[int]
     KEY_TYPE_FIELD_NUMBER: _ClassVar[int]
     LOW_FIELD_NUMBER: _ClassVar[int]
     LOW_INCLUSIVE_FIELD_NUMBER: _ClassVar[int]
     HIGH_FIELD_NUMBER: _ClassVar[int]
     HIGH_INCLUSIVE_FIELD_NUMBER: _ClassVar[int]
+    FALLBACKS_FIELD_NUMBER: _ClassVar[int]
     column: str
     key_type: str
     low: str
     low_inclusive: bool
     high: str
     high_inclusive: bool
-    def __init__(self, column: _Optional[str] = ..., key_type: _Optional[str] = ..., low: _Optional[str] = ..., low_inclusive: _Optional[bool] = ..., high: _Optional[str] = ..., high_inclusive: _Optional[bool] = ...) -> None: ...
+    fallbacks: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, column: _Optional[str] = ..., key_type: _Optional[str] = ..., low: _Optional[str] = ..., low_inclusive: _Optional[bool] = ..., high: _Optional[str] = ..., high_inclusive: _Optional[bool] = ..., fallbacks: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ChunkTask(_message.Message):
     __slots__ = ("run_id", "plan_id", "spec", "range", "schema", "chunk_count", "snapshot_id", "priority")

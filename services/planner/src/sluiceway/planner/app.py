@@ -45,6 +45,7 @@ from sluiceway.planner.domain.plan import (
     bound_incremental,
     build_plan,
     check_applied_plan,
+    cursor_type,
     decide_cancel,
     decide_request,
     drift_message,
@@ -484,12 +485,13 @@ class Planner:
             bounds = source.key_boundaries(spec, fields, key_every(spec, rows))
             intro = replace(intro, key_fields=fields, key_boundaries=tuple(map(tuple, bounds)))
         if spec.mode == "incremental":
-            key_type = row_column_type(spec, intro, spec.cursor_column, "cursor_column")
+            key_type = cursor_type(spec, intro)
             after = incremental_filter(spec, key_type, committed)
             high = pinned_high(after, options) or source.max_of(
                 replace(spec, row_filter=after),
                 spec.cursor_column,
                 temporal=bool(temporal_kind(key_type)),
+                fallbacks=spec.cursor_fallbacks,
             )
             bounded = bound_incremental(after, high)
             if isinstance(bounded, Skip):

@@ -63,6 +63,8 @@ class RowFilter:
     low_inclusive: bool = False
     high: str = ""
     high_inclusive: bool = False
+    # the cursor COALESCE(column, *fallbacks): a row's first non-NULL of them
+    fallbacks: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -155,6 +157,8 @@ class ExportSpec:
     partition_granularity: str = ""
     # chunk_by keys: ranges of these columns' tuples (default: the table's primary key)
     chunk_columns: tuple[str, ...] = ()
+    # incremental: the cursor is COALESCE(cursor_column, *cursor_fallbacks)
+    cursor_fallbacks: tuple[str, ...] = ()
 
 
 ROW_MODES = ("incremental", "time_window")  # their rows may be chunked too, on a chunk_column
@@ -495,3 +499,9 @@ class RunEvent:
     @property
     def kind(self) -> str:
         return kind_of(self.body)
+
+
+def cursor_name(column: str, fallbacks: tuple[str, ...] = ()) -> str:
+    """How a commit names its cursor: the column, or `coalesce(a,b,...)` for a composite one
+    (a commit on another name is another cursor: the next run starts from every row)."""
+    return f"coalesce({','.join((column, *fallbacks))})" if fallbacks else column

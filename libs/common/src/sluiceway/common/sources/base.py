@@ -75,9 +75,12 @@ class Source(Protocol):
         """The export's columns, read from the source (PostgreSQL: `SELECT ... LIMIT 0`)."""
         ...
 
-    def max_of(self, spec: ExportSpec, column: str, *, temporal: bool) -> str | None:
-        """MAX(column) over the export's rows (its row filter applied) as text, ISO 8601 for
-        dates and timestamps; None when there is no row."""
+    def max_of(
+        self, spec: ExportSpec, column: str, *, temporal: bool, fallbacks: tuple[str, ...] = ()
+    ) -> str | None:
+        """MAX(column) (of COALESCE(column, *fallbacks) with `fallbacks`) over the export's
+        rows (its row filter applied) as text, ISO 8601 for dates and timestamps; None when
+        there is no row."""
         ...
 
     def read(

@@ -297,9 +297,11 @@ class PostgresSource:
         with self._cursor() as cur:
             return self._schema(cur, spec)
 
-    def max_of(self, spec: ExportSpec, column: str, *, temporal: bool) -> str | None:
+    def max_of(
+        self, spec: ExportSpec, column: str, *, temporal: bool, fallbacks: tuple[str, ...] = ()
+    ) -> str | None:
         with self._cursor() as cur:
-            cur.execute(bounds_sql(spec, column, temporal=temporal))
+            cur.execute(bounds_sql(spec, column, temporal=temporal, fallbacks=fallbacks))
             _, high, _ = cur.fetchone()
         return None if high is None else str(high)
 

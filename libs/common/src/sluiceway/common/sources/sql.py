@@ -88,7 +88,7 @@ def filter_terms(rf: RowFilter, dialect: str) -> list[str]:
     """The row filter as SQL terms. Its bounds are parsed (integers, ISO dates or timestamps)
     and written back as literals, never pasted as they came."""
     temporal = is_temporal(rf.key_type)
-    column = quote_ident(rf.column, dialect)
+    column = cursor_expr((rf.column, *rf.fallbacks), dialect)
     if temporal and dialect == "sqlite":
         column = sqlite_instant(column)
 
@@ -106,6 +106,12 @@ def filter_terms(rf: RowFilter, dialect: str) -> list[str]:
     if rf.high:
         terms.append(f"{column} {'<=' if rf.high_inclusive else '<'} {literal(rf.high)}")
     return terms
+
+
+def cursor_expr(columns: Sequence[str], dialect: str) -> str:
+    """A column, or COALESCE of several: a composite cursor's value."""
+    quoted = [quote_ident(c, dialect) for c in columns]
+    return quoted[0] if len(quoted) == 1 else f"COALESCE({', '.join(quoted)})"
 
 
 def _base_relation(spec: ExportSpec) -> str:
@@ -391,13 +397,20 @@ def count_sql(
     return f"SELECT COUNT(*) FROM {relation(spec)}{where}", params
 
 
-def bounds_sql(spec: ExportSpec, column: str = "", *, temporal: bool | None = None) -> str:
+def bounds_sql(
+    spec: ExportSpec,
+    column: str = "",
+    *,
+    temporal: bool | None = None,
+    fallbacks: Sequence[str] = (),
+) -> str:
     """MIN, MAX (as text) and whether a NULL key exists, of `column` (default: the spec's chunk
     column). Date/time bounds (`temporal`; by default when chunk_by_days) come back as ISO 8601
     text whatever the server's DateStyle: `to_json()` in PostgreSQL, the julianday instant
-    formatted in UTC in SQLite, MySQL's own text form (ISO with a space) in MySQL."""
+    formatted in UTC in SQLite, MySQL's own text form (ISO with a space) in MySQL. With
+    `fallbacks`, of COALESCE(column, *fallbacks) (a composite cursor)."""
     engine = dialect_of(spec)
-    key = quote_ident(column or spec.chunk_column, engine)
+    key = cursor_expr((column or spec.chunk_column, *fallbacks), engine)
     rel = relation(spec)
     if temporal is None:
         temporal = spec.chunk_by_days > 0

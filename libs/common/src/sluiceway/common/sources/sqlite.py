@@ -208,9 +208,13 @@ class SqliteSource:
                 break
         return out
 
-    def max_of(self, spec: ExportSpec, column: str, *, temporal: bool) -> str | None:
+    def max_of(
+        self, spec: ExportSpec, column: str, *, temporal: bool, fallbacks: tuple[str, ...] = ()
+    ) -> str | None:
         try:
-            _, high, _ = self._con.execute(bounds_sql(spec, column, temporal=temporal)).fetchone()
+            _, high, _ = self._con.execute(
+                bounds_sql(spec, column, temporal=temporal, fallbacks=fallbacks)
+            ).fetchone()
         except sqlite3.Error as exc:
             raise _error(exc) from exc
         return None if high is None else str(high)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sluiceway.common.domain.events import ExportSpec, PlanResolved
+from sluiceway.common.domain.events import ExportSpec, PlanResolved, cursor_name
 
 
 def cursor_of(spec: ExportSpec, plan: PlanResolved) -> dict[str, str]:
@@ -11,5 +11,6 @@ def cursor_of(spec: ExportSpec, plan: PlanResolved) -> dict[str, str]:
     export's cursor. Any other run: the chunk key's bounds."""
     rf = plan.row_filter
     if spec.mode == "incremental" and rf is not None:
-        return {"cursor_column": rf.column, "cursor_low": rf.low, "cursor_high": rf.high}
+        name = cursor_name(rf.column, rf.fallbacks)
+        return {"cursor_column": name, "cursor_low": rf.low, "cursor_high": rf.high}
     return {"cursor_column": "", "cursor_low": plan.key_low, "cursor_high": plan.key_high}

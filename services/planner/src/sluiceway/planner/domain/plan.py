@@ -25,6 +25,7 @@ from sluiceway.common.domain.events import (
     SchemaChanged,
     SchemaField,
     Warning,
+    cursor_name,
     is_chunked,
 )
 from sluiceway.common.domain.lifecycle import WAITING_RUN
@@ -423,9 +424,30 @@ def incremental_filter(
     """The rows strictly after the export's committed cursor. With no commit yet, or a commit
     on another column (the export was another mode, or its cursor changed), every row."""
     low = ""
-    if committed is not None and committed.cursor_column == spec.cursor_column:
+    name = cursor_name(spec.cursor_column, spec.cursor_fallbacks)
+    if committed is not None and committed.cursor_column == name:
         low = committed.cursor_high
-    return RowFilter(column=spec.cursor_column, key_type=key_type, low=low, low_inclusive=False)
+    return RowFilter(
+        column=spec.cursor_column,
+        key_type=key_type,
+        low=low,
+        low_inclusive=False,
+        fallbacks=spec.cursor_fallbacks,
+    )
+
+
+def cursor_type(spec: ExportSpec, intro: Introspection) -> str:
+    """The Arrow type of the cursor: of cursor_column, and of every fallback alike (a
+    COALESCE of an integer and a timestamp has no order)."""
+    key_type = row_column_type(spec, intro, spec.cursor_column, "cursor_column")
+    for column in spec.cursor_fallbacks:
+        other = row_column_type(spec, intro, column, "cursor_column")
+        if other != key_type:
+            raise PlanError(
+                f"cursor_column: {column!r} is {other} and {spec.cursor_column!r} is "
+                f"{key_type}; the columns of a cursor must have one type"
+            )
+    return key_type
 
 
 def bound_incremental(rf: RowFilter, high: str | None) -> RowFilter | Skip:
@@ -440,8 +462,8 @@ def skip_reason(rf: RowFilter | None) -> str:
     if rf is None:
         return "nothing to export"
     if rf.low:
-        return f"no new rows since cursor {rf.column!r} = {rf.low}"
-    return f"no rows with a value of cursor {rf.column!r}"
+        return f"no new rows since cursor {cursor_name(rf.column, rf.fallbacks)!r} = {rf.low}"
+    return f"no rows with a value of cursor {cursor_name(rf.column, rf.fallbacks)!r}"
 
 
 def skip_plan(plan: PlanResolved) -> PlanResolved:
