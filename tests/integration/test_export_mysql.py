@@ -97,6 +97,13 @@ exports:
     source: shop
     table: no_such_table
     destination: {dest}
+  - name: recent
+    source: shop
+    table: recent
+    mode: time_window
+    time_column: at
+    days_window: 2
+    destination: {dest}
 """
 
 
@@ -250,3 +257,31 @@ async def test_a_missing_table_fails_the_run_naming_the_error(stack: Stack, conf
     assert run.status == events_pb2.RUN_STATUS_FAILED
     assert "1146" in run.error_message and "no_such_table" in run.error_message
     assert PASSWORD not in run.error_message
+
+
+async def test_a_time_window_reads_the_rows_of_its_last_days_in_utc(
+    stack: Stack, config: Path, orders: LocalMariaDB
+) -> None:
+    # one row an hour over the last 5 days, by the server's UTC clock: the window holds those
+    # at or after midnight UTC days_window (2) days before the run
+    orders.sql_admin(
+        "DROP TABLE IF EXISTS recent; "
+        "CREATE TABLE recent (id int PRIMARY KEY, at timestamp(6) NOT NULL "
+        "DEFAULT '2026-01-01 00:00:00'); SET time_zone = '+00:00'; "
+        "INSERT INTO recent SELECT seq, UTC_TIMESTAMP(6) - INTERVAL seq HOUR FROM seq_1_to_120;"
+    )
+
+    def in_window() -> int:
+        return int(
+            orders.sql_admin(
+                "SET time_zone = '+00:00'; SELECT COUNT(*) FROM recent "
+                "WHERE at >= UTC_DATE() - INTERVAL 2 DAY"
+            )
+        )
+
+    before = in_window()
+    run = await asyncio.to_thread(_run, stack, config, "recent")
+    after = in_window()  # the same, unless midnight UTC passed during the run
+    assert run.status == events_pb2.RUN_STATUS_SUCCEEDED, run.error_message
+    assert 48 <= before < 120
+    assert run.total_rows in (before, after) and run.reconciled
