@@ -44,6 +44,7 @@ from .sql import (
     boundaries_sql,
     bounds_sql,
     count_sql,
+    key_values,
     qmark,
     quote_ident,
     relation,
@@ -430,7 +431,7 @@ class MySqlSource:
         with self._cursor() as cur:
             cur.execute(sql)
             rows = cur.fetchall()
-        return [[v if isinstance(v, int) else str(v) for v in row] for row in rows]
+        return key_values(rows)
 
     def close(self) -> None:
         self._drop()

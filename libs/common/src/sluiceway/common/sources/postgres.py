@@ -62,6 +62,7 @@ from .sql import (
     bounds_sql,
     count_sql,
     dollar,
+    key_values,
     quote_ident,
     relation,
     spec_predicate,
@@ -595,7 +596,7 @@ class PostgresSource:
         sql = boundaries_sql(spec, [(f.name, f.type) for f in fields], every)
         with self._cursor() as cur:
             rows = cur.execute(sql).fetchall()
-        return [[v if isinstance(v, int) else str(v) for v in row] for row in rows]
+        return key_values(rows)
 
     def close(self) -> None:
         self._drop_reading_connection()

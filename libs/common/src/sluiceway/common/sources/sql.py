@@ -348,6 +348,11 @@ def key_text(column: str, key_type: str, dialect: str) -> str:
     return f"{col}::text"
 
 
+def key_values(rows: Sequence[Sequence[object]]) -> list[list[KeyValue]]:
+    """Rows of boundaries_sql as bound values: integers as they are, the rest as text."""
+    return [[v if isinstance(v, int) else str(v) for v in row] for row in rows]
+
+
 def boundaries_sql(spec: ExportSpec, fields: Sequence[tuple[str, str]], every: int) -> str:
     """The key tuple of every `every`-th row in key order (the 1st, the every+1-th, ...):
     where each chunk of `every` rows starts. One pass over the key, in order."""

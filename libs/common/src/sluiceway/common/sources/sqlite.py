@@ -35,6 +35,7 @@ from .sql import (
     boundaries_sql,
     bounds_sql,
     count_sql,
+    key_values,
     qmark,
     quote_ident,
     relation,
@@ -345,7 +346,7 @@ class SqliteSource:
             rows = self._con.execute(sql).fetchall()
         except sqlite3.Error as exc:
             raise _error(exc) from exc
-        return [[v if isinstance(v, int) else str(v) for v in row] for row in rows]
+        return key_values(rows)
 
     def close(self) -> None:
         self._con.close()
