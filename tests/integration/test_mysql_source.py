@@ -437,3 +437,27 @@ def test_a_mysql_source_needs_its_url_variable() -> None:
         check_spec(
             ExportSpec(name="x", source=SourceSpec(engine="mysql"), table="t", destination="out")
         )
+
+
+def test_the_metadata_session_is_configured_even_when_a_read_comes_first(
+    maria: LocalMariaDB, numbers: str
+) -> None:
+    """A worker's first call reads a range; the counting session it opens on the way must
+    carry the same settings (UTC, READ ONLY, the timeouts)."""
+    spec = spec_for(numbers, mode="chunked", chunk_column="id", lock_timeout_s=3)
+    source = open_source(spec, env={"MY_URL": maria.url})
+    try:
+        schema = (
+            SchemaField("id", "int64", False, "bigint"),
+            SchemaField("v", "string", True, "varchar"),
+        )
+        _, batches = source.count_and_read(spec, ChunkRange(0, "1", "10"), schema)
+        list(batches)
+        with source._cursor() as cur:
+            cur.execute(
+                "SELECT @@session.tx_read_only, @@session.innodb_lock_wait_timeout, "
+                "@@session.time_zone"
+            )
+            assert cur.fetchone() == (1, 3, "+00:00")
+    finally:
+        source.close()

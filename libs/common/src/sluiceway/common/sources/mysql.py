@@ -164,12 +164,13 @@ class MySqlSource:
         ]
 
     def _flavour_mariadb(self) -> bool:
+        """MariaDB or MySQL, from the server's version (read off the PyMySQL session's
+        handshake: the session is opened, and configured, on first use)."""
         if self._mariadb is None:
-            con = self._connection(configure=False)
-            self._mariadb = "mariadb" in con.get_server_info().lower()
+            self._mariadb = "mariadb" in self._connection().get_server_info().lower()
         return self._mariadb
 
-    def _connection(self, *, configure: bool = True) -> Any:
+    def _connection(self) -> Any:
         if self._meta is None:
             import pymysql
 
@@ -182,9 +183,8 @@ class MySqlSource:
                 )
             except Exception as exc:
                 raise classify(exc) from exc
-            self._meta = con
-            if configure:
-                self._configure(con)
+            self._meta = con  # before configuring it: the settings ask for the flavour
+            self._configure(con)
         return self._meta
 
     def _configure(self, con: Any) -> None:
