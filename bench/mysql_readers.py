@@ -11,16 +11,17 @@ every row (`--quick`: unbuffered) as text into /dev/null, no conversion at all.
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script: the bench and tests packages beside it
+
+from bench.readers import compare  # noqa: E402
+
 QUERY = "SELECT id, qty, name, price, attrs, created_at FROM bench"
 READERS = (
     "baseline",
@@ -140,61 +141,17 @@ def r_connectorx_stream(url: str) -> tuple[int, bool]:
     return rows, True
 
 
-def child(reader: str, url: str) -> None:
-    fn = globals()[f"r_{reader}"]
-    t0 = time.perf_counter()
-    rows, streams = fn(url)
-    print(json.dumps({"rows": rows, "seconds": time.perf_counter() - t0, "streams": streams}))
-
-
-def run_one(reader: str, url: str) -> dict[str, object]:
-    proc = subprocess.Popen(
-        [sys.executable, __file__, "--child", reader, "--url", url],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    _, status, usage = os.wait4(proc.pid, 0)
-    out = proc.stdout.read() if proc.stdout else ""
-    err = proc.stderr.read() if proc.stderr else ""
-    result: dict[str, object] = {"reader": reader, "peak_rss_mb": round(usage.ru_maxrss / 1024, 1)}
-    if os.waitstatus_to_exitcode(status) != 0:
-        result["error"] = (err.strip().splitlines() or ["?"])[-1][:200]
-        return result
-    data = json.loads(out.strip().splitlines()[-1])
-    result.update(data)
-    if data["rows"] and data["seconds"]:
-        result["rows_per_s"] = int(data["rows"] / data["seconds"])
-    return result
-
-
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--rows", type=int, default=1_000_000)
-    ap.add_argument("--url", default="")
-    ap.add_argument("--child", default="")
-    ap.add_argument("--readers", default=",".join(READERS))
-    args = ap.parse_args()
-    if args.child:
-        child(args.child, args.url)
-        return
-    sys.path.insert(0, str(ROOT))
-    server = None
-    url = args.url
-    if not url:
-        from tests.support.localmaria import LocalMariaDB
+    from tests.support.localmaria import LocalMariaDB
 
-        server = LocalMariaDB().start()
-        url = server.url
-        t0 = time.perf_counter()
-        load(server.sql_admin, args.rows)
-        print(f"loaded {args.rows} rows in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
-    try:
-        for reader in args.readers.split(","):
-            print(json.dumps(run_one(reader, url)), flush=True)
-    finally:
-        if server is not None:
-            server.stop()
+    compare(
+        __file__,
+        READERS,
+        lambda name: globals()[f"r_{name}"],
+        default_rows=1_000_000,
+        start=lambda: LocalMariaDB().start(),
+        load=lambda server, rows: load(server.sql_admin, rows),
+    )
 
 
 if __name__ == "__main__":

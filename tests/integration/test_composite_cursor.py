@@ -16,11 +16,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from sluiceway.cli.stack import Stack, start_stack
-from sluiceway.client import Client, ClientOptions, config_file, with_token
 from sluiceway.common import layout
 from sluiceway.common.localnats import LocalNats
 from sluiceway.v1 import events_pb2, tracker_pb2
 from tests.support.localmaria import LocalMariaDB
+from tests.support.stackruns import run_export
 
 pytestmark = pytest.mark.integration
 
@@ -79,9 +79,7 @@ def stack(
 
 
 def _run(stack: Stack, config: Path) -> tracker_pb2.RunSummary:
-    options = with_token(ClientOptions(timeout_s=15), stack.token())
-    with Client(stack.state.control_addr, stack.state.tracker_addr, options) as c:
-        return c.wait(c.submit(config_file(config, "changes")).run_id, timeout_s=120)
+    return run_export(stack, config, "changes", timeout_s=120)
 
 
 def _ids(out: Path, run: tracker_pb2.RunSummary) -> list[int]:

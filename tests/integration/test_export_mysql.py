@@ -16,11 +16,11 @@ import duckdb
 import pytest
 
 from sluiceway.cli.stack import Stack, start_stack
-from sluiceway.client import Client, ClientOptions, config_file, with_token
 from sluiceway.common import fingerprint, layout
 from sluiceway.common.localnats import LocalNats
 from sluiceway.v1 import events_pb2, tracker_pb2
 from tests.support.localmaria import PASSWORD, LocalMariaDB
+from tests.support.stackruns import run_export
 
 pytestmark = pytest.mark.integration
 
@@ -138,10 +138,7 @@ def config(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _run(stack: Stack, config: Path, export: str) -> tracker_pb2.RunSummary:
-    options = with_token(ClientOptions(timeout_s=15), stack.token())
-    with Client(stack.state.control_addr, stack.state.tracker_addr, options) as c:
-        run_id = c.submit(config_file(config, export)).run_id
-        return c.wait(run_id, timeout_s=300)
+    return run_export(stack, config, export, timeout_s=300)
 
 
 def _my_checksum(maria: LocalMariaDB, where: str = "") -> str:

@@ -16,13 +16,12 @@ import duckdb
 import pytest
 
 from sluiceway.cli.stack import Stack, start_stack
-from sluiceway.client import Client, ClientOptions, config_file, with_token
-from sluiceway.common import crash, layout
+from sluiceway.common import layout
 from sluiceway.common.localnats import LocalNats
-from sluiceway.v1 import events_pb2, tracker_pb2
-from tests.support.faults import wait_sigkilled
+from sluiceway.v1 import events_pb2
 from tests.support.localmaria import LocalMariaDB
 from tests.support.localpg import LocalPostgres
+from tests.support.stackruns import MID_READ, killed_attempt, run_export, with_armed_worker_killed
 
 pytestmark = pytest.mark.integration
 
@@ -107,18 +106,11 @@ def stack(
         "SLUICEWAY_WORKER_ACK_WAIT_S": "4",
         "SLUICEWAY_WORKER_HEARTBEAT_S": "1",
     }
-    armed = {"worker-1": {crash.ENV: "worker.mid_read@1"}}
     started = start_stack(
-        tmp_path / "state", workers=2, nats_url=nats_server.url, env=env, instance_env=armed
+        tmp_path / "state", workers=2, nats_url=nats_server.url, env=env, instance_env=MID_READ
     )
     yield started
     started.stop()
-
-
-def _run(stack: Stack, config: Path, export: str) -> tracker_pb2.RunSummary:
-    options = with_token(ClientOptions(timeout_s=15), stack.token())
-    with Client(stack.state.control_addr, stack.state.tracker_addr, options) as c:
-        return c.wait(c.submit(config_file(config, export)).run_id, timeout_s=180)
 
 
 async def test_key_ranges_split_any_key_into_equal_rows_and_survive_a_killed_worker(
@@ -130,12 +122,8 @@ async def test_key_ranges_split_any_key_into_equal_rows_and_survive_a_killed_wor
     config.write_text(CONFIG.format(engine=name, prefix=prefix, chunk=CHUNK, dest=tmp_path / "out"))
     out = str(tmp_path / "out")
 
-    running = asyncio.create_task(asyncio.to_thread(_run, stack, config, "pairs"))
-    info = next(p for p in stack.state.processes if p.name == "worker-1")
-    await asyncio.to_thread(wait_sigkilled, stack.procs["worker-1"], 60, info.log)
-    await asyncio.to_thread(stack.restart, "worker-1", drop_env=(crash.ENV,))
-    pairs = await running
-    tokens = await asyncio.to_thread(_run, stack, config, "tokens")
+    pairs = await with_armed_worker_killed(stack, lambda: run_export(stack, config, "pairs"))
+    tokens = await asyncio.to_thread(run_export, stack, config, "tokens")
 
     for export, run in (("pairs", pairs), ("tokens", tokens)):
         assert run.status == events_pb2.RUN_STATUS_SUCCEEDED, run.error_message
@@ -157,13 +145,7 @@ async def test_key_ranges_split_any_key_into_equal_rows_and_survive_a_killed_wor
         assert len(rows) == -(-ROWS // share)
 
     # the killed attempt lost: its range's parts are a later attempt's
-    options = with_token(ClientOptions(timeout_s=15), stack.token())
-    with Client(stack.state.control_addr, stack.state.tracker_addr, options) as c:
-        killed = next(
-            e.event.chunk_started
-            for e in c.iter_events(pairs.run_id)
-            if e.kind == "chunk_started" and e.event.producer.instance == "worker-1"
-        )
+    killed = await asyncio.to_thread(killed_attempt, stack, pairs.run_id)
     manifest = json.loads(layout.manifest_path(out, "pairs", pairs.run_id).read_text())
     mine = [p for p in manifest["parts"] if p["chunk_index"] == killed.chunk_index]
     assert mine and all(p["attempt"] > killed.attempt for p in mine)

@@ -20,14 +20,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from sluiceway.cli.stack import Stack, start_stack
-from sluiceway.client import Client, ClientOptions, config_file, with_token
-from sluiceway.common import crash, layout
+from sluiceway.common import layout
 from sluiceway.common.domain.partitioning import parse_directory
 from sluiceway.common.localnats import LocalNats
-from sluiceway.v1 import events_pb2, tracker_pb2
-from tests.support.faults import wait_sigkilled
+from sluiceway.v1 import events_pb2
 from tests.support.localmaria import LocalMariaDB
 from tests.support.localpg import LocalPostgres
+from tests.support.stackruns import MID_READ, killed_attempt, run_export, with_armed_worker_killed
 
 pytestmark = pytest.mark.integration
 
@@ -115,9 +114,8 @@ def stack(
         "SLUICEWAY_WORKER_ACK_WAIT_S": "4",
         "SLUICEWAY_WORKER_HEARTBEAT_S": "1",
     }
-    armed = {"worker-1": {crash.ENV: "worker.mid_read@1"}}
     started = start_stack(
-        tmp_path / "state", workers=2, nats_url=nats_server.url, env=env, instance_env=armed
+        tmp_path / "state", workers=2, nats_url=nats_server.url, env=env, instance_env=MID_READ
     )
     yield started
     started.stop()
@@ -128,12 +126,6 @@ def _config(tmp_path: Path, engine: str) -> Path:
     table = "public.visits" if engine == "postgres" else "visits"
     path.write_text(CONFIG.format(engine=engine, table=table, dest=tmp_path / "out"))
     return path
-
-
-def _run(stack: Stack, config: Path, export: str) -> tracker_pb2.RunSummary:
-    options = with_token(ClientOptions(timeout_s=15), stack.token())
-    with Client(stack.state.control_addr, stack.state.tracker_addr, options) as c:
-        return c.wait(c.submit(config_file(config, export)).run_id, timeout_s=180)
 
 
 def _md5(lines: str) -> str:
@@ -149,18 +141,16 @@ async def test_partitioned_exports_put_every_row_once_in_the_folder_of_its_value
 
     # by region, with worker-1 SIGKILLed after the first batch of its first chunk: the chunk
     # is read again by a later attempt, whose parts alone are committed
-    running = asyncio.create_task(asyncio.to_thread(_run, stack, config, "by_region"))
-    info = next(p for p in stack.state.processes if p.name == "worker-1")
-    await asyncio.to_thread(wait_sigkilled, stack.procs["worker-1"], 60, info.log)
-    await asyncio.to_thread(stack.restart, "worker-1", drop_env=(crash.ENV,))
-    by_region = await running
+    by_region = await with_armed_worker_killed(
+        stack, lambda: run_export(stack, config, "by_region")
+    )
     assert by_region.status == events_pb2.RUN_STATUS_SUCCEEDED, by_region.error_message
     assert by_region.total_rows == ROWS
 
     out = str(tmp_path / "out")
     for export, run, key in (("by_region", by_region, "region"), ("by_day", None, "at_day")):
         if run is None:
-            run = await asyncio.to_thread(_run, stack, config, export)
+            run = await asyncio.to_thread(run_export, stack, config, export)
             assert run.status == events_pb2.RUN_STATUS_SUCCEEDED, run.error_message
         run_dir = layout.run_dir(out, export, run.run_id)
         manifest = json.loads((run_dir / "manifest.json").read_text())
@@ -212,13 +202,7 @@ async def test_partitioned_exports_put_every_row_once_in_the_folder_of_its_value
         assert check.returncode == 0, check.stdout + check.stderr
 
     # the killed attempt lost: its chunk's parts in the manifest are a later attempt's
-    options = with_token(ClientOptions(timeout_s=15), stack.token())
-    with Client(stack.state.control_addr, stack.state.tracker_addr, options) as c:
-        killed = next(
-            e.event.chunk_started
-            for e in c.iter_events(by_region.run_id)
-            if e.kind == "chunk_started" and e.event.producer.instance == "worker-1"
-        )
+    killed = await asyncio.to_thread(killed_attempt, stack, by_region.run_id)
     manifest = json.loads(layout.manifest_path(out, "by_region", by_region.run_id).read_text())
     mine = [p for p in manifest["parts"] if p["chunk_index"] == killed.chunk_index]
     assert mine and all(p["attempt"] > killed.attempt for p in mine)

@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 
 from sluiceway.cli.stack import Stack, start_stack
-from sluiceway.client import Client, ClientOptions, config_file, with_token
+from sluiceway.client import config_file
 from sluiceway.common.localnats import LocalNats
 from sluiceway.v1 import events_pb2
 from tests.support.sqlitedb import items_db
+from tests.support.stackruns import client
 
 pytestmark = pytest.mark.integration
 
@@ -40,8 +41,7 @@ def stack(tmp_path: Path, nats_server: LocalNats, namespace: str) -> Iterator[St
 
 def _shape_warnings(stack: Stack, config: Path) -> tuple[int, list[str]]:
     """Run the export; (its status, the messages of its shape warnings)."""
-    options = with_token(ClientOptions(timeout_s=15), stack.token())
-    with Client(stack.state.control_addr, stack.state.tracker_addr, options) as c:
+    with client(stack) as c:
         run = c.wait(c.submit(config_file(config, "items")).run_id, timeout_s=120)
         messages = [
             e.event.warning.message

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 from sluiceway.cli.stack import Stack, start_stack
-from sluiceway.client import Client, ClientOptions, config_file, with_token
 from sluiceway.common import layout
 from sluiceway.common.localnats import LocalNats
 from sluiceway.v1 import events_pb2, tracker_pb2
 from tests.support.sqlitedb import items_db
+from tests.support.stackruns import run_export
 
 pytestmark = pytest.mark.integration
 
@@ -44,10 +44,7 @@ def stack(tmp_path: Path, nats_server: LocalNats, namespace: str) -> Iterator[St
 
 
 def _run(stack: Stack, config: Path) -> tracker_pb2.RunSummary:
-    options = with_token(ClientOptions(timeout_s=15), stack.token())
-    with Client(stack.state.control_addr, stack.state.tracker_addr, options) as c:
-        run_id = c.submit(config_file(config, "items")).run_id
-        return c.wait(run_id, timeout_s=120)
+    return run_export(stack, config, "items", timeout_s=120)
 
 
 def _empty(db: Path) -> None:

@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 
 from sluiceway.cli.stack import Stack, start_stack
-from sluiceway.client import Client, ClientOptions, config_file, with_token
 from sluiceway.common.localnats import LocalNats
 from sluiceway.v1 import events_pb2, tracker_pb2
 from tests.support.eventually import eventually
 from tests.support.sqlitedb import items_db
+from tests.support.stackruns import run_export
 
 pytestmark = pytest.mark.integration
 
@@ -118,10 +118,7 @@ def stack(
 
 
 def _run(stack: Stack, config: Path, export: str) -> tracker_pb2.RunSummary:
-    options = with_token(ClientOptions(timeout_s=15), stack.token())
-    with Client(stack.state.control_addr, stack.state.tracker_addr, options) as c:
-        run_id = c.submit(config_file(config, export)).run_id
-        return c.wait(run_id, timeout_s=120)
+    return run_export(stack, config, export, timeout_s=120)
 
 
 async def test_failed_changed_and_degraded_runs_are_notified_and_clean_ones_are_not(

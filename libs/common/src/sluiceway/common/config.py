@@ -312,6 +312,8 @@ def load_text(
             return _pick(item, doc.defaults, name)
 
         destination = pick("destination") or ""
+        cursor_column, cursor_fallbacks = _cursor(item.cursor_column)
+        partition_column, partition_granularity = _partition_by(item.partition_by)
         spec = ExportSpec(
             name=item.name,
             source=SourceSpec(
@@ -335,8 +337,8 @@ def load_text(
             chunk_by=item.chunk_by,
             chunk_columns=tuple(item.chunk_columns),
             chunk_mb=item.chunk_mb,
-            cursor_column=_cursor(item.cursor_column)[0],
-            cursor_fallbacks=_cursor(item.cursor_column)[1],
+            cursor_column=cursor_column,
+            cursor_fallbacks=cursor_fallbacks,
             time_column=item.time_column,
             days_window=item.days_window,
             schema_policy=pick("schema_policy") or "warn",
@@ -356,8 +358,8 @@ def load_text(
             add_exported_at=bool(pick("add_exported_at")),
             skip_empty=bool(pick("skip_empty")),
             shape_drift_ratio=_or_default(pick("shape_drift_ratio"), SHAPE_DRIFT_RATIO),
-            partition_column=_partition_by(item.partition_by)[0],
-            partition_granularity=_partition_by(item.partition_by)[1],
+            partition_column=partition_column,
+            partition_granularity=partition_granularity,
             tuning_profile=pick("tuning_profile") or "",
             batch_size_memory_mb=pick("batch_size_memory_mb") or 0,
             statement_timeout_s=pick("statement_timeout_s") or 0,

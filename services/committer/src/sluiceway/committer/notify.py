@@ -23,7 +23,7 @@ import urllib.error
 import urllib.request
 from urllib.parse import urlsplit
 
-from sluiceway.committer.domain.notify import notice_of
+from sluiceway.committer.domain.notify import REASONS, notice_of
 from sluiceway.common.bus import Bus
 from sluiceway.common.domain.events import RunCompleted, RunEvent
 from sluiceway.common.domain.run import fold
@@ -51,7 +51,7 @@ class Notifier:
         url: str,
         *,
         secret: str = "",
-        wanted: frozenset[str] | None = None,
+        wanted: frozenset[str] = frozenset(REASONS),
         timeout_s: float = TIMEOUT_S,
     ) -> None:
         self._bus = bus
@@ -69,7 +69,7 @@ class Notifier:
             return
         history = await self._bus.history(event.run_id)
         state = fold((e for _, e in history), event.run_id)
-        notice = notice_of(state) if self._wanted is None else notice_of(state, self._wanted)
+        notice = notice_of(state, self._wanted)
         if notice is None:
             return
         body = json.dumps(notice.payload, sort_keys=True).encode()

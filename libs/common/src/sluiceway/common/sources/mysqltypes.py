@@ -172,8 +172,6 @@ def _times(name: str, col: pa.Array) -> pa.Array:
 
 def _cast(name: str, col: pa.Array, field: pa.Field) -> pa.Array:
     target = field.type
-    if isinstance(col, pa.ChunkedArray):
-        col = col.combine_chunks()
     if pa.types.is_time64(target):
         return _times(name, col)
     if pa.types.is_large_binary(col.type) or pa.types.is_large_string(col.type):
