@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import time
 import weakref
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -49,6 +50,13 @@ class Db:
 
         await self.call(_close)
         self._pool.shutdown(wait=True)
+
+
+class Purged(Exception):
+    """The run stream lost, to retention, events this projection had not applied yet."""
+
+
+PURGE_CHECK_S = 2.0  # while idle, how often to look whether retention purged past the offset
 
 
 class Projection:
@@ -120,6 +128,10 @@ class Projection:
                 await self._consume()
             except asyncio.CancelledError:
                 raise
+            except Purged as exc:  # archived while this consumer read: the archive first
+                log.info(
+                    "the run stream was purged past this read model (%s); reading the archive", exc
+                )
             except ArchiveGap as exc:  # nothing to serve from but a stale file: say it loudly
                 log.error("the read model cannot catch up: %s", exc)
                 self._set_gap(str(exc))
@@ -176,12 +188,17 @@ class Projection:
         )
         sub = await self._bus.js.pull_subscribe("", stream=names.runs_stream, config=cfg)
         consumer_seq = 0
+        idle_since = time.monotonic()
         try:
             while True:
                 try:
                     msgs = await self._fetch(sub)
                 except (TimeoutError, nats.errors.TimeoutError):
+                    if time.monotonic() - idle_since >= PURGE_CHECK_S:
+                        idle_since = time.monotonic()
+                        await self._check_not_purged()
                     continue
+                idle_since = time.monotonic()
                 batch: list[RawMessage] = []
                 for m in msgs:
                     meta = m.metadata.sequence
@@ -193,6 +210,12 @@ class Projection:
                         raise RuntimeError(
                             f"delivery gap: consumer seq {meta.consumer} after {consumer_seq}"
                         )
+                    expected = (batch[-1].seq if batch else self.applied_seq) + 1
+                    if meta.stream > expected:
+                        # the run stream's sequences are contiguous but for retention's purges:
+                        # the events before this one were archived after this consumer began
+                        await self._apply(batch)
+                        raise Purged(f"stream seq {meta.stream} after {expected - 1}")
                     consumer_seq = meta.consumer
                     batch.append(RawMessage(seq=meta.stream, subject=m.subject, data=m.data))
                 await self._apply(batch)
@@ -201,6 +224,14 @@ class Projection:
                 await sub.unsubscribe()
             except Exception:  # the connection may already be closing
                 pass
+
+    async def _check_not_purged(self) -> None:
+        """While idle: another tracker may have archived and purged events this replica has
+        not read yet (a consumer that starts below the stream's first sequence delivers from
+        it, silently); then they are in the archive, which the loop reads again."""
+        first = await self._bus.stream_first_seq()
+        if first > self.applied_seq + 1:
+            raise Purged(f"the stream starts at seq {first}, after seq {self.applied_seq}")
 
     async def _fetch(self, sub: Any) -> list[Any]:
         """The next batch, as soon as there is one message. nats-py's fetch(n) waits for n
