@@ -248,3 +248,34 @@ def test_skip_empty_is_off_unless_set_and_an_exports_own_value_wins(tmp_path: Pa
     assert specs["orders"].skip_empty and not specs["customers"].skip_empty
     bad = GOOD.replace("    table: customers\n", "    table: customers\n    skip_empty: maybe\n")
     assert "skip_empty" in _err(bad, env)
+
+
+def test_row_hash_is_on_for_every_column_or_names_its_columns(tmp_path: Path) -> None:
+    (tmp_path / "demo.db").touch()
+    text = GOOD.replace("defaults:\n", "defaults:\n  row_hash: true\n").replace(
+        "    table: customers\n", "    table: customers\n    row_hash: [name, email]\n"
+    )
+    specs = load_text(text, base_dir=tmp_path, env={"SHOP_URL": "postgresql://u:p@h/db"})
+    assert specs["orders"].row_hash and specs["orders"].row_hash_columns == ()
+    assert specs["customers"].row_hash and specs["customers"].row_hash_columns == ("name", "email")
+    off = load_text(GOOD, base_dir=tmp_path, env={"SHOP_URL": "postgresql://u:p@h/db"})
+    assert not off["orders"].row_hash
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [
+        ("[name, name]", "names a column twice"),
+        ("[_exported_at]", "'_exported_at' is a column the export adds"),
+        ("['a b']", "'a b' is not a column name"),
+        ("[email]", "'email' is not one of the columns"),
+        ("maybe", "row_hash"),
+    ],
+)
+def test_a_wrong_row_hash_is_named(value: str, says: str) -> None:
+    text = GOOD.replace(
+        "    table: customers\n",
+        f"    table: customers\n    columns: [id, name]\n    row_hash: {value}\n",
+    )
+    message = _err(text)
+    assert "export 'customers'" in message and "row_hash" in message and says in message, message

@@ -230,6 +230,20 @@ def test_the_plan_schema_ends_with_exported_at_when_the_export_adds_it() -> None
         build_plan(spec, clash)
 
 
+def test_the_plan_schema_ends_with_row_hash_after_exported_at() -> None:
+    spec = load_text(
+        DOC % {"export": "    add_exported_at: true\n    row_hash: true", "defaults": ""}
+    )["orders"]
+    plan, _ = build_plan(spec, INTRO)
+    assert [f.name for f in plan.schema] == ["id", "name", "_exported_at", "_row_hash"]
+    assert plan.schema[-1] == SchemaField("_row_hash", "int64", False, "")
+    clash = replace(INTRO, schema=(*INTRO.schema, SchemaField("_row_hash", "int64")))
+    with pytest.raises(PlanError, match="row_hash: the source already has a column '_row_hash'"):
+        build_plan(spec, clash)
+    with pytest.raises(PlanError, match="row_hash: no column 'nope', 'other' in the export"):
+        build_plan(replace(spec, row_hash_columns=("name", "nope", "other")), INTRO)
+
+
 # ---- the part writer: splitting, row-group sizing, constants ---------------------------------
 
 SCHEMA = pa.schema(

@@ -195,7 +195,9 @@ def test_every_code_is_produced_by_some_check() -> None:
         verify.MANIFEST_TOTALS,
         verify.SUCCESS_MISSING,
         verify.SUCCESS_MISMATCH,
+        verify.COLUMN_CHECKSUM_MISMATCH,
         verify.POINTER_MISMATCH,
+        verify.ROW_HASH_MISMATCH,
     }
     assert produced == verify.CODES
 

@@ -93,6 +93,13 @@ def _cursor(value: str | list[str]) -> tuple[str, tuple[str, ...]]:
     return (value[0] if value else ""), tuple(value[1:])
 
 
+def _row_hash(value: bool | list[str] | None) -> tuple[bool, tuple[str, ...]]:
+    """`row_hash: true` (every exported source column) or `[a, b]` (those): (on, columns)."""
+    if isinstance(value, list):
+        return True, tuple(value)
+    return bool(value), ()
+
+
 def _or_default(value: int | None, default: int) -> int:
     """An explicit value (0 included: off) or the default."""
     return default if value is None else value
@@ -187,6 +194,7 @@ class _Export(_Strict):
     skip_empty: bool | None = None
     shape_drift_ratio: int | None = Field(default=None, ge=0, le=MAX_SHAPE_DRIFT_RATIO)
     partition_by: str | _PartitionBy | None = None
+    row_hash: bool | list[str] | None = None  # true: every source column; or the columns
     tuning_profile: str | None = None
     batch_size_memory_mb: int | None = Field(default=None, gt=0)
     statement_timeout_s: int | None = Field(default=None, gt=0)
@@ -221,6 +229,7 @@ class _Defaults(_Strict):
     add_exported_at: bool | None = None
     skip_empty: bool | None = None
     shape_drift_ratio: int | None = Field(default=None, ge=0, le=MAX_SHAPE_DRIFT_RATIO)
+    row_hash: bool | None = None
     schema_policy: str | None = None
     quality: _Quality | None = None
     tuning_profile: str | None = None
@@ -314,6 +323,7 @@ def load_text(
         destination = pick("destination") or ""
         cursor_column, cursor_fallbacks = _cursor(item.cursor_column)
         partition_column, partition_granularity = _partition_by(item.partition_by)
+        row_hash, row_hash_columns = _row_hash(pick("row_hash"))
         spec = ExportSpec(
             name=item.name,
             source=SourceSpec(
@@ -360,6 +370,8 @@ def load_text(
             shape_drift_ratio=_or_default(pick("shape_drift_ratio"), SHAPE_DRIFT_RATIO),
             partition_column=partition_column,
             partition_granularity=partition_granularity,
+            row_hash=row_hash,
+            row_hash_columns=row_hash_columns,
             tuning_profile=pick("tuning_profile") or "",
             batch_size_memory_mb=pick("batch_size_memory_mb") or 0,
             statement_timeout_s=pick("statement_timeout_s") or 0,
@@ -658,6 +670,8 @@ def check_spec(
             )
         if spec.columns and spec.partition_column not in spec.columns:
             raise fail("partition_by", f"{spec.partition_column!r} is not one of the columns")
+    if spec.row_hash_columns:
+        _check_row_hash(spec, fail)
     if spec.mode not in MODES:
         raise fail("mode", f"unknown mode {_show(spec.mode)} (expected one of: {', '.join(MODES)})")
     if spec.chunk_by == CHUNK_BY_KEYS:
@@ -816,6 +830,19 @@ def _check_row_modes(spec: ExportSpec, fail: Callable[[str, str], ConfigError]) 
         raise fail("cursor_column", "lists a column twice, or an empty one")
     if spec.days_window and not 1 <= spec.days_window <= MAX_DAYS:
         raise fail("days_window", f"must be an integer from 1 to {MAX_DAYS} (days)")
+
+
+def _check_row_hash(spec: ExportSpec, fail: Callable[[str, str], ConfigError]) -> None:
+    """row_hash: [columns]: source column names, each once, among `columns` if it is set."""
+    for col in spec.row_hash_columns:
+        if not IDENT.fullmatch(col) or "." in col:
+            raise fail("row_hash", f"{_show(col)} is not a column name")
+        if col in fileopts.ADDED_COLUMNS:
+            raise fail("row_hash", f"{col!r} is a column the export adds, not a source column")
+        if spec.columns and col not in spec.columns:
+            raise fail("row_hash", f"{col!r} is not one of the columns")
+    if len(set(spec.row_hash_columns)) != len(spec.row_hash_columns):
+        raise fail("row_hash", "names a column twice")
 
 
 MAX_CHUNK_MB = 1 << 20  # 1 TiB of heap per chunk

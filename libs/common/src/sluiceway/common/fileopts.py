@@ -1,4 +1,5 @@
-"""File options in one place: compression profiles and codec levels, part sizes, `_exported_at`.
+"""File options in one place: compression profiles and codec levels, part sizes, the columns
+an export adds (`_exported_at`, `_row_hash`).
 
 Pure (no I/O, no pyarrow): the config checks, the planner's domain and the worker share it.
 docs/config-files.md states the rules and the measurements behind the profiles.
@@ -7,9 +8,10 @@ docs/config-files.md states the rules and the measurements behind the profiles.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from sluiceway.common.domain.events import SchemaField
+from sluiceway.common.domain.events import ExportSpec, SchemaField
 
 # Level range of each codec; None: the codec takes no level (0 = "the codec's default").
 CODEC_LEVELS: dict[str, tuple[int, int] | None] = {
@@ -122,6 +124,33 @@ def exported_at_of(run_id: str) -> datetime:
     return datetime.strptime(m[1], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
 
 
-def source_fields(fields: tuple[SchemaField, ...], added: bool) -> tuple[SchemaField, ...]:
-    """The fields read from the source: the plan's schema without the added column."""
-    return tuple(f for f in fields if f.name != EXPORTED_AT) if added else fields
+# ---- the _row_hash column (sluiceway.common.rowhash) ------------------------------------------
+
+ROW_HASH = "_row_hash"
+ROW_HASH_FIELD = SchemaField(ROW_HASH, "int64", False, "")
+ROW_HASH_ALGORITHM = "xxh3_64"  # seed 0, the 64 bits stored as int64
+ROW_HASH_ENCODING = "sluiceway-row-1"  # the bytes hashed: sluiceway.common.rowhash
+
+ADDED_COLUMNS = (EXPORTED_AT, ROW_HASH)
+
+
+def added_fields(spec: ExportSpec) -> tuple[SchemaField, ...]:
+    """The columns the export adds after the source's, in order."""
+    return (
+        *((EXPORTED_AT_FIELD,) if spec.add_exported_at else ()),
+        *((ROW_HASH_FIELD,) if spec.row_hash else ()),
+    )
+
+
+def source_fields(fields: tuple[SchemaField, ...], spec: ExportSpec) -> tuple[SchemaField, ...]:
+    """The fields read from the source: the plan's schema without the columns it adds."""
+    added = {f.name for f in added_fields(spec)}
+    return tuple(f for f in fields if f.name not in added)
+
+
+def row_hash_columns(spec: ExportSpec, names: Sequence[str]) -> tuple[str, ...]:
+    """The columns the row hash covers: `row_hash_columns`, or every exported source column
+    (`names` without the added ones, whose values are not the row's)."""
+    if spec.row_hash_columns:
+        return spec.row_hash_columns
+    return tuple(n for n in names if n not in ADDED_COLUMNS)

@@ -6,7 +6,8 @@ The phases of one attempt, in the order they first happen:
 - `count`: the range's `COUNT(*)` (reconciliation), in the read's snapshot;
 - `first_byte`: from sending the SELECT to the first batch;
 - `read`: waiting for the driver's next batches (the reader thread);
-- `convert`: conforming the driver's batches to the plan's Arrow schema;
+- `convert`: conforming the driver's batches to the plan's Arrow schema (and hashing each
+  row, with `row_hash`);
 - `encode`: encoding and writing row groups (Parquet/CSV);
 - `fsync`: making each finished part durable (file fsync, rename, directory fsync; an upload
   for an object store);

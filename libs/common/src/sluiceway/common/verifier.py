@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import IO, Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from sluiceway.common import colstats, destination, fingerprint
+from sluiceway.common import colstats, destination, fingerprint, rowhash
 from sluiceway.common.domain import verify
 from sluiceway.common.domain.events import ValidationFailure
 
@@ -186,24 +187,49 @@ def _verify(
     failures.extend(verify.check_parts(claims, observed))
     if depth == "full" and fmt == "parquet":
         broken = {f.part for f in failures}
+        _, row_hash = verify.row_hash_of(doc)
         for claim in claims:
-            if claim.column_checksums and claim.path not in broken and observed.get(claim.path):
-                computed = _column_checksums(tree, tree.join(run_dir, claim.path))
-                failures.extend(verify.check_columns(claim, computed))
+            wanted = claim.column_checksums or row_hash is not None
+            if wanted and claim.path not in broken and observed.get(claim.path):
+                computed, hashes = _recompute(tree, tree.join(run_dir, claim.path), row_hash)
+                if claim.column_checksums:
+                    failures.extend(verify.check_columns(claim, computed))
+                if hashes is not None:
+                    failures.extend(verify.check_row_hashes(claim, hashes))
     return _report(given, kind, scheme + checked, scheme + run_dir, doc, failures)
 
 
-def _column_checksums(tree: _Tree, key: str) -> dict[str, str]:
-    """The column checksums of a Parquet part, recomputed from its values batch by batch."""
+def _recompute(
+    tree: _Tree, key: str, row_hash: verify.RowHashClaim | None
+) -> tuple[dict[str, str], verify.RowHashSeen | None]:
+    """A Parquet part's column checksums, and with `row_hash` its rows whose hash differs,
+    recomputed from its values batch by batch."""
     try:
         with tree.open_binary(key) as f:
             parquet = pq.ParquetFile(f)
             stats = colstats.PartStats(parquet.schema_arrow)
+            names = set(parquet.schema_arrow.names)
+            missing: tuple[str, ...] = ()
+            if row_hash is not None:
+                missing = tuple(c for c in (*row_hash.columns, row_hash.column) if c not in names)
+            mismatched, first, offset = 0, None, 0
             for batch in parquet.iter_batches(batch_size=65_536):
                 stats.update(batch)
+                if row_hash is not None and not missing:
+                    covered = [batch.column(c) for c in row_hash.columns]
+                    differs = pc.fill_null(
+                        pc.not_equal(rowhash.row_hashes(covered), batch.column(row_hash.column)),
+                        True,
+                    )
+                    count = pc.sum(differs.cast(pa.int64())).as_py() or 0
+                    if count and first is None:
+                        first = offset + pc.index(differs, True).as_py()
+                    mismatched += count
+                offset += batch.num_rows
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise CannotCheck(f"cannot read {key} as Parquet: {exc}") from None
-    return stats.checksums()
+    seen = None if row_hash is None else verify.RowHashSeen(mismatched, first, missing)
+    return stats.checksums(), seen
 
 
 def _report(

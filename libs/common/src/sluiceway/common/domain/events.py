@@ -159,6 +159,10 @@ class ExportSpec:
     chunk_columns: tuple[str, ...] = ()
     # incremental: the cursor is COALESCE(cursor_column, *cursor_fallbacks)
     cursor_fallbacks: tuple[str, ...] = ()
+    # a last _row_hash column (sluiceway.common.rowhash) over these columns (empty: every
+    # exported source column)
+    row_hash: bool = False
+    row_hash_columns: tuple[str, ...] = ()
 
 
 ROW_MODES = ("incremental", "time_window")  # their rows may be chunked too, on a chunk_column

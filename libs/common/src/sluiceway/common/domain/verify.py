@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 
+from sluiceway.common import fileopts
 from sluiceway.common.domain.events import ValidationFailure, ValidationResult
 
 # ---- the vocabulary ------------------------------------------------------------------------
@@ -29,6 +30,7 @@ SUCCESS_MISSING = "SUCCESS_MISSING"  # no _SUCCESS next to the manifest
 SUCCESS_MISMATCH = "SUCCESS_MISMATCH"  # _SUCCESS does not hold the xxh3 of the manifest bytes
 COLUMN_CHECKSUM_MISMATCH = "COLUMN_CHECKSUM_MISMATCH"  # --depth full: a column's values differ
 POINTER_MISMATCH = "POINTER_MISMATCH"  # the latest pointer differs from its run's manifest
+ROW_HASH_MISMATCH = "ROW_HASH_MISMATCH"  # --depth full: a _row_hash is not its row's hash
 
 CODES: frozenset[str] = frozenset(
     {
@@ -43,7 +45,9 @@ CODES: frozenset[str] = frozenset(
         MANIFEST_TOTALS,
         SUCCESS_MISSING,
         SUCCESS_MISMATCH,
+        COLUMN_CHECKSUM_MISMATCH,
         POINTER_MISMATCH,
+        ROW_HASH_MISMATCH,
     }
 )
 
@@ -93,6 +97,24 @@ class PartClaim:
     content_fingerprint: str
     # Parquet: column -> the checksum of its values (sluiceway.common.colstats)
     column_checksums: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RowHashClaim:
+    """The manifest's `row_hash`: the column holding each row's hash, and what it covers."""
+
+    column: str
+    columns: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RowHashSeen:
+    """A part's rows whose `_row_hash` differs from the hash of their values (`first`: the
+    first one's row number), or the covered columns the part lacks."""
+
+    mismatched: int = 0
+    first: int | None = None
+    missing: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -184,6 +206,7 @@ def check_manifest(doc: Mapping[str, Any]) -> tuple[list[ValidationFailure], lis
             )
         )
 
+    failures.extend(row_hash_of(doc)[0])
     if isinstance(raw_parts, list):
         rows = sum(e["rows"] for e in entries if isinstance(e, dict) and _has(e.get("rows"), _INT))
         row_count, part_count = doc.get("row_count"), doc.get("part_count")
@@ -253,6 +276,55 @@ def check_columns(claim: PartClaim, computed: Mapping[str, str]) -> list[Validat
                 )
             )
     return failures
+
+
+def row_hash_of(doc: Mapping[str, Any]) -> tuple[list[ValidationFailure], RowHashClaim | None]:
+    """The manifest's `row_hash`, if it has one this version can recompute."""
+    value = doc.get("row_hash")
+    if value is None:
+        return [], None
+    columns = value.get("columns") if isinstance(value, dict) else None
+    if (
+        not isinstance(value, dict)
+        or not isinstance(value.get("column"), str)
+        or not isinstance(columns, list)
+        or not columns
+        or not all(isinstance(c, str) for c in columns)
+    ):
+        return [_fail(MANIFEST_FIELDS, "", "row_hash: needs a column and a list of columns")], None
+    algorithm, encoding = value.get("algorithm"), value.get("encoding")
+    if (algorithm, encoding) != (fileopts.ROW_HASH_ALGORITHM, fileopts.ROW_HASH_ENCODING):
+        return [
+            _fail(
+                MANIFEST_FIELDS,
+                "",
+                f"row_hash: {algorithm!r} over {encoding!r} is not what this version computes "
+                f"({fileopts.ROW_HASH_ALGORITHM} over {fileopts.ROW_HASH_ENCODING})",
+            )
+        ], None
+    return [], RowHashClaim(value["column"], tuple(columns))
+
+
+def check_row_hashes(claim: PartClaim, seen: RowHashSeen) -> list[ValidationFailure]:
+    """`validate --depth full`: each row's `_row_hash` against the hash of its values."""
+    if seen.missing:
+        return [
+            _fail(
+                ROW_HASH_MISMATCH,
+                claim.path,
+                f"the part has no column {', '.join(map(repr, seen.missing))}",
+            )
+        ]
+    if seen.mismatched:
+        return [
+            _fail(
+                ROW_HASH_MISMATCH,
+                claim.path,
+                f"{seen.mismatched} row(s) whose row hash is not their values' hash "
+                f"(the first: row {seen.first})",
+            )
+        ]
+    return []
 
 
 def check_success(manifest_digest: str, success: str | None) -> list[ValidationFailure]:

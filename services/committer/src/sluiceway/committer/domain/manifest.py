@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sluiceway.committer.domain.cursor import cursor_of
+from sluiceway.common import fileopts
 from sluiceway.common.domain import partitioning as partitions
 from sluiceway.common.domain.events import ExportSpec
 from sluiceway.common.domain.run import RunState
@@ -69,8 +70,21 @@ def build_manifest(state: RunState) -> dict[str, Any]:
         source["query_fingerprint"] = plan.query_fingerprint
     finished = [c.finished_at for c in state.chunks.values() if c.finished_at is not None]
     partitioned = partition_listing(spec, parts) if spec.partition_column else {}
+    row_hash = (
+        {
+            "row_hash": {
+                "column": fileopts.ROW_HASH,
+                "algorithm": fileopts.ROW_HASH_ALGORITHM,
+                "encoding": fileopts.ROW_HASH_ENCODING,
+                "columns": list(fileopts.row_hash_columns(spec, [f.name for f in plan.schema])),
+            }
+        }
+        if spec.row_hash
+        else {}
+    )
     return {
         **partitioned,
+        **row_hash,
         "manifest_version": MANIFEST_VERSION,
         "run_id": state.run_id,
         "export_name": state.export_name,

@@ -120,13 +120,18 @@ def build_plan(spec: ExportSpec, intro: Introspection) -> tuple[PlanResolved, li
             null_keys=chunked and intro.key_nullable,
         )
     schema = intro.schema
-    if spec.add_exported_at:
-        # the worker adds it to every row; listed in the plan, so the manifest's schema has it
-        if any(f.name == fileopts.EXPORTED_AT for f in schema):
-            raise PlanError(
-                f"add_exported_at: the source already has a column {fileopts.EXPORTED_AT!r}"
-            )
-        schema = (*schema, fileopts.EXPORTED_AT_FIELD)
+    # the worker adds them to every row; listed in the plan, so the manifest's schema has them
+    added = fileopts.added_fields(spec)
+    for f in added:
+        option = "row_hash" if f.name == fileopts.ROW_HASH else "add_exported_at"
+        if any(s.name == f.name for s in schema):
+            raise PlanError(f"{option}: the source already has a column {f.name!r}")
+    if spec.row_hash:
+        names = {f.name for f in schema}
+        missing = [c for c in fileopts.row_hash_columns(spec, ()) if c not in names]
+        if missing:
+            raise PlanError(f"row_hash: no column {', '.join(map(repr, missing))} in the export")
+    schema = (*schema, *added)
     if spec.partition_column:
         partition_problem(spec, schema)
     if spec.quality is not None:

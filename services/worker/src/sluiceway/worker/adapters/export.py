@@ -5,13 +5,15 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
-from sluiceway.common import crash, destination, fileopts, layout
+import pyarrow as pa
+
+from sluiceway.common import crash, destination, fileopts, layout, rowhash
 from sluiceway.common.domain.events import ChunkTask, ExportSpec, reads_ranges
 from sluiceway.common.partitions import PartitionedWriter
 from sluiceway.common.parts import PartWriter, WrittenPart
-from sluiceway.common.phases import Phases
+from sluiceway.common.phases import Phases, timed
 from sluiceway.common.prefetch import Prefetch
 from sluiceway.common.sources import Source, SourceError, arrow_schema, open_source
 from sluiceway.worker.domain.decide import ChunkExport, Part, Stopped
@@ -103,11 +105,11 @@ class FileExporter:
         source = self._source(spec)
         try:
             fields = task.schema or source.introspect(spec).schema
-            # the plan's schema ends with _exported_at when the export adds it: not a source column
-            read = fileopts.source_fields(fields, spec.add_exported_at)
+            # the plan's schema ends with the columns the export adds: not source columns
+            read = fileopts.source_fields(fields, spec)
+            fields = (*read, *fileopts.added_fields(spec))
             constants: dict[str, object] = {}
             if spec.add_exported_at:
-                fields = (*read, fileopts.EXPORTED_AT_FIELD)
                 constants[fileopts.EXPORTED_AT] = fileopts.exported_at_of(task.run_id)
             dest = destination.open_destination(spec.destination, self._env)
             run_dir = destination.run_dir(dest, spec.name, task.run_id)
@@ -151,6 +153,10 @@ class FileExporter:
                 source_rows, batches = source.count_and_read(
                     spec, rng, read, snapshot=task.snapshot_id, phases=phases
                 )
+                if spec.row_hash:
+                    # hashed in the reader thread, while the writer encodes earlier batches
+                    covered = fileopts.row_hash_columns(spec, [f.name for f in read])
+                    batches = _hashed(batches, covered, phases)
                 # the reader thread is joined, and the source's transaction ended, on leaving
                 with Prefetch(batches, depth=PREFETCH_BATCHES, name="chunk-reader") as ahead:
                     for n, batch in enumerate(ahead):
@@ -185,6 +191,25 @@ class FileExporter:
             for w in written
         )
         return ChunkExport(parts, source_rows)
+
+
+def _hashed(
+    batches: Iterator[pa.RecordBatch], covered: tuple[str, ...], phases: Phases | None
+) -> Iterator[pa.RecordBatch]:
+    """Each batch with its `_row_hash` column (the time counted as `convert`); the source's
+    batches are closed with these."""
+    try:
+        for batch in batches:
+            with timed(phases, "convert"):
+                try:
+                    hashed = rowhash.with_row_hash(batch, covered)
+                except rowhash.RowHashError as exc:
+                    raise SourceError(str(exc), retryable=False) from exc
+            yield hashed
+    finally:
+        close = getattr(batches, "close", None)
+        if close is not None:
+            close()
 
 
 def _named(written: list[WrittenPart] | list[tuple[str, WrittenPart]]) -> list[WrittenPart]:
