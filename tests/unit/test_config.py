@@ -109,7 +109,10 @@ def test_a_wrong_tls_setting_is_named(tls: str, field: str, says: str) -> None:
 
 def test_tls_settings_on_an_sqlite_source_are_refused() -> None:
     message = _err(GOOD.replace("path: demo.db}", "path: demo.db, sslmode: require}"))
-    assert "field 'source.sslmode'" in message and "for postgres sources, not sqlite" in message
+    assert (
+        "field 'source.sslmode'" in message
+        and "for postgres and mysql sources, not sqlite" in message
+    )
 
 
 def test_an_unknown_field_is_named() -> None:
@@ -279,3 +282,36 @@ def test_a_wrong_row_hash_is_named(value: str, says: str) -> None:
     )
     message = _err(text)
     assert "export 'customers'" in message and "row_hash" in message and says in message, message
+
+
+MYSQL_TLS = """
+sources:
+  shop: {engine: mysql, url_env: SHOP_URL, %s}
+exports:
+  - {name: orders, source: shop, table: orders, destination: out}
+"""
+
+
+def test_a_mysql_source_takes_sslmode_and_the_ca(tmp_path: Path) -> None:
+    (tmp_path / "ca.crt").touch()
+    specs = load_text(
+        MYSQL_TLS % "sslmode: verify-full, sslrootcert: ca.crt",
+        base_dir=tmp_path,
+        env={"SHOP_URL": "mysql://u:p@h/db"},
+    )
+    source = specs["orders"].source
+    assert (source.sslmode, source.sslrootcert) == ("verify-full", str(tmp_path / "ca.crt"))
+
+
+@pytest.mark.parametrize(
+    ("tls", "field", "says"),
+    [
+        ("sslmode: prefer", "source.sslmode", "unknown mode 'prefer' for mysql"),
+        ("sslmode: verify-ca", "source.sslrootcert", "needs the CA file"),
+        ("sslmode: require, sslrootcert: ca.crt", "source.sslmode", "only read with verify-ca"),
+        ("sslcert: c.crt, sslkey: c.key", "source.sslcert", "take no client certificate"),
+    ],
+)
+def test_a_wrong_mysql_tls_setting_is_named(tls: str, field: str, says: str) -> None:
+    message = _err(MYSQL_TLS % tls)
+    assert f"field {field!r}" in message and says in message, message

@@ -635,8 +635,12 @@ def check_spec(
                 path = getattr(src, key)
                 if path and not _is_file(path):
                     raise fail(f"source.{key}", f"no such file: {_cut(path, 200)}")
+    elif src.engine == "mysql":
+        _check_mysql_tls(src, env, fail)
     elif any(getattr(src, key) for key in ("sslmode", *TLS_FILES)):
-        raise fail("source.sslmode", f"TLS settings are for postgres sources, not {src.engine}")
+        raise fail(
+            "source.sslmode", f"TLS settings are for postgres and mysql sources, not {src.engine}"
+        )
     if src.engine == "sqlite":
         if spec.consistent_snapshot:
             raise fail(
@@ -830,6 +834,36 @@ def _check_row_modes(spec: ExportSpec, fail: Callable[[str, str], ConfigError]) 
         raise fail("cursor_column", "lists a column twice, or an empty one")
     if spec.days_window and not 1 <= spec.days_window <= MAX_DAYS:
         raise fail("days_window", f"must be an integer from 1 to {MAX_DAYS} (days)")
+
+
+MYSQL_SSLMODES = ("disable", "require", "verify-ca", "verify-full")
+
+
+def _check_mysql_tls(
+    src: SourceSpec, env: Mapping[str, str] | None, fail: Callable[[str, str], ConfigError]
+) -> None:
+    """A mysql source's TLS: sslmode and the CA that verifies the server (no client
+    certificate: the reader cannot present one)."""
+    if src.sslmode and src.sslmode not in MYSQL_SSLMODES:
+        raise fail(
+            "source.sslmode",
+            f"unknown mode {_show(src.sslmode)} for mysql (expected one of: "
+            f"{', '.join(MYSQL_SSLMODES)})",
+        )
+    for key in ("sslcert", "sslkey"):
+        if getattr(src, key):
+            raise fail(f"source.{key}", "mysql sources take no client certificate; remove it")
+    if src.sslmode in ("verify-ca", "verify-full") and not src.sslrootcert:
+        raise fail(
+            "source.sslrootcert",
+            f"{src.sslmode} needs the CA file that signs the server's certificate",
+        )
+    if src.sslrootcert and src.sslmode not in ("verify-ca", "verify-full"):
+        raise fail(
+            "source.sslmode", "sslrootcert is only read with verify-ca or verify-full; set one"
+        )
+    if env is not None and src.sslrootcert and not _is_file(src.sslrootcert):
+        raise fail("source.sslrootcert", f"no such file: {_cut(src.sslrootcert, 200)}")
 
 
 def _check_row_hash(spec: ExportSpec, fail: Callable[[str, str], ConfigError]) -> None:

@@ -122,6 +122,8 @@ def open_source(spec: ExportSpec, env: Mapping[str, str] | None = None) -> Sourc
                 statement_timeout_ms=statement_ms,
                 lock_timeout_ms=lock_ms,
                 connect_timeout_s=tuning.connect_timeout_s(spec),
+                sslmode=spec.source.sslmode,
+                sslrootcert=spec.source.sslrootcert,
             )
         from .postgres import PostgresSource, with_tls
 

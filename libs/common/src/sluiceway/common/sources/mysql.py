@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import ssl
 from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
@@ -81,6 +82,28 @@ def classify(exc: BaseException) -> SourceError:
     )
 
 
+# sslmode (the PostgreSQL words, as in the config) -> the ConnectorX/mysql-crate ssl-mode
+CX_SSL_MODES = {
+    "disable": "DISABLED",
+    "require": "REQUIRED",
+    "verify-ca": "VERIFY_CA",
+    "verify-full": "VERIFY_IDENTITY",
+}
+
+
+def tls_context(sslmode: str, sslrootcert: str) -> ssl.SSLContext | None:
+    """PyMySQL's TLS for a source's sslmode: None for none (no sslmode, or disable)."""
+    if sslmode in ("", "disable"):
+        return None
+    ctx = ssl.create_default_context(cafile=sslrootcert or None)
+    if sslmode == "require":  # encrypted, the certificate not checked
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    elif sslmode == "verify-ca":  # signed by sslrootcert, any name
+        ctx.check_hostname = False
+    return ctx
+
+
 def parse_url(url: str) -> dict[str, Any]:
     """mysql://user:password@host:port/database (or mariadb://) as PyMySQL's arguments. The URL
     never appears in a message."""
@@ -121,8 +144,16 @@ class MySqlSource:
         statement_timeout_ms: int = 3_600_000,
         lock_timeout_ms: int = 10_000,
         connect_timeout_s: int = 10,
+        sslmode: str = "",
+        sslrootcert: str = "",
     ) -> None:
         self._params = parse_url(url)
+        if sslmode and sslmode not in CX_SSL_MODES:
+            raise SourceError(
+                f"sslmode {sslmode!r} is not one of {', '.join(CX_SSL_MODES)} for mysql",
+                retryable=False,
+            )
+        self.sslmode, self.sslrootcert = sslmode, sslrootcert
         self.statement_timeout_ms = statement_timeout_ms
         self.lock_timeout_ms = lock_timeout_ms
         self.connect_timeout_s = connect_timeout_s
@@ -134,12 +165,18 @@ class MySqlSource:
 
     def _reader_url(self) -> str:
         p = self._params
+        tls = {}
+        if self.sslmode:
+            tls["ssl-mode"] = CX_SSL_MODES[self.sslmode]
+            if self.sslrootcert:
+                tls["ssl-ca"] = self.sslrootcert
         query = urlencode(
             {
                 # the mysql crate would switch to the server's Unix socket when it can see
                 # one, as another user: stay on the address configured
                 "prefer_socket": "false",
                 "tcp_connect_timeout_ms": str(int(self.connect_timeout_s * 1000)),
+                **tls,
             }
         )
         auth = f"{quote(p['user'], safe='')}:{quote(p['password'], safe='')}"
@@ -175,8 +212,10 @@ class MySqlSource:
             import pymysql
 
             try:
+                tls = tls_context(self.sslmode, self.sslrootcert)
                 con = pymysql.connect(
                     **self._params,
+                    **({"ssl": tls} if tls is not None else {}),
                     charset="utf8mb4",
                     connect_timeout=self.connect_timeout_s,
                     autocommit=True,

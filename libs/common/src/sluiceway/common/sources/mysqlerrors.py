@@ -9,7 +9,8 @@ this table does not name.
 
 The numbers come from the driver's error (PyMySQL: `args[0]`; ConnectorX: the text
 `ERROR 1146 (42S02): ...`). Errors below the protocol (a refused or reset connection) carry
-none and are read off the message: they are retryable.
+none and are read off the message: they are retryable. A TLS handshake that fails to verify the
+server's certificate is permanent, whatever number it is wrapped in.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ PERMANENT: dict[int, str] = {
     3024: "statement_timeout",  # MySQL max_execution_time
 }
 UNKNOWN = "unknown"
+TLS_UNVERIFIED = "tls_unverified"  # the server's certificate does not verify: permanent
 
 _CODE = re.compile(r"\bERROR (\d{4,5})\b")
 # below the protocol: the connection itself failed (Rust's io::Error, PyMySQL's socket errors)
@@ -57,6 +59,15 @@ _LOST = re.compile(
     r"connection refused|connection reset|broken pipe|os error 10[0-9]|os error 11[0-9]|"
     r"connectionclosed|connection closed|unexpected eof|timed out|can't connect|"
     r"lost connection|server has gone away|io ?error|bytes remaining on stream",
+    re.I,
+)
+
+
+# a TLS handshake that failed verification (OpenSSL's words, through PyMySQL or ConnectorX):
+# trying again meets the same certificate
+_TLS = re.compile(
+    r"certificate verify failed|CERTIFICATE_VERIFY_FAILED|hostname mismatch|"
+    r"IP address mismatch|doesn't match|wrong version number|TlsError",
     re.I,
 )
 
@@ -84,6 +95,8 @@ def connection_failed(message: str) -> bool:
 
 
 def classify(code: int, message: str) -> Verdict:
+    if _TLS.search(message):
+        return Verdict(False, TLS_UNVERIFIED, code)
     if code in RETRYABLE:
         return Verdict(True, RETRYABLE[code], code)
     if code in PERMANENT:
