@@ -17,6 +17,8 @@ import pytest
 import yaml
 
 from sluiceway.common.config import load_file
+from tests.support.localmaria import PASSWORD as MARIA_PASSWORD
+from tests.support.localmaria import LocalMariaDB
 from tests.support.localpg import PASSWORD, LocalPostgres
 
 pytestmark = pytest.mark.integration
@@ -239,3 +241,28 @@ def test_doctor_finds_a_sqlite_path_that_is_not_a_readable_database(tmp_path: Pa
     code, text = cli("doctor", "-c", str(cfg), "--state-dir", str(tmp_path))
     assert code == 1, text
     assert f"export 'g': field 'source.path': no such database file: {garbage}" in text, text
+
+
+def test_init_writes_a_mysql_source_for_a_mysql_url_and_doctor_finds_it_ready(
+    tmp_path: Path, maria: LocalMariaDB
+) -> None:
+    maria.sql_admin(
+        "DROP TABLE IF EXISTS init_big;"
+        "CREATE TABLE init_big (id bigint PRIMARY KEY, name varchar(20));"
+        f"INSERT INTO init_big SELECT seq, CONCAT('n', seq) FROM seq_1_to_{ROWS};"
+        "ANALYZE TABLE init_big;"
+    )
+    env = {"MY_DB_URL": maria.url}
+    out = tmp_path / "my.yaml"
+    code, text = cli(
+        "init", "--table", "init_big", "--source-env", "MY_DB_URL", "-o", str(out), env=env
+    )
+    assert code == 0, text
+    assert MARIA_PASSWORD not in text + out.read_text()
+    doc = yaml.safe_load(out.read_text())
+    assert doc["sources"]["main"] == {"engine": "mysql", "url_env": "MY_DB_URL"}
+    (export,) = doc["exports"]
+    assert export["mode"] == "chunked" and export["chunk_column"] == "id", out.read_text()
+    code, text = cli("doctor", "-c", str(out), "--state-dir", str(tmp_path / "st"), env=env)
+    assert MARIA_PASSWORD not in text
+    assert "init_big readable via $MY_DB_URL (2 columns)" in text and "verdict: ready" in text, text

@@ -60,6 +60,13 @@ def choose(info: Introspection) -> Choice:
     )
 
 
+def url_engine(url: str) -> str:
+    """The engine a source URL names by its scheme: mysql:// and mariadb:// are mysql, any
+    other (postgresql://, postgres://, a libpq key=value string) postgres."""
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    return "mysql" if scheme in ("mysql", "mariadb") else "postgres"
+
+
 def export_name(table: str) -> str:
     name = re.sub(r"[^A-Za-z0-9_]+", "_", table.split(".")[-1]).strip("_")
     return name or "export"
@@ -77,9 +84,10 @@ def document(
     columns: int | None = None,
 ) -> str:
     """The YAML text (comments included)."""
-    if engine == "postgres":
-        source = f"{{engine: postgres, url_env: {source_env}}}"
-        head = f"# {table} on PostgreSQL (the URL is read from ${source_env} when a run starts)"
+    if engine in ("postgres", "mysql"):
+        source = f"{{engine: {engine}, url_env: {source_env}}}"
+        server = "PostgreSQL" if engine == "postgres" else "MySQL/MariaDB"
+        head = f"# {table} on {server} (the URL is read from ${source_env} when a run starts)"
     else:
         source = f"{{engine: sqlite, path: {_quote(sqlite_path)}}}"
         head = f"# {table} in the SQLite file {sqlite_path}"
@@ -132,13 +140,13 @@ def build(
 
     e = dict(os.environ if env is None else env)
     if bool(source_env) == bool(sqlite_path):
-        raise InitError("give one of --source-env VAR (PostgreSQL) or --sqlite PATH")
+        raise InitError("give one of --source-env VAR (PostgreSQL, MySQL) or --sqlite PATH")
     if source_env and not e.get(source_env):
         raise InitError(f"--source-env: environment variable {source_env} is not set")
     kw: dict[str, Any] = dict(
         name=name or export_name(table),
         table=table,
-        engine="postgres" if source_env else "sqlite",
+        engine=url_engine(e[source_env]) if source_env else "sqlite",
         source_env=source_env,
         sqlite_path=os.path.abspath(sqlite_path) if sqlite_path else "",
         destination=destination,

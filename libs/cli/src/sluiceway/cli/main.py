@@ -258,7 +258,10 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--table", required=True, help="the table, e.g. public.orders")
     src = init.add_mutually_exclusive_group(required=True)
     src.add_argument(
-        "--source-env", metavar="VAR", help="environment variable holding a PostgreSQL URL"
+        "--source-env",
+        metavar="VAR",
+        help="environment variable holding a PostgreSQL or MySQL/MariaDB URL (its scheme "
+        "picks the engine)",
     )
     src.add_argument("--sqlite", metavar="PATH", help="a SQLite database file")
     init.add_argument("--name", default="", help="export name (default: the table's name)")
