@@ -122,15 +122,14 @@ def build_plan(spec: ExportSpec, intro: Introspection) -> tuple[PlanResolved, li
     schema = intro.schema
     # the worker adds them to every row; listed in the plan, so the manifest's schema has them
     added = fileopts.added_fields(spec)
+    names = {f.name for f in schema}
     for f in added:
-        option = "row_hash" if f.name == fileopts.ROW_HASH else "add_exported_at"
-        if any(s.name == f.name for s in schema):
+        if f.name in names:
+            option = "row_hash" if f.name == fileopts.ROW_HASH else "add_exported_at"
             raise PlanError(f"{option}: the source already has a column {f.name!r}")
-    if spec.row_hash:
-        names = {f.name for f in schema}
-        missing = [c for c in fileopts.row_hash_columns(spec, ()) if c not in names]
-        if missing:
-            raise PlanError(f"row_hash: no column {', '.join(map(repr, missing))} in the export")
+    missing = [c for c in spec.row_hash_columns if c not in names]
+    if missing:
+        raise PlanError(f"row_hash: no column {', '.join(map(repr, missing))} in the export")
     schema = (*schema, *added)
     if spec.partition_column:
         partition_problem(spec, schema)
