@@ -73,6 +73,24 @@ def test_a_connection_failure_without_a_number_is_retryable(text: str) -> None:
     assert classify(RuntimeError(text)).retryable
 
 
+@pytest.mark.parametrize(
+    ("code", "text", "tls"),
+    [
+        (2003, "Can't connect ([SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed)", True),
+        (2003, "IP address mismatch, certificate is not valid for '127.0.0.1'", True),
+        (0, "TlsError { error:0A000086:SSL routines:certificate verify failed }", True),
+        # an ordinary server error that happens to say "doesn't match" is no TLS failure
+        (1136, "Column count doesn't match value count at row 1", False),
+    ],
+)
+def test_a_certificate_that_does_not_verify_is_permanent_and_only_that(
+    code: int, text: str, tls: bool
+) -> None:
+    verdict = me.classify(code, text)
+    assert (verdict.condition == me.TLS_UNVERIFIED) is tls
+    assert not verdict.retryable
+
+
 def test_a_password_in_a_driver_message_is_redacted() -> None:
     error = classify(RuntimeError("Could not connect mysql://u:hunter2@h:3306/db: refused"))
     assert "hunter2" not in str(error)

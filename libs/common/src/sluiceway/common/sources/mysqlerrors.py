@@ -67,7 +67,7 @@ _LOST = re.compile(
 # trying again meets the same certificate
 _TLS = re.compile(
     r"certificate verify failed|CERTIFICATE_VERIFY_FAILED|hostname mismatch|"
-    r"IP address mismatch|doesn't match|wrong version number|TlsError",
+    r"IP address mismatch|certificate is not valid for|wrong version number|TlsError",
     re.I,
 )
 
