@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import Awaitable, Callable
 
+import pyarrow as pa
 from nats.errors import TimeoutError as NatsTimeoutError
 from nats.js import JetStreamContext
 
@@ -128,5 +130,16 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
             metrics_server.stop()
 
 
+def use_system_allocator(env: dict[str, str] | os._Environ[str] = os.environ) -> str:
+    """Arrow's buffers come from the C library's allocator, not mimalloc, unless the operator
+    chose one (ARROW_DEFAULT_MEMORY_POOL). mimalloc keeps freed segments for reuse: one process
+    exporting chunks of the bench tables peaked 25-35 MB higher with it, for the same work
+    (docs/benchmarks.md). Returns the pool's backend name."""
+    if not env.get("ARROW_DEFAULT_MEMORY_POOL"):
+        pa.set_memory_pool(pa.system_memory_pool())
+    return pa.default_memory_pool().backend_name
+
+
 def main() -> None:
+    use_system_allocator()
     service.run("worker", serve)
