@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 import pyarrow as pa
 from nats.errors import TimeoutError as NatsTimeoutError
@@ -130,7 +130,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
             metrics_server.stop()
 
 
-def use_system_allocator(env: dict[str, str] | os._Environ[str] = os.environ) -> str:
+def use_system_allocator(env: Mapping[str, str] = os.environ) -> str:
     """Arrow's buffers come from the C library's allocator, not mimalloc, unless the operator
     chose one (ARROW_DEFAULT_MEMORY_POOL). mimalloc keeps freed segments for reuse: one process
     exporting chunks of the bench tables peaked 25-35 MB higher with it, for the same work
